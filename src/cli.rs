@@ -1,0 +1,186 @@
+//! Command-line parsing, dispatch and exit codes. Commands live one per file below; they
+//! call the library and format what it returns, and never run SQL themselves.
+
+mod audit_cmd;
+mod config_cmd;
+mod mailboxes;
+pub mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::import::ImportError;
+use crate::paths::Paths;
+use crate::store::{Store, StoreError};
+
+/// Exit codes; monitoring relies on them, so they are part of the interface.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// A failure not listed below.
+    pub const FAILURE: i32 = 1;
+    /// The command line was not understood.
+    pub const USAGE: i32 = 2;
+    /// `audit verify` found the hash chain broken.
+    pub const AUDIT_BROKEN: i32 = 5;
+    /// An input file's content is invalid (an import that names the bad record).
+    pub const DATA: i32 = 65;
+    /// An input file is missing or unreadable.
+    pub const NO_INPUT: i32 = 66;
+    /// The database cannot be used (written by a newer version, not ours, unreadable).
+    pub const DATABASE: i32 = 69;
+    /// The configuration file is invalid, or missing where one is required.
+    pub const CONFIG: i32 = 78;
+}
+
+/// An error that has already been reported and only sets the exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("exit code {code}")]
+pub struct SilentExit {
+    pub code: i32,
+}
+
+/// imm-daemon: Exchange Online inactive mailboxes, sign-in and mail for Microsoft 365 admins.
+#[derive(Debug, Parser)]
+#[command(name = "imm-daemon", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (default: the platform's config folder; also IMM_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write, check and locate the configuration.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCmd),
+    /// The inactive-mailbox inventory: import, list, search, show, stats, export.
+    #[command(subcommand)]
+    Mailboxes(mailboxes::MailboxesCmd),
+    /// The tamper-evident audit log: list, export, verify, prune.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCmd),
+}
+
+/// What every command may need, resolved once.
+pub struct Context {
+    pub paths: Paths,
+}
+
+impl Context {
+    /// The configuration; a missing file at the default location means the defaults,
+    /// a missing file that was named explicitly is an error.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        match self.paths.config_source {
+            crate::paths::ConfigSource::Default => Config::load_or_default(&self.paths.config_file),
+            _ => Config::load(&self.paths.config_file),
+        }
+    }
+
+    /// Opens (and migrates) the database.
+    pub fn store(&self) -> Result<Store, StoreError> {
+        Store::open(&self.paths.database)
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Context {
+        paths: Paths::resolve(cli.config.as_deref())?,
+    };
+    match cli.command {
+        Command::Config(c) => config_cmd::run(&ctx, c),
+        Command::Mailboxes(c) => mailboxes::run(&ctx, c),
+        Command::Audit(c) => audit_cmd::run(&ctx, c),
+    }
+}
+
+/// The exit code for an error, read from the first error in its chain that has one.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if let Some(s) = cause.downcast_ref::<SilentExit>() {
+            return s.code;
+        }
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return exit::CONFIG;
+        }
+        if let Some(e) = cause.downcast_ref::<ImportError>() {
+            return match e {
+                ImportError::Read { .. } => exit::NO_INPUT,
+                _ => exit::DATA,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<StoreError>() {
+            if matches!(
+                e,
+                StoreError::TooNew { .. } | StoreError::Foreign { .. } | StoreError::Open { .. }
+            ) {
+                return exit::DATABASE;
+            }
+        }
+    }
+    exit::FAILURE
+}
+
+/// Whether the error is a closed stdout (`imm-daemon mailboxes list | head`), which is
+/// no failure.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Parses a point in time for `--since` / `--until`: RFC 3339, a date (midnight UTC), or
+/// a duration ago such as `7d` or `12h`.
+pub fn parse_when(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let s = s.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        let d = chrono::Duration::from_std(d).map_err(|e| e.to_string())?;
+        return Ok(chrono::Utc::now() - d);
+    }
+    Err(format!(
+        "`{s}` is not a time: use RFC 3339 (2025-01-31T12:00:00Z), a date (2025-01-31) or a duration ago (7d, 12h)"
+    ))
+}
+
+/// Parses a duration such as `365d` or `30d`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration such as 30d or 12h: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn times_and_durations() {
+        assert_eq!(
+            parse_when("2025-01-31").unwrap().to_rfc3339(),
+            "2025-01-31T00:00:00+00:00"
+        );
+        assert!(parse_when("2025-01-31T12:00:00+02:00").is_ok());
+        let ago = parse_when("1d").unwrap();
+        assert!((chrono::Utc::now() - ago).num_hours() >= 23);
+        assert!(parse_when("last tuesday").is_err());
+        assert_eq!(parse_duration("365d").unwrap().as_secs(), 365 * 86400);
+        assert!(parse_duration("soon").is_err());
+    }
+}

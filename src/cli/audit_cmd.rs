@@ -1,0 +1,280 @@
+//! `imm-daemon audit list | export | verify | prune`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::output::{self, Column, Format, opt};
+use super::{Context, SilentExit, exit, parse_duration, parse_when};
+use crate::audit::{AuditEvent, Operation, Verifier};
+use crate::store::AuditFilter;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// List audit rows, oldest first.
+    List {
+        #[command(flatten)]
+        range: RangeArgs,
+        /// Only this operation (CONNECT, LIST_MAILBOXES, EXPORT_DATA, ...).
+        #[arg(long, value_parser = parse_operation)]
+        operation: Option<Operation>,
+        /// Only rows about this identity (ExchangeGuid).
+        #[arg(long)]
+        identity: Option<String>,
+        /// At most this many rows.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
+    /// Write audit rows to a JSON file and print how many.
+    Export {
+        #[command(flatten)]
+        range: RangeArgs,
+        /// The file to write (replaced atomically, owner-only).
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Walk the hash chain and name the first row that does not match.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete rows older than a duration, keeping the rest verifiable.
+    Prune {
+        /// For example 365d.
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        older_than: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RangeArgs {
+    /// From this time: RFC 3339, a date (2025-01-31) or a duration ago (7d).
+    #[arg(long, value_parser = parse_when)]
+    since: Option<DateTime<Utc>>,
+    /// Up to this time, in the same forms.
+    #[arg(long, value_parser = parse_when)]
+    until: Option<DateTime<Utc>>,
+}
+
+fn parse_operation(s: &str) -> Result<Operation, String> {
+    Operation::parse(s).ok_or_else(|| {
+        let names: Vec<_> = Operation::ALL.iter().map(|o| o.as_str()).collect();
+        format!(
+            "unknown operation `{s}`; expected one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+/// An audit row as JSON, with `details` as an object rather than text.
+fn row_json(r: &crate::audit::AuditRow) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).expect("audit rows serialize");
+    if let Some(d) = r.details.as_deref() {
+        if let Ok(parsed) = serde_json::from_str::<serde_json::Value>(d) {
+            v["details"] = parsed;
+        }
+    }
+    v
+}
+
+pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
+    let mut store = ctx.store()?;
+    let now = Utc::now();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match cmd {
+        AuditCmd::List {
+            range,
+            operation,
+            identity,
+            limit,
+            format,
+        } => {
+            let filter = AuditFilter {
+                since: range.since,
+                until: range.until,
+                operation,
+                identity,
+                limit,
+            };
+            let rows = store.audit_rows(&filter)?;
+            store.audit(
+                &AuditEvent::new(Operation::AuditList).details(json!({
+                    "since": filter.since, "until": filter.until,
+                    "operation": filter.operation.map(|o| o.as_str()),
+                    "identity": filter.identity, "count": rows.len(),
+                })),
+                now,
+            )?;
+            match Format::resolve(format) {
+                Format::Json => {
+                    let v: Vec<_> = rows.iter().map(row_json).collect();
+                    output::write_json(&mut out, &v)?;
+                }
+                Format::Csv => output::write_csv(
+                    &mut out,
+                    &[
+                        "id",
+                        "timestamp",
+                        "operation",
+                        "identity",
+                        "user",
+                        "details",
+                        "result",
+                        "error_message",
+                        "hash",
+                    ],
+                    rows.iter().map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.timestamp.clone(),
+                            r.operation.clone(),
+                            opt(&r.identity),
+                            opt(&r.user),
+                            opt(&r.details),
+                            opt(&r.result),
+                            opt(&r.error_message),
+                            opt(&r.hash),
+                        ]
+                    }),
+                )?,
+                Format::Table => {
+                    let col = |header, numeric| Column { header, numeric };
+                    let t = output::table(
+                        &[
+                            col("Id", true),
+                            col("Time (UTC)", false),
+                            col("Operation", false),
+                            col("Identity", false),
+                            col("User", false),
+                            col("Result", false),
+                            col("Details", false),
+                        ],
+                        rows.iter().map(|r| {
+                            vec![
+                                r.id.to_string(),
+                                r.timestamp.chars().take(19).collect(),
+                                r.operation.clone(),
+                                opt(&r.identity),
+                                opt(&r.user),
+                                match &r.error_message {
+                                    Some(e) => format!("{}: {e}", opt(&r.result)),
+                                    None => opt(&r.result),
+                                },
+                                opt(&r.details),
+                            ]
+                        }),
+                    );
+                    writeln!(out, "{t}")?;
+                }
+            }
+        }
+        AuditCmd::Export {
+            range,
+            output: path,
+        } => {
+            let filter = AuditFilter {
+                since: range.since,
+                until: range.until,
+                ..Default::default()
+            };
+            let rows = store.audit_rows(&filter)?;
+            let v: Vec<_> = rows.iter().map(row_json).collect();
+            let mut buf = Vec::new();
+            output::write_json(&mut buf, &v)?;
+            store.audit(
+                &AuditEvent::new(Operation::ExportData).details(json!({
+                    "what": "audit_log", "output": path,
+                    "since": filter.since, "until": filter.until, "count": rows.len(),
+                })),
+                now,
+            )?;
+            crate::paths::write_atomic(&path, &buf)?;
+            writeln!(
+                out,
+                "exported {} audit row(s) to {}",
+                rows.len(),
+                path.display()
+            )?;
+        }
+        AuditCmd::Verify { json } => {
+            let anchor = store.audit_anchor()?;
+            let mut v = Verifier::new(anchor.as_ref());
+            store.walk_audit(|r| v.check(r))?;
+            let head = v.head_hash().to_string();
+            let event = AuditEvent::new(Operation::AuditVerify)
+                .details(json!({"rows_checked": v.rows_checked, "head_hash": head}));
+            let event = match &v.first_break {
+                Some(b) => event.failed(format!("chain broken at row {}: {}", b.id, b.reason)),
+                None => event,
+            };
+            store.audit(&event, now)?;
+            if json {
+                output::write_json(
+                    &mut out,
+                    &json!({
+                        "intact": v.first_break.is_none(),
+                        "rows_checked": v.rows_checked,
+                        "first_break": v.first_break,
+                        "head_hash": head,
+                        "anchor": anchor,
+                    }),
+                )?;
+            } else {
+                match &v.first_break {
+                    None => writeln!(
+                        out,
+                        "audit chain intact: {} row(s) verified, head {head}",
+                        v.rows_checked
+                    )?,
+                    Some(b) => writeln!(out, "audit chain broken at row {}: {}", b.id, b.reason)?,
+                }
+            }
+            out.flush()?;
+            if v.first_break.is_some() {
+                return Err(SilentExit {
+                    code: exit::AUDIT_BROKEN,
+                }
+                .into());
+            }
+        }
+        AuditCmd::Prune { older_than } => {
+            let cutoff = now
+                - chrono::Duration::from_std(older_than)
+                    .map_err(|_| anyhow::anyhow!("--older-than is too large"))?;
+            let outcome = store.write(|tx| {
+                let outcome = tx.prune_audit(cutoff, now)?;
+                tx.audit(
+                    &AuditEvent::new(Operation::AuditPrune).details(json!({
+                        "cutoff": cutoff,
+                        "pruned_rows": outcome.pruned_rows,
+                        "anchor": outcome.anchor,
+                    })),
+                    now,
+                )?;
+                Ok::<_, crate::store::StoreError>(outcome)
+            })?;
+            write!(
+                out,
+                "pruned {} audit row(s) older than {}",
+                outcome.pruned_rows,
+                cutoff.to_rfc3339()
+            )?;
+            if let Some(a) = &outcome.anchor {
+                write!(
+                    out,
+                    "; the chain now starts after row {} ({})",
+                    a.last_id, a.last_hash
+                )?;
+            }
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

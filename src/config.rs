@@ -1,0 +1,535 @@
+//! The TOML configuration file, parsed straight into validated types.
+//!
+//! Every value is checked while it is deserialized (tenant, client id, URLs, prices,
+//! attribute names), so a bad value is reported by `toml` with the file's line and column
+//! and what was expected; unknown keys are rejected. Nothing here does I/O after loading.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The validated configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Microsoft 365 tenant: a GUID or a verified domain.
+    pub tenant: Option<Tenant>,
+    /// The application (client) id registered in Entra ID.
+    pub client_id: Option<Guid>,
+    /// Which Microsoft cloud the tenant lives in.
+    #[serde(default)]
+    pub cloud: Cloud,
+    /// Sign-in authority, overriding the cloud's default (`https://login…/{tenant}`).
+    pub authority: Option<EndpointUrl>,
+    /// A generic OpenID provider's issuer URL, used instead of `authority`.
+    pub oidc_authority: Option<EndpointUrl>,
+    /// Microsoft Graph base URL, overriding the cloud's default.
+    pub graph_url: Option<EndpointUrl>,
+    /// Exchange Online base URL, overriding the cloud's default.
+    pub exchange_url: Option<EndpointUrl>,
+    #[serde(default)]
+    pub inventory: InventoryConfig,
+}
+
+/// The `[inventory]` section: how mailboxes are priced and attributed.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryConfig {
+    /// Mailbox attribute holding the operating company (for example `CustomAttribute1`).
+    pub company_attribute: Option<AttributeName>,
+    /// Mailbox attribute holding the department.
+    pub department_attribute: Option<AttributeName>,
+    /// Mailbox attribute holding the license type.
+    #[serde(default = "default_license_attribute")]
+    pub license_attribute: AttributeName,
+    /// License type assumed when a mailbox carries none.
+    pub default_license: Option<String>,
+    /// Monthly cost per license type.
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
+    /// Operating company by e-mail domain, used when the company attribute is empty.
+    #[serde(default)]
+    pub company_domains: BTreeMap<Domain, String>,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            company_attribute: None,
+            department_attribute: None,
+            license_attribute: default_license_attribute(),
+            default_license: None,
+            prices: BTreeMap::new(),
+            company_domains: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_license_attribute() -> AttributeName {
+    AttributeName("LicenseType".into())
+}
+
+/// Errors loading the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} does not exist (create one with `imm-daemon config init`)")]
+    NotFound { path: PathBuf },
+    #[error("cannot read configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+}
+
+impl Config {
+    /// Parses configuration text; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::NotFound {
+                path: path.to_path_buf(),
+            }),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Like [`Config::load`], but a missing file yields the defaults.
+    pub fn load_or_default(path: &Path) -> Result<Config, ConfigError> {
+        match Self::load(path) {
+            Err(ConfigError::NotFound { .. }) => Ok(Config::default()),
+            other => other,
+        }
+    }
+
+    /// The sign-in authority in effect, if a tenant or an override is known.
+    pub fn authority_url(&self) -> Option<String> {
+        if let Some(a) = &self.authority {
+            return Some(a.0.to_string().trim_end_matches('/').to_string());
+        }
+        let tenant = self.tenant.as_ref()?;
+        Some(format!("{}/{}", self.cloud.login_host(), tenant.0))
+    }
+
+    /// Microsoft Graph's base URL in effect.
+    pub fn graph_url(&self) -> String {
+        match &self.graph_url {
+            Some(u) => u.0.to_string().trim_end_matches('/').to_string(),
+            None => self.cloud.graph_host().to_string(),
+        }
+    }
+
+    /// Exchange Online's base URL in effect.
+    pub fn exchange_url(&self) -> String {
+        match &self.exchange_url {
+            Some(u) => u.0.to_string().trim_end_matches('/').to_string(),
+            None => self.cloud.exchange_host().to_string(),
+        }
+    }
+
+    /// Notes about settings that are valid but incomplete for later capabilities.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.tenant.is_none() && self.authority.is_none() && self.oidc_authority.is_none() {
+            w.push("`tenant` is not set: Microsoft sign-in will not be possible".to_string());
+        }
+        if self.client_id.is_none() {
+            w.push("`client_id` is not set: Microsoft sign-in will not be possible".to_string());
+        }
+        if self.authority.is_some() && self.oidc_authority.is_some() {
+            w.push("both `authority` and `oidc_authority` are set: `oidc_authority` wins".into());
+        }
+        w
+    }
+}
+
+/// The Microsoft cloud a tenant belongs to.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    #[default]
+    Global,
+    Usgov,
+    China,
+}
+
+impl Cloud {
+    pub fn login_host(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://login.microsoftonline.com",
+            Cloud::Usgov => "https://login.microsoftonline.us",
+            Cloud::China => "https://login.chinacloudapi.cn",
+        }
+    }
+    pub fn graph_host(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://graph.microsoft.com",
+            Cloud::Usgov => "https://graph.microsoft.us",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+    pub fn exchange_host(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://outlook.office365.com",
+            Cloud::Usgov => "https://outlook.office365.us",
+            Cloud::China => "https://partner.outlook.cn",
+        }
+    }
+}
+
+macro_rules! string_newtype {
+    ($(#[$m:meta])* $name:ident, $check:path) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                $check(&s).map($name)
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// A GUID in its canonical 8-4-4-4-12 form, lower-cased.
+    Guid,
+    check_guid
+);
+string_newtype!(
+    /// A tenant: a GUID or a DNS domain such as `contoso.onmicrosoft.com`.
+    Tenant,
+    check_tenant
+);
+string_newtype!(
+    /// A DNS domain name, lower-cased.
+    Domain,
+    check_domain
+);
+string_newtype!(
+    /// A mailbox attribute name such as `CustomAttribute1`.
+    AttributeName,
+    check_attribute
+);
+
+fn check_guid(s: &str) -> Result<String, String> {
+    let hyphenated = s.len() == 36 && s.as_bytes().iter().filter(|b| **b == b'-').count() == 4;
+    match uuid::Uuid::try_parse(s) {
+        Ok(u) if hyphenated => Ok(u.hyphenated().to_string()),
+        _ => Err(format!(
+            "expected a GUID such as 00000000-0000-0000-0000-000000000000, found `{s}`"
+        )),
+    }
+}
+
+fn check_tenant(s: &str) -> Result<String, String> {
+    check_guid(s).or_else(|_| {
+        check_domain(s).map_err(|_| {
+            format!(
+                "expected a tenant GUID or a domain such as contoso.onmicrosoft.com, found `{s}`"
+            )
+        })
+    })
+}
+
+/// Checks a DNS name: two or more labels of letters, digits and inner hyphens.
+pub fn check_domain(s: &str) -> Result<String, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let labels: Vec<&str> = lower.split('.').collect();
+    let ok = lower.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(lower)
+    } else {
+        Err(format!(
+            "expected a domain such as contoso.com, found `{s}`"
+        ))
+    }
+}
+
+fn check_attribute(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "expected a mailbox attribute name such as CustomAttribute1, found `{s}`"
+        ))
+    }
+}
+
+/// An endpoint URL: https, or http to a loopback address (for the emulated endpoints).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EndpointUrl(url::Url);
+
+impl EndpointUrl {
+    pub fn as_url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EndpointUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let url = url::Url::parse(&s).map_err(|e| format!("expected a URL, found `{s}`: {e}"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
+            "http" => {
+                return Err(format!(
+                    "`{s}` uses http; only https is allowed, except for loopback addresses (127.0.0.0/8, ::1)"
+                ));
+            }
+            other => return Err(format!("`{s}` has scheme `{other}`; expected https")),
+        }
+        if url.host().is_none() {
+            return Err(format!("`{s}` has no host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("`{s}` must not carry a query or fragment"));
+        }
+        Ok(EndpointUrl(url))
+    }
+}
+
+impl From<EndpointUrl> for String {
+    fn from(v: EndpointUrl) -> String {
+        v.0.into()
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        _ => false,
+    }
+}
+
+/// A monthly price: finite and not negative.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Price(f64);
+
+impl Price {
+    pub fn value(self) -> f64 {
+        self.0
+    }
+}
+
+impl TryFrom<f64> for Price {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if v.is_finite() && v >= 0.0 {
+            Ok(Price(v))
+        } else {
+            Err(format!("expected a price of 0 or more, found {v}"))
+        }
+    }
+}
+
+impl From<Price> for f64 {
+    fn from(p: Price) -> f64 {
+        p.0
+    }
+}
+
+/// The commented sample written by `imm-daemon config init`.
+pub const SAMPLE: &str = r#"# imm-daemon configuration.
+# Unknown keys are rejected, so a typo is reported instead of silently ignored.
+
+# The Microsoft 365 tenant: its GUID or a verified domain.
+# tenant = "contoso.onmicrosoft.com"
+
+# The application (client) id of the app registration used for sign-in.
+# client_id = "00000000-0000-0000-0000-000000000000"
+
+# Which Microsoft cloud: "global", "usgov" or "china".
+cloud = "global"
+
+# Per-endpoint overrides; the defaults follow `cloud`. https only (http is allowed for
+# loopback addresses, for testing against emulated endpoints).
+# authority = "https://login.microsoftonline.com/contoso.onmicrosoft.com"
+# oidc_authority = "https://id.example.com"   # a generic OpenID provider instead
+# graph_url = "https://graph.microsoft.com"
+# exchange_url = "https://outlook.office365.com"
+
+[inventory]
+# Where a mailbox's operating company and department come from: a mailbox attribute
+# (CustomAttribute1..15 or any field present in your export).
+# company_attribute = "CustomAttribute1"
+# department_attribute = "CustomAttribute2"
+
+# The attribute holding the license type, and the license assumed when it is empty.
+license_attribute = "LicenseType"
+# default_license = "E3"
+
+# Monthly cost per license type; a license missing here is priced 0 and listed as
+# unpriced by `imm-daemon mailboxes stats`.
+[inventory.prices]
+# E3 = 36.00
+# E5 = 57.00
+
+# Operating company by e-mail domain, used when the company attribute is empty.
+[inventory.company_domains]
+# "contoso.com" = "Contoso Ltd"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, String> {
+        Config::parse(s, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sample_parses() {
+        let c = parse(SAMPLE).unwrap();
+        assert_eq!(c.cloud, Cloud::Global);
+        assert_eq!(c.inventory.license_attribute.as_str(), "LicenseType");
+    }
+
+    #[test]
+    fn full_config() {
+        let c = parse(
+            r#"
+tenant = "Contoso.onmicrosoft.com"
+client_id = "0D2A1F5E-1234-4ABC-9DEF-0123456789AB"
+cloud = "usgov"
+graph_url = "http://127.0.0.1:8080/"
+[inventory]
+company_attribute = "CustomAttribute1"
+prices = { E3 = 36.0, "Exchange Online (Plan 2)" = 8 }
+company_domains = { "Fabrikam.com" = "Fabrikam" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.tenant.as_ref().unwrap().as_str(),
+            "contoso.onmicrosoft.com"
+        );
+        assert_eq!(
+            c.client_id.as_ref().unwrap().as_str(),
+            "0d2a1f5e-1234-4abc-9def-0123456789ab"
+        );
+        assert_eq!(c.cloud, Cloud::Usgov);
+        assert_eq!(c.exchange_url(), "https://outlook.office365.us");
+        assert_eq!(c.inventory.prices["E3"].value(), 36.0);
+        assert!(
+            c.inventory
+                .company_domains
+                .keys()
+                .any(|d| d.as_str() == "fabrikam.com")
+        );
+    }
+
+    #[test]
+    fn authority_follows_cloud_and_tenant() {
+        let c = parse("tenant = \"contoso.com\"\ncloud = \"china\"").unwrap();
+        assert_eq!(
+            c.authority_url().unwrap(),
+            "https://login.chinacloudapi.cn/contoso.com"
+        );
+        assert_eq!(c.graph_url(), "https://microsoftgraph.chinacloudapi.cn");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_position() {
+        let e = parse("tenant = \"contoso.com\"\ntennant = \"x\"\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("unknown field `tennant`"), "{e}");
+        assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        for (text, needle) in [
+            ("tenant = 5", "expected a string"),
+            (
+                "tenant = \"not a tenant\"",
+                "expected a tenant GUID or a domain",
+            ),
+            ("client_id = \"contoso.com\"", "expected a GUID"),
+            ("cloud = \"mars\"", "unknown variant `mars`"),
+            (
+                "graph_url = \"http://graph.example.com\"",
+                "only https is allowed",
+            ),
+            ("graph_url = \"http://10.0.0.1/\"", "only https is allowed"),
+            ("exchange_url = \"ftp://x.example\"", "scheme `ftp`"),
+            ("[inventory]\nprices = { E3 = -1.0 }", "price of 0 or more"),
+            (
+                "[inventory]\ncompany_attribute = \"Custom Attribute\"",
+                "attribute name",
+            ),
+            (
+                "[inventory.company_domains]\n\"not a domain\" = \"x\"",
+                "expected a domain",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(e.contains("line"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn loopback_http_is_allowed() {
+        parse("graph_url = \"http://127.0.0.1:9/\"\nexchange_url = \"http://[::1]:9\"").unwrap();
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = parse("tenant = \"contoso.com\"\n[inventory.prices]\nE3 = 36.5").unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(parse(&text).unwrap(), c);
+    }
+}

@@ -1,0 +1,575 @@
+//! Reading the PowerShell exports administrators already make: `Get-Mailbox
+//! -InactiveMailboxOnly | ConvertTo-Json` (Windows PowerShell 5.1 or PowerShell 7, one
+//! object or an array, also the `{"value": [...]}` envelope) and `Export-Csv` (with or
+//! without the `#TYPE` line), in UTF-8 with or without BOM or UTF-16 with BOM.
+//!
+//! JSON is streamed through serde, keeping only the fields the inventory reads, so a
+//! full Get-Mailbox object of two hundred properties costs little more than skipping it.
+//! The text decoding is written here (a BOM check and `char::decode_utf16`): the three
+//! encodings PowerShell writes need no general-purpose encoding crate.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use crate::config::InventoryConfig;
+use crate::inventory::{ExoMailbox, FIELDS, FieldError};
+
+/// Why an export could not be read. Nothing is imported when any record is bad.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{path}: record {record}{}: {source}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Record {
+        path: PathBuf,
+        record: usize,
+        line: Option<u64>,
+        source: FieldError,
+    },
+}
+
+/// The shape an export was recognised as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportShape {
+    Json,
+    Csv,
+}
+
+/// The text encoding an export was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    Utf8,
+    Utf8Bom,
+    Utf16Le,
+    Utf16Be,
+}
+
+/// The mailboxes of an export, in file order.
+#[derive(Debug)]
+pub struct Export {
+    pub shape: ExportShape,
+    pub encoding: Encoding,
+    pub mailboxes: Vec<ExoMailbox>,
+}
+
+/// Reads and parses the export at `path`.
+pub fn read_export(path: &Path, cfg: &InventoryConfig) -> Result<Export, ImportError> {
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_export(&bytes, cfg).map_err(|e| e.at(path))
+}
+
+/// A parse error before the file's path is attached.
+#[derive(Debug)]
+pub enum ParseError {
+    Format(String),
+    Record {
+        record: usize,
+        line: Option<u64>,
+        source: FieldError,
+    },
+}
+
+impl ParseError {
+    fn at(self, path: &Path) -> ImportError {
+        let path = path.to_path_buf();
+        match self {
+            ParseError::Format(message) => ImportError::Format { path, message },
+            ParseError::Record {
+                record,
+                line,
+                source,
+            } => ImportError::Record {
+                path,
+                record,
+                line,
+                source,
+            },
+        }
+    }
+}
+
+/// Parses export bytes.
+pub fn parse_export(bytes: &[u8], cfg: &InventoryConfig) -> Result<Export, ParseError> {
+    let (text, encoding) = decode(bytes).map_err(ParseError::Format)?;
+    let wanted = Wanted::new(cfg);
+    let trimmed = text.trim_start();
+    let (shape, records) = match trimmed.chars().next() {
+        None => return Err(ParseError::Format("the file is empty".into())),
+        Some('[' | '{') => (ExportShape::Json, parse_json(trimmed, &wanted)?),
+        Some(_) => (ExportShape::Csv, parse_csv(trimmed, &wanted)?),
+    };
+    let mut seen: HashMap<String, usize> = HashMap::with_capacity(records.len());
+    let mut mailboxes = Vec::with_capacity(records.len());
+    for (i, rec) in records.iter().enumerate() {
+        let record = i + 1;
+        let m = ExoMailbox::from_fields(cfg, |name| wanted.get(&rec.values, name)).map_err(
+            |source| ParseError::Record {
+                record,
+                line: rec.line,
+                source,
+            },
+        )?;
+        if let Some(first) = seen.insert(m.exchange_guid.clone(), record) {
+            return Err(ParseError::Record {
+                record,
+                line: rec.line,
+                source: FieldError {
+                    field: "ExchangeGuid".into(),
+                    message: format!("{} also appears in record {first}", m.exchange_guid),
+                },
+            });
+        }
+        mailboxes.push(m);
+    }
+    Ok(Export {
+        shape,
+        encoding,
+        mailboxes,
+    })
+}
+
+fn decode(bytes: &[u8]) -> Result<(String, Encoding), String> {
+    let utf16 = |body: &[u8], le: bool| -> Result<String, String> {
+        if body.len() % 2 != 0 {
+            return Err("UTF-16 text with an odd number of bytes (the file is cut short)".into());
+        }
+        let units = body.chunks_exact(2).map(|c| {
+            if le {
+                u16::from_le_bytes([c[0], c[1]])
+            } else {
+                u16::from_be_bytes([c[0], c[1]])
+            }
+        });
+        char::decode_utf16(units)
+            .collect::<Result<String, _>>()
+            .map_err(|e| format!("invalid UTF-16 text: {e}"))
+    };
+    let not_utf8 = |e: std::str::Utf8Error| {
+        format!(
+            "not UTF-8 text (byte {}); PowerShell exports are UTF-8 or UTF-16 with a byte order mark",
+            e.valid_up_to()
+        )
+    };
+    match bytes {
+        [0xEF, 0xBB, 0xBF, rest @ ..] => std::str::from_utf8(rest)
+            .map(|s| (s.to_string(), Encoding::Utf8Bom))
+            .map_err(not_utf8),
+        [0xFF, 0xFE, rest @ ..] => Ok((utf16(rest, true)?, Encoding::Utf16Le)),
+        [0xFE, 0xFF, rest @ ..] => Ok((utf16(rest, false)?, Encoding::Utf16Be)),
+        // UTF-16 LE without a byte order mark: ASCII text with every second byte zero.
+        [a, 0, ..] if *a != 0 => Ok((utf16(bytes, true)?, Encoding::Utf16Le)),
+        _ => std::str::from_utf8(bytes)
+            .map(|s| (s.to_string(), Encoding::Utf8))
+            .map_err(not_utf8),
+    }
+}
+
+/// The fields kept from each record: the inventory's plus the configured attributes.
+struct Wanted {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+}
+
+impl Wanted {
+    fn new(cfg: &InventoryConfig) -> Wanted {
+        let mut names: Vec<String> = FIELDS.iter().map(|s| s.to_string()).collect();
+        let attrs = [
+            cfg.company_attribute.as_ref(),
+            cfg.department_attribute.as_ref(),
+            Some(&cfg.license_attribute),
+        ];
+        for a in attrs.into_iter().flatten() {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(a.as_str())) {
+                names.push(a.as_str().to_string());
+            }
+        }
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_ascii_lowercase(), i))
+            .collect();
+        Wanted { names, index }
+    }
+
+    fn slot(&self, key: &str) -> Option<usize> {
+        let mut buf = [0u8; 64];
+        let k = key.as_bytes();
+        if k.len() > buf.len() {
+            return None;
+        }
+        for (d, s) in buf.iter_mut().zip(k) {
+            *d = s.to_ascii_lowercase();
+        }
+        let lower = std::str::from_utf8(&buf[..k.len()]).ok()?;
+        self.index.get(lower).copied()
+    }
+
+    fn get<'v>(&self, values: &'v [Value], name: &str) -> Option<&'v Value> {
+        let i = self
+            .names
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(name))?;
+        values.get(i).filter(|v| !v.is_null())
+    }
+}
+
+struct Record {
+    values: Vec<Value>,
+    line: Option<u64>,
+}
+
+fn parse_json(text: &str, wanted: &Wanted) -> Result<Vec<Record>, ParseError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let records = TopSeed(wanted)
+        .deserialize(&mut de)
+        .and_then(|r| de.end().map(|_| r))
+        .map_err(|e| ParseError::Format(format!("invalid JSON export: {e}")))?;
+    if records.is_empty() {
+        return Err(ParseError::Format("the export holds no records".into()));
+    }
+    Ok(records)
+}
+
+struct KeySeed<'a>(&'a Wanted);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a property name")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.slot(v))
+    }
+}
+
+fn read_record<'de, A: MapAccess<'de>>(
+    wanted: &Wanted,
+    first: Option<(Option<usize>, Value)>,
+    map: &mut A,
+) -> Result<Record, A::Error> {
+    let mut values = vec![Value::Null; wanted.names.len()];
+    if let Some((Some(i), v)) = first {
+        values[i] = v;
+    }
+    while let Some(slot) = map.next_key_seed(KeySeed(wanted))? {
+        match slot {
+            Some(i) => values[i] = map.next_value()?,
+            None => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(Record { values, line: None })
+}
+
+struct RecordSeed<'a>(&'a Wanted);
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = Record;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Record, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = Record;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mailbox object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+        read_record(self.0, None, &mut map)
+    }
+}
+
+/// The whole document: an array of records, one record, or `{"value": [records], ...}`.
+struct TopSeed<'a>(&'a Wanted);
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = Vec<Record>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Record>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = Vec<Record>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mailbox object or an array of them")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Record>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(r) = seq.next_element_seed(RecordSeed(self.0))? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Record>, A::Error> {
+        // The first key decides: `value` holding an array is the envelope Windows
+        // PowerShell (and the Exchange REST endpoint) wrap collections in.
+        let mut values = vec![Value::Null; self.0.names.len()];
+        loop {
+            let Some(key) = map.next_key::<String>()? else {
+                return Ok(vec![Record { values, line: None }]);
+            };
+            if key.eq_ignore_ascii_case("value") {
+                if let Some(records) = map.next_value_seed(MaybeRecords(self.0))? {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    return Ok(records);
+                }
+                continue;
+            }
+            match self.0.slot(&key) {
+                Some(i) => values[i] = map.next_value()?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            let rest = read_record(self.0, None, &mut map)?;
+            for (slot, v) in values.iter_mut().zip(rest.values) {
+                if !v.is_null() {
+                    *slot = v;
+                }
+            }
+            return Ok(vec![Record { values, line: None }]);
+        }
+    }
+}
+
+struct MaybeRecords<'a>(&'a Wanted);
+
+impl<'de> DeserializeSeed<'de> for MaybeRecords<'_> {
+    type Value = Option<Vec<Record>>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MaybeRecords<'_> {
+    type Value = Option<Vec<Record>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        TopSeed(self.0).visit_seq(seq).map(Some)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+fn parse_csv(text: &str, wanted: &Wanted) -> Result<Vec<Record>, ParseError> {
+    // Windows PowerShell's Export-Csv starts with `#TYPE <type name>` unless told not to.
+    let (body, skipped_lines) = match text.strip_prefix("#TYPE") {
+        Some(rest) => (rest.split_once('\n').map_or("", |(_, b)| b), 1),
+        None => (text, 0),
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(body.as_bytes());
+    let csv_err = |e: csv::Error| {
+        let at = e
+            .position()
+            .map(|p| format!(" at line {}", p.line() + skipped_lines))
+            .unwrap_or_default();
+        let msg = match e.kind() {
+            csv::ErrorKind::UnequalLengths {
+                expected_len, len, ..
+            } => format!("a row has {len} fields where the header has {expected_len}"),
+            _ => e.to_string(),
+        };
+        ParseError::Format(format!("invalid CSV export{at}: {msg}"))
+    };
+    let headers = rdr.headers().map_err(csv_err)?.clone();
+    let slots: Vec<Option<usize>> = headers.iter().map(|h| wanted.slot(h.trim())).collect();
+    if !slots
+        .iter()
+        .flatten()
+        .any(|i| wanted.names[*i] == "ExchangeGuid")
+    {
+        return Err(ParseError::Format(
+            "not a Get-Mailbox export: no ExchangeGuid column (expected ConvertTo-Json or Export-Csv output)".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    let mut rec = csv::StringRecord::new();
+    while rdr.read_record(&mut rec).map_err(csv_err)? {
+        let mut values = vec![Value::Null; wanted.names.len()];
+        for (cell, slot) in rec.iter().zip(&slots) {
+            if let Some(i) = slot {
+                values[*i] = Value::String(cell.to_string());
+            }
+        }
+        out.push(Record {
+            values,
+            line: rec.position().map(|p| p.line() + skipped_lines),
+        });
+    }
+    if out.is_empty() {
+        return Err(ParseError::Format("the export holds no records".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G1: &str = "11111111-1111-4111-8111-111111111111";
+    const G2: &str = "22222222-2222-4222-8222-222222222222";
+
+    fn parse(bytes: &[u8]) -> Result<Export, ParseError> {
+        parse_export(bytes, &InventoryConfig::default())
+    }
+
+    fn utf16le_bom(s: &str) -> Vec<u8> {
+        let mut v = vec![0xFF, 0xFE];
+        v.extend(s.encode_utf16().flat_map(|u| u.to_le_bytes()));
+        v
+    }
+
+    #[test]
+    fn json_array_object_and_envelope() {
+        let arr = format!(
+            r#"[{{"ExchangeGuid":"{G1}","WhenSoftDeleted":"\/Date(1690000000000)\/","Extra":{{"deep":[1,2]}}}},
+               {{"ExchangeGuid":"{G2}","WhenSoftDeleted":"2023-07-22T04:26:40Z"}}]"#
+        );
+        let e = parse(arr.as_bytes()).unwrap();
+        assert_eq!(e.shape, ExportShape::Json);
+        assert_eq!(e.mailboxes.len(), 2);
+        assert_eq!(
+            e.mailboxes[0].when_soft_deleted,
+            e.mailboxes[1].when_soft_deleted
+        );
+
+        let one = format!(r#"{{"DisplayName":"A","exchangeguid":"{G1}"}}"#);
+        let e = parse(one.as_bytes()).unwrap();
+        assert_eq!(e.mailboxes.len(), 1);
+        assert_eq!(e.mailboxes[0].display_name.as_deref(), Some("A"));
+
+        let env = format!(
+            r#"{{"value":[{{"ExchangeGuid":"{G1}"}},{{"ExchangeGuid":"{G2}"}}],"Count":2}}"#
+        );
+        assert_eq!(parse(env.as_bytes()).unwrap().mailboxes.len(), 2);
+    }
+
+    #[test]
+    fn csv_with_type_line_and_utf16() {
+        let csv = format!(
+            "#TYPE Deserialized.Microsoft.Exchange.Data.Directory.Management.Mailbox\r\n\
+             \"DisplayName\",\"ExchangeGuid\",\"InPlaceHolds\",\"LitigationHoldEnabled\"\r\n\
+             \"Ann, B.\",\"{G1}\",\"UniHabc mbxdef:1\",\"True\"\r\n\
+             \"Bo\",\"{G2}\",\"\",\"False\"\r\n"
+        );
+        for (bytes, enc) in [
+            (csv.clone().into_bytes(), Encoding::Utf8),
+            (
+                [&[0xEF, 0xBB, 0xBF][..], csv.as_bytes()].concat(),
+                Encoding::Utf8Bom,
+            ),
+            (utf16le_bom(&csv), Encoding::Utf16Le),
+        ] {
+            let e = parse(&bytes).unwrap();
+            assert_eq!(e.shape, ExportShape::Csv);
+            assert_eq!(e.encoding, enc);
+            assert_eq!(e.mailboxes.len(), 2);
+            assert_eq!(e.mailboxes[0].display_name.as_deref(), Some("Ann, B."));
+            assert_eq!(e.mailboxes[0].in_place_holds, ["UniHabc", "mbxdef:1"]);
+            assert!(e.mailboxes[0].litigation_hold);
+            assert!(!e.mailboxes[1].litigation_hold);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_record_and_field() {
+        let json = format!(r#"[{{"ExchangeGuid":"{G1}"}},{{"DisplayName":"no guid"}}]"#);
+        match parse(json.as_bytes()).unwrap_err() {
+            ParseError::Record { record, source, .. } => {
+                assert_eq!(record, 2);
+                assert_eq!(source.field, "ExchangeGuid");
+            }
+            other => panic!("{other:?}"),
+        }
+        let csv = format!("ExchangeGuid,WhenSoftDeleted\n{G1},2023-01-01\n{G2},someday\n");
+        match parse(csv.as_bytes()).unwrap_err() {
+            ParseError::Record {
+                record,
+                line,
+                source,
+            } => {
+                assert_eq!((record, line), (2, Some(3)));
+                assert_eq!(source.field, "WhenSoftDeleted");
+            }
+            other => panic!("{other:?}"),
+        }
+        let dup = format!(
+            r#"[{{"ExchangeGuid":"{G1}"}},{{"ExchangeGuid":"{}"}}]"#,
+            G1.to_uppercase()
+        );
+        assert!(matches!(
+            parse(dup.as_bytes()).unwrap_err(),
+            ParseError::Record { record: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn unrecognised_input_is_refused() {
+        for (bytes, needle) in [
+            (&b""[..], "empty"),
+            (b"   \n", "empty"),
+            (b"[]", "no records"),
+            (b"[1,2]", "expected a mailbox object"),
+            (b"{\"ExchangeGuid\": ", "invalid JSON"),
+            (b"Name,Size\nx,1\n", "no ExchangeGuid column"),
+            (b"\xff\xfe\x00", "odd number"),
+            (b"ExchangeGuid\n\xc3\x28\n", "not UTF-8"),
+        ] {
+            let e = parse(bytes).unwrap_err();
+            let ParseError::Format(msg) = e else {
+                panic!("{e:?}")
+            };
+            assert!(msg.contains(needle), "{msg}");
+        }
+    }
+}

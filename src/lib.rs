@@ -1,0 +1,27 @@
+//! imm-daemon: a background daemon and command-line tool for Microsoft 365 / Exchange
+//! Online administrators.
+//!
+//! # Architecture
+//!
+//! - [`config`] turns the TOML file into a validated [`config::Config`]; [`paths`] knows
+//!   where every file lives and writes files atomically and owner-only.
+//! - [`import`] reads PowerShell exports into raw Exchange facts; [`inventory`] applies
+//!   the inventory rules to them (holds, age, size, cost, company, recovery eligibility)
+//!   as pure functions, which the live sync will reuse.
+//! - [`store`] owns the SQLite database and every SQL statement; [`audit`] defines audit
+//!   events and the hash chain that makes the log tamper-evident.
+//! - [`cli`] parses the command line, calls the above and formats the results.
+//!
+//! Data flow of an import: file bytes → [`import::parse_export`] →
+//! [`inventory::ExoMailbox`] → [`inventory::InactiveMailbox::build`] →
+//! [`store::Store::write`] (upserts, removals and their audit rows in one transaction).
+//! Reads refresh clock- and price-dependent figures with
+//! [`inventory::InactiveMailbox::refresh`] before anything is shown.
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod import;
+pub mod inventory;
+pub mod paths;
+pub mod store;

@@ -1,0 +1,45 @@
+//! The `imm-daemon` binary: parses arguments, sets up logging, maps errors to exit codes.
+
+use clap::Parser;
+use imm_daemon::cli::{self, Cli};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                cli::exit::USAGE
+            } else {
+                cli::exit::OK
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    init_logging();
+    match cli::run(cli) {
+        Ok(()) => {}
+        Err(e) if cli::is_broken_pipe(&e) => {}
+        Err(e) => {
+            let code = cli::exit_code(&e);
+            if !e.chain().any(|c| c.is::<cli::SilentExit>()) {
+                eprintln!("error: {e:#}");
+            }
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Logs go to stderr; the filter comes from IMM_LOG, else RUST_LOG, else `warn` for
+/// commands (the daemon will default to `info`).
+fn init_logging() {
+    let filter = std::env::var("IMM_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

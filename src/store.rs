@@ -1,0 +1,325 @@
+//! The SQLite database: connection settings, schema migrations and every SQL statement.
+//!
+//! WAL journal, a busy timeout so concurrent processes wait instead of failing, foreign
+//! keys on. The schema version lives in `PRAGMA user_version`; a database written by a
+//! newer imm-daemon is refused before anything is written to it. Migrations are a short
+//! hand-written list rather than `rusqlite_migration`, whose releases are pinned to
+//! particular rusqlite versions, because one of them runs Rust code (sealing existing
+//! audit rows into the hash chain) and the newer-version check must come before any
+//! write, including the switch to WAL.
+//!
+//! Writes go through [`Store::write`], one `BEGIN IMMEDIATE` transaction in which the
+//! operation and its audit rows commit together or not at all.
+
+mod audit_log;
+mod mailboxes;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+pub use audit_log::{AuditFilter, PruneOutcome};
+pub use mailboxes::{MailboxFilter, StoreStats, format_date};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// `PRAGMA application_id` of an imm-daemon database ("IMMD").
+const APPLICATION_ID: i64 = 0x494d_4d44;
+
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} was written by a newer imm-daemon (schema version {found}; this build understands up to {supported}); it was left untouched, upgrade imm-daemon to use it"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("{path} is not an imm-daemon database (application id {found:#x})")]
+    Foreign { path: PathBuf, found: i64 },
+    #[error("migrating database {path} to schema version {version} failed")]
+    Migrate {
+        path: PathBuf,
+        version: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database error")]
+    Sql(#[from] rusqlite::Error),
+    #[error("cannot read database file size of {path}")]
+    Metadata {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Paths(#[from] crate::paths::PathsError),
+}
+
+/// An open database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// A write transaction; commits when the closure given to [`Store::write`] succeeds.
+pub struct Tx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    user: &'a str,
+}
+
+impl Store {
+    /// Opens (creating it 0600 when missing) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::paths::ensure_private_dir(dir)?;
+        }
+        crate::paths::ensure_private_file(path)?;
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.prepare().map_err(|e| match e {
+            StoreError::Sql(source) => open_err(source),
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn prepare(&mut self) -> Result<(), StoreError> {
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Reading the header is the first thing done: a newer or foreign database must be
+        // refused before anything (even the journal mode) is written to it.
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let app_id: i64 = self
+            .conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        if app_id != 0 && app_id != APPLICATION_ID {
+            return Err(StoreError::Foreign {
+                path: self.path.clone(),
+                found: app_id,
+            });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        self.conn
+            .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        self.conn.execute_batch(
+            "PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA temp_store = MEMORY;",
+        )?;
+        self.migrate(version)
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    fn migrate(&mut self, from: i64) -> Result<(), StoreError> {
+        for version in (from + 1)..=SCHEMA_VERSION {
+            let path = self.path.clone();
+            let fail = |source| StoreError::Migrate {
+                path: path.clone(),
+                version,
+                source,
+            };
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(fail)?;
+            // Another process may have migrated while this one waited for the lock.
+            let current: i64 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(fail)?;
+            if current >= version {
+                tx.commit().map_err(fail)?;
+                continue;
+            }
+            match version {
+                1 => tx.execute_batch(MIGRATION_1).map_err(fail)?,
+                2 => {
+                    tx.execute_batch(MIGRATION_2).map_err(fail)?;
+                    audit_log::seal_unhashed(&tx).map_err(fail)?;
+                }
+                _ => unreachable!("no migration to version {version}"),
+            }
+            tx.execute_batch(&format!(
+                "PRAGMA user_version = {version}; PRAGMA application_id = {APPLICATION_ID};"
+            ))
+            .map_err(fail)?;
+            tx.commit().map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in one immediate transaction; the OS user is recorded on audit rows.
+    pub fn write<T, E>(&mut self, f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let user = crate::audit::os_user();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let mut tx = Tx { tx, user: &user };
+        let value = f(&mut tx)?;
+        tx.tx.commit().map_err(StoreError::from)?;
+        Ok(value)
+    }
+
+    /// Writes one audit row in a transaction of its own.
+    pub fn audit(
+        &mut self,
+        event: &crate::audit::AuditEvent,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<i64, StoreError> {
+        self.write(|tx| tx.audit(event, now))
+    }
+
+    /// The size of the database file in bytes (the WAL not included).
+    pub fn file_size(&self) -> Result<u64, StoreError> {
+        std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(|source| StoreError::Metadata {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+/// Version 1: the original design's tables, columns and indexes. `IF NOT EXISTS` adopts a
+/// database made by the original tool, which never set a schema version.
+const MIGRATION_1: &str = "
+CREATE TABLE IF NOT EXISTS inactive_mailboxes (
+    identity TEXT PRIMARY KEY,
+    display_name TEXT,
+    primary_smtp TEXT,
+    when_soft_deleted TEXT,
+    age_days INTEGER,
+    size_mb REAL,
+    item_count INTEGER,
+    license_type TEXT,
+    monthly_cost REAL,
+    hold_types TEXT,
+    recovery_eligible INTEGER,
+    recovery_blockers TEXT,
+    operating_company TEXT,
+    department TEXT,
+    last_updated TEXT
+);
+CREATE INDEX IF NOT EXISTS idx_mailboxes_smtp ON inactive_mailboxes(primary_smtp);
+CREATE INDEX IF NOT EXISTS idx_mailboxes_deleted ON inactive_mailboxes(when_soft_deleted);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    identity TEXT,
+    user TEXT,
+    details TEXT,
+    result TEXT,
+    error_message TEXT
+);
+CREATE INDEX IF NOT EXISTS idx_audit_timestamp ON audit_log(timestamp);
+";
+
+/// Version 2: what imm-daemon adds: the facts recovery eligibility is recomputed from, a
+/// case-folded search key, the audit hash chain and its prune anchor, and a guard that
+/// keeps audit rows from being updated in place.
+const MIGRATION_2: &str = "
+ALTER TABLE inactive_mailboxes ADD COLUMN user_principal_name TEXT;
+ALTER TABLE inactive_mailboxes ADD COLUMN size_bytes INTEGER;
+ALTER TABLE inactive_mailboxes ADD COLUMN in_place_holds TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE inactive_mailboxes ADD COLUMN is_inactive INTEGER;
+ALTER TABLE inactive_mailboxes ADD COLUMN auto_expanding_archive INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE inactive_mailboxes ADD COLUMN archive_status TEXT;
+ALTER TABLE inactive_mailboxes ADD COLUMN external_directory_object_id TEXT;
+ALTER TABLE inactive_mailboxes ADD COLUMN search_key TEXT NOT NULL DEFAULT '';
+UPDATE inactive_mailboxes
+   SET search_key = lower(coalesce(display_name, '') || char(10) || coalesce(primary_smtp, '')),
+       primary_smtp = lower(primary_smtp);
+ALTER TABLE audit_log ADD COLUMN prev_hash TEXT;
+ALTER TABLE audit_log ADD COLUMN hash TEXT;
+CREATE TABLE audit_anchor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last_id INTEGER NOT NULL,
+    last_hash TEXT NOT NULL,
+    pruned_rows INTEGER NOT NULL,
+    pruned_at TEXT NOT NULL
+);
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
+WHEN OLD.hash IS NOT NULL
+BEGIN
+    SELECT RAISE(ABORT, 'audit rows are append-only');
+END;
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_database_is_current_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db/imm.db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(store);
+        // Reopening an up-to-date database is a no-op.
+        assert_eq!(
+            Store::open(&path).unwrap().schema_version().unwrap(),
+            SCHEMA_VERSION
+        );
+    }
+}
