@@ -114,13 +114,11 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 _ => exit::DATA,
             };
         }
-        if let Some(e) = cause.downcast_ref::<StoreError>() {
-            if matches!(
-                e,
-                StoreError::TooNew { .. } | StoreError::Foreign { .. } | StoreError::Open { .. }
-            ) {
-                return exit::DATABASE;
-            }
+        if let Some(
+            StoreError::TooNew { .. } | StoreError::Foreign { .. } | StoreError::Open { .. },
+        ) = cause.downcast_ref::<StoreError>()
+        {
+            return exit::DATABASE;
         }
     }
     exit::FAILURE

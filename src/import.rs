@@ -145,7 +145,7 @@ pub fn parse_export(bytes: &[u8], cfg: &InventoryConfig) -> Result<Export, Parse
 
 fn decode(bytes: &[u8]) -> Result<(String, Encoding), String> {
     let utf16 = |body: &[u8], le: bool| -> Result<String, String> {
-        if body.len() % 2 != 0 {
+        if !body.len().is_multiple_of(2) {
             return Err("UTF-16 text with an odd number of bytes (the file is cut short)".into());
         }
         let units = body.chunks_exact(2).map(|c| {

@@ -192,10 +192,10 @@ pub fn parse_ps_date(s: &str) -> Result<Option<DateTime<Utc>>, String> {
         let (ms, offset) = inner.split_at(digits_end);
         let valid_offset = offset.is_empty()
             || (offset.len() == 5 && offset[1..].bytes().all(|b| b.is_ascii_digit()));
-        if let (Ok(ms), true) = (ms.parse::<i64>(), valid_offset) {
-            if let Some(d) = Utc.timestamp_millis_opt(ms).single() {
-                return Ok(Some(d));
-            }
+        if let (Ok(ms), true) = (ms.parse::<i64>(), valid_offset)
+            && let Some(d) = Utc.timestamp_millis_opt(ms).single()
+        {
+            return Ok(Some(d));
         }
         return Err(format!("unparseable date `{s}`"));
     }

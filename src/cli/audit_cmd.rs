@@ -75,10 +75,12 @@ fn parse_operation(s: &str) -> Result<Operation, String> {
 /// An audit row as JSON, with `details` as an object rather than text.
 fn row_json(r: &crate::audit::AuditRow) -> serde_json::Value {
     let mut v = serde_json::to_value(r).expect("audit rows serialize");
-    if let Some(d) = r.details.as_deref() {
-        if let Ok(parsed) = serde_json::from_str::<serde_json::Value>(d) {
-            v["details"] = parsed;
-        }
+    if let Some(Ok(parsed)) = r
+        .details
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
+        v["details"] = parsed;
     }
     v
 }
@@ -144,16 +146,20 @@ pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
                     }),
                 )?,
                 Format::Table => {
-                    let col = |header, numeric| Column { header, numeric };
+                    let col = |header, numeric, priority| Column {
+                        header,
+                        numeric,
+                        priority,
+                    };
                     let t = output::table(
                         &[
-                            col("Id", true),
-                            col("Time (UTC)", false),
-                            col("Operation", false),
-                            col("Identity", false),
-                            col("User", false),
-                            col("Result", false),
-                            col("Details", false),
+                            col("Id", true, 5),
+                            col("Time (UTC)", false, 8),
+                            col("Operation", false, 9),
+                            col("Identity", false, 6),
+                            col("User", false, 4),
+                            col("Result", false, 7),
+                            col("Details", false, 3),
                         ],
                         rows.iter().map(|r| {
                             vec![

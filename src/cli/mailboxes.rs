@@ -251,20 +251,24 @@ fn write_list(out: &mut impl Write, ms: &[InactiveMailbox], format: Format) -> a
         Format::Json => output::write_json(out, ms),
         Format::Csv => output::write_csv(out, CSV_HEADER, ms.iter().map(csv_row)),
         Format::Table => {
-            let col = |header, numeric| Column { header, numeric };
+            let col = |header, numeric, priority| Column {
+                header,
+                numeric,
+                priority,
+            };
             let t = output::table(
                 &[
-                    col("Name", false),
-                    col("SMTP", false),
-                    col("Deleted", false),
-                    col("Age (d)", true),
-                    col("Size (MB)", true),
-                    col("Items", true),
-                    col("License", false),
-                    col("Cost/mo", true),
-                    col("Holds", false),
-                    col("Recoverable", false),
-                    col("Company", false),
+                    col("Name", false, 10),
+                    col("SMTP", false, 9),
+                    col("Deleted", false, 3),
+                    col("Age (d)", true, 8),
+                    col("Size (MB)", true, 5),
+                    col("Items", true, 2),
+                    col("License", false, 3),
+                    col("Cost/mo", true, 6),
+                    col("Holds", false, 7),
+                    col("Recoverable", false, 7),
+                    col("Company", false, 4),
                 ],
                 ms.iter().map(|m| {
                     vec![
@@ -593,13 +597,17 @@ fn write_stats(
                     "age_band" => "Age",
                     _ => "Unpriced license",
                 };
-                let col = |header, numeric| Column { header, numeric };
+                let col = |header, numeric, priority| Column {
+                    header,
+                    numeric,
+                    priority,
+                };
                 let t = output::table(
                     &[
-                        col(header, false),
-                        col("Mailboxes", true),
-                        col("Cost/mo", true),
-                        col("Size (MB)", true),
+                        col(header, false, 10),
+                        col("Mailboxes", true, 9),
+                        col("Cost/mo", true, 6),
+                        col("Size (MB)", true, 5),
                     ],
                     groups.iter().map(|g| {
                         vec![

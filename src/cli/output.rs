@@ -2,7 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use comfy_table::{Cell, CellAlignment, ContentArrangement, Row, Table, presets};
+use comfy_table::{Cell, CellAlignment, ContentArrangement, LineStyle, Row, Table, TableStyle};
 use serde::Serialize;
 
 /// How a command prints what it found.
@@ -28,27 +28,54 @@ impl Format {
 
 /// The width tables are fitted to: the terminal's, else `COLUMNS`, else none.
 fn table_width() -> Option<u16> {
-    if std::io::stdout().is_terminal() {
-        if let Some((terminal_size::Width(w), _)) = terminal_size::terminal_size() {
-            return Some(w);
-        }
+    if std::io::stdout().is_terminal()
+        && let Some((terminal_size::Width(w), _)) = terminal_size::terminal_size()
+    {
+        return Some(w);
     }
     std::env::var("COLUMNS").ok()?.trim().parse().ok()
 }
 
-/// A column: its header and whether its figures align right.
+/// A column: its header, whether its figures align right, and how much it matters when
+/// the terminal is too narrow for all columns (the lowest go first).
 pub struct Column {
     pub header: &'static str,
     pub numeric: bool,
+    pub priority: u8,
 }
 
-/// Builds a table with one line per row, fitted to the terminal: cells that do not fit
-/// are cut with an ellipsis instead of wrapping.
+/// Builds a table with one line per row, fitted to the terminal: the least important
+/// columns are left out until the rest fit, and cells still too wide are cut with an
+/// ellipsis instead of wrapping.
 pub fn table(columns: &[Column], rows: impl IntoIterator<Item = Vec<String>>) -> Table {
+    let rows: Vec<Vec<String>> = rows.into_iter().collect();
+    let width = table_width();
+    let mut keep: Vec<usize> = (0..columns.len()).collect();
+    if let Some(w) = width {
+        let natural = |i: usize| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+                .max(columns[i].header.chars().count())
+                // A wide column is counted at most this wide: truncation handles the rest.
+                .min(24)
+                + 2
+        };
+        let widths: Vec<usize> = (0..columns.len()).map(natural).collect();
+        while keep.len() > 2 && keep.iter().map(|i| widths[*i]).sum::<usize>() > usize::from(w) {
+            let (pos, _) = keep
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, i)| columns[**i].priority)
+                .expect("more than two columns");
+            keep.remove(pos);
+        }
+    }
     let mut t = Table::new();
-    t.load_style(presets::UTF8_HORIZONTAL_ONLY);
+    t.load_style(TableStyle::new().header_separator(LineStyle::none().fill('─').junction('─')));
     t.set_truncation_indicator("…");
-    match table_width() {
+    match width {
         Some(w) => {
             t.set_width(w);
             t.set_content_arrangement(ContentArrangement::Dynamic);
@@ -57,17 +84,19 @@ pub fn table(columns: &[Column], rows: impl IntoIterator<Item = Vec<String>>) ->
             t.set_content_arrangement(ContentArrangement::Disabled);
         }
     }
-    t.set_header(columns.iter().map(|c| Cell::new(c.header)));
+    let mut header = Row::from(keep.iter().map(|i| Cell::new(columns[*i].header)));
+    header.max_height(1);
+    t.set_header(header);
     for r in rows {
-        let mut row = Row::from(r);
+        let mut row = Row::from(keep.iter().map(|i| r.get(*i).cloned().unwrap_or_default()));
         row.max_height(1);
         t.add_row(row);
     }
-    for (i, c) in columns.iter().enumerate() {
-        if c.numeric {
-            if let Some(col) = t.column_mut(i) {
-                col.set_cell_alignment(CellAlignment::Right);
-            }
+    for (pos, i) in keep.iter().enumerate() {
+        if columns[*i].numeric
+            && let Some(col) = t.column_mut(pos)
+        {
+            col.set_cell_alignment(CellAlignment::Right);
         }
     }
     t

@@ -1,0 +1,333 @@
+//! The query commands' output shapes and filters, through the real binary.
+
+use serde_json::{Value, json};
+
+use crate::support::{Env, G1, G2, G3, days_ago_ms, mode, record};
+
+/// Three mailboxes: Ann (litigation, E5, Contoso, 400 days), Ben (eDiscovery, E3, 10 days,
+/// auto-expanding archive), Cat (no hold, unpriced license, Fabrikam by domain, 800 days).
+fn seeded() -> Env {
+    let env = Env::new();
+    std::fs::create_dir_all(env.config_file().parent().unwrap()).unwrap();
+    std::fs::write(
+        env.config_file(),
+        "[inventory]\ncompany_attribute = \"CustomAttribute1\"\n\
+         prices = { E3 = 36.0, E5 = 57.0 }\ncompany_domains = { \"fabrikam.com\" = \"Fabrikam\" }\n",
+    )
+    .unwrap();
+    let mut ann = record(G1, "Ann Archer", "ann@contoso.com", days_ago_ms(400));
+    ann["LitigationHoldEnabled"] = json!(true);
+    ann["LicenseType"] = json!("E5");
+    ann["CustomAttribute1"] = json!("Contoso");
+    ann["TotalItemSize"] = json!("2 MB (2,097,152 bytes)");
+    ann["ItemCount"] = json!(20);
+    let mut ben = record(G2, "Ben Baker", "ben@contoso.com", days_ago_ms(10));
+    ben["InPlaceHolds"] = json!(["UniH0123"]);
+    ben["LicenseType"] = json!("E3");
+    ben["CustomAttribute1"] = json!("Contoso");
+    ben["AutoExpandingArchiveEnabled"] = json!(true);
+    let mut cat = record(G3, "Cat Carver", "cat@fabrikam.com", days_ago_ms(800));
+    cat["LicenseType"] = json!("Kiosk");
+    env.import(&[ann, ben, cat]);
+    env
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["display_name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn list_json_shape() {
+    let env = seeded();
+    let v = env.json(&["mailboxes", "list"]);
+    assert_eq!(names(&v), ["Ann Archer", "Ben Baker", "Cat Carver"]);
+    let ann = &v[0];
+    for key in [
+        "identity",
+        "display_name",
+        "primary_smtp",
+        "when_soft_deleted",
+        "age_days",
+        "size_mb",
+        "item_count",
+        "license_type",
+        "monthly_cost",
+        "hold_types",
+        "recovery_eligible",
+        "recovery_blockers",
+        "operating_company",
+        "department",
+        "last_updated",
+    ] {
+        assert!(ann.get(key).is_some(), "missing {key} in {ann}");
+    }
+    assert_eq!(ann["age_days"], 400, "age is computed fresh");
+    assert_eq!(ann["monthly_cost"], 57.0);
+    assert_eq!(ann["size_mb"], 2.0);
+    assert_eq!(ann["operating_company"], "Contoso");
+    assert_eq!(ann["recovery_eligible"], true);
+    let ben = &v[1];
+    assert_eq!(ben["recovery_eligible"], false);
+    let codes: Vec<&str> = ben["recovery_blockers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        ["auto_expanding_archive", "soft_deleted_under_30_days"]
+    );
+    assert!(
+        ben["recovery_blockers"][0]["message"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 20
+    );
+    assert_eq!(v[2]["operating_company"], "Fabrikam", "from the domain map");
+    assert_eq!(v[2]["monthly_cost"], 0.0);
+    // JSON is the default when stdout is not a terminal.
+    let piped: Value = serde_json::from_str(&env.ok(&["mailboxes", "list"])).unwrap();
+    assert_eq!(piped, v);
+}
+
+#[test]
+fn filters_sort_and_limit() {
+    let env = seeded();
+    let q = |args: &[&str]| {
+        let mut a = vec!["mailboxes", "list"];
+        a.extend(args);
+        names(&env.json(&a))
+    };
+    assert_eq!(q(&["--hold", "litigation"]), ["Ann Archer"]);
+    assert_eq!(q(&["--hold", "EDISCOVERY"]), ["Ben Baker"]);
+    assert_eq!(q(&["--company", "contoso"]), ["Ann Archer", "Ben Baker"]);
+    assert_eq!(q(&["--older-than", "365"]), ["Ann Archer", "Cat Carver"]);
+    assert_eq!(q(&["--eligible"]), ["Ann Archer", "Cat Carver"]);
+    assert_eq!(
+        q(&["--sort", "age", "--desc"]),
+        ["Cat Carver", "Ann Archer", "Ben Baker"]
+    );
+    assert_eq!(
+        q(&["--sort", "cost", "--desc", "--limit", "2"]),
+        ["Ann Archer", "Ben Baker"]
+    );
+    assert_eq!(
+        q(&["--sort", "size", "--desc", "--limit", "1"]),
+        ["Ann Archer"]
+    );
+    let err = env.fails(&["mailboxes", "list", "--hold", "forever"], 2);
+    assert!(err.contains("unknown hold type"), "{err}");
+}
+
+#[test]
+fn search_is_case_insensitive_on_name_and_address() {
+    let env = seeded();
+    assert_eq!(
+        names(&env.json(&["mailboxes", "search", "BAKER"])),
+        ["Ben Baker"]
+    );
+    assert_eq!(
+        names(&env.json(&["mailboxes", "search", "fabrikam"])),
+        ["Cat Carver"]
+    );
+    assert_eq!(
+        names(&env.json(&["mailboxes", "search", "contoso", "--hold", "litigation"])),
+        ["Ann Archer"]
+    );
+    assert!(names(&env.json(&["mailboxes", "search", "nobody"])).is_empty());
+}
+
+#[test]
+fn csv_and_table_shapes() {
+    let env = seeded();
+    let csv = env.ok(&["mailboxes", "list", "--format", "csv"]);
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "identity,display_name,primary_smtp,user_principal_name,when_soft_deleted,age_days,size_mb,item_count,license_type,monthly_cost,hold_types,recovery_eligible,recovery_blockers,operating_company,department,last_updated"
+    );
+    let ann = lines.next().unwrap();
+    assert!(
+        ann.starts_with(&format!("{G1},Ann Archer,ann@contoso.com,")),
+        "{ann}"
+    );
+    assert!(ann.contains(",57.00,litigation,true,,Contoso,"), "{ann}");
+    assert_eq!(lines.count(), 2);
+
+    let table = env
+        .cmd()
+        .env("COLUMNS", "200")
+        .args(["mailboxes", "list", "--format", "table"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("Name") && table.contains("Recoverable"),
+        "{table}"
+    );
+    assert!(
+        table.contains("Ann Archer") && table.contains("3 mailbox(es)"),
+        "{table}"
+    );
+    // Narrow terminals drop the least important columns instead of wrapping.
+    let narrow = env
+        .cmd()
+        .env("COLUMNS", "60")
+        .args(["mailboxes", "list", "--format", "table"])
+        .output()
+        .unwrap();
+    let narrow = String::from_utf8(narrow.stdout).unwrap();
+    assert!(
+        narrow.contains("Name") && !narrow.contains("Items"),
+        "{narrow}"
+    );
+    assert!(narrow.lines().all(|l| l.chars().count() <= 60), "{narrow}");
+    assert_eq!(
+        narrow.lines().count(),
+        2 + 3 + 1,
+        "one line per row: {narrow}"
+    );
+}
+
+#[test]
+fn show_by_guid_address_or_upn() {
+    let env = seeded();
+    for key in [G1, &G1.to_uppercase(), "ANN@contoso.com"] {
+        let m = env.json(&["mailboxes", "show", key]);
+        assert_eq!(m["identity"], G1, "{key}");
+    }
+    let table = env.ok(&["mailboxes", "show", G2, "--format", "table"]);
+    assert!(
+        table.contains("Ben Baker") && table.contains("blocker: auto_expanding_archive"),
+        "{table}"
+    );
+    let err = env.fails(&["mailboxes", "show", "ghost@contoso.com"], 1);
+    assert!(
+        err.contains("no cached inactive mailbox matches `ghost@contoso.com`"),
+        "{err}"
+    );
+    let shown = env.json(&["audit", "list", "--operation", "get_mailbox_details"]);
+    let shown = shown.as_array().unwrap();
+    assert_eq!(shown.len(), 5, "three JSON shows, one table show, one miss");
+    assert_eq!(shown[4]["result"], "failure");
+}
+
+#[test]
+fn stats_by_company_hold_and_age() {
+    let env = seeded();
+    let s: Value = env.json(&["mailboxes", "stats"]);
+    assert_eq!(s["count"], 3);
+    assert_eq!(s["recovery_eligible"], 2);
+    assert_eq!(s["monthly_cost"], 93.0);
+    assert_eq!(
+        s["by_company"][0],
+        json!({"key": "Contoso", "count": 2, "monthly_cost": 93.0, "size_mb": 2.0})
+    );
+    let holds: Vec<(String, u64)> = s["by_hold_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["key"].as_str().unwrap().into(),
+                g["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(holds.contains(&("litigation".into(), 1)) && holds.contains(&("none".into(), 1)));
+    let bands: Vec<&str> = s["by_age_band"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(bands, ["0-29 days", "1-2 years", "2+ years"]);
+    assert_eq!(s["unpriced_licenses"][0]["key"], "Kiosk");
+    assert_eq!(s["cache"]["count"], 3);
+    assert!(s["cache"]["file_size_bytes"].as_u64().unwrap() > 0);
+    let table = env.ok(&["mailboxes", "stats", "--format", "table"]);
+    assert!(
+        table.contains("Unpriced license") && table.contains("Kiosk"),
+        "{table}"
+    );
+    let csv = env.ok(&["mailboxes", "stats", "--format", "csv"]);
+    assert!(
+        csv.starts_with("group,key,count,monthly_cost,size_mb\ntotal,all,3,93.00,"),
+        "{csv}"
+    );
+}
+
+#[test]
+fn export_writes_private_files_and_is_audited() {
+    let env = seeded();
+    let out_json = env.home.path().join("out/mailboxes.json");
+    let msg = env.ok(&[
+        "mailboxes",
+        "export",
+        "--format",
+        "json",
+        "--output",
+        out_json.to_str().unwrap(),
+    ]);
+    assert!(msg.contains("exported 3 mailbox(es)"), "{msg}");
+    let v: Value = serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    assert_eq!(names(&v), ["Ann Archer", "Ben Baker", "Cat Carver"]);
+    assert_eq!(mode(&out_json), 0o600);
+
+    let out_csv = env.home.path().join("mailboxes.csv");
+    env.ok(&[
+        "mailboxes",
+        "export",
+        "--format",
+        "csv",
+        "--output",
+        out_csv.to_str().unwrap(),
+        "--eligible",
+    ]);
+    let csv = std::fs::read_to_string(&out_csv).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        3,
+        "header and two eligible mailboxes: {csv}"
+    );
+
+    let audit = env.json(&["audit", "list", "--operation", "EXPORT_DATA"]);
+    let audit = audit.as_array().unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[0]["details"]["count"], 3);
+    assert_eq!(audit[1]["details"]["format"], "csv");
+    env.fails(
+        &["mailboxes", "export", "--format", "table", "--output", "x"],
+        2,
+    );
+}
+
+#[test]
+fn clear_needs_confirmation() {
+    let env = seeded();
+    env.fails(&["mailboxes", "clear"], 1);
+    assert_eq!(
+        env.json(&["mailboxes", "list"]).as_array().unwrap().len(),
+        3
+    );
+    assert!(
+        env.ok(&["mailboxes", "clear", "--yes"])
+            .contains("removed 3")
+    );
+    assert!(
+        env.json(&["mailboxes", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_log WHERE operation = 'CLEAR_CACHE'"),
+        1
+    );
+}

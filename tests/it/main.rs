@@ -1,0 +1,9 @@
+//! End-to-end and integration tests: the real binary and real SQLite files in temporary
+//! folders, one test binary (see the `support` module for the shared helpers).
+
+mod audit;
+mod config;
+mod import;
+mod mailboxes;
+mod store;
+mod support;
