@@ -124,6 +124,29 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     exit::FAILURE
 }
 
+/// Writes an export file and its audit row together: the row is inserted, the file is
+/// replaced atomically, then the row commits; if the commit fails the file is removed, so
+/// there is never an unaudited export nor an audit row for a file that was not written.
+pub fn audited_write(
+    store: &mut Store,
+    event: &crate::audit::AuditEvent,
+    now: chrono::DateTime<chrono::Utc>,
+    path: &std::path::Path,
+    contents: &[u8],
+) -> anyhow::Result<()> {
+    let mut written = false;
+    let result = store.write(|tx| -> anyhow::Result<()> {
+        tx.audit(event, now)?;
+        crate::paths::write_atomic(path, contents)?;
+        written = true;
+        Ok(())
+    });
+    if result.is_err() && written {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
 /// Whether the error is a closed stdout (`imm-daemon mailboxes list | head`), which is
 /// no failure.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {

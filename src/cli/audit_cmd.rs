@@ -193,14 +193,11 @@ pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
             let v: Vec<_> = rows.iter().map(row_json).collect();
             let mut buf = Vec::new();
             output::write_json(&mut buf, &v)?;
-            store.audit(
-                &AuditEvent::new(Operation::ExportData).details(json!({
-                    "what": "audit_log", "output": path,
-                    "since": filter.since, "until": filter.until, "count": rows.len(),
-                })),
-                now,
-            )?;
-            crate::paths::write_atomic(&path, &buf)?;
+            let event = AuditEvent::new(Operation::ExportData).details(json!({
+                "what": "audit_log", "output": path,
+                "since": filter.since, "until": filter.until, "count": rows.len(),
+            }));
+            super::audited_write(&mut store, &event, now, &path, &buf)?;
             writeln!(
                 out,
                 "exported {} audit row(s) to {}",

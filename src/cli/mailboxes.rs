@@ -361,9 +361,7 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
                 "filter": filter.describe(None),
                 "count": ms.len(),
             }));
-            // The audit row commits before the file appears: an export is never unaudited.
-            store.audit(&event, now)?;
-            crate::paths::write_atomic(&path, &buf)?;
+            super::audited_write(&mut store, &event, now, &path, &buf)?;
             writeln!(
                 out,
                 "exported {} mailbox(es) to {}",
