@@ -143,7 +143,8 @@ impl Store {
         self.conn.execute_batch(
             "PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
-             PRAGMA temp_store = MEMORY;",
+             PRAGMA temp_store = MEMORY;
+             PRAGMA cache_size = -65536;",
         )?;
         self.migrate(version)
     }

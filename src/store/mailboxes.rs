@@ -11,20 +11,48 @@ use crate::inventory::{HoldType, InactiveMailbox, parse_ps_date};
 
 /// The text form of stored mailbox dates: fixed width, so text order is time order.
 pub fn format_date(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    let mut s = String::with_capacity(24);
+    push_date(&mut s, t);
+    s
+}
+
+/// Appends `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`; written out by hand because chrono's
+/// `format` re-parses its pattern on every call, which showed in the upsert profile.
+fn push_date(s: &mut String, t: DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.timestamp_subsec_millis().min(999)
+    );
 }
 
 fn parse_date(s: Option<String>) -> Option<DateTime<Utc>> {
     s.and_then(|s| parse_ps_date(&s).ok().flatten())
 }
 
-/// The case-folded text `search` matches against.
-fn search_key(display_name: Option<&str>, smtp: Option<&str>) -> String {
-    format!(
-        "{}\n{}",
-        display_name.unwrap_or_default().to_lowercase(),
-        smtp.unwrap_or_default().to_lowercase()
-    )
+/// Writes the case-folded text `search` matches against into `out`.
+fn search_key(out: &mut String, display_name: Option<&str>, smtp: Option<&str>) {
+    out.clear();
+    out.extend(
+        display_name
+            .unwrap_or_default()
+            .chars()
+            .flat_map(char::to_lowercase),
+    );
+    out.push('\n');
+    out.extend(
+        smtp.unwrap_or_default()
+            .chars()
+            .flat_map(char::to_lowercase),
+    );
 }
 
 const UPSERT: &str = "
@@ -130,7 +158,10 @@ impl Tx<'_> {
     /// Inserts or replaces many mailboxes with one prepared statement; returns the count.
     pub fn upsert_mailboxes(&mut self, ms: &[InactiveMailbox]) -> Result<usize, StoreError> {
         let mut st = self.tx.prepare_cached(UPSERT)?;
-        let mut holds = String::new();
+        // Buffers reused across rows: this loop is the hot path of an import.
+        let (mut holds, mut key, mut deleted, mut updated) =
+            (String::new(), String::new(), String::new(), String::new());
+        let (mut blockers, mut in_place) = (Vec::new(), Vec::new());
         for m in ms {
             holds.clear();
             holds.push('[');
@@ -143,15 +174,28 @@ impl Tx<'_> {
                 holds.push('"');
             }
             holds.push(']');
-            let blockers =
-                serde_json::to_string(&m.recovery_blockers).expect("blockers serialize to JSON");
-            let in_place =
-                serde_json::to_string(&m.in_place_holds).expect("strings serialize to JSON");
+            blockers.clear();
+            serde_json::to_writer(&mut blockers, &m.recovery_blockers)
+                .expect("blockers serialize to JSON");
+            in_place.clear();
+            serde_json::to_writer(&mut in_place, &m.in_place_holds)
+                .expect("strings serialize to JSON");
+            deleted.clear();
+            if let Some(d) = m.when_soft_deleted {
+                push_date(&mut deleted, d);
+            }
+            updated.clear();
+            push_date(&mut updated, m.last_updated);
+            search_key(
+                &mut key,
+                m.display_name.as_deref(),
+                m.primary_smtp.as_deref(),
+            );
             st.execute(params![
                 m.identity,
                 m.display_name,
                 m.primary_smtp,
-                m.when_soft_deleted.map(format_date),
+                m.when_soft_deleted.map(|_| deleted.as_str()),
                 m.age_days,
                 m.size_mb,
                 m.item_count.map(|c| c as i64),
@@ -159,18 +203,18 @@ impl Tx<'_> {
                 m.monthly_cost,
                 holds,
                 m.recovery_eligible,
-                blockers,
+                std::str::from_utf8(&blockers).expect("JSON is UTF-8"),
                 m.operating_company,
                 m.department,
-                format_date(m.last_updated),
+                updated,
                 m.user_principal_name,
                 m.size_bytes.map(|b| b as i64),
-                in_place,
+                std::str::from_utf8(&in_place).expect("JSON is UTF-8"),
                 m.is_inactive,
                 m.auto_expanding_archive,
                 m.archive_status,
                 m.external_directory_object_id,
-                search_key(m.display_name.as_deref(), m.primary_smtp.as_deref()),
+                key,
             ])?;
         }
         Ok(ms.len())

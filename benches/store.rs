@@ -1,0 +1,189 @@
+//! Store benchmarks on a real SQLite file in a temporary directory (WAL, synchronous=FULL,
+//! as `Store::open` sets it up).
+//!
+//! - `upsert_10k/insert`: 10,000 mailboxes into a fresh database, one transaction
+//!   (target < 50 ms).
+//! - `upsert_10k/update`: the same 10,000 mailboxes again into a database that already
+//!   holds them (the update path of a repeated snapshot import).
+//! - `upsert_1m/insert`: 1,000,000 mailboxes into a fresh database (target < 5 s).
+//! - `read/*`: what `mailboxes list` and `mailboxes search` read from the store, without
+//!   process start-up and output.
+//!
+//! The mailboxes are built before timing starts; opening the database and dropping it
+//! afterwards are not timed. Run with `cargo bench --bench store`; pass a filter such as
+//! `cargo bench --bench store -- upsert_10k` to run part of it.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use imm_daemon::config::InventoryConfig;
+use imm_daemon::inventory::{ExoMailbox, InactiveMailbox};
+use imm_daemon::store::{MailboxFilter, Store};
+use tempfile::TempDir;
+
+const COMPANIES: [(&str, &str); 4] = [
+    ("Contoso Ltd", "contoso.com"),
+    ("Fabrikam Inc", "fabrikam.com"),
+    ("Northwind Traders", "northwindtraders.com"),
+    ("Woodgrove Bank", "woodgrovebank.com"),
+];
+
+fn config() -> InventoryConfig {
+    toml::from_str(
+        r#"
+company_attribute = "CustomAttribute1"
+department_attribute = "CustomAttribute2"
+license_attribute = "LicenseType"
+default_license = "E3"
+prices = { E3 = 36.0, E5 = 57.0, F3 = 8.0 }
+"#,
+    )
+    .expect("benchmark configuration parses")
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 6, 1, 0, 0, 0).unwrap()
+}
+
+/// SplitMix64, so every run builds the same mailboxes.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `n` realistic, distinct inactive mailboxes, as an import builds them.
+fn mailboxes(n: u64) -> Vec<InactiveMailbox> {
+    let cfg = config();
+    let now = now();
+    (0..n)
+        .map(|i| {
+            let r = mix(i);
+            let (company, domain) = COMPANIES[(r % 4) as usize];
+            let guid = format!(
+                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                (r >> 32) as u32,
+                (r >> 16) as u16,
+                r & 0xfff,
+                (r >> 12) & 0xfff,
+                i
+            );
+            let mut in_place_holds = Vec::new();
+            if r.is_multiple_of(3) {
+                in_place_holds.push(format!("UniH{:016x}{:016x}", mix(r), mix(r + 1)));
+            }
+            if r % 5 < 3 {
+                in_place_holds.push(format!("mbx{:016x}{:016x}:1", mix(r + 2), mix(r + 3)));
+            }
+            if r.is_multiple_of(7) {
+                in_place_holds.push(format!("-mbx{:016x}{:016x}:1", mix(r + 4), mix(r + 5)));
+            }
+            let size = mix(r + 6) % (50 << 30);
+            let raw = ExoMailbox {
+                exchange_guid: guid,
+                display_name: Some(format!("User {i} Example")),
+                primary_smtp: Some(format!("user.{i}@{domain}")),
+                user_principal_name: Some(format!("user.{i}@{domain}")),
+                when_soft_deleted: Utc
+                    .timestamp_millis_opt(1_640_995_200_000 + (mix(r + 7) % 94_608_000_000) as i64)
+                    .single(),
+                is_inactive: Some(true),
+                litigation_hold: r % 10 < 4,
+                in_place_holds,
+                compliance_tag_hold: r.is_multiple_of(10),
+                auto_expanding_archive: r.is_multiple_of(50),
+                archive_status: Some(if r % 10 < 3 { "Active" } else { "None" }.into()),
+                total_item_size_bytes: Some(size),
+                item_count: Some(size / 75_000),
+                company: Some(company.into()),
+                department: Some("Finance".into()),
+                license: Some(["E3", "E5", "F3"][(r % 3) as usize].into()),
+                ..ExoMailbox::default()
+            };
+            InactiveMailbox::build(raw, &cfg, now)
+        })
+        .collect()
+}
+
+fn fresh_store() -> (TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = Store::open(&dir.path().join("imm-daemon.db")).expect("database opens");
+    (dir, store)
+}
+
+fn upsert(store: &mut Store, ms: &[InactiveMailbox]) -> usize {
+    store
+        .write(|tx| tx.upsert_mailboxes(ms))
+        .expect("upsert succeeds")
+}
+
+fn upsert_10k(c: &mut Criterion) {
+    let ms = mailboxes(10_000);
+    let mut g = c.benchmark_group("upsert_10k");
+    g.throughput(Throughput::Elements(ms.len() as u64));
+    g.sample_size(30);
+    g.measurement_time(Duration::from_secs(15));
+    g.bench_function("insert", |b| {
+        b.iter_batched(
+            fresh_store,
+            |(dir, mut store)| {
+                black_box(upsert(&mut store, &ms));
+                // Returned so that closing the database is not timed.
+                (dir, store)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let (_dir, mut store) = fresh_store();
+    upsert(&mut store, &ms);
+    g.bench_function("update", |b| b.iter(|| black_box(upsert(&mut store, &ms))));
+    g.finish();
+}
+
+fn upsert_1m(c: &mut Criterion) {
+    let ms = mailboxes(1_000_000);
+    let mut g = c.benchmark_group("upsert_1m");
+    g.throughput(Throughput::Elements(ms.len() as u64));
+    g.sample_size(10);
+    g.sampling_mode(SamplingMode::Flat);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(60));
+    g.bench_function("insert", |b| {
+        b.iter_batched(
+            fresh_store,
+            |(dir, mut store)| {
+                black_box(upsert(&mut store, &ms));
+                (dir, store)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+fn read(c: &mut Criterion) {
+    let mut g = c.benchmark_group("read");
+    g.sample_size(30);
+    let (_dir10k, mut store10k) = fresh_store();
+    upsert(&mut store10k, &mailboxes(10_000));
+    g.bench_function("all_10k", |b| {
+        b.iter(|| black_box(store10k.all_mailboxes().expect("read")))
+    });
+    let (_dir100k, mut store100k) = fresh_store();
+    upsert(&mut store100k, &mailboxes(100_000));
+    let filter = MailboxFilter {
+        // Matches user 4242 and 42420..42429: 11 rows.
+        text: Some("User 4242".into()),
+        ..MailboxFilter::default()
+    };
+    g.bench_function("search_100k", |b| {
+        b.iter(|| black_box(store100k.mailboxes(&filter).expect("search")))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, upsert_10k, upsert_1m, read);
+criterion_main!(benches);
