@@ -539,6 +539,39 @@ pub fn recovery_blockers(
     b
 }
 
+/// A UTC time as RFC 3339 (`2023-07-22T04:26:40Z`, with `.mmm` when there are
+/// milliseconds). Written out by hand: chrono's serde form goes through `collect_str` one
+/// character at a time, which was a third of `mailboxes list --format json`.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    let ms = t.timestamp_subsec_millis().min(999);
+    let mut s = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    if ms != 0 {
+        s.push_str(&format!(".{ms:03}"));
+    }
+    s.push('Z');
+    s
+}
+
+fn ser_date<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
+fn ser_opt_date<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => ser_date(t, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// One row of the inventory, as stored and shown.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InactiveMailbox {
@@ -546,6 +579,7 @@ pub struct InactiveMailbox {
     pub display_name: Option<String>,
     pub primary_smtp: Option<String>,
     pub user_principal_name: Option<String>,
+    #[serde(serialize_with = "ser_opt_date")]
     pub when_soft_deleted: Option<DateTime<Utc>>,
     pub age_days: Option<i64>,
     pub size_mb: Option<f64>,
@@ -563,6 +597,7 @@ pub struct InactiveMailbox {
     pub auto_expanding_archive: bool,
     pub archive_status: Option<String>,
     pub external_directory_object_id: Option<String>,
+    #[serde(serialize_with = "ser_date")]
     pub last_updated: DateTime<Utc>,
 }
 
@@ -867,6 +902,20 @@ mod tests {
         ] {
             assert!(parse_ps_date(bad).unwrap_err().contains(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn rfc3339_output() {
+        assert_eq!(rfc3339(dt("2023-07-22T04:26:40Z")), "2023-07-22T04:26:40Z");
+        assert_eq!(
+            rfc3339(dt("2023-07-22T04:26:40.120Z")),
+            "2023-07-22T04:26:40.120Z"
+        );
+        assert_eq!(
+            serde_json::to_value(dt("0001-01-01T00:00:00Z").to_rfc3339()).unwrap(),
+            json!("0001-01-01T00:00:00+00:00")
+        );
+        assert_eq!(rfc3339(dt("0001-01-01T00:00:00Z")), "0001-01-01T00:00:00Z");
     }
 
     #[test]

@@ -144,7 +144,8 @@ impl Store {
             "PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
              PRAGMA temp_store = MEMORY;
-             PRAGMA cache_size = -65536;",
+             PRAGMA cache_size = -65536;
+             PRAGMA mmap_size = 268435456;",
         )?;
         self.migrate(version)
     }
@@ -277,7 +278,7 @@ ALTER TABLE inactive_mailboxes ADD COLUMN archive_status TEXT;
 ALTER TABLE inactive_mailboxes ADD COLUMN external_directory_object_id TEXT;
 ALTER TABLE inactive_mailboxes ADD COLUMN search_key TEXT NOT NULL DEFAULT '';
 UPDATE inactive_mailboxes
-   SET search_key = lower(coalesce(display_name, '') || char(10) || coalesce(primary_smtp, '')),
+   SET search_key = lower(coalesce(display_name, '')),
        primary_smtp = lower(primary_smtp);
 ALTER TABLE audit_log ADD COLUMN prev_hash TEXT;
 ALTER TABLE audit_log ADD COLUMN hash TEXT;

@@ -192,7 +192,7 @@ pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
             let rows = store.audit_rows(&filter)?;
             let v: Vec<_> = rows.iter().map(row_json).collect();
             let mut buf = Vec::new();
-            output::write_json(&mut buf, &v)?;
+            output::write_json_pretty(&mut buf, &v)?;
             let event = AuditEvent::new(Operation::ExportData).details(json!({
                 "what": "audit_log", "output": path,
                 "since": filter.since, "until": filter.until, "count": rows.len(),

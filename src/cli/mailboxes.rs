@@ -218,7 +218,7 @@ fn csv_row(m: &InactiveMailbox) -> Vec<String> {
         opt(&m.primary_smtp),
         opt(&m.user_principal_name),
         m.when_soft_deleted
-            .map(|d| d.to_rfc3339())
+            .map(crate::inventory::rfc3339)
             .unwrap_or_default(),
         opt(&m.age_days),
         opt(&m.size_mb),
@@ -234,7 +234,7 @@ fn csv_row(m: &InactiveMailbox) -> Vec<String> {
             .join(";"),
         opt(&m.operating_company),
         opt(&m.department),
-        m.last_updated.to_rfc3339(),
+        crate::inventory::rfc3339(m.last_updated),
     ]
 }
 
@@ -349,7 +349,7 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
             let ms = query(&store, &cfg, &filter, None, now)?;
             let mut buf = Vec::with_capacity(ms.len() * 512);
             match format {
-                ExportFormat::Json => output::write_json(&mut buf, &ms)?,
+                ExportFormat::Json => output::write_json_pretty(&mut buf, &ms)?,
                 ExportFormat::Csv => {
                     output::write_csv(&mut buf, CSV_HEADER, ms.iter().map(csv_row))?
                 }
@@ -502,7 +502,7 @@ fn show(
                 (
                     "Soft-deleted",
                     m.when_soft_deleted
-                        .map(|d| d.to_rfc3339())
+                        .map(crate::inventory::rfc3339)
                         .unwrap_or_default(),
                 ),
                 ("Age (days)", opt(&m.age_days)),
@@ -523,7 +523,7 @@ fn show(
                 ("Archive", opt(&m.archive_status)),
                 ("Auto-expanding", yes_no(m.auto_expanding_archive)),
                 ("Recoverable", yes_no(m.recovery_eligible)),
-                ("Last updated", m.last_updated.to_rfc3339()),
+                ("Last updated", crate::inventory::rfc3339(m.last_updated)),
             ];
             for (k, v) in lines {
                 writeln!(out, "{k:<16}{v}")?;

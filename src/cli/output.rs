@@ -102,8 +102,23 @@ pub fn table(columns: &[Column], rows: impl IntoIterator<Item = Vec<String>>) ->
     t
 }
 
-/// Writes `value` as pretty JSON followed by a newline.
+/// Writes `value` as JSON and a newline: indented on a terminal, compact when piped
+/// (smaller and faster for the programs that read it).
 pub fn write_json<T: Serialize + ?Sized>(out: &mut impl Write, value: &T) -> anyhow::Result<()> {
+    if std::io::stdout().is_terminal() {
+        serde_json::to_writer_pretty(&mut *out, value)?;
+    } else {
+        serde_json::to_writer(&mut *out, value)?;
+    }
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Writes `value` as indented JSON and a newline, for files people open.
+pub fn write_json_pretty<T: Serialize + ?Sized>(
+    out: &mut impl Write,
+    value: &T,
+) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
     out.write_all(b"\n")?;
     Ok(())
