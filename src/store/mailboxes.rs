@@ -16,22 +16,30 @@ pub fn format_date(t: DateTime<Utc>) -> String {
     s
 }
 
-/// Appends `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`; written out by hand because chrono's
-/// `format` re-parses its pattern on every call, which showed in the upsert profile.
+/// Appends `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`. Written digit by digit: formatting
+/// machinery (chrono's `format`, then `write!`) showed in the upsert profile.
 fn push_date(s: &mut String, t: DateTime<Utc>) {
     use chrono::{Datelike, Timelike};
-    use std::fmt::Write;
-    let _ = write!(
-        s,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.timestamp_subsec_millis().min(999)
-    );
+    fn digits(s: &mut String, v: u32, width: u32) {
+        for p in (0..width).rev() {
+            s.push(char::from(b'0' + ((v / 10u32.pow(p)) % 10) as u8));
+        }
+    }
+    let n = t.naive_utc();
+    digits(s, n.year().clamp(0, 9999) as u32, 4);
+    s.push('-');
+    digits(s, n.month(), 2);
+    s.push('-');
+    digits(s, n.day(), 2);
+    s.push('T');
+    digits(s, n.hour(), 2);
+    s.push(':');
+    digits(s, n.minute(), 2);
+    s.push(':');
+    digits(s, n.second(), 2);
+    s.push('.');
+    digits(s, (n.nanosecond() / 1_000_000).min(999), 3);
+    s.push('Z');
 }
 
 fn parse_date(s: Option<String>) -> Option<DateTime<Utc>> {
@@ -42,12 +50,13 @@ fn parse_date(s: Option<String>) -> Option<DateTime<Utc>> {
 /// SMTP address is stored lower-case already and searched as it is).
 fn search_key(out: &mut String, display_name: Option<&str>) {
     out.clear();
-    out.extend(
-        display_name
-            .unwrap_or_default()
-            .chars()
-            .flat_map(char::to_lowercase),
-    );
+    let name = display_name.unwrap_or_default();
+    if name.is_ascii() {
+        out.push_str(name);
+        out.make_ascii_lowercase();
+    } else {
+        out.extend(name.chars().flat_map(char::to_lowercase));
+    }
 }
 
 /// Columns written by an upsert, in parameter order.
@@ -369,5 +378,46 @@ impl Store {
             newest_update: newest,
             file_size_bytes: self.file_size()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn stored_dates_are_fixed_width_and_ordered() {
+        for (t, want) in [
+            (
+                Utc.timestamp_millis_opt(1_690_000_000_123).unwrap(),
+                "2023-07-22T04:26:40.123Z",
+            ),
+            (
+                Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap(),
+                "0001-01-01T00:00:00.000Z",
+            ),
+            (
+                Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap(),
+                "2026-12-31T23:59:59.000Z",
+            ),
+        ] {
+            assert_eq!(format_date(t), want);
+            assert_eq!(
+                format_date(t),
+                t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn search_key_folds_case() {
+        let mut k = String::new();
+        search_key(&mut k, Some("Ann ARCHER"));
+        assert_eq!(k, "ann archer");
+        search_key(&mut k, Some("ÄRGER Ölmann"));
+        assert_eq!(k, "ärger ölmann");
+        search_key(&mut k, None);
+        assert_eq!(k, "");
     }
 }
