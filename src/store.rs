@@ -178,7 +178,10 @@ impl Store {
                 continue;
             }
             match version {
-                1 => tx.execute_batch(MIGRATION_1).map_err(fail)?,
+                1 => {
+                    tx.execute_batch(MIGRATION_1).map_err(fail)?;
+                    tx.execute_batch(MAILBOX_INDEXES).map_err(fail)?;
+                }
                 2 => {
                     tx.execute_batch(MIGRATION_2).map_err(fail)?;
                     audit_log::seal_unhashed(&tx).map_err(fail)?;
@@ -230,6 +233,12 @@ impl Store {
     }
 }
 
+/// The original design's indexes on `inactive_mailboxes` (also rebuilt by bulk upserts).
+const MAILBOX_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS idx_mailboxes_smtp ON inactive_mailboxes(primary_smtp);
+CREATE INDEX IF NOT EXISTS idx_mailboxes_deleted ON inactive_mailboxes(when_soft_deleted);
+";
+
 /// Version 1: the original design's tables, columns and indexes. `IF NOT EXISTS` adopts a
 /// database made by the original tool, which never set a schema version.
 const MIGRATION_1: &str = "
@@ -250,8 +259,6 @@ CREATE TABLE IF NOT EXISTS inactive_mailboxes (
     department TEXT,
     last_updated TEXT
 );
-CREATE INDEX IF NOT EXISTS idx_mailboxes_smtp ON inactive_mailboxes(primary_smtp);
-CREATE INDEX IF NOT EXISTS idx_mailboxes_deleted ON inactive_mailboxes(when_soft_deleted);
 CREATE TABLE IF NOT EXISTS audit_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     timestamp TEXT NOT NULL,
