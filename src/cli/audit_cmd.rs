@@ -146,20 +146,15 @@ pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
                     }),
                 )?,
                 Format::Table => {
-                    let col = |header, numeric, priority| Column {
-                        header,
-                        numeric,
-                        priority,
-                    };
                     let t = output::table(
                         &[
-                            col("Id", true, 5),
-                            col("Time (UTC)", false, 8),
-                            col("Operation", false, 9),
-                            col("Identity", false, 6),
-                            col("User", false, 4),
-                            col("Result", false, 7),
-                            col("Details", false, 3),
+                            Column::new("Id", true, 5),
+                            Column::new("Time (UTC)", false, 8),
+                            Column::new("Operation", false, 9),
+                            Column::new("Identity", false, 6),
+                            Column::new("User", false, 4),
+                            Column::new("Result", false, 7),
+                            Column::new("Details", false, 3),
                         ],
                         rows.iter().map(|r| {
                             vec![

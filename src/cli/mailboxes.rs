@@ -192,6 +192,12 @@ fn sort(ms: &mut [InactiveMailbox], key: SortKey) {
     }
 }
 
+/// Leaves a large result for the operating system to reclaim when the process exits:
+/// freeing tens of thousands of small strings one by one was a tenth of a listing's time.
+fn release_at_exit(ms: Vec<InactiveMailbox>) {
+    std::mem::forget(ms);
+}
+
 const CSV_HEADER: &[&str] = &[
     "identity",
     "display_name",
@@ -251,24 +257,19 @@ fn write_list(out: &mut impl Write, ms: &[InactiveMailbox], format: Format) -> a
         Format::Json => output::write_json(out, ms),
         Format::Csv => output::write_csv(out, CSV_HEADER, ms.iter().map(csv_row)),
         Format::Table => {
-            let col = |header, numeric, priority| Column {
-                header,
-                numeric,
-                priority,
-            };
             let t = output::table(
                 &[
-                    col("Name", false, 10),
-                    col("SMTP", false, 9),
-                    col("Deleted", false, 3),
-                    col("Age (d)", true, 8),
-                    col("Size (MB)", true, 5),
-                    col("Items", true, 2),
-                    col("License", false, 3),
-                    col("Cost/mo", true, 6),
-                    col("Holds", false, 7),
-                    col("Recoverable", false, 7),
-                    col("Company", false, 4),
+                    Column::new("Name", false, 10),
+                    Column::new("SMTP", false, 9),
+                    Column::new("Deleted", false, 3),
+                    Column::new("Age (d)", true, 8),
+                    Column::new("Size (MB)", true, 5),
+                    Column::new("Items", true, 2),
+                    Column::new("License", false, 3),
+                    Column::new("Cost/mo", true, 6),
+                    Column::new("Holds", false, 7),
+                    Column::new("Recoverable", false, 7),
+                    Column::new("Company", false, 4),
                 ],
                 ms.iter().map(|m| {
                     vec![
@@ -312,6 +313,7 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
                 now,
             )?;
             write_list(&mut out, &ms, Format::resolve(format))?;
+            release_at_exit(ms);
         }
         MailboxesCmd::Search {
             query: q,
@@ -325,6 +327,7 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
                 now,
             )?;
             write_list(&mut out, &ms, Format::resolve(format))?;
+            release_at_exit(ms);
         }
         MailboxesCmd::Show { id, format } => show(&mut store, &cfg, &id, format, now, &mut out)?,
         MailboxesCmd::Stats { format } => {
@@ -595,17 +598,12 @@ fn write_stats(
                     "age_band" => "Age",
                     _ => "Unpriced license",
                 };
-                let col = |header, numeric, priority| Column {
-                    header,
-                    numeric,
-                    priority,
-                };
                 let t = output::table(
                     &[
-                        col(header, false, 10),
-                        col("Mailboxes", true, 9),
-                        col("Cost/mo", true, 6),
-                        col("Size (MB)", true, 5),
+                        Column::new(header, false, 10),
+                        Column::new("Mailboxes", true, 9),
+                        Column::new("Cost/mo", true, 6),
+                        Column::new("Size (MB)", true, 5),
                     ],
                     groups.iter().map(|g| {
                         vec![

@@ -44,6 +44,16 @@ pub struct Column {
     pub priority: u8,
 }
 
+impl Column {
+    pub const fn new(header: &'static str, numeric: bool, priority: u8) -> Column {
+        Column {
+            header,
+            numeric,
+            priority,
+        }
+    }
+}
+
 /// Builds a table with one line per row, fitted to the terminal: the least important
 /// columns are left out until the rest fit, and cells still too wide are cut with an
 /// ellipsis instead of wrapping.

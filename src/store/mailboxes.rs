@@ -16,30 +16,8 @@ pub fn format_date(t: DateTime<Utc>) -> String {
     s
 }
 
-/// Appends `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`. Written digit by digit: formatting
-/// machinery (chrono's `format`, then `write!`) showed in the upsert profile.
 fn push_date(s: &mut String, t: DateTime<Utc>) {
-    use chrono::{Datelike, Timelike};
-    fn digits(s: &mut String, v: u32, width: u32) {
-        for p in (0..width).rev() {
-            s.push(char::from(b'0' + ((v / 10u32.pow(p)) % 10) as u8));
-        }
-    }
-    let n = t.naive_utc();
-    digits(s, n.year().clamp(0, 9999) as u32, 4);
-    s.push('-');
-    digits(s, n.month(), 2);
-    s.push('-');
-    digits(s, n.day(), 2);
-    s.push('T');
-    digits(s, n.hour(), 2);
-    s.push(':');
-    digits(s, n.minute(), 2);
-    s.push(':');
-    digits(s, n.second(), 2);
-    s.push('.');
-    digits(s, (n.nanosecond() / 1_000_000).min(999), 3);
-    s.push('Z');
+    crate::inventory::push_rfc3339(s, t, true);
 }
 
 fn parse_date(s: Option<String>) -> Option<DateTime<Utc>> {
