@@ -233,11 +233,16 @@ pub struct Break {
     pub reason: String,
 }
 
-/// Walks a chain row by row; feed rows in id order, then read the outcome.
+/// Walks a chain row by row; feed rows in id order, call [`Verifier::finish`], then read
+/// the outcome.
 #[derive(Debug)]
 pub struct Verifier {
     expected_prev: String,
     last_id: i64,
+    first_id: Option<i64>,
+    /// The anchor the newest AUDIT_PRUNE row recorded (`Some(None)`: a prune that left no
+    /// anchor), which must match the stored one: the anchor table is not chained itself.
+    vouched_anchor: Option<Option<Anchor>>,
     pub rows_checked: u64,
     pub first_break: Option<Break>,
 }
@@ -247,8 +252,26 @@ impl Verifier {
         Verifier {
             expected_prev: anchor.map_or_else(|| GENESIS.to_string(), |a| a.last_hash.clone()),
             last_id: anchor.map_or(0, |a| a.last_id),
+            first_id: None,
+            vouched_anchor: None,
             rows_checked: 0,
             first_break: None,
+        }
+    }
+
+    /// Checks that the stored anchor is the one the newest (chained) AUDIT_PRUNE row
+    /// recorded, so rows cannot be deleted from the start of the log by forging an anchor.
+    pub fn finish(&mut self, anchor: Option<&Anchor>) {
+        if self.first_break.is_some() {
+            return;
+        }
+        let Some(anchor) = anchor else { return };
+        let vouched = matches!(&self.vouched_anchor, Some(Some(a)) if a == anchor);
+        if !vouched {
+            self.first_break = Some(Break {
+                id: self.first_id.unwrap_or(anchor.last_id + 1),
+                reason: "the prune anchor the chain starts from is not the one the last AUDIT_PRUNE row recorded (rows were removed from the start of the log)".into(),
+            });
         }
     }
 
@@ -281,6 +304,20 @@ impl Verifier {
             None => {
                 self.expected_prev = row.hash.clone().unwrap_or_default();
                 self.last_id = row.id;
+                self.first_id.get_or_insert(row.id);
+                if row.operation == Operation::AuditPrune.as_str() {
+                    let anchor = row
+                        .details
+                        .as_deref()
+                        .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                        .and_then(|d| {
+                            Some(Anchor {
+                                last_id: d["anchor"]["last_id"].as_i64()?,
+                                last_hash: d["anchor"]["last_hash"].as_str()?.to_string(),
+                            })
+                        });
+                    self.vouched_anchor = Some(anchor);
+                }
                 true
             }
         }
@@ -326,7 +363,28 @@ mod tests {
                 break;
             }
         }
+        v.finish(anchor);
         v.first_break
+    }
+
+    /// Rows 1..=n where row `prune_at` is an AUDIT_PRUNE row vouching for `anchor`.
+    fn chain_with_prune(n: i64, prune_at: i64, anchor: &Anchor) -> Vec<AuditRow> {
+        let mut rows = chain(n);
+        let mut prev = if prune_at > 1 {
+            rows[(prune_at - 2) as usize].hash.clone().unwrap()
+        } else {
+            GENESIS.to_string()
+        };
+        for r in rows.iter_mut().skip((prune_at - 1) as usize) {
+            if r.id == prune_at {
+                r.operation = "AUDIT_PRUNE".into();
+                r.details = Some(serde_json::json!({"anchor": anchor}).to_string());
+            }
+            r.prev_hash = Some(prev.clone());
+            r.hash = Some(r.expected_hash(&prev));
+            prev = r.hash.clone().unwrap();
+        }
+        rows
     }
 
     #[test]
@@ -355,13 +413,28 @@ mod tests {
 
     #[test]
     fn pruned_chain_starts_at_anchor() {
-        let rows = chain(5);
+        let base = chain(5);
         let anchor = Anchor {
+            last_id: 2,
+            last_hash: base[1].hash.clone().unwrap(),
+        };
+        let rows = chain_with_prune(5, 3, &anchor);
+        assert_eq!(verify(&rows[2..], Some(&anchor)), None);
+        assert_eq!(verify(&rows[3..], Some(&anchor)).unwrap().id, 4);
+    }
+
+    #[test]
+    fn a_forged_anchor_is_found() {
+        // Rows 1 and 2 deleted and an anchor written that fits row 3, with no AUDIT_PRUNE
+        // row vouching for it.
+        let rows = chain(5);
+        let forged = Anchor {
             last_id: 2,
             last_hash: rows[1].hash.clone().unwrap(),
         };
-        assert_eq!(verify(&rows[2..], Some(&anchor)), None);
-        assert_eq!(verify(&rows[3..], Some(&anchor)).unwrap().id, 4);
+        let b = verify(&rows[2..], Some(&forged)).unwrap();
+        assert_eq!(b.id, 3);
+        assert!(b.reason.contains("prune anchor"), "{}", b.reason);
     }
 
     #[test]

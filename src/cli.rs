@@ -114,11 +114,15 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 _ => exit::DATA,
             };
         }
-        if let Some(
-            StoreError::TooNew { .. } | StoreError::Foreign { .. } | StoreError::Open { .. },
-        ) = cause.downcast_ref::<StoreError>()
-        {
-            return exit::DATABASE;
+        match cause.downcast_ref::<StoreError>() {
+            Some(
+                StoreError::TooNew { .. }
+                | StoreError::Foreign { .. }
+                | StoreError::Open { .. }
+                | StoreError::Migrate { .. },
+            ) => return exit::DATABASE,
+            Some(StoreError::AuditBroken { .. }) => return exit::AUDIT_BROKEN,
+            _ => {}
         }
     }
     exit::FAILURE
@@ -168,7 +172,9 @@ pub fn parse_when(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     }
     if let Ok(d) = humantime::parse_duration(s) {
         let d = chrono::Duration::from_std(d).map_err(|e| e.to_string())?;
-        return Ok(chrono::Utc::now() - d);
+        return chrono::Utc::now()
+            .checked_sub_signed(d)
+            .ok_or_else(|| format!("`{s}` reaches too far back"));
     }
     Err(format!(
         "`{s}` is not a time: use RFC 3339 (2025-01-31T12:00:00Z), a date (2025-01-31) or a duration ago (7d, 12h)"

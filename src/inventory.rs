@@ -116,7 +116,11 @@ impl HoldType {
 /// guidance; `None` for `-mbx…`, an exclusion from an org-wide policy, which is no hold.
 pub fn classify_in_place_hold(entry: &str) -> Option<HoldType> {
     let e = entry.trim();
-    let starts = |p: &str| e.len() >= p.len() && e[..p.len()].eq_ignore_ascii_case(p);
+    let starts = |p: &str| {
+        e.as_bytes()
+            .get(..p.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+    };
     if e.is_empty() || starts("-mbx") {
         None
     } else if starts("UniH") {
@@ -179,6 +183,16 @@ pub fn age_days(deleted: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
 /// the `M/d/yyyy h:mm:ss tt` / `MM/dd/yyyy HH:mm:ss` / `yyyy-MM-dd HH:mm:ss` text of CSV
 /// exports (taken as UTC), or a bare `yyyy-MM-dd`. An empty value is `None`.
 pub fn parse_ps_date(s: &str) -> Result<Option<DateTime<Utc>>, String> {
+    match parse_ps_date_any_year(s)? {
+        Some(d) if !(0..=9999).contains(&chrono::Datelike::year(&d)) => Err(format!(
+            "date `{}` is outside the years 0 to 9999",
+            s.trim()
+        )),
+        other => Ok(other),
+    }
+}
+
+fn parse_ps_date_any_year(s: &str) -> Result<Option<DateTime<Utc>>, String> {
     let s = s.trim();
     if s.is_empty() {
         return Ok(None);
@@ -437,7 +451,7 @@ impl ExoMailbox {
         Ok(ExoMailbox {
             exchange_guid,
             display_name: text("DisplayName"),
-            primary_smtp: text("PrimarySmtpAddress").map(|s| s.to_ascii_lowercase()),
+            primary_smtp: text("PrimarySmtpAddress").map(|s| s.to_lowercase()),
             user_principal_name: text("UserPrincipalName"),
             when_soft_deleted,
             is_inactive,
@@ -840,6 +854,8 @@ mod tests {
             (format!("UniH{g}"), Some(HoldType::Ediscovery)),
             (format!("unih{g}"), Some(HoldType::Ediscovery)),
             (format!("mbx{g}:1"), Some(HoldType::RetentionPolicy)),
+            ("größe".to_string(), Some(HoldType::Other)),
+            ("m".to_string(), Some(HoldType::Other)),
             (format!("skp{g}:3"), Some(HoldType::SkypeRetention)),
             (format!("grp{g}:2"), Some(HoldType::GroupRetention)),
             (format!("-mbx{g}:1"), None),

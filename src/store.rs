@@ -67,6 +67,8 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Paths(#[from] crate::paths::PathsError),
+    #[error("the audit chain is broken at row {id}: {reason}; nothing was pruned")]
+    AuditBroken { id: i64, reason: String },
 }
 
 /// An open database.

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::output::{self, Column, Format, opt};
 use super::{Context, SilentExit, exit, parse_duration, parse_when};
-use crate::audit::{AuditEvent, Operation, Verifier};
+use crate::audit::{AuditEvent, Operation};
 use crate::store::AuditFilter;
 
 #[derive(Debug, Subcommand)]
@@ -189,7 +189,7 @@ pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
             let mut buf = Vec::new();
             output::write_json_pretty(&mut buf, &v)?;
             let event = AuditEvent::new(Operation::ExportData).details(json!({
-                "what": "audit_log", "output": path,
+                "what": "audit_log", "output": path.display().to_string(),
                 "since": filter.since, "until": filter.until, "count": rows.len(),
             }));
             super::audited_write(&mut store, &event, now, &path, &buf)?;
@@ -201,9 +201,8 @@ pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
             )?;
         }
         AuditCmd::Verify { json } => {
+            let v = store.verify_audit()?;
             let anchor = store.audit_anchor()?;
-            let mut v = Verifier::new(anchor.as_ref());
-            store.walk_audit(|r| v.check(r))?;
             let head = v.head_hash().to_string();
             let event = AuditEvent::new(Operation::AuditVerify)
                 .details(json!({"rows_checked": v.rows_checked, "head_hash": head}));
@@ -242,9 +241,10 @@ pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
             }
         }
         AuditCmd::Prune { older_than } => {
-            let cutoff = now
-                - chrono::Duration::from_std(older_than)
-                    .map_err(|_| anyhow::anyhow!("--older-than is too large"))?;
+            let cutoff = chrono::Duration::from_std(older_than)
+                .ok()
+                .and_then(|d| now.checked_sub_signed(d))
+                .ok_or_else(|| anyhow::anyhow!("--older-than reaches too far back"))?;
             let outcome = store.write(|tx| {
                 let outcome = tx.prune_audit(cutoff, now)?;
                 tx.audit(

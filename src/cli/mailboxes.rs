@@ -153,9 +153,10 @@ fn query(
         text: text.map(str::to_string),
         company: args.company.clone(),
         hold: args.hold,
-        deleted_before: args
-            .older_than
-            .map(|d| now - chrono::Duration::days(i64::from(d))),
+        deleted_before: args.older_than.map(|d| {
+            now.checked_sub_signed(chrono::Duration::days(i64::from(d)))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        }),
     };
     let mut ms = store.mailboxes(&filter)?;
     for m in &mut ms {
@@ -359,7 +360,7 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
             }
             let event = AuditEvent::new(Operation::ExportData).details(json!({
                 "what": "inactive_mailboxes",
-                "output": path,
+                "output": path.display().to_string(),
                 "format": format!("{format:?}").to_lowercase(),
                 "filter": filter.describe(None),
                 "count": ms.len(),
@@ -469,13 +470,23 @@ fn show(
     now: DateTime<Utc>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let Some(mut m) = store.mailbox(id)? else {
-        let msg = format!(
-            "no cached inactive mailbox matches `{id}` (give an ExchangeGuid, SMTP address or UPN)"
-        );
+    let mut found = store.find_mailboxes(id)?;
+    if found.len() != 1 {
+        let msg = if found.is_empty() {
+            format!(
+                "no cached inactive mailbox matches `{id}` (give an ExchangeGuid, SMTP address or UPN)"
+            )
+        } else {
+            let ids: Vec<&str> = found.iter().map(|m| m.identity.as_str()).collect();
+            format!(
+                "`{id}` matches {} inactive mailboxes ({}); give an ExchangeGuid",
+                found.len(),
+                ids.join(", ")
+            )
+        };
         store.audit(
             &AuditEvent::new(Operation::GetMailboxDetails)
-                .details(json!({"query": id}))
+                .details(json!({"query": id, "matches": found.len()}))
                 .failed(msg.clone()),
             now,
         )?;
@@ -484,7 +495,8 @@ fn show(
             code: exit::FAILURE,
         }
         .into());
-    };
+    }
+    let mut m = found.remove(0);
     m.refresh(&cfg.inventory, now);
     store.audit(
         &AuditEvent::new(Operation::GetMailboxDetails)

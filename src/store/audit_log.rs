@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use super::{Store, StoreError, Tx};
-use crate::audit::{self, Anchor, AuditEvent, AuditRow, GENESIS};
+use crate::audit::{self, Anchor, AuditEvent, AuditRow, GENESIS, Verifier};
 
 const COLUMNS: &str =
     "id, timestamp, operation, identity, user, details, result, error_message, prev_hash, hash";
@@ -79,6 +79,21 @@ pub(super) fn seal_unhashed(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         prev = hash;
     }
     Ok(())
+}
+
+/// Walks every row from the anchor, in id order, and checks the anchor at the end.
+fn verify_in(conn: &rusqlite::Connection) -> Result<Verifier, StoreError> {
+    let anchor = anchor_in(conn)?;
+    let mut v = Verifier::new(anchor.as_ref());
+    let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM audit_log ORDER BY id"))?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        if !v.check(&row_to_audit(r)?) {
+            break;
+        }
+    }
+    v.finish(anchor.as_ref());
+    Ok(v)
 }
 
 /// Filters of `audit list` and `audit export`.
@@ -179,6 +194,14 @@ impl Tx<'_> {
                 anchor: anchor_in(tx)?,
             });
         };
+        // Pruning must not launder tampering: the chain is verified before rows go.
+        let v = verify_in(tx)?;
+        if let Some(b) = v.first_break {
+            return Err(StoreError::AuditBroken {
+                id: b.id,
+                reason: b.reason,
+            });
+        }
         let pruned = tx.execute("DELETE FROM audit_log WHERE id <= ?1", [last_id])? as u64;
         let anchor = Anchor {
             last_id,
@@ -232,18 +255,13 @@ impl Store {
         Ok(rows)
     }
 
-    /// Feeds every audit row, in id order, to `f` until it returns false.
-    pub fn walk_audit(&self, mut f: impl FnMut(&AuditRow) -> bool) -> Result<(), StoreError> {
-        let mut st = self
-            .conn
-            .prepare(&format!("SELECT {COLUMNS} FROM audit_log ORDER BY id"))?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            if !f(&row_to_audit(r)?) {
-                break;
-            }
-        }
-        Ok(())
+    /// Verifies the whole chain from one consistent snapshot (a prune running meanwhile
+    /// cannot make it look broken).
+    pub fn verify_audit(&self) -> Result<Verifier, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let v = verify_in(&tx)?;
+        tx.commit()?;
+        Ok(v)
     }
 
     /// Where the chain starts after a prune.

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{Row, params};
 use serde::Serialize;
 
 use super::{Store, StoreError, Tx};
@@ -33,7 +33,8 @@ fn search_key(out: &mut String, display_name: Option<&str>) {
         out.push_str(name);
         out.make_ascii_lowercase();
     } else {
-        out.extend(name.chars().flat_map(char::to_lowercase));
+        // The same folding the search text gets (`str::to_lowercase`).
+        out.push_str(&name.to_lowercase());
     }
 }
 
@@ -347,35 +348,31 @@ impl Store {
         Ok(rows)
     }
 
-    /// One mailbox by ExchangeGuid, primary SMTP address or user principal name.
-    pub fn mailbox(&self, key: &str) -> Result<Option<InactiveMailbox>, StoreError> {
+    /// The mailboxes a key names: an ExchangeGuid, else a primary SMTP address, else a
+    /// user principal name. Several inactive mailboxes can share an address (a user
+    /// deleted and re-created more than once), so this is a list.
+    pub fn find_mailboxes(&self, key: &str) -> Result<Vec<InactiveMailbox>, StoreError> {
         let key = key.trim();
-        if let Ok(guid) = uuid::Uuid::try_parse(key) {
-            let found = self
+        let query = |sql: &str, value: &str| -> Result<Vec<InactiveMailbox>, StoreError> {
+            let rows = self
                 .conn
-                .prepare_cached(&format!("{SELECT} WHERE identity = ?1"))?
-                .query_row([guid.hyphenated().to_string()], row_to_mailbox)
-                .optional()?;
-            if found.is_some() {
+                .prepare_cached(&format!("{SELECT} WHERE {sql} ORDER BY identity"))?
+                .query_map([value], row_to_mailbox)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        };
+        if let Ok(guid) = uuid::Uuid::try_parse(key) {
+            let found = query("identity = ?1", &guid.hyphenated().to_string())?;
+            if !found.is_empty() {
                 return Ok(found);
             }
         }
         let lower = key.to_lowercase();
-        let by_smtp = self
-            .conn
-            .prepare_cached(&format!("{SELECT} WHERE primary_smtp = ?1"))?
-            .query_row([&lower], row_to_mailbox)
-            .optional()?;
-        if by_smtp.is_some() {
+        let by_smtp = query("primary_smtp = ?1", &lower)?;
+        if !by_smtp.is_empty() {
             return Ok(by_smtp);
         }
-        Ok(self
-            .conn
-            .prepare_cached(&format!(
-                "{SELECT} WHERE user_principal_name = ?1 COLLATE NOCASE"
-            ))?
-            .query_row([&lower], row_to_mailbox)
-            .optional()?)
+        query("user_principal_name = ?1 COLLATE NOCASE", key)
     }
 
     /// Count, oldest and newest update, and the file's size.
@@ -460,10 +457,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.all_mailboxes().unwrap().len(), 41);
         assert_eq!(
-            store
-                .mailbox("user10@contoso.com")
-                .unwrap()
-                .unwrap()
+            store.find_mailboxes("user10@contoso.com").unwrap()[0]
                 .display_name
                 .as_deref(),
             Some("Renamed")

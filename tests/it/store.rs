@@ -96,8 +96,9 @@ fn migrates_a_database_of_the_original_tool() {
     let store = Store::open(&env.db()).unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     let m = store
-        .mailbox("old.row@contoso.com")
+        .find_mailboxes("old.row@contoso.com")
         .unwrap()
+        .pop()
         .expect("row kept");
     assert_eq!(m.display_name.as_deref(), Some("Old Row"));
     assert_eq!(m.hold_types.len(), 1);
@@ -206,18 +207,23 @@ fn store_operations() {
         .unwrap();
     assert_eq!(store.all_mailboxes().unwrap().len(), 3);
     assert_eq!(
-        store.mailbox(G2).unwrap().unwrap().display_name.as_deref(),
+        store.find_mailboxes(G2).unwrap()[0].display_name.as_deref(),
         Some("Bob Renamed")
     );
     assert_eq!(
-        store.mailbox("BOB@contoso.com").unwrap().unwrap().identity,
+        store.find_mailboxes("BOB@contoso.com").unwrap()[0].identity,
         G2
     );
     assert_eq!(
-        store.mailbox(&G3.to_uppercase()).unwrap().unwrap().identity,
+        store.find_mailboxes(&G3.to_uppercase()).unwrap()[0].identity,
         G3
     );
-    assert!(store.mailbox("nobody@contoso.com").unwrap().is_none());
+    assert!(
+        store
+            .find_mailboxes("nobody@contoso.com")
+            .unwrap()
+            .is_empty()
+    );
     let search = |q: &str| {
         store
             .mailboxes(&MailboxFilter {
