@@ -128,9 +128,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     exit::FAILURE
 }
 
-/// Writes an export file and its audit row together: the row is inserted, the file is
-/// replaced atomically, then the row commits; if the commit fails the file is removed, so
-/// there is never an unaudited export nor an audit row for a file that was not written.
+/// Writes an export file with its audit row: the file is written and flushed beside its
+/// target, the audit row commits, and only then is the file renamed into place, so an
+/// export never appears unaudited. Any failure is audited as one.
 pub fn audited_write(
     store: &mut Store,
     event: &crate::audit::AuditEvent,
@@ -138,17 +138,34 @@ pub fn audited_write(
     path: &std::path::Path,
     contents: &[u8],
 ) -> anyhow::Result<()> {
-    let mut written = false;
-    let result = store.write(|tx| -> anyhow::Result<()> {
-        tx.audit(event, now)?;
-        crate::paths::write_atomic(path, contents)?;
-        written = true;
-        Ok(())
-    });
-    if result.is_err() && written {
-        let _ = std::fs::remove_file(path);
+    let result = crate::paths::prepare_atomic(path, contents)
+        .map_err(anyhow::Error::from)
+        .and_then(|pending| {
+            store.audit(event, now)?;
+            pending.commit()?;
+            Ok(())
+        });
+    if let Err(e) = &result {
+        audit_failure(store, event, now, e)?;
     }
     result
+}
+
+/// Records that an audited operation failed; if even that cannot be written, says so.
+pub fn audit_failure(
+    store: &mut Store,
+    event: &crate::audit::AuditEvent,
+    now: chrono::DateTime<chrono::Utc>,
+    err: &anyhow::Error,
+) -> anyhow::Result<()> {
+    store
+        .audit(&event.clone().failed(format!("{err:#}")), now)
+        .map(|_| ())
+        .map_err(|audit_err| {
+            anyhow::Error::new(audit_err).context(format!(
+                "writing the audit row of a failed operation ({err:#})"
+            ))
+        })
 }
 
 /// Whether the error is a closed stdout (`imm-daemon mailboxes list | head`), which is

@@ -256,15 +256,8 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 }
 
-fn read_record<'de, A: MapAccess<'de>>(
-    wanted: &Wanted,
-    first: Option<(Option<usize>, Value)>,
-    map: &mut A,
-) -> Result<Record, A::Error> {
+fn read_record<'de, A: MapAccess<'de>>(wanted: &Wanted, map: &mut A) -> Result<Record, A::Error> {
     let mut values = vec![Value::Null; wanted.names.len()];
-    if let Some((Some(i), v)) = first {
-        values[i] = v;
-    }
     while let Some(slot) = map.next_key_seed(KeySeed(wanted))? {
         match slot {
             Some(i) => values[i] = map.next_value()?,
@@ -291,7 +284,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         f.write_str("a mailbox object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
-        read_record(self.0, None, &mut map)
+        read_record(self.0, &mut map)
     }
 }
 
@@ -318,18 +311,15 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
         Ok(out)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Record>, A::Error> {
-        // The first key decides: `value` holding an array is the envelope Windows
-        // PowerShell (and the Exchange REST endpoint) wrap collections in.
+        // A `value` key holding an array, wherever it stands, is the envelope Windows
+        // PowerShell and the Exchange REST endpoint wrap collections in
+        // (`{"@odata.context": ..., "value": [...]}`, `{"value": [...], "Count": n}`);
+        // otherwise the object is one record.
         let mut values = vec![Value::Null; self.0.names.len()];
-        loop {
-            let Some(key) = map.next_key::<String>()? else {
-                return Ok(vec![Record { values, line: None }]);
-            };
-            if key.eq_ignore_ascii_case("value") {
-                if let Some(records) = map.next_value_seed(MaybeRecords(self.0))? {
-                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                    return Ok(records);
-                }
+        let mut records = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if records.is_none() && key.eq_ignore_ascii_case("value") {
+                records = map.next_value_seed(MaybeRecords(self.0))?;
                 continue;
             }
             match self.0.slot(&key) {
@@ -338,14 +328,8 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
-            let rest = read_record(self.0, None, &mut map)?;
-            for (slot, v) in values.iter_mut().zip(rest.values) {
-                if !v.is_null() {
-                    *slot = v;
-                }
-            }
-            return Ok(vec![Record { values, line: None }]);
         }
+        Ok(records.unwrap_or_else(|| vec![Record { values, line: None }]))
     }
 }
 

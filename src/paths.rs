@@ -150,6 +150,50 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), PathsError> {
 /// is written, flushed to disk and renamed over the target, so readers see the old file
 /// or the new one, never a part.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), PathsError> {
+    prepare_atomic(path, contents)?.commit()
+}
+
+/// A file written and flushed beside its target but not yet in place.
+pub struct PendingFile {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl PendingFile {
+    /// Renames the file over its target and flushes the folder.
+    pub fn commit(self) -> Result<(), PathsError> {
+        let dir = self.tmp.path().parent().map(Path::to_path_buf);
+        self.tmp
+            .persist(&self.path)
+            .map_err(|e| PathsError::Write {
+                path: self.path.clone(),
+                source: e.error,
+            })?;
+        if let Some(dir) = dir {
+            sync_dir(&dir);
+        }
+        Ok(())
+    }
+
+    /// Like [`PendingFile::commit`], but fails if the target exists.
+    pub fn commit_new(self) -> Result<(), PathsError> {
+        let dir = self.tmp.path().parent().map(Path::to_path_buf);
+        self.tmp
+            .persist_noclobber(&self.path)
+            .map_err(|e| PathsError::Write {
+                path: self.path.clone(),
+                source: e.error,
+            })?;
+        if let Some(dir) = dir {
+            sync_dir(&dir);
+        }
+        Ok(())
+    }
+}
+
+/// The first half of [`write_atomic`]: the 0600 temporary file, written and flushed; the
+/// target is untouched until [`PendingFile::commit`]. Dropping it removes the file.
+pub fn prepare_atomic(path: &Path, contents: &[u8]) -> Result<PendingFile, PathsError> {
     let err = |source| PathsError::Write {
         path: path.to_path_buf(),
         source,
@@ -166,9 +210,10 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), PathsError> {
         .map_err(err)?;
     tmp.write_all(contents).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    sync_dir(dir);
-    Ok(())
+    Ok(PendingFile {
+        tmp,
+        path: path.to_path_buf(),
+    })
 }
 
 /// Makes a rename durable by flushing its folder; best effort where unsupported.

@@ -17,6 +17,7 @@ mod mailboxes;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit_log::{AuditFilter, PruneOutcome};
@@ -90,6 +91,16 @@ impl Store {
             crate::paths::ensure_private_dir(dir)?;
         }
         crate::paths::ensure_private_file(path)?;
+        #[cfg(unix)]
+        {
+            // A database adopted from elsewhere (the original tool) may be readable by others.
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+            }
+        }
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
@@ -119,6 +130,10 @@ impl Store {
 
     fn prepare(&mut self) -> Result<(), StoreError> {
         self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Closing a connection checkpoints the WAL into the main file; a database that is
+        // about to be refused must not be changed even that way.
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         // Reading the header is the first thing done: a newer or foreign database must be
         // refused before anything (even the journal mode) is written to it.
         let version: i64 = self
@@ -140,6 +155,8 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
         self.conn
             .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
         self.conn.execute_batch(

@@ -37,7 +37,18 @@ pub fn run(ctx: &Context, cmd: ConfigCmd) -> anyhow::Result<()> {
                     path.display()
                 );
             }
-            crate::paths::write_atomic(path, SAMPLE.as_bytes())?;
+            let pending = crate::paths::prepare_atomic(path, SAMPLE.as_bytes())?;
+            if force {
+                pending.commit()?;
+            } else {
+                // Refuses, rather than replaces, a file created since the check above.
+                pending.commit_new().with_context(|| {
+                    format!(
+                        "{} already exists; use --force to replace it",
+                        path.display()
+                    )
+                })?;
+            }
             writeln!(out, "wrote {}", path.display())?;
         }
         ConfigCmd::Check => {

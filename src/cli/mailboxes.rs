@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
@@ -401,18 +401,14 @@ fn import(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let file_label = file.display().to_string();
+    let failed = AuditEvent::new(Operation::ImportMailboxes)
+        .details(json!({"file": file_label, "merge": merge}));
     let export = match crate::import::read_export(file, &cfg.inventory) {
         Ok(e) => e,
         Err(e) => {
-            store
-                .audit(
-                    &AuditEvent::new(Operation::ImportMailboxes)
-                        .details(json!({"file": file_label, "merge": merge}))
-                        .failed(e.to_string()),
-                    now,
-                )
-                .context("writing the audit row of a failed import")?;
-            return Err(e.into());
+            let e = anyhow::Error::from(e);
+            super::audit_failure(store, &failed, now, &e)?;
+            return Err(e);
         }
     };
     let mailboxes: Vec<InactiveMailbox> = export
@@ -420,7 +416,7 @@ fn import(
         .into_iter()
         .map(|raw| InactiveMailbox::build(raw, &cfg.inventory, now))
         .collect();
-    let (imported, removed) = store.write(|tx| {
+    let written = store.write(|tx| {
         let mut removed: Vec<String> = if merge {
             Vec::new()
         } else {
@@ -453,7 +449,16 @@ fn import(
             now,
         )?;
         Ok::<_, crate::store::StoreError>((n, removed.len()))
-    })?;
+    });
+    let (imported, removed) = match written {
+        Ok(v) => v,
+        Err(e) => {
+            // The import rolled back with its audit rows; the failure is recorded apart.
+            let e = anyhow::Error::from(e);
+            super::audit_failure(store, &failed, now, &e)?;
+            return Err(e);
+        }
+    };
     write!(out, "imported {imported} mailbox(es) from {file_label}")?;
     if !merge {
         write!(out, "; removed {removed} no longer in the export")?;

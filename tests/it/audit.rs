@@ -301,3 +301,60 @@ fn list_filters_and_export() {
     assert_eq!(exports[0]["details"]["count"], 2);
     assert_eq!(exports[0]["details"]["what"], "audit_log");
 }
+
+#[test]
+fn a_forged_prune_anchor_is_found() {
+    // Deleting the oldest rows and writing an anchor that fits the first remaining one
+    // must not pass: no chained AUDIT_PRUNE row vouches for it.
+    let env = with_rows(6);
+    let conn = env.open_db();
+    let prev: String = conn
+        .query_row("SELECT prev_hash FROM audit_log WHERE id = 3", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    conn.execute("DELETE FROM audit_log WHERE id < 3", [])
+        .unwrap();
+    conn.execute(
+        "INSERT INTO audit_anchor (id, last_id, last_hash, pruned_rows, pruned_at) VALUES (1, 2, ?1, 2, 'x')",
+        [&prev],
+    )
+    .unwrap();
+    let out = env.cmd().args(["audit", "verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("row 3") && text.contains("prune anchor"),
+        "{text}"
+    );
+}
+
+#[test]
+fn prune_refuses_to_erase_evidence_of_tampering() {
+    let env = Env::new();
+    let mut store = Store::open(&env.db()).unwrap();
+    let now = Utc::now();
+    for days in [800, 700, 10] {
+        store
+            .audit(
+                &AuditEvent::new(Operation::Connect),
+                now - Duration::days(days),
+            )
+            .unwrap();
+    }
+    drop(store);
+    env.open_db()
+        .execute_batch(
+            "DROP TRIGGER audit_log_append_only; UPDATE audit_log SET user = 'mallory' WHERE id = 1;",
+        )
+        .unwrap();
+    let err = env.fails(&["audit", "prune", "--older-than", "365d"], 5);
+    assert!(
+        err.contains("broken at row 1") && err.contains("nothing was pruned"),
+        "{err}"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_log WHERE operation = 'CONNECT'"),
+        3
+    );
+}

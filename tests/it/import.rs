@@ -144,8 +144,11 @@ fn invalid_files_write_nothing_and_name_the_record() {
             "{name}"
         );
         assert_eq!(
-            env.count("SELECT count(*) FROM inactive_mailboxes WHERE identity = 'kept'"),
-            0
+            env.count(&format!(
+                "SELECT count(*) FROM inactive_mailboxes WHERE identity = '{G1}' AND display_name = 'Kept'"
+            )),
+            1,
+            "{name}: the cached mailbox is untouched"
         );
     }
     // Each failed import is audited as a failure.

@@ -331,3 +331,63 @@ fn clear_needs_confirmation() {
         1
     );
 }
+
+#[test]
+fn a_failed_export_is_audited_as_a_failure_and_leaves_no_file() {
+    let env = seeded();
+    let blocked = env.write("plain-file", "x").join("sub/out.json");
+    let err = env.fails(
+        &[
+            "mailboxes",
+            "export",
+            "--format",
+            "json",
+            "--output",
+            blocked.to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(err.contains("plain-file"), "{err}");
+    assert!(!blocked.exists());
+    let rows = env.json(&["audit", "list", "--operation", "EXPORT_DATA"]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["result"], "failure");
+    assert!(
+        rows[0]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("plain-file")
+    );
+}
+
+#[test]
+fn show_refuses_an_address_shared_by_several_mailboxes() {
+    let env = Env::new();
+    let mut a = record(G1, "Ann One", "ann@contoso.com", days_ago_ms(300));
+    a["UserPrincipalName"] = json!("ann.one@contoso.onmicrosoft.com");
+    let b = record(G2, "Ann Two", "ann@contoso.com", days_ago_ms(100));
+    env.import(&[a, b]);
+    let err = env.fails(&["mailboxes", "show", "ANN@contoso.com"], 1);
+    assert!(err.contains("matches 2 inactive mailboxes"), "{err}");
+    assert!(err.contains(G1) && err.contains(G2), "{err}");
+    // The UPN, when it differs from the address, names one.
+    let m = env.json(&["mailboxes", "show", "Ann.One@contoso.onmicrosoft.com"]);
+    assert_eq!(m["identity"], G1);
+}
+
+#[test]
+fn non_ascii_addresses_and_names_are_found_in_any_case() {
+    let env = Env::new();
+    env.import(&[record(G1, "ÅSA Öberg", "ÅSA@contoso.se", days_ago_ms(300))]);
+    let m = env.json(&["mailboxes", "show", "åsa@CONTOSO.se"]);
+    assert_eq!(m["primary_smtp"], "åsa@contoso.se");
+    assert_eq!(
+        names(&env.json(&["mailboxes", "search", "Åsa@"])),
+        ["ÅSA Öberg"]
+    );
+    assert_eq!(
+        names(&env.json(&["mailboxes", "search", "öBERG"])),
+        ["ÅSA Öberg"]
+    );
+}

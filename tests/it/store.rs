@@ -150,10 +150,38 @@ fn newer_database_is_refused_and_left_untouched() {
         err.contains("newer imm-daemon") && err.contains("99"),
         "{err}"
     );
-    assert_eq!(
-        std::fs::read(env.db()).unwrap(),
-        before,
+    assert!(
+        std::fs::read(env.db()).unwrap() == before,
         "not one byte changed"
+    );
+}
+
+#[test]
+fn newer_database_with_a_live_wal_is_not_checkpointed() {
+    let env = Env::new();
+    drop(Store::open(&env.db()).unwrap());
+    {
+        // Leave committed changes in the WAL, as a newer imm-daemon killed mid-run would.
+        let conn = env.open_db();
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+        conn.execute_batch("PRAGMA user_version = 99; CREATE TABLE from_the_future (x);")
+            .unwrap();
+    }
+    let wal = env.db().with_extension("db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    let main_before = std::fs::read(env.db()).unwrap();
+    env.fails(&["mailboxes", "list"], 69);
+    assert!(
+        std::fs::read(env.db()).unwrap() == main_before,
+        "main file untouched"
+    );
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "the WAL was not checkpointed"
     );
 }
 
