@@ -299,8 +299,7 @@ fn as_text(v: &Value) -> Option<Cow<'_, str>> {
         }
         Value::Bool(b) => Some(Cow::Owned(b.to_string())),
         Value::Number(n) => Some(Cow::Owned(n.to_string())),
-        // Get-Mailbox occasionally carries an object; a DisplayName-like text is its
-        // `Value` or its JSON.
+        // A text field that arrives as an object or a list is kept as its JSON text.
         Value::Object(_) | Value::Array(_) => Some(Cow::Owned(v.to_string())),
     }
 }

@@ -119,11 +119,6 @@ impl Paths {
             runtime_dir,
         })
     }
-
-    /// Creates the data folder (0700) so the database can be opened.
-    pub fn ensure_data_dir(&self) -> Result<(), PathsError> {
-        ensure_private_dir(&self.data_dir)
-    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

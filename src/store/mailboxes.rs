@@ -331,7 +331,8 @@ impl Store {
             "{SELECT}
              WHERE (?1 IS NULL OR instr(search_key, ?1) > 0 OR instr(primary_smtp, ?1) > 0)
                AND (?2 IS NULL OR operating_company = ?2 COLLATE NOCASE)
-               AND (?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(hold_types) WHERE value = ?3))
+               AND (?3 IS NULL OR (json_valid(hold_types)
+                    AND EXISTS (SELECT 1 FROM json_each(hold_types) WHERE value = ?3)))
                AND (?4 IS NULL OR when_soft_deleted <= ?4)"
         ))?;
         let rows = st

@@ -108,6 +108,17 @@ fn migrates_a_database_of_the_original_tool() {
     assert!(out.contains("intact: 2 row(s)"), "{out}");
     let hits = env.json(&["mailboxes", "search", "old row"]);
     assert_eq!(hits.as_array().unwrap().len(), 1);
+    // A row whose hold list is not JSON (written by hand or by another tool) neither
+    // breaks a --hold filter nor matches it.
+    env.open_db()
+        .execute(
+            "INSERT INTO inactive_mailboxes (identity, display_name, hold_types) VALUES ('x', 'Odd', 'Litigation Hold')",
+            [],
+        )
+        .unwrap();
+    let held = env.json(&["mailboxes", "list", "--hold", "litigation"]);
+    assert_eq!(held.as_array().unwrap().len(), 1);
+    assert_eq!(held[0]["display_name"], "Old Row");
 }
 
 #[test]
