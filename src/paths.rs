@@ -157,28 +157,25 @@ pub struct PendingFile {
 impl PendingFile {
     /// Renames the file over its target and flushes the folder.
     pub fn commit(self) -> Result<(), PathsError> {
-        let dir = self.tmp.path().parent().map(Path::to_path_buf);
-        self.tmp
-            .persist(&self.path)
-            .map_err(|e| PathsError::Write {
-                path: self.path.clone(),
-                source: e.error,
-            })?;
-        if let Some(dir) = dir {
-            sync_dir(&dir);
-        }
-        Ok(())
+        self.finish(false)
     }
 
     /// Like [`PendingFile::commit`], but fails if the target exists.
     pub fn commit_new(self) -> Result<(), PathsError> {
+        self.finish(true)
+    }
+
+    fn finish(self, no_clobber: bool) -> Result<(), PathsError> {
         let dir = self.tmp.path().parent().map(Path::to_path_buf);
-        self.tmp
-            .persist_noclobber(&self.path)
-            .map_err(|e| PathsError::Write {
-                path: self.path.clone(),
-                source: e.error,
-            })?;
+        let persisted = if no_clobber {
+            self.tmp.persist_noclobber(&self.path)
+        } else {
+            self.tmp.persist(&self.path)
+        };
+        persisted.map_err(|e| PathsError::Write {
+            path: self.path.clone(),
+            source: e.error,
+        })?;
         if let Some(dir) = dir {
             sync_dir(&dir);
         }
