@@ -20,24 +20,14 @@ use imm_daemon::import::parse_export;
 use imm_daemon::inventory::InactiveMailbox;
 use imm_daemon::store::Store;
 
+mod common;
+use common::config;
+
 #[allow(dead_code)]
 #[path = "../examples/gen_export.rs"]
 mod gen_export;
 
 const RECORDS: u64 = 10_000;
-
-fn config() -> InventoryConfig {
-    toml::from_str(
-        r#"
-company_attribute = "CustomAttribute1"
-department_attribute = "CustomAttribute2"
-license_attribute = "LicenseType"
-default_license = "E3"
-prices = { E3 = 36.0, E5 = 57.0, F3 = 8.0 }
-"#,
-    )
-    .expect("benchmark configuration parses")
-}
 
 fn export(csv: bool) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -76,11 +66,8 @@ fn import_into(store: &mut Store, bytes: &[u8], cfg: &InventoryConfig) -> usize 
         .collect();
     store
         .write(|tx| {
-            let mut gone = tx.mailbox_identities()?;
-            for m in &ms {
-                gone.remove(&m.identity);
-            }
-            assert!(gone.is_empty());
+            let removed = tx.remove_absent_mailboxes(&ms, &serde_json::Value::Null, now)?;
+            assert_eq!(removed, 0);
             tx.upsert_mailboxes(&ms)
         })
         .expect("upsert succeeds")

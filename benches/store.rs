@@ -18,10 +18,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use imm_daemon::config::InventoryConfig;
 use imm_daemon::inventory::{ExoMailbox, InactiveMailbox};
 use imm_daemon::store::{MailboxFilter, Store};
 use tempfile::TempDir;
+
+mod common;
+use common::config;
 
 const COMPANIES: [(&str, &str); 4] = [
     ("Contoso Ltd", "contoso.com"),
@@ -29,19 +31,6 @@ const COMPANIES: [(&str, &str); 4] = [
     ("Northwind Traders", "northwindtraders.com"),
     ("Woodgrove Bank", "woodgrovebank.com"),
 ];
-
-fn config() -> InventoryConfig {
-    toml::from_str(
-        r#"
-company_attribute = "CustomAttribute1"
-department_attribute = "CustomAttribute2"
-license_attribute = "LicenseType"
-default_license = "E3"
-prices = { E3 = 36.0, E5 = 57.0, F3 = 8.0 }
-"#,
-    )
-    .expect("benchmark configuration parses")
-}
 
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 6, 1, 0, 0, 0).unwrap()
@@ -120,23 +109,31 @@ fn upsert(store: &mut Store, ms: &[InactiveMailbox]) -> usize {
         .expect("upsert succeeds")
 }
 
-fn upsert_10k(c: &mut Criterion) {
-    let ms = mailboxes(10_000);
-    let mut g = c.benchmark_group("upsert_10k");
-    g.throughput(Throughput::Elements(ms.len() as u64));
-    g.sample_size(30);
-    g.measurement_time(Duration::from_secs(15));
+/// `insert`: `ms` upserted into a fresh database each iteration.
+fn bench_fresh_insert(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    ms: &[InactiveMailbox],
+) {
     g.bench_function("insert", |b| {
         b.iter_batched(
             fresh_store,
             |(dir, mut store)| {
-                black_box(upsert(&mut store, &ms));
+                black_box(upsert(&mut store, ms));
                 // Returned so that closing the database is not timed.
                 (dir, store)
             },
             BatchSize::PerIteration,
         )
     });
+}
+
+fn upsert_10k(c: &mut Criterion) {
+    let ms = mailboxes(10_000);
+    let mut g = c.benchmark_group("upsert_10k");
+    g.throughput(Throughput::Elements(ms.len() as u64));
+    g.sample_size(30);
+    g.measurement_time(Duration::from_secs(15));
+    bench_fresh_insert(&mut g, &ms);
     let (_dir, mut store) = fresh_store();
     upsert(&mut store, &ms);
     g.bench_function("update", |b| b.iter(|| black_box(upsert(&mut store, &ms))));
@@ -151,16 +148,7 @@ fn upsert_1m(c: &mut Criterion) {
     g.sampling_mode(SamplingMode::Flat);
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(60));
-    g.bench_function("insert", |b| {
-        b.iter_batched(
-            fresh_store,
-            |(dir, mut store)| {
-                black_box(upsert(&mut store, &ms));
-                (dir, store)
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    bench_fresh_insert(&mut g, &ms);
     g.finish();
 }
 

@@ -237,6 +237,8 @@ pub struct Break {
 /// the outcome.
 #[derive(Debug)]
 pub struct Verifier {
+    /// The prune anchor the chain was verified from.
+    pub anchor: Option<Anchor>,
     expected_prev: String,
     last_id: i64,
     first_id: Option<i64>,
@@ -250,6 +252,7 @@ pub struct Verifier {
 impl Verifier {
     pub fn new(anchor: Option<&Anchor>) -> Verifier {
         Verifier {
+            anchor: anchor.cloned(),
             expected_prev: anchor.map_or_else(|| GENESIS.to_string(), |a| a.last_hash.clone()),
             last_id: anchor.map_or(0, |a| a.last_id),
             first_id: None,

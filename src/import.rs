@@ -212,11 +212,7 @@ impl Wanted {
     }
 
     fn get<'v>(&self, values: &'v [Value], name: &str) -> Option<&'v Value> {
-        let i = self
-            .names
-            .iter()
-            .position(|n| n.eq_ignore_ascii_case(name))?;
-        values.get(i).filter(|v| !v.is_null())
+        values.get(self.slot(name)?).filter(|v| !v.is_null())
     }
 }
 

@@ -21,7 +21,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit_log::{AuditFilter, PruneOutcome};
-pub use mailboxes::{MailboxFilter, StoreStats, format_date};
+pub use mailboxes::{MailboxFilter, StoreStats};
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 2;

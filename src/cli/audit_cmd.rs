@@ -202,7 +202,6 @@ pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
         }
         AuditCmd::Verify { json } => {
             let v = store.verify_audit()?;
-            let anchor = store.audit_anchor()?;
             let head = v.head_hash().to_string();
             let event = AuditEvent::new(Operation::AuditVerify)
                 .details(json!({"rows_checked": v.rows_checked, "head_hash": head}));
@@ -219,7 +218,7 @@ pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
                         "rows_checked": v.rows_checked,
                         "first_break": v.first_break,
                         "head_hash": head,
-                        "anchor": anchor,
+                        "anchor": v.anchor,
                     }),
                 )?;
             } else {

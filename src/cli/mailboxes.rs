@@ -417,38 +417,28 @@ fn import(
         .map(|raw| InactiveMailbox::build(raw, &cfg.inventory, now))
         .collect();
     let written = store.write(|tx| {
-        let mut removed: Vec<String> = if merge {
-            Vec::new()
+        let removed = if merge {
+            0
         } else {
-            let mut gone = tx.mailbox_identities()?;
-            for m in &mailboxes {
-                gone.remove(&m.identity);
-            }
-            gone.into_iter().collect()
-        };
-        removed.sort();
-        let n = tx.upsert_mailboxes(&mailboxes)?;
-        for id in &removed {
-            tx.delete_mailbox(id)?;
-            tx.audit(
-                &AuditEvent::new(Operation::MailboxRemoved)
-                    .identity(id.clone())
-                    .details(json!({"reason": "absent from snapshot import", "file": file_label})),
+            tx.remove_absent_mailboxes(
+                &mailboxes,
+                &json!({"reason": "absent from snapshot import", "file": file_label}),
                 now,
-            )?;
-        }
+            )?
+        };
+        let n = tx.upsert_mailboxes(&mailboxes)?;
         tx.audit(
             &AuditEvent::new(Operation::ImportMailboxes).details(json!({
                 "file": file_label,
                 "shape": export.shape,
                 "encoding": export.encoding,
                 "records": n,
-                "removed": removed.len(),
+                "removed": removed,
                 "merge": merge,
             })),
             now,
         )?;
-        Ok::<_, crate::store::StoreError>((n, removed.len()))
+        Ok::<_, crate::store::StoreError>((n, removed))
     });
     let (imported, removed) = match written {
         Ok(v) => v,

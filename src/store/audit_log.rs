@@ -263,9 +263,4 @@ impl Store {
         tx.commit()?;
         Ok(v)
     }
-
-    /// Where the chain starts after a prune.
-    pub fn audit_anchor(&self) -> Result<Option<Anchor>, StoreError> {
-        Ok(anchor_in(&self.conn)?)
-    }
 }

@@ -7,10 +7,11 @@ use rusqlite::{Row, params};
 use serde::Serialize;
 
 use super::{Store, StoreError, Tx};
+use crate::audit::{AuditEvent, Operation};
 use crate::inventory::{HoldType, InactiveMailbox, parse_ps_date};
 
 /// The text form of stored mailbox dates: fixed width, so text order is time order.
-pub fn format_date(t: DateTime<Utc>) -> String {
+fn format_date(t: DateTime<Utc>) -> String {
     let mut s = String::with_capacity(24);
     push_date(&mut s, t);
     s
@@ -291,6 +292,33 @@ impl Tx<'_> {
             self.tx.execute_batch(super::MAILBOX_INDEXES)?;
         }
         Ok(ms.len())
+    }
+
+    /// Makes the cache a snapshot: removes every cached mailbox `snapshot` does not hold,
+    /// each with a MAILBOX_REMOVED audit row carrying `details`; returns how many. Shared
+    /// by the import of exports and the live sync.
+    pub fn remove_absent_mailboxes(
+        &mut self,
+        snapshot: &[InactiveMailbox],
+        details: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let mut gone = self.mailbox_identities()?;
+        for m in snapshot {
+            gone.remove(&m.identity);
+        }
+        let mut gone: Vec<String> = gone.into_iter().collect();
+        gone.sort();
+        for id in &gone {
+            self.delete_mailbox(id)?;
+            self.audit(
+                &AuditEvent::new(Operation::MailboxRemoved)
+                    .identity(id.clone())
+                    .details(details.clone()),
+                now,
+            )?;
+        }
+        Ok(gone.len())
     }
 
     /// The identities of every cached mailbox.
