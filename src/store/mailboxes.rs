@@ -1,11 +1,13 @@
 //! SQL of the `inactive_mailboxes` table.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Row, params};
 use serde::Serialize;
 
+use super::raw::{Param, RawStatement};
 use super::{Store, StoreError, Tx};
 use crate::audit::{AuditEvent, Operation};
 use crate::inventory::{HoldType, InactiveMailbox, parse_ps_date};
@@ -45,10 +47,25 @@ const BULK_ROWS: usize = 50_000;
 /// Columns written by an upsert, in parameter order.
 const UPSERT_COLUMNS: usize = 23;
 
-/// The upsert of one row. (Multi-row VALUES lists were tried and measured twice as slow
-/// with the ON CONFLICT clause.)
-static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let values = vec!["?"; UPSERT_COLUMNS].join(",");
+/// Rows per statement on the bulk path.
+const BULK_CHUNK: usize = 64;
+
+/// The upsert of one row.
+static UPSERT: LazyLock<String> = LazyLock::new(|| upsert_sql(1));
+
+/// The upsert of [`BULK_CHUNK`] rows. One statement for many rows saves SQLite's
+/// per-statement work (opening cursors, halting, resetting): 16% fewer instructions and
+/// about 10% less time for a million-row bulk load. It is not used when the secondary
+/// indexes are in place: a multi-row statement must be able to undo itself, so every index
+/// page it changes that existed before it is copied to a statement journal first, which
+/// made the row-by-row path slower, not faster. Rows of one statement are applied in order,
+/// so a mailbox listed twice ends as its last listing, as on the row-by-row path.
+static UPSERT_CHUNK: LazyLock<String> = LazyLock::new(|| upsert_sql(BULK_CHUNK));
+
+/// The upsert of `rows` rows.
+fn upsert_sql(rows: usize) -> String {
+    let row = format!("({})", vec!["?"; UPSERT_COLUMNS].join(","));
+    let values = vec![row.as_str(); rows].join(",");
     format!(
         "INSERT INTO inactive_mailboxes (
     identity, display_name, primary_smtp, when_soft_deleted, age_days, size_mb, item_count,
@@ -56,7 +73,7 @@ static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     operating_company, department, last_updated, user_principal_name, size_bytes,
     in_place_holds, is_inactive, auto_expanding_archive, archive_status,
     external_directory_object_id, search_key)
-VALUES ({values})
+VALUES {values}
 ON CONFLICT(identity) DO UPDATE SET
     display_name = excluded.display_name, primary_smtp = excluded.primary_smtp,
     when_soft_deleted = excluded.when_soft_deleted, age_days = excluded.age_days,
@@ -72,47 +89,57 @@ ON CONFLICT(identity) DO UPDATE SET
     external_directory_object_id = excluded.external_directory_object_id,
     search_key = excluded.search_key"
     )
-});
+}
 
 /// The text columns of one row, rendered before binding; the buffers are reused from row
 /// to row because this is the hot path of an import.
 #[derive(Default)]
 struct RowText {
     holds: String,
-    blockers: Vec<u8>,
-    in_place: Vec<u8>,
+    blockers: String,
+    in_place: String,
     deleted: String,
     updated: String,
     key: String,
 }
 
+/// Appends `v` to `out` as a JSON string.
+fn push_json_str(out: &mut String, v: &str) {
+    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(v);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(v).expect("strings serialize to JSON"));
+    }
+}
+
+/// Appends the strings as a JSON array.
+fn push_json_list<'a>(out: &mut String, items: impl IntoIterator<Item = &'a str>) {
+    out.clear();
+    out.push('[');
+    for (i, v) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(out, v);
+    }
+    out.push(']');
+}
+
 impl RowText {
     fn fill(&mut self, m: &InactiveMailbox) {
-        self.holds.clear();
-        self.holds.push('[');
-        for (i, h) in m.hold_types.iter().enumerate() {
-            if i > 0 {
-                self.holds.push(',');
-            }
-            self.holds.push('"');
-            self.holds.push_str(h.as_str());
-            self.holds.push('"');
-        }
-        self.holds.push(']');
+        push_json_list(&mut self.holds, m.hold_types.iter().map(|h| h.as_str()));
         // Only the codes are stored: the sentences follow from them, and the row stays
         // narrow, which is what bulk upserts pay for.
-        self.blockers.clear();
-        self.blockers.push(b'[');
-        for (i, b) in m.recovery_blockers.iter().enumerate() {
-            if i > 0 {
-                self.blockers.push(b',');
-            }
-            serde_json::to_writer(&mut self.blockers, &b.code).expect("codes serialize to JSON");
-        }
-        self.blockers.push(b']');
-        self.in_place.clear();
-        serde_json::to_writer(&mut self.in_place, &m.in_place_holds)
-            .expect("strings serialize to JSON");
+        push_json_list(
+            &mut self.blockers,
+            m.recovery_blockers.iter().map(|b| b.code.as_str()),
+        );
+        push_json_list(
+            &mut self.in_place,
+            m.in_place_holds.iter().map(String::as_str),
+        );
         self.deleted.clear();
         if let Some(d) = m.when_soft_deleted {
             push_date(&mut self.deleted, d);
@@ -122,47 +149,85 @@ impl RowText {
         search_key(&mut self.key, m.display_name.as_deref());
     }
 
-    fn json(v: &[u8]) -> &str {
-        std::str::from_utf8(v).expect("JSON is UTF-8")
+    /// One row's parameters, in the order of [`UPSERT`].
+    fn params<'a>(&'a self, m: &'a InactiveMailbox) -> [Param<'a>; UPSERT_COLUMNS] {
+        [
+            Param::Text(&m.identity),
+            (&m.display_name).into(),
+            (&m.primary_smtp).into(),
+            match m.when_soft_deleted {
+                Some(_) => Param::Text(&self.deleted),
+                None => Param::Null,
+            },
+            m.age_days.into(),
+            m.size_mb.into(),
+            m.item_count.map(|c| c as i64).into(),
+            (&m.license_type).into(),
+            Param::Real(m.monthly_cost),
+            Param::Text(&self.holds),
+            Param::Int(m.recovery_eligible.into()),
+            Param::Text(&self.blockers),
+            (&m.operating_company).into(),
+            (&m.department).into(),
+            Param::Text(&self.updated),
+            (&m.user_principal_name).into(),
+            m.size_bytes.map(|b| b as i64).into(),
+            Param::Text(&self.in_place),
+            m.is_inactive.into(),
+            Param::Int(m.auto_expanding_archive.into()),
+            (&m.archive_status).into(),
+            (&m.external_directory_object_id).into(),
+            Param::Text(&self.key),
+        ]
     }
 }
 
-/// Binds one row's parameters.
-fn bind_row(
-    st: &mut rusqlite::Statement<'_>,
-    m: &InactiveMailbox,
-    t: &RowText,
-) -> rusqlite::Result<()> {
-    let mut i = 0;
-    let mut bind = |v: &dyn rusqlite::ToSql| {
-        i += 1;
-        st.raw_bind_parameter(i, v)
-    };
-    bind(&m.identity)?;
-    bind(&m.display_name)?;
-    bind(&m.primary_smtp)?;
-    bind(&m.when_soft_deleted.map(|_| t.deleted.as_str()))?;
-    bind(&m.age_days)?;
-    bind(&m.size_mb)?;
-    bind(&m.item_count.map(|c| c as i64))?;
-    bind(&m.license_type)?;
-    bind(&m.monthly_cost)?;
-    bind(&t.holds)?;
-    bind(&m.recovery_eligible)?;
-    bind(&RowText::json(&t.blockers))?;
-    bind(&m.operating_company)?;
-    bind(&m.department)?;
-    bind(&t.updated)?;
-    bind(&m.user_principal_name)?;
-    bind(&m.size_bytes.map(|b| b as i64))?;
-    bind(&RowText::json(&t.in_place))?;
-    bind(&m.is_inactive)?;
-    bind(&m.auto_expanding_archive)?;
-    bind(&m.archive_status)?;
-    bind(&m.external_directory_object_id)?;
-    bind(&t.key)?;
-    debug_assert_eq!(i, UPSERT_COLUMNS);
-    Ok(())
+/// `ms` in the order of their identities, a mailbox listed twice in the order of its
+/// listings. Canonical GUIDs (what an import stores) sort as
+/// the 128-bit numbers they spell, which orders them as their text does and is several
+/// times faster than comparing strings; anything else falls back to comparing text.
+fn identity_order(ms: &[InactiveMailbox]) -> Vec<&InactiveMailbox> {
+    let keys: Option<Vec<(u128, u32)>> = ms
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Some((guid_key(&m.identity)?, u32::try_from(i).ok()?)))
+        .collect();
+    match keys {
+        Some(mut keys) => {
+            keys.sort_unstable();
+            keys.into_iter().map(|(_, i)| &ms[i as usize]).collect()
+        }
+        None => {
+            // Stable, so that a mailbox listed twice keeps its listings' order.
+            let mut rows: Vec<&InactiveMailbox> = ms.iter().collect();
+            rows.sort_by(|a, b| a.identity.cmp(&b.identity));
+            rows
+        }
+    }
+}
+
+/// The value of a GUID in canonical form (lower-case hex, hyphenated); `None` otherwise.
+fn guid_key(s: &str) -> Option<u128> {
+    let b = s.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u128::from(d);
+    }
+    Some(v)
 }
 
 const SELECT: &str = "SELECT identity, display_name, primary_smtp, user_principal_name,
@@ -271,21 +336,41 @@ impl Tx<'_> {
                     .query_row("SELECT count(*) FROM inactive_mailboxes", [], |r| r.get(0))?;
             ms.len() as i64 >= cached / 2
         };
-        let mut rows: Vec<&InactiveMailbox> = ms.iter().collect();
-        if bulk {
-            rows.sort_unstable_by(|a, b| a.identity.cmp(&b.identity));
+        let rows: Vec<&InactiveMailbox> = if bulk {
             self.tx.execute_batch(
                 "DROP INDEX IF EXISTS idx_mailboxes_smtp;
                  DROP INDEX IF EXISTS idx_mailboxes_deleted;",
             )?;
+            identity_order(ms)
+        } else {
+            ms.iter().collect()
+        };
+        let mut rest = &rows[..];
+        if bulk {
+            let mut st = RawStatement::prepare(&self.tx, &UPSERT_CHUNK)?;
+            let mut texts: Vec<RowText> = std::iter::repeat_with(RowText::default)
+                .take(BULK_CHUNK)
+                .collect();
+            let mut chunks = rows.chunks_exact(BULK_CHUNK);
+            for chunk in &mut chunks {
+                for (text, m) in texts.iter_mut().zip(chunk) {
+                    text.fill(m);
+                }
+                let params: Vec<Param<'_>> = texts
+                    .iter()
+                    .zip(chunk)
+                    .flat_map(|(text, m)| text.params(m))
+                    .collect();
+                st.execute(&params)?;
+            }
+            rest = chunks.remainder();
         }
-        {
-            let mut st = self.tx.prepare_cached(&UPSERT)?;
+        if !rest.is_empty() {
+            let mut st = RawStatement::prepare(&self.tx, &UPSERT)?;
             let mut text = RowText::default();
-            for m in rows {
+            for m in rest {
                 text.fill(m);
-                bind_row(&mut st, m, &text)?;
-                st.raw_execute()?;
+                st.execute(&text.params(m))?;
             }
         }
         if bulk {
@@ -470,27 +555,34 @@ mod tests {
     fn bulk_upserts_rebuild_the_indexes() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("db")).unwrap();
-        let first: Vec<_> = (0..20).rev().map(mailbox).collect();
-        store
-            .write(|tx| tx.upsert_mailboxes_with(&first, 10))
-            .unwrap();
-        // A second bulk load over the same rows updates them rather than adding any.
-        let mut again: Vec<_> = (10..40).map(mailbox).collect();
+        // Three statements of BULK_CHUNK rows and a remainder row by row.
+        let first: Vec<_> = (0..200).rev().map(mailbox).collect();
+        assert_eq!(
+            store
+                .write(|tx| tx.upsert_mailboxes_with(&first, 10))
+                .unwrap(),
+            200
+        );
+        // A second bulk load over some of the same rows updates them rather than adding
+        // any; a mailbox listed twice ends as its last listing, within one statement too.
+        let mut again: Vec<_> = (100..400).map(mailbox).collect();
         again[0].display_name = Some("Renamed".into());
+        let mut twice = mailbox(150);
+        twice.display_name = Some("Last".into());
+        again.insert(60, twice);
         store
             .write(|tx| tx.upsert_mailboxes_with(&again, 10))
             .unwrap();
         // A batch small next to the table takes the row-by-row path.
         store
-            .write(|tx| tx.upsert_mailboxes_with(&[mailbox(99)], 10))
+            .write(|tx| tx.upsert_mailboxes_with(&[mailbox(999)], 10))
             .unwrap();
-        assert_eq!(store.all_mailboxes().unwrap().len(), 41);
-        assert_eq!(
-            store.find_mailboxes("user10@contoso.com").unwrap()[0]
-                .display_name
-                .as_deref(),
-            Some("Renamed")
-        );
+        assert_eq!(store.all_mailboxes().unwrap().len(), 401);
+        let name = |addr: &str| store.find_mailboxes(addr).unwrap()[0].display_name.clone();
+        assert_eq!(name("user100@contoso.com").as_deref(), Some("Renamed"));
+        assert_eq!(name("user150@contoso.com").as_deref(), Some("Last"));
+        assert_eq!(name("user5@contoso.com").as_deref(), Some("User 5"));
+        assert_eq!(name("user999@contoso.com").as_deref(), Some("User 999"));
         let indexes: Vec<String> = store
             .conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'inactive_mailboxes' AND sql IS NOT NULL ORDER BY name")
@@ -509,6 +601,111 @@ mod tests {
             )
             .unwrap();
         assert!(plan.contains("idx_mailboxes_smtp"), "{plan}");
+    }
+
+    #[test]
+    fn checkpoints_stay_off_the_write_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut store = Store::open(&path).unwrap();
+        let ms: Vec<_> = (0..20_000).map(mailbox).collect();
+        store.write(|tx| tx.upsert_mailboxes(&ms)).unwrap();
+        let wal_path = dir.path().join("db-wal");
+        let wal_len = std::fs::metadata(&wal_path).unwrap().len();
+        // More than SQLite's default threshold of 1,000 pages went to the WAL, and the
+        // database file was not written.
+        assert!(wal_len > 1_000 * 4096, "{wal_len}");
+        assert!(store.file_size().unwrap() < 256 * 1024);
+        let (log, copied) = store.checkpoint().unwrap();
+        assert!(log > 1_000 && copied == log, "{log} {copied}");
+        assert!(store.file_size().unwrap() > 1_000 * 4096);
+        // Closing the last connection checkpoints and removes the WAL.
+        drop(store);
+        assert!(!wal_path.exists());
+        assert_eq!(
+            Store::open(&path).unwrap().all_mailboxes().unwrap().len(),
+            20_000
+        );
+    }
+
+    #[test]
+    fn guid_keys_order_as_the_text_does() {
+        let mut ids: Vec<String> = (0..500u64)
+            .map(|i| {
+                let r = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                format!(
+                    "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                    (r >> 32) as u32,
+                    (r >> 16) as u16,
+                    r as u16,
+                    (r >> 48) as u16,
+                    r & 0xffff_ffff_ffff
+                )
+            })
+            .collect();
+        ids.extend([
+            "00000000-0000-0000-0000-000000000000".into(),
+            "ffffffff-ffff-ffff-ffff-ffffffffffff".into(),
+        ]);
+        let mut by_text = ids.clone();
+        by_text.sort();
+        let mut by_key = ids.clone();
+        by_key.sort_by_key(|s| guid_key(s).unwrap());
+        assert_eq!(by_text, by_key);
+        for bad in [
+            "4A3B2C1D-5E6F-47A8-B9C0-D1E2F3A4B5C6",
+            "4a3b2c1d5e6f47a8b9c0d1e2f3a4b5c6",
+            "4a3b2c1d-5e6f-47a8-b9c0-d1e2f3a4b5cg",
+            "4a3b2c1d-5e6f-47a8-b9c0+d1e2f3a4b5c6",
+            "",
+        ] {
+            assert_eq!(guid_key(bad), None, "{bad}");
+        }
+        // A batch with an identity that is not a canonical GUID is still ordered.
+        let mut ms: Vec<InactiveMailbox> = (0..5).rev().map(mailbox).collect();
+        let order = |ms: &[InactiveMailbox]| -> Vec<String> {
+            identity_order(ms)
+                .iter()
+                .map(|m| m.identity.clone())
+                .collect()
+        };
+        let mut want: Vec<String> = ms.iter().map(|m| m.identity.clone()).collect();
+        want.sort();
+        assert_eq!(order(&ms), want);
+        ms[2].identity = "legacy-identity".into();
+        let mut want: Vec<String> = ms.iter().map(|m| m.identity.clone()).collect();
+        want.sort();
+        assert_eq!(order(&ms), want);
+        // A mailbox listed twice keeps the order of its listings, on both paths.
+        for legacy in [false, true] {
+            let mut ms: Vec<InactiveMailbox> = (0..40).map(mailbox).collect();
+            if legacy {
+                ms[7].identity = "legacy-identity".into();
+            }
+            for (i, name) in [(3, "first"), (30, "second"), (12, "third")] {
+                let mut m = mailbox(20);
+                m.display_name = Some(name.into());
+                ms.insert(i, m);
+            }
+            let names: Vec<_> = identity_order(&ms)
+                .iter()
+                .filter(|m| m.identity == ms[3].identity)
+                .map(|m| m.display_name.clone().unwrap())
+                .collect();
+            assert_eq!(names, ["first", "third", "User 20", "second"], "{legacy}");
+        }
+    }
+
+    #[test]
+    fn stored_json_lists_escape_what_needs_it() {
+        let mut out = String::new();
+        push_json_list(&mut out, ["UniH1", "odd \"quoted\" \\ name\n", "ünï"]);
+        assert_eq!(
+            serde_json::from_str::<Vec<String>>(&out).unwrap(),
+            ["UniH1", "odd \"quoted\" \\ name\n", "ünï"]
+        );
+        push_json_list(&mut out, []);
+        assert_eq!(out, "[]");
     }
 
     #[test]
