@@ -13,8 +13,8 @@
 //!
 //! Checkpoints (copying the WAL back into the database file) are kept off the write path:
 //! SQLite's default runs one inside whichever commit takes the WAL past 1,000 pages (4
-//! MiB), so a 10,000-mailbox import paid for writing every page twice and three fsyncs
-//! instead of one. Here the automatic checkpoint waits for 16,384 pages (64 MiB), which
+//! MiB with 4 KiB pages), so a 10,000-mailbox import paid for writing every page twice
+//! and three fsyncs instead of one. Here the automatic checkpoint waits for 64 MiB, which
 //! bounds the WAL when nobody else checkpoints; closing the last connection checkpoints
 //! (every CLI command), and a long-running process calls [`Store::checkpoint`] at quiet
 //! moments, as SQLite's documentation on application-initiated checkpoints suggests.
@@ -39,6 +39,13 @@ pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of an imm-daemon database ("IMMD").
 const APPLICATION_ID: i64 = 0x494d_4d44;
+
+/// The page size of new databases.
+const PAGE_SIZE: i64 = 16_384;
+
+/// The WAL size in bytes past which a commit checkpoints, and to which a checkpoint
+/// truncates the WAL file.
+const WAL_BOUND: i64 = 64 << 20;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,6 +175,15 @@ impl Store {
         }
         self.conn
             .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
+        // A new database gets 16 KiB pages (SQLite's default is 4 KiB): a quarter of the
+        // page writes, splits and WAL frames on imports (10% faster for 10,000 mailboxes,
+        // 15% for a million, on disk); one row of the few a cycle writes costs 16 KiB of
+        // WAL instead of 4. An existing database keeps the page size it has.
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        if pages == 0 {
+            self.conn
+                .execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE}"))?;
+        }
         self.conn
             .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
         self.conn.execute_batch(
@@ -175,10 +191,15 @@ impl Store {
              PRAGMA foreign_keys = ON;
              PRAGMA temp_store = MEMORY;
              PRAGMA cache_size = -65536;
-             PRAGMA mmap_size = 268435456;
-             PRAGMA wal_autocheckpoint = 16384;
-             PRAGMA journal_size_limit = 67108864;",
+             PRAGMA mmap_size = 268435456;",
         )?;
+        // The automatic checkpoint's threshold is counted in pages.
+        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        self.conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {};
+             PRAGMA journal_size_limit = {WAL_BOUND};",
+            WAL_BOUND / page_size.max(512)
+        ))?;
         self.migrate(version)
     }
 
@@ -369,11 +390,33 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+        let page_size = |conn: &Connection| -> i64 {
+            conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(page_size(&store.conn), PAGE_SIZE);
+        let wal_bound = |conn: &Connection| -> i64 {
+            let pages: i64 = conn
+                .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                .unwrap();
+            pages * page_size(conn)
+        };
+        assert_eq!(wal_bound(&store.conn), WAL_BOUND);
         drop(store);
         // Reopening an up-to-date database is a no-op.
         assert_eq!(
             Store::open(&path).unwrap().schema_version().unwrap(),
             SCHEMA_VERSION
         );
+        // A database made elsewhere keeps its page size.
+        let old = dir.path().join("old.db");
+        let conn = Connection::open(&old).unwrap();
+        conn.execute_batch(MIGRATION_1).unwrap();
+        assert_eq!(page_size(&conn), 4096);
+        drop(conn);
+        let store = Store::open(&old).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(page_size(&store.conn), 4096);
+        assert_eq!(wal_bound(&store.conn), WAL_BOUND);
     }
 }
