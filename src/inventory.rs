@@ -570,11 +570,10 @@ pub fn push_rfc3339(s: &mut String, t: DateTime<Utc>, always_millis: bool) {
     /// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
     const FIRST: i64 = -62_167_219_200;
     const LAST: i64 = 253_402_300_799;
-    fn put(b: &mut [u8], mut v: u32) {
-        for x in b.iter_mut().rev() {
-            *x = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
+    /// Two digits of `v` (below 100).
+    fn pair(b: &mut [u8], v: u32) {
+        b[0] = b'0' + (v / 10) as u8;
+        b[1] = b'0' + (v % 10) as u8;
     }
     let secs = t.timestamp().clamp(FIRST, LAST);
     let ms = t.timestamp_subsec_millis().min(999);
@@ -589,14 +588,17 @@ pub fn push_rfc3339(s: &mut String, t: DateTime<Utc>, always_millis: bool) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     let mut b = *b"0000-00-00T00:00:00.000Z";
-    put(&mut b[0..4], year as u32);
-    put(&mut b[5..7], month as u32);
-    put(&mut b[8..10], day as u32);
-    put(&mut b[11..13], time / 3600);
-    put(&mut b[14..16], time / 60 % 60);
-    put(&mut b[17..19], time % 60);
+    let year = year as u32;
+    pair(&mut b[0..2], year / 100);
+    pair(&mut b[2..4], year % 100);
+    pair(&mut b[5..7], month as u32);
+    pair(&mut b[8..10], day as u32);
+    pair(&mut b[11..13], time / 3600);
+    pair(&mut b[14..16], time / 60 % 60);
+    pair(&mut b[17..19], time % 60);
     let len = if always_millis || ms != 0 {
-        put(&mut b[20..23], ms);
+        b[20] = b'0' + (ms / 100) as u8;
+        pair(&mut b[21..23], ms % 100);
         24
     } else {
         b[19] = b'Z';

@@ -99,7 +99,10 @@ struct RowText {
     blockers: String,
     in_place: String,
     deleted: String,
+    /// `last_updated` as text, and the time it was rendered from: a batch usually shares
+    /// one update time.
     updated: String,
+    updated_at: Option<DateTime<Utc>>,
     key: String,
 }
 
@@ -144,8 +147,11 @@ impl RowText {
         if let Some(d) = m.when_soft_deleted {
             push_date(&mut self.deleted, d);
         }
-        self.updated.clear();
-        push_date(&mut self.updated, m.last_updated);
+        if self.updated_at != Some(m.last_updated) {
+            self.updated.clear();
+            push_date(&mut self.updated, m.last_updated);
+            self.updated_at = Some(m.last_updated);
+        }
         search_key(&mut self.key, m.display_name.as_deref());
     }
 
@@ -706,6 +712,35 @@ mod tests {
         );
         push_json_list(&mut out, []);
         assert_eq!(out, "[]");
+    }
+
+    #[test]
+    fn each_row_keeps_its_own_dates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let t = |d| Utc.with_ymd_and_hms(2025, 1, d, 0, 0, 0).unwrap();
+        let mut ms: Vec<_> = (0..4).map(mailbox).collect();
+        for (m, d) in ms.iter_mut().zip([1, 1, 2, 1]) {
+            m.last_updated = t(d);
+            m.when_soft_deleted = Some(t(d + 10));
+        }
+        ms[3].when_soft_deleted = None;
+        store.write(|tx| tx.upsert_mailboxes(&ms)).unwrap();
+        let mut got = store.all_mailboxes().unwrap();
+        got.sort_by(|a, b| a.identity.cmp(&b.identity));
+        let dates: Vec<_> = got
+            .iter()
+            .map(|m| (m.last_updated, m.when_soft_deleted))
+            .collect();
+        assert_eq!(
+            dates,
+            [
+                (t(1), Some(t(11))),
+                (t(1), Some(t(11))),
+                (t(2), Some(t(12))),
+                (t(1), None)
+            ]
+        );
     }
 
     #[test]
