@@ -3,6 +3,10 @@
 //!
 //! - `upsert_10k/insert`: 10,000 mailboxes into a fresh database, one transaction
 //!   (target < 50 ms).
+//! - `upsert_10k/insert_checkpoint`: the same followed by a checkpoint, which copies the
+//!   WAL into the database file; the store keeps checkpoints off the write path, so this
+//!   is the whole disk cost of the insert, paid later (at close, or when a long-running
+//!   process checkpoints).
 //! - `upsert_10k/update`: the same 10,000 mailboxes again into a database that already
 //!   holds them (the update path of a repeated snapshot import).
 //! - `upsert_1m/insert`: 1,000,000 mailboxes into a fresh database (target < 5 s).
@@ -134,6 +138,17 @@ fn upsert_10k(c: &mut Criterion) {
     g.sample_size(30);
     g.measurement_time(Duration::from_secs(15));
     bench_fresh_insert(&mut g, &ms);
+    g.bench_function("insert_checkpoint", |b| {
+        b.iter_batched(
+            fresh_store,
+            |(dir, mut store)| {
+                black_box(upsert(&mut store, &ms));
+                black_box(store.checkpoint().expect("checkpoint succeeds"));
+                (dir, store)
+            },
+            BatchSize::PerIteration,
+        )
+    });
     let (_dir, mut store) = fresh_store();
     upsert(&mut store, &ms);
     g.bench_function("update", |b| b.iter(|| black_box(upsert(&mut store, &ms))));

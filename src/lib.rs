@@ -9,7 +9,9 @@
 //!   the inventory rules to them (holds, age, size, cost, company, recovery eligibility)
 //!   as pure functions, which the live sync will reuse.
 //! - [`store`] owns the SQLite database and every SQL statement; [`audit`] defines audit
-//!   events and the hash chain that makes the log tamper-evident.
+//!   events and the hash chain that makes the log tamper-evident. The store's upsert binds
+//!   parameters through SQLite's C API without copying them; that module is the crate's
+//!   only unsafe code.
 //! - [`cli`] parses the command line, calls the above and formats the results.
 //!
 //! Data flow of an import: file bytes → [`import::parse_export`] →
