@@ -790,16 +790,7 @@ fn write_json_record(out: &mut String, rec: &[(&str, Val)], last: bool) {
 fn csv_date(ms: i64) -> String {
     let days = ms.div_euclid(86_400_000);
     let secs = ms.rem_euclid(86_400_000) / 1000;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = imm_daemon::inventory::civil_from_days(days);
     let (h, min, sec) = (secs / 3600, secs / 60 % 60, secs % 60);
     let (h12, ampm) = match h {
         0 => (12, "AM"),

@@ -560,6 +560,21 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     s
 }
 
+/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month as u32, day as u32)
+}
+
 /// Appends `t` as `YYYY-MM-DDTHH:MM:SS[.mmm]Z`, the milliseconds always when
 /// `always_millis` (fixed width, so text order is time order) or else when not zero.
 /// Times outside the years 0 to 9999 (which no parsed date has) are clamped to them.
@@ -578,21 +593,13 @@ pub fn push_rfc3339(s: &mut String, t: DateTime<Utc>, always_millis: bool) {
     let secs = t.timestamp().clamp(FIRST, LAST);
     let ms = t.timestamp_subsec_millis().min(999);
     let (days, time) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil_from_days(days);
     let mut b = *b"0000-00-00T00:00:00.000Z";
     let year = year as u32;
     pair(&mut b[0..2], year / 100);
     pair(&mut b[2..4], year % 100);
-    pair(&mut b[5..7], month as u32);
-    pair(&mut b[8..10], day as u32);
+    pair(&mut b[5..7], month);
+    pair(&mut b[8..10], day);
     pair(&mut b[11..13], time / 3600);
     pair(&mut b[14..16], time / 60 % 60);
     pair(&mut b[17..19], time % 60);
