@@ -66,6 +66,9 @@ operations! {
     Logout => "LOGOUT",
     TokenRefresh => "TOKEN_REFRESH",
     SendEmail => "SEND_EMAIL",
+    /// The daemon reread its configuration (SIGHUP or `reload`); failed when the new file
+    /// was invalid and the old configuration stayed in effect.
+    ReloadConfig => "RELOAD_CONFIG",
 }
 
 impl Operation {

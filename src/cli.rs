@@ -31,6 +31,8 @@ pub mod exit {
     pub const NO_INPUT: i32 = 66;
     /// The database cannot be used (written by a newer version, not ours, unreadable).
     pub const DATABASE: i32 = 69;
+    /// `run`: another imm-daemon already runs for this IMM_HOME (it holds the lock).
+    pub const ALREADY_RUNNING: i32 = 75;
     /// The configuration file is invalid, or missing where one is required.
     pub const CONFIG: i32 = 78;
 }
@@ -64,6 +66,25 @@ pub enum Command {
     /// The tamper-evident audit log: list, export, verify, prune.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// Run the daemon in the foreground (what launchd and systemd start).
+    Run(RunArgs),
+}
+
+/// Options of `imm-daemon run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// What every command may need, resolved once.
@@ -96,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(c) => config_cmd::run(&ctx, c),
         Command::Mailboxes(c) => mailboxes::run(&ctx, c),
         Command::Audit(c) => audit_cmd::run(&ctx, c),
+        Command::Run(_) => Ok(crate::daemon::run(&ctx.paths, &|| ctx.config())?),
     }
 }
 
@@ -104,6 +126,20 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if let Some(s) = cause.downcast_ref::<SilentExit>() {
             return s.code;
+        }
+        match cause.downcast_ref::<crate::daemon::DaemonError>() {
+            Some(crate::daemon::DaemonError::Config(_)) => return exit::CONFIG,
+            Some(crate::daemon::DaemonError::Lock(crate::daemon::lock::LockError::Held {
+                ..
+            })) => return exit::ALREADY_RUNNING,
+            Some(crate::daemon::DaemonError::Store(e)) => {
+                return match e {
+                    StoreError::AuditBroken { .. } => exit::AUDIT_BROKEN,
+                    _ => exit::DATABASE,
+                };
+            }
+            Some(_) => return exit::FAILURE,
+            None => {}
         }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return exit::CONFIG;

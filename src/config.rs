@@ -32,6 +32,115 @@ pub struct Config {
     pub exchange_url: Option<EndpointUrl>,
     #[serde(default)]
     pub inventory: InventoryConfig,
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+}
+
+/// The `[heartbeat]` section: how often the daemon runs a cycle.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Time between the starts of two cycles: at least 10 s, at most a day.
+    #[serde(default = "default_heartbeat")]
+    pub interval: BoundedDuration<10, 86_400>,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval: default_heartbeat(),
+        }
+    }
+}
+
+fn default_heartbeat() -> BoundedDuration<10, 86_400> {
+    BoundedDuration(std::time::Duration::from_secs(300))
+}
+
+/// The `[daemon]` section: how the running daemon behaves.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// How long a stop waits for the step in progress to reach a safe point.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: BoundedDuration<1, 300>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+fn default_grace() -> BoundedDuration<1, 300> {
+    BoundedDuration(std::time::Duration::from_secs(10))
+}
+
+/// A duration between `MIN` and `MAX` seconds, written as text such as `"5m"` or `"90s"`
+/// (humantime's syntax) or as a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundedDuration<const MIN: u64, const MAX: u64>(std::time::Duration);
+
+impl<const MIN: u64, const MAX: u64> BoundedDuration<MIN, MAX> {
+    /// The duration.
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+
+    /// Checks `d` against the bounds.
+    pub fn new(d: std::time::Duration) -> Result<Self, String> {
+        let (min, max) = (
+            std::time::Duration::from_secs(MIN),
+            std::time::Duration::from_secs(MAX),
+        );
+        if d < min || d > max {
+            return Err(format!(
+                "{} is out of range: it must be between {} and {}",
+                humantime::format_duration(d),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ));
+        }
+        Ok(BoundedDuration(d))
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> fmt::Display for BoundedDuration<MIN, MAX> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> Serialize for BoundedDuration<MIN, MAX> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for BoundedDuration<MIN, MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        let d = match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a duration such as \"5m\" or a number of seconds")
+        })? {
+            Raw::Seconds(s) => std::time::Duration::from_secs(s),
+            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{t}` is not a duration ({e}); write it like \"5m\", \"90s\" or \"1h 30m\""
+                ))
+            })?,
+        };
+        Self::new(d).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The `[inventory]` section: how mailboxes are priced and attributed.
@@ -420,6 +529,16 @@ license_attribute = "LicenseType"
 # Operating company by e-mail domain, used when the company attribute is empty.
 [inventory.company_domains]
 # "contoso.com" = "Contoso Ltd"
+
+[heartbeat]
+# Time between the daemon's cycles (at least 10s). A cycle missed while the machine
+# slept is skipped, not made up.
+interval = "5m"
+
+[daemon]
+# How long a stop (SIGTERM, SIGINT, `imm-daemon stop`) waits for the step in progress to
+# reach a safe point before the daemon exits anyway.
+shutdown_grace = "10s"
 "#;
 
 #[cfg(test)]
@@ -435,6 +554,37 @@ mod tests {
         let c = parse(SAMPLE).unwrap();
         assert_eq!(c.cloud, Cloud::Global);
         assert_eq!(c.inventory.license_attribute.as_str(), "LicenseType");
+        assert_eq!(c.heartbeat, HeartbeatConfig::default());
+        assert_eq!(c.daemon, DaemonConfig::default());
+    }
+
+    #[test]
+    fn durations_are_text_or_seconds_and_bounded() {
+        use std::time::Duration;
+        let c = parse("[heartbeat]\ninterval = \"1h 30m\"\n[daemon]\nshutdown_grace = 30").unwrap();
+        assert_eq!(c.heartbeat.interval.get(), Duration::from_secs(5400));
+        assert_eq!(c.daemon.shutdown_grace.get(), Duration::from_secs(30));
+        assert_eq!(
+            parse("").unwrap().heartbeat.interval.get(),
+            Duration::from_secs(300)
+        );
+        let e = parse("[heartbeat]\ninterval = \"5s\"").unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("between 10s and 1day"),
+            "{e}"
+        );
+        let e = parse("[heartbeat]\ninterval = \"soon\"").unwrap_err();
+        assert!(e.contains("`soon` is not a duration"), "{e}");
+        let e = parse("[heartbeat]\ninterval = true").unwrap_err();
+        assert!(e.contains("expected a duration"), "{e}");
+        let e = parse("[daemon]\nshutdown_grace = \"10m\"").unwrap_err();
+        assert!(e.contains("between 1s and 5m"), "{e}");
+        let e = parse("[heartbeat]\nintervall = \"5m\"").unwrap_err();
+        assert!(e.contains("unknown field `intervall`"), "{e}");
+        // The effective configuration prints durations as they can be written back.
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("interval = \"1h 30m\""), "{text}");
+        assert_eq!(parse(&text).unwrap(), c);
     }
 
     #[test]

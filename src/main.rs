@@ -16,7 +16,10 @@ fn main() {
             std::process::exit(code);
         }
     };
-    init_logging();
+    match &cli.command {
+        cli::Command::Run(args) => init_logging("info", args.log_format == cli::LogFormat::Json),
+        _ => init_logging("warn", false),
+    }
     match cli::run(cli) {
         Ok(()) => {}
         Err(e) if cli::is_broken_pipe(&e) => {}
@@ -30,16 +33,20 @@ fn main() {
     }
 }
 
-/// Logs go to stderr; the filter comes from IMM_LOG, else RUST_LOG, else `warn` for
-/// commands (the daemon will default to `info`).
-fn init_logging() {
+/// Logs go to stderr; the filter comes from IMM_LOG, else RUST_LOG, else `default`
+/// (`warn` for commands, `info` for the daemon).
+fn init_logging(default: &str, json: bool) {
     let filter = std::env::var("IMM_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn".into());
+        .unwrap_or_else(|_| default.into());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

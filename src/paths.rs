@@ -56,6 +56,12 @@ pub struct Paths {
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
     pub database: PathBuf,
+    /// The daemon's single-instance lock (holds its pid and version).
+    pub lock_file: PathBuf,
+    /// The daemon's control socket.
+    pub socket: PathBuf,
+    /// What the daemon last reported about itself, for `status` when it is down.
+    pub state_file: PathBuf,
 }
 
 impl Paths {
@@ -111,6 +117,9 @@ impl Paths {
         };
         Ok(Paths {
             database: data_dir.join("imm-daemon.db"),
+            lock_file: runtime_dir.join("imm-daemon.lock"),
+            socket: runtime_dir.join("imm-daemon.sock"),
+            state_file: state_dir.join("daemon-state.json"),
             config_file,
             config_source,
             config_dir,

@@ -22,6 +22,7 @@
 //! rather than once per sync. `journal_size_limit` truncates a WAL that grew past 64 MiB.
 
 mod audit_log;
+mod cycles;
 mod mailboxes;
 mod raw;
 
@@ -32,10 +33,11 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit_log::{AuditFilter, PruneOutcome};
+pub use cycles::CycleRow;
 pub use mailboxes::{MailboxFilter, StoreStats};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of an imm-daemon database ("IMMD").
 const APPLICATION_ID: i64 = 0x494d_4d44;
@@ -239,6 +241,7 @@ impl Store {
                     tx.execute_batch(MIGRATION_2).map_err(fail)?;
                     audit_log::seal_unhashed(&tx).map_err(fail)?;
                 }
+                3 => tx.execute_batch(MIGRATION_3).map_err(fail)?,
                 _ => unreachable!("no migration to version {version}"),
             }
             tx.execute_batch(&format!(
@@ -367,6 +370,18 @@ WHEN OLD.hash IS NOT NULL
 BEGIN
     SELECT RAISE(ABORT, 'audit rows are append-only');
 END;
+";
+
+/// Version 3: the daemon's cycle history.
+const MIGRATION_3: &str = "
+CREATE TABLE cycles (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    steps TEXT NOT NULL
+);
 ";
 
 #[cfg(test)]

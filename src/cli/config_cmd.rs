@@ -90,6 +90,9 @@ pub fn run(ctx: &Context, cmd: ConfigCmd) -> anyhow::Result<()> {
                     ("database", &p.database),
                     ("state dir", &p.state_dir),
                     ("runtime dir", &p.runtime_dir),
+                    ("lock file", &p.lock_file),
+                    ("socket", &p.socket),
+                    ("state file", &p.state_file),
                 ] {
                     write!(out, "{name:<12} {}", path.display())?;
                     if name == "config file" {

@@ -145,6 +145,9 @@ fn paths_are_all_under_imm_home() {
         "state_dir",
         "runtime_dir",
         "database",
+        "lock_file",
+        "socket",
+        "state_file",
     ] {
         assert!(v[key].as_str().unwrap().starts_with(home), "{key}: {v}");
     }

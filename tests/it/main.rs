@@ -3,6 +3,7 @@
 
 mod audit;
 mod config;
+mod daemon;
 mod import;
 mod mailboxes;
 mod store;

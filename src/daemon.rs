@@ -1,0 +1,379 @@
+//! The running daemon: `imm-daemon run`.
+//!
+//! One foreground process, no forking, on a single-threaded tokio runtime (the work is a
+//! few steps every few minutes; one thread keeps the idle footprint small and the steps'
+//! access to the database simple). The supervisor holds the single-instance lock, writes
+//! CONNECT and DISCONNECT audit rows, runs a cycle of [`cycle::CycleStep`]s on every
+//! heartbeat, and answers signals, following the shape of mini-redis's server: a
+//! `select!` over the heartbeat, the signal stream and the shutdown token.
+//!
+//! - Heartbeat: a tokio interval whose missed ticks are skipped, so a machine waking from
+//!   sleep runs one cycle, not a burst.
+//! - SIGTERM, SIGINT: stop. The cycle in progress sees its cancellation token and
+//!   finishes the unit of work in hand; the daemon waits for it up to `shutdown_grace`,
+//!   writes its state file and the DISCONNECT row, and exits 0. A second signal exits at
+//!   once (exit code 1).
+//! - SIGHUP: reread the configuration; an invalid file is logged and audited, and the
+//!   old configuration stays in effect.
+//! - SIGUSR1: run a cycle now.
+//! - systemd: READY=1 once up, STATUS= after every cycle, WATCHDOG=1 every cycle when
+//!   the watchdog is armed, STOPPING=1 on shutdown (`sd-notify`, only when NOTIFY_SOCKET
+//!   is set).
+
+pub mod backoff;
+pub mod cycle;
+pub mod lock;
+pub mod state;
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditEvent, Operation};
+use crate::config::{Config, ConfigError};
+use crate::paths::Paths;
+use crate::store::{Store, StoreError};
+use backoff::Backoff;
+use cycle::{CycleSummary, StepContext, Steps, Trigger, stamp};
+use lock::{InstanceLock, LockError};
+use state::{DaemonState, Phase, STATE_VERSION};
+
+/// Fatal errors: the daemon cannot start (or must stop), and exits non-zero so that the
+/// service manager restarts it.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot set up the daemon's runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+}
+
+/// An error and its causes on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// The steps every cycle runs, in order. Token refresh, the email queue and the mailbox
+/// sync join this list as they land.
+pub fn default_steps() -> Vec<Box<dyn cycle::CycleStep>> {
+    vec![Box::new(cycle::StoreMaintenance)]
+}
+
+/// Runs the daemon until it is stopped. `load_config` reads the configuration (at start
+/// and on SIGHUP).
+pub fn run(
+    paths: &Paths,
+    load_config: &dyn Fn() -> Result<Config, ConfigError>,
+) -> Result<(), DaemonError> {
+    let config = load_config()?;
+    let lock = InstanceLock::acquire(&paths.lock_file)?;
+    let store = Store::open(&paths.database)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let result = runtime.block_on(Supervisor::new(paths, config, store).run(load_config));
+    drop(lock);
+    result
+}
+
+/// The heartbeat: the first tick is immediate, later ones every `period`; ticks missed
+/// (the machine slept, a cycle overran) are skipped, not made up in a burst.
+pub fn heartbeat_timer(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(period);
+    i.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    i
+}
+
+struct Supervisor<'a> {
+    paths: &'a Paths,
+    config: Config,
+    store: RefCell<Store>,
+    steps: Steps,
+    state: DaemonState,
+    notify: bool,
+}
+
+impl<'a> Supervisor<'a> {
+    fn new(paths: &'a Paths, config: Config, store: Store) -> Supervisor<'a> {
+        let interval = config.heartbeat.interval.get();
+        let now = stamp(Utc::now());
+        Supervisor {
+            paths,
+            steps: Steps::new(default_steps(), Backoff::for_heartbeat(interval)),
+            state: DaemonState {
+                version: STATE_VERSION,
+                pid: std::process::id(),
+                daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at: now.clone(),
+                phase: Phase::Running,
+                updated_at: now,
+                heartbeat_secs: interval.as_secs(),
+                next_cycle_at: None,
+                cycles: 0,
+                last_cycle: None,
+            },
+            config,
+            store: RefCell::new(store),
+            notify: std::env::var_os("NOTIFY_SOCKET").is_some(),
+        }
+    }
+
+    async fn run(
+        mut self,
+        load_config: &dyn Fn() -> Result<Config, ConfigError>,
+    ) -> Result<(), DaemonError> {
+        let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+            .map_err(DaemonError::Signals)?;
+        self.store.borrow_mut().audit(
+            &AuditEvent::new(Operation::Connect).details(serde_json::json!({
+                "pid": self.state.pid,
+                "version": self.state.daemon_version,
+                "heartbeat_secs": self.state.heartbeat_secs,
+                "steps": self.steps.names(),
+            })),
+            Utc::now(),
+        )?;
+        let mut heartbeat = self.heartbeat();
+        self.state.next_cycle_at = Some(stamp(Utc::now()));
+        self.state.save(&self.paths.state_file)?;
+        self.notify(&[sd_notify::NotifyState::Ready]);
+        tracing::info!(
+            pid = self.state.pid,
+            version = %self.state.daemon_version,
+            heartbeat = %self.config.heartbeat.interval,
+            "imm-daemon running"
+        );
+        let shutdown = CancellationToken::new();
+        let mut pending: Option<Trigger> = None;
+        loop {
+            let trigger = match pending.take() {
+                Some(t) => t,
+                None => tokio::select! {
+                    _ = heartbeat.tick() => Trigger::Heartbeat,
+                    sig = signals.next() => match sig {
+                        Some(SIGUSR1) => Trigger::Signal,
+                        Some(SIGHUP) => {
+                            if self.reload(load_config)? {
+                                heartbeat = self.heartbeat();
+                                // The first tick of a new interval is immediate.
+                                heartbeat.tick().await;
+                            }
+                            continue;
+                        }
+                        Some(sig) => {
+                            tracing::info!(signal = sig, "stopping");
+                            shutdown.cancel();
+                            break;
+                        }
+                        None => break,
+                    },
+                },
+            };
+            // The cycle runs while signals keep being watched: a stop lets the step in
+            // progress finish its unit of work (within the grace period); a second stop
+            // exits at once.
+            let summary = {
+                let ctx = StepContext {
+                    config: &self.config,
+                    paths: self.paths,
+                    store: &self.store,
+                    cancel: &shutdown,
+                };
+                let cycle = self.steps.run_cycle(&ctx, trigger);
+                tokio::pin!(cycle);
+                let mut deadline: Option<tokio::time::Instant> = None;
+                loop {
+                    let grace = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        summary = &mut cycle => break Some(summary),
+                        _ = grace => {
+                            tracing::warn!("the cycle did not finish within the shutdown grace period");
+                            break None;
+                        }
+                        sig = signals.next() => match sig {
+                            Some(SIGUSR1) => pending = Some(Trigger::Signal),
+                            Some(SIGHUP) => tracing::info!("reload deferred until the cycle ends"),
+                            Some(sig) if shutdown.is_cancelled() => {
+                                tracing::warn!(signal = sig, "second stop signal: exiting at once");
+                                std::process::exit(1);
+                            }
+                            Some(sig) => {
+                                tracing::info!(signal = sig, "stopping after the step in progress");
+                                shutdown.cancel();
+                                deadline = Some(tokio::time::Instant::now() + self.config.daemon.shutdown_grace.get());
+                            }
+                            None => {}
+                        },
+                    }
+                }
+            };
+            if let Some(summary) = summary {
+                self.finish_cycle(summary, heartbeat.period())?;
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        self.stop()
+    }
+
+    fn heartbeat(&self) -> tokio::time::Interval {
+        heartbeat_timer(self.config.heartbeat.interval.get())
+    }
+
+    /// Rereads the configuration; returns whether the heartbeat interval changed.
+    fn reload(
+        &mut self,
+        load_config: &dyn Fn() -> Result<Config, ConfigError>,
+    ) -> Result<bool, DaemonError> {
+        let event = AuditEvent::new(Operation::ReloadConfig);
+        match load_config() {
+            Ok(new) => {
+                let changed = new.heartbeat != self.config.heartbeat;
+                self.config = new;
+                let interval = self.config.heartbeat.interval.get();
+                self.steps.set_backoff(Backoff::for_heartbeat(interval));
+                self.state.heartbeat_secs = interval.as_secs();
+                tracing::info!(heartbeat = %self.config.heartbeat.interval, "configuration reloaded");
+                self.store.borrow_mut().audit(
+                    &event.details(serde_json::json!({"heartbeat_secs": interval.as_secs()})),
+                    Utc::now(),
+                )?;
+                Ok(changed)
+            }
+            Err(e) => {
+                let message = error_chain(&e);
+                tracing::error!("configuration not reloaded, keeping the one in effect: {message}");
+                self.store
+                    .borrow_mut()
+                    .audit(&event.failed(message), Utc::now())?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn finish_cycle(&mut self, summary: CycleSummary, period: Duration) -> Result<(), DaemonError> {
+        let steps = serde_json::to_string(&summary.steps).expect("outcomes serialize");
+        if let Err(e) = self.store.borrow_mut().write(|tx| {
+            tx.record_cycle(
+                &summary.started_at,
+                &summary.finished_at,
+                summary.trigger.as_str(),
+                summary.ok,
+                &steps,
+            )
+        }) {
+            tracing::error!("cannot record the cycle: {}", error_chain(&e));
+        }
+        let line = summary.one_line();
+        if summary.ok {
+            tracing::info!("{line}");
+        } else {
+            tracing::warn!("{line}");
+        }
+        let now = Utc::now();
+        self.state.cycles += 1;
+        self.state.updated_at = stamp(now);
+        self.state.next_cycle_at = chrono::Duration::from_std(period)
+            .ok()
+            .map(|p| stamp(now + p));
+        self.state.last_cycle = Some(summary);
+        self.state.save(&self.paths.state_file)?;
+        let mut msgs = vec![sd_notify::NotifyState::Status(&line)];
+        if sd_notify::watchdog_enabled().is_some() {
+            msgs.push(sd_notify::NotifyState::Watchdog);
+        }
+        self.notify(&msgs);
+        Ok(())
+    }
+
+    fn stop(mut self) -> Result<(), DaemonError> {
+        self.notify(&[sd_notify::NotifyState::Stopping]);
+        let now = Utc::now();
+        self.state.phase = Phase::Stopped;
+        self.state.updated_at = stamp(now);
+        self.state.next_cycle_at = None;
+        self.state.save(&self.paths.state_file)?;
+        let store = self.store.get_mut();
+        store.audit(
+            &AuditEvent::new(Operation::Disconnect).details(serde_json::json!({
+                "pid": self.state.pid,
+                "cycles": self.state.cycles,
+            })),
+            now,
+        )?;
+        tracing::info!(cycles = self.state.cycles, "imm-daemon stopped");
+        Ok(())
+    }
+
+    fn notify(&self, states: &[sd_notify::NotifyState<'_>]) {
+        if self.notify
+            && let Err(e) = sd_notify::notify(states)
+        {
+            tracing::warn!("cannot notify systemd: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn missed_heartbeats_are_skipped_not_replayed() {
+        let period = Duration::from_secs(300);
+        let mut hb = heartbeat_timer(period);
+        let start = Instant::now();
+        hb.tick().await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the first tick is immediate"
+        );
+        hb.tick().await;
+        assert_eq!(start.elapsed(), period);
+        // Asleep for an hour and a bit: twelve ticks were missed.
+        tokio::time::advance(Duration::from_secs(3607)).await;
+        let woke = Instant::now();
+        hb.tick().await;
+        assert_eq!(woke.elapsed(), Duration::ZERO, "one cycle on waking");
+        hb.tick().await;
+        let waited = woke.elapsed();
+        assert!(
+            waited > Duration::ZERO && waited <= period,
+            "the next tick keeps the schedule instead of bursting: {waited:?}"
+        );
+        assert_eq!(
+            (Instant::now() - start).as_secs() % period.as_secs(),
+            0,
+            "ticks stay on the original schedule"
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! One heartbeat cycle: an ordered list of steps, each reporting its outcome.
+//!
+//! This is the interface the other capabilities plug into (silent token refresh, the
+//! email queue, the mailbox sync): a [`CycleStep`] has a stable name and an async `run`
+//! that returns a [`StepReport`] or a [`StepError`]. A failing step is logged and
+//! recorded, never stops the other steps or the daemon, and backs off (see
+//! [`super::backoff`]) until it succeeds again.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::{Backoff, StepHealth};
+use crate::config::Config;
+use crate::paths::Paths;
+use crate::store::Store;
+
+/// What a step may use while it runs.
+pub struct StepContext<'a> {
+    pub config: &'a Config,
+    pub paths: &'a Paths,
+    /// The database; borrow it only between awaits.
+    pub store: &'a RefCell<Store>,
+    /// Fired when the daemon is stopping: finish the unit of work in hand (a mail, a
+    /// transaction) and return.
+    pub cancel: &'a CancellationToken,
+}
+
+/// A step's account of a successful run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// One line for people.
+    pub summary: String,
+    /// Named figures (mails sent, pages copied, …).
+    #[serde(default)]
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// A step's failure.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    pub message: String,
+    /// A person must act (a sign-in is required, say): `status` exits 1 until it clears.
+    pub needs_attention: bool,
+}
+
+impl StepError {
+    /// A failure that retrying may cure.
+    pub fn transient(message: impl Into<String>) -> StepError {
+        StepError {
+            message: message.into(),
+            needs_attention: false,
+        }
+    }
+}
+
+/// The future a step returns.
+pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<StepReport, StepError>> + 'a>>;
+
+/// One step of every cycle.
+pub trait CycleStep {
+    /// A stable name, used in logs, `status` and the cycle history.
+    fn name(&self) -> &'static str;
+    /// Runs the step once.
+    fn run<'a>(&'a mut self, ctx: &'a StepContext<'a>) -> StepFuture<'a>;
+}
+
+/// What started a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The heartbeat timer.
+    Heartbeat,
+    /// SIGUSR1.
+    Signal,
+    /// A request on the control socket or `imm-daemon cycle`.
+    Request,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Heartbeat => "heartbeat",
+            Trigger::Signal => "signal",
+            Trigger::Request => "request",
+        }
+    }
+}
+
+/// How a step fared in one cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Ok,
+    Failed,
+    /// Not run: the step is backing off after failures.
+    BackingOff,
+    /// Not run: the daemon was stopping.
+    Skipped,
+}
+
+/// One step's outcome within a cycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepOutcome {
+    pub step: String,
+    pub status: StepStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub needs_attention: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counts: BTreeMap<String, u64>,
+    pub duration_ms: u64,
+    /// Consecutive failures, this one included.
+    #[serde(default)]
+    pub failures: u32,
+}
+
+/// A completed cycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CycleSummary {
+    pub trigger: Trigger,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    /// No step failed.
+    pub ok: bool,
+    pub steps: Vec<StepOutcome>,
+}
+
+impl CycleSummary {
+    /// Whether a step reported that a person must act.
+    pub fn needs_attention(&self) -> bool {
+        self.steps.iter().any(|s| s.needs_attention)
+    }
+
+    /// A one-line account, for logs and systemd's STATUS=.
+    pub fn one_line(&self) -> String {
+        let failed: Vec<&str> = self
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Failed)
+            .map(|s| s.step.as_str())
+            .collect();
+        if failed.is_empty() {
+            format!(
+                "last cycle {} ok ({} ms)",
+                self.finished_at, self.duration_ms
+            )
+        } else {
+            format!(
+                "last cycle {} failed: {} ({} ms)",
+                self.finished_at,
+                failed.join(", "),
+                self.duration_ms
+            )
+        }
+    }
+}
+
+/// The steps of a cycle and what is remembered about each between cycles.
+pub struct Steps {
+    steps: Vec<(Box<dyn CycleStep>, StepHealth)>,
+    backoff: Backoff,
+}
+
+impl Steps {
+    pub fn new(steps: Vec<Box<dyn CycleStep>>, backoff: Backoff) -> Steps {
+        Steps {
+            steps: steps
+                .into_iter()
+                .map(|s| (s, StepHealth::default()))
+                .collect(),
+            backoff,
+        }
+    }
+
+    pub fn set_backoff(&mut self, backoff: Backoff) {
+        self.backoff = backoff;
+    }
+
+    /// The steps' names, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.steps.iter().map(|(s, _)| s.name()).collect()
+    }
+
+    /// Runs every due step in order and returns the cycle's summary. A step that fails
+    /// does not stop the others; once `ctx.cancel` fires, the steps not yet started are
+    /// skipped.
+    pub async fn run_cycle(&mut self, ctx: &StepContext<'_>, trigger: Trigger) -> CycleSummary {
+        let started = Instant::now();
+        let started_at = Utc::now();
+        let mut outcomes = Vec::with_capacity(self.steps.len());
+        for (step, health) in &mut self.steps {
+            let name = step.name();
+            let mut outcome = StepOutcome {
+                step: name.to_string(),
+                status: StepStatus::Skipped,
+                summary: None,
+                error: None,
+                needs_attention: false,
+                counts: BTreeMap::new(),
+                duration_ms: 0,
+                failures: health.failures,
+            };
+            let now = tokio::time::Instant::now();
+            if ctx.cancel.is_cancelled() {
+                outcomes.push(outcome);
+                continue;
+            }
+            if !health.due(now) {
+                outcome.status = StepStatus::BackingOff;
+                tracing::debug!(step = name, failures = health.failures, "step backing off");
+                outcomes.push(outcome);
+                continue;
+            }
+            let t = Instant::now();
+            let result = step.run(ctx).await;
+            outcome.duration_ms = t.elapsed().as_millis() as u64;
+            match result {
+                Ok(report) => {
+                    tracing::info!(step = name, ms = outcome.duration_ms, "{}", report.summary);
+                    outcome.status = StepStatus::Ok;
+                    outcome.summary = Some(report.summary);
+                    outcome.counts = report.counts;
+                    health.record(true, now, &self.backoff, 0.0);
+                }
+                Err(e) => {
+                    health.record(false, now, &self.backoff, fastrand::f64());
+                    let wait = health
+                        .retry_at
+                        .map(|t| t.saturating_duration_since(now))
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        step = name,
+                        failures = health.failures,
+                        retry_in = %humantime::format_duration(round_secs(wait)),
+                        "step failed: {}",
+                        e.message
+                    );
+                    outcome.status = StepStatus::Failed;
+                    outcome.error = Some(e.message);
+                    outcome.needs_attention = e.needs_attention;
+                }
+            }
+            outcome.failures = health.failures;
+            outcomes.push(outcome);
+        }
+        let finished_at = Utc::now();
+        CycleSummary {
+            trigger,
+            started_at: stamp(started_at),
+            finished_at: stamp(finished_at),
+            duration_ms: started.elapsed().as_millis() as u64,
+            ok: outcomes.iter().all(|o| o.status != StepStatus::Failed),
+            steps: outcomes,
+        }
+    }
+}
+
+fn round_secs(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(d.as_secs())
+}
+
+/// A time as the daemon writes it: RFC 3339, UTC.
+pub fn stamp(t: DateTime<Utc>) -> String {
+    crate::inventory::rfc3339(t)
+}
+
+/// Copies the database's write-ahead log into the database file once a cycle, so the WAL
+/// stays small while the daemon holds the database open (see [`crate::store`]).
+pub struct StoreMaintenance;
+
+impl CycleStep for StoreMaintenance {
+    fn name(&self) -> &'static str {
+        "store_maintenance"
+    }
+
+    fn run<'a>(&'a mut self, ctx: &'a StepContext<'a>) -> StepFuture<'a> {
+        Box::pin(async move {
+            let (log, copied) = ctx
+                .store
+                .borrow()
+                .checkpoint()
+                .map_err(|e| StepError::transient(super::error_chain(&e)))?;
+            Ok(StepReport {
+                summary: format!("checkpoint copied {copied} of {log} WAL pages"),
+                counts: BTreeMap::from([
+                    ("wal_pages".to_string(), log),
+                    ("pages_copied".to_string(), copied),
+                ]),
+            })
+        })
+    }
+}

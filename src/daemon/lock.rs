@@ -1,0 +1,165 @@
+//! The single-instance lock: an exclusive advisory lock (`flock`) on a file in the runtime
+//! folder, holding the owner's pid and version.
+//!
+//! The operating system releases the lock when its holder exits, however it exits, so a
+//! file left behind by a killed daemon never blocks the next start: only a live holder
+//! does. Locking uses the standard library's `File::try_lock`, so no crate is needed.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Errors taking the lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("imm-daemon is already running (pid {pid}, version {version}; lock file {path})")]
+    Held {
+        path: PathBuf,
+        pid: String,
+        version: String,
+    },
+    #[error("cannot use the lock file {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Paths(#[from] crate::paths::PathsError),
+}
+
+/// The held lock; released when dropped or when the process ends.
+#[derive(Debug)]
+pub struct InstanceLock {
+    file: File,
+    path: PathBuf,
+}
+
+/// Who holds (or last held) a lock file: its pid and version, as written by the holder.
+pub fn read_holder(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_holder(&text)
+}
+
+fn parse_holder(text: &str) -> Option<(String, String)> {
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.to_string();
+    let version = words.next().unwrap_or("unknown").to_string();
+    Some((pid, version))
+}
+
+impl InstanceLock {
+    /// Takes the lock at `path` without waiting, and writes this process's pid and version
+    /// into the file.
+    pub fn acquire(path: &Path) -> Result<InstanceLock, LockError> {
+        let io = |source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            crate::paths::ensure_private_dir(dir)?;
+        }
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = file.metadata().map_err(io)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
+        }
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let (pid, version) =
+                    parse_holder(&text).unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+                return Err(LockError::Held {
+                    path: path.to_path_buf(),
+                    pid,
+                    version,
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+        file.set_len(0).map_err(io)?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        writeln!(file, "{} {}", std::process::id(), env!("CARGO_PKG_VERSION")).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(InstanceLock {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether another live process holds the lock at `path` (the lock is probed, not
+    /// taken for long).
+    pub fn is_held(path: &Path) -> bool {
+        match File::open(path) {
+            Ok(f) => match f.try_lock_shared() {
+                Ok(()) => {
+                    let _ = f.unlock();
+                    false
+                }
+                Err(TryLockError::WouldBlock) => true,
+                Err(TryLockError::Error(_)) => false,
+            },
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_and_a_stale_file_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/imm-daemon.lock");
+        // A file left by a killed daemon: present, naming a pid, but not locked.
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "999999 0.0.1\n").unwrap();
+        assert!(!InstanceLock::is_held(&path));
+        let lock = InstanceLock::acquire(&path).unwrap();
+        assert!(InstanceLock::is_held(&path));
+        let (pid, version) = read_holder(&path).unwrap();
+        assert_eq!(pid, std::process::id().to_string());
+        assert_eq!(version, env!("CARGO_PKG_VERSION"));
+        match InstanceLock::acquire(&path) {
+            Err(LockError::Held { pid: p, .. }) => assert_eq!(p, pid),
+            other => panic!("{other:?}"),
+        }
+        let e = InstanceLock::acquire(&path).unwrap_err().to_string();
+        assert!(e.contains("already running") && e.contains(&pid), "{e}");
+        drop(lock);
+        assert!(!InstanceLock::is_held(&path));
+        InstanceLock::acquire(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+    }
+}

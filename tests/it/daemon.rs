@@ -1,0 +1,280 @@
+//! The daemon end to end: the real binary started with `run` in a temporary IMM_HOME,
+//! driven with signals.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::Env;
+
+/// A running `imm-daemon run`, killed if a test fails before stopping it.
+struct Daemon {
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(env: &Env) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_imm-daemon"))
+            .arg("run")
+            .env("IMM_HOME", env.home.path())
+            .env_remove("IMM_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env("IMM_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the daemon starts");
+        Daemon { child: Some(child) }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits for the process to exit; returns its exit code and stderr.
+    fn wait(&mut self, within: Duration) -> (Option<i32>, String) {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status.code(), err);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the daemon did not exit within {within:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn state(env: &Env) -> Option<Value> {
+    let text = std::fs::read_to_string(env.home.path().join("state/daemon-state.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Polls the state file until `pred` holds.
+fn wait_for_state(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = state(env)
+            && pred(&s)
+        {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            state(env)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn operations(env: &Env) -> Vec<(String, String)> {
+    env.json(&["audit", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap().to_string(),
+                r["result"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn config(env: &Env, text: &str) {
+    let p = env.config_file();
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn running(s: &Value) -> bool {
+    s["phase"] == "running"
+}
+
+#[test]
+fn runs_cycles_on_signals_reloads_safely_and_stops_cleanly() {
+    let env = Env::new();
+    config(&env, "[heartbeat]\ninterval = \"1h\"\n");
+    let mut daemon = Daemon::start(&env);
+    // The first cycle runs at start.
+    let s = wait_for_state(&env, "the first cycle", |s| running(s) && s["cycles"] == 1);
+    assert_eq!(s["pid"], daemon.pid());
+    assert_eq!(s["heartbeat_secs"], 3600);
+    assert_eq!(s["last_cycle"]["trigger"], "heartbeat");
+    assert_eq!(s["last_cycle"]["ok"], true);
+    assert_eq!(s["last_cycle"]["steps"][0]["step"], "store_maintenance");
+    assert_eq!(s["last_cycle"]["steps"][0]["status"], "ok");
+
+    // A second instance is refused while the first holds the lock.
+    let err = env.fails(&["run"], 75);
+    assert!(
+        err.contains("already running") && err.contains(&daemon.pid().to_string()),
+        "{err}"
+    );
+
+    // SIGUSR1 runs a cycle now.
+    daemon.signal("USR1");
+    let s = wait_for_state(&env, "the signalled cycle", |s| s["cycles"] == 2);
+    assert_eq!(s["last_cycle"]["trigger"], "signal");
+
+    // SIGHUP with a broken configuration keeps the old one; the daemon keeps working.
+    config(&env, "[heartbeat]\ninterval = \"1s\"\n");
+    daemon.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !operations(&env).contains(&("RELOAD_CONFIG".into(), "failure".into())) {
+        assert!(
+            Instant::now() < deadline,
+            "no failed reload: {:?}",
+            operations(&env)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.signal("USR1");
+    let s = wait_for_state(&env, "a cycle after the failed reload", |s| {
+        s["cycles"] == 3
+    });
+    assert_eq!(s["heartbeat_secs"], 3600, "the old configuration stays");
+    // A valid one is taken.
+    config(&env, "[heartbeat]\ninterval = \"2h\"\n");
+    daemon.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !operations(&env).contains(&("RELOAD_CONFIG".into(), "success".into())) {
+        assert!(
+            Instant::now() < deadline,
+            "no reload: {:?}",
+            operations(&env)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.signal("USR1");
+    wait_for_state(&env, "a cycle after the reload", |s| {
+        s["cycles"] == 4 && s["heartbeat_secs"] == 7200
+    });
+
+    // SIGTERM: exit 0, a stopped state file, CONNECT and DISCONNECT in the audit log.
+    daemon.signal("TERM");
+    let (code, stderr) = daemon.wait(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("imm-daemon stopped"), "{stderr}");
+    let s = state(&env).unwrap();
+    assert_eq!(s["phase"], "stopped");
+    assert_eq!(s["cycles"], 4);
+    let ops = operations(&env);
+    assert_eq!(ops.first().unwrap().0, "CONNECT", "{ops:?}");
+    assert_eq!(ops.last().unwrap().0, "DISCONNECT", "{ops:?}");
+    // The cycles are in the history.
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM cycles WHERE ok = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 4);
+    env.ok(&["audit", "verify"]);
+}
+
+#[test]
+fn a_killed_daemon_leaves_a_lock_the_next_start_recovers() {
+    let env = Env::new();
+    let mut daemon = Daemon::start(&env);
+    let first = wait_for_state(&env, "start", |s| running(s) && s["cycles"] == 1);
+    daemon.signal("KILL");
+    let (code, _) = daemon.wait(Duration::from_secs(10));
+    assert_eq!(code, None, "killed by a signal");
+    assert!(Path::new(&env.home.path().join("run/imm-daemon.lock")).exists());
+    // The state file still says running: status will tell a crash from a stop by the lock.
+    assert!(running(&state(&env).unwrap()));
+
+    let mut again = Daemon::start(&env);
+    wait_for_state(&env, "restart", |s| running(s) && s["pid"] != first["pid"]);
+    again.signal("INT");
+    let (code, stderr) = again.wait(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn an_invalid_configuration_at_start_is_fatal() {
+    let env = Env::new();
+    config(&env, "[heartbeat]\ninterval = \"1s\"\n");
+    let err = env.fails(&["run"], 78);
+    assert!(err.contains("between 10s and 1day"), "{err}");
+    assert!(state(&env).is_none());
+}
+
+#[test]
+fn logs_can_be_json() {
+    let env = Env::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imm-daemon"))
+        .args(["run", "--log-format", "json"])
+        .env("IMM_HOME", env.home.path())
+        .env_remove("IMM_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_for_state(&env, "start", |s| running(s) && s["cycles"] == 1);
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "imm-daemon running" && l["level"] == "INFO"),
+        "{text}"
+    );
+}
