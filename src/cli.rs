@@ -5,6 +5,7 @@ mod audit_cmd;
 mod config_cmd;
 mod mailboxes;
 pub mod output;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -68,6 +69,9 @@ pub enum Command {
     Audit(audit_cmd::AuditCmd),
     /// Run the daemon in the foreground (what launchd and systemd start).
     Run(RunArgs),
+    /// Whether the daemon runs and is healthy (exit 0 healthy, 1 needs attention,
+    /// 3 not running, 4 unknown).
+    Status(status::StatusArgs),
 }
 
 /// Options of `imm-daemon run`.
@@ -118,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mailboxes(c) => mailboxes::run(&ctx, c),
         Command::Audit(c) => audit_cmd::run(&ctx, c),
         Command::Run(_) => Ok(crate::daemon::run(&ctx.paths, &|| ctx.config())?),
+        Command::Status(args) => status::run(&ctx, args),
     }
 }
 

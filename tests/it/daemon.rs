@@ -142,6 +142,27 @@ fn runs_cycles_on_signals_reloads_safely_and_stops_cleanly() {
     assert_eq!(s["last_cycle"]["steps"][0]["step"], "store_maintenance");
     assert_eq!(s["last_cycle"]["steps"][0]["status"], "ok");
 
+    // status: running and healthy.
+    let out = env.cmd().args(["status", "--json"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["health"], "healthy");
+    assert_eq!(st["running"], true);
+    assert_eq!(st["pid"], daemon.pid());
+    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(st["heartbeat_secs"], 3600);
+    assert_eq!(st["last_cycle"]["ok"], true);
+    assert!(st["next_cycle_at"].is_string());
+    assert_eq!(st["cache"]["mailboxes"], 0);
+    let text = env.ok(&["status"]);
+    assert!(text.contains("running (healthy), pid"), "{text}");
+    assert!(text.contains("store_maintenance: ok"), "{text}");
+
     // A second instance is refused while the first holds the lock.
     let err = env.fails(&["run"], 75);
     assert!(
@@ -206,6 +227,28 @@ fn runs_cycles_on_signals_reloads_safely_and_stops_cleanly() {
         .unwrap();
     assert_eq!(n, 4);
     env.ok(&["audit", "verify"]);
+    // status: not running, stopped cleanly, last cycle still reported.
+    let out = env.cmd().args(["status", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["health"], "not_running");
+    assert_eq!(st["stopped_cleanly"], true);
+    assert_eq!(st["cycles"], 4);
+    assert_eq!(st["last_cycle"]["trigger"], "signal");
+    let text = String::from_utf8(env.cmd().arg("status").output().unwrap().stdout).unwrap();
+    assert!(text.contains("not running (stopped cleanly)"), "{text}");
+}
+
+#[test]
+fn status_of_a_daemon_that_never_ran_writes_nothing() {
+    let env = Env::new();
+    let out = env.cmd().arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("imm-daemon   not running"), "{text}");
+    assert!(text.contains("no database yet"), "{text}");
+    assert!(!env.db().exists());
+    assert!(!env.home.path().join("state").exists());
 }
 
 #[test]
@@ -220,8 +263,31 @@ fn a_killed_daemon_leaves_a_lock_the_next_start_recovers() {
     // The state file still says running: status will tell a crash from a stop by the lock.
     assert!(running(&state(&env).unwrap()));
 
+    let out = env.cmd().arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("did not stop cleanly"), "{text}");
+
     let mut again = Daemon::start(&env);
     wait_for_state(&env, "restart", |s| running(s) && s["pid"] != first["pid"]);
+    // A damaged state file while the daemon runs: the health cannot be told.
+    std::fs::write(
+        env.home.path().join("state/daemon-state.json"),
+        "{\"version\": 1",
+    )
+    .unwrap();
+    let out = env.cmd().args(["status", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["health"], "unknown");
+    assert!(
+        st["state_error"].as_str().unwrap().contains("damaged"),
+        "{st}"
+    );
+    // The next cycle rewrites it.
+    again.signal("USR1");
+    wait_for_state(&env, "a rewritten state file", |s| s["cycles"] == 2);
+    env.ok(&["status"]);
     again.signal("INT");
     let (code, stderr) = again.wait(Duration::from_secs(15));
     assert_eq!(code, Some(0), "{stderr}");

@@ -1,0 +1,304 @@
+//! `imm-daemon status`: is the daemon running, and is it healthy.
+//!
+//! Running means a live process holds the single-instance lock (the lock, unlike a pid
+//! file, cannot outlive its holder). What the daemon last did comes from its state file,
+//! written after every cycle, so the answer is the same whether the daemon is up or not;
+//! cache figures come from the database. `status` only reads: it creates no file and
+//! writes no audit row, so monitoring may call it as often as it likes.
+//!
+//! Exit codes, which monitoring relies on: 0 running and healthy; 1 running but needs
+//! attention (the last cycle failed, or a step asks for a person); 3 not running; 4 the
+//! status cannot be told (the state file is damaged or unreadable while the lock is
+//! held, or the lock file cannot be read).
+
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::Context;
+use crate::daemon::cycle::{CycleSummary, StepStatus};
+use crate::daemon::lock::{InstanceLock, read_holder};
+use crate::daemon::state::{DaemonState, Phase};
+use crate::store::{Store, StoreStats};
+
+/// Exit codes of `status`.
+pub mod code {
+    pub const HEALTHY: i32 = 0;
+    pub const ATTENTION: i32 = 1;
+    pub const NOT_RUNNING: i32 = 3;
+    pub const UNKNOWN: i32 = 4;
+}
+
+/// Options of `imm-daemon status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the status as one JSON object (documented in the README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The status, as `--json` prints it. Fields are only ever added.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub status_version: u32,
+    /// `healthy`, `attention`, `not_running` or `unknown`.
+    pub health: &'static str,
+    pub exit_code: i32,
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub version: Option<String>,
+    pub started_at: Option<String>,
+    pub uptime_secs: Option<i64>,
+    /// The daemon stopped cleanly (false after a crash, or while running).
+    pub stopped_cleanly: Option<bool>,
+    pub heartbeat_secs: Option<u64>,
+    pub cycles: Option<u64>,
+    pub last_cycle: Option<CycleSummary>,
+    pub next_cycle_at: Option<String>,
+    /// Why the state file could not be used, if it could not.
+    pub state_error: Option<String>,
+    pub signin: SignIn,
+    pub cache: Option<Cache>,
+    pub paths: Paths,
+}
+
+/// What is known about Microsoft sign-in.
+#[derive(Debug, Serialize)]
+pub struct SignIn {
+    pub tenant: Option<String>,
+    pub client_id_configured: bool,
+}
+
+/// The inventory cache.
+#[derive(Debug, Serialize)]
+pub struct Cache {
+    pub mailboxes: u64,
+    pub oldest_update: Option<String>,
+    pub newest_update: Option<String>,
+    /// Seconds since the newest update.
+    pub stale_secs: Option<i64>,
+    pub file_size_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Paths {
+    pub config_file: String,
+    pub database: String,
+    pub state_file: String,
+    pub lock_file: String,
+}
+
+/// Gathers the status at `now`.
+pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
+    let p = &ctx.paths;
+    let running = InstanceLock::is_held(&p.lock_file);
+    let holder = running.then(|| read_holder(&p.lock_file)).flatten();
+    let (state, state_error) = match DaemonState::load(&p.state_file) {
+        Ok(s) => (s, None),
+        Err(e) => (None, Some(crate::daemon::error_chain(&e))),
+    };
+    // A state file from an earlier run says nothing about the live one's pid.
+    let live_state = state.as_ref().filter(|s| {
+        !running
+            || holder
+                .as_ref()
+                .is_none_or(|(pid, _)| *pid == s.pid.to_string())
+    });
+    let last_cycle = live_state.and_then(|s| s.last_cycle.clone());
+    let attention = last_cycle
+        .as_ref()
+        .is_some_and(|c| !c.ok || c.needs_attention());
+    let (health, exit_code) = if !running {
+        ("not_running", code::NOT_RUNNING)
+    } else if state_error.is_some() || live_state.is_none() {
+        // Running, but what it last did cannot be read (or the file is another run's).
+        ("unknown", code::UNKNOWN)
+    } else if attention {
+        ("attention", code::ATTENTION)
+    } else {
+        ("healthy", code::HEALTHY)
+    };
+    let started_at = live_state.map(|s| s.started_at.clone());
+    let config = ctx.config().ok();
+    let cache = if p.database.exists() {
+        Store::open(&p.database)
+            .and_then(|s| s.mailbox_stats())
+            .ok()
+            .map(|s| cache(s, now))
+    } else {
+        None
+    };
+    Status {
+        status_version: 1,
+        health,
+        exit_code,
+        running,
+        pid: holder
+            .as_ref()
+            .and_then(|(pid, _)| pid.parse().ok())
+            .or(live_state.filter(|_| running).map(|s| s.pid)),
+        version: holder.as_ref().map(|(_, v)| v.clone()),
+        uptime_secs: if running {
+            started_at
+                .as_deref()
+                .and_then(parse_time)
+                .map(|t| (now - t).num_seconds().max(0))
+        } else {
+            None
+        },
+        started_at,
+        stopped_cleanly: live_state
+            .filter(|_| !running)
+            .map(|s| s.phase == Phase::Stopped),
+        heartbeat_secs: live_state.map(|s| s.heartbeat_secs),
+        cycles: live_state.map(|s| s.cycles),
+        next_cycle_at: live_state
+            .filter(|_| running)
+            .and_then(|s| s.next_cycle_at.clone()),
+        last_cycle,
+        state_error,
+        signin: SignIn {
+            tenant: config
+                .as_ref()
+                .and_then(|c| c.tenant.as_ref().map(|t| t.to_string())),
+            client_id_configured: config.as_ref().is_some_and(|c| c.client_id.is_some()),
+        },
+        cache,
+        paths: Paths {
+            config_file: p.config_file.display().to_string(),
+            database: p.database.display().to_string(),
+            state_file: p.state_file.display().to_string(),
+            lock_file: p.lock_file.display().to_string(),
+        },
+    }
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn cache(s: StoreStats, now: DateTime<Utc>) -> Cache {
+    Cache {
+        mailboxes: s.count,
+        stale_secs: s
+            .newest_update
+            .as_deref()
+            .and_then(parse_time)
+            .map(|t| (now - t).num_seconds().max(0)),
+        oldest_update: s.oldest_update,
+        newest_update: s.newest_update,
+        file_size_bytes: s.file_size_bytes,
+    }
+}
+
+fn ago(secs: i64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(secs.max(0) as u64)).to_string()
+}
+
+/// Writes the human form.
+pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
+    let line = |out: &mut dyn Write, k: &str, v: &str| writeln!(out, "{k:<12} {v}");
+    let head = match (s.health, s.running) {
+        (_, false) => match s.stopped_cleanly {
+            Some(true) => "not running (stopped cleanly)".to_string(),
+            Some(false) => "not running (it did not stop cleanly: crashed or killed)".to_string(),
+            None => "not running".to_string(),
+        },
+        (h, true) => format!(
+            "running ({}), pid {}, version {}{}",
+            h.replace('_', " "),
+            s.pid.map_or("?".into(), |p| p.to_string()),
+            s.version.as_deref().unwrap_or("?"),
+            s.uptime_secs
+                .map(|u| format!(", up {}", ago(u)))
+                .unwrap_or_default()
+        ),
+    };
+    line(out, "imm-daemon", &head)?;
+    if let Some(e) = &s.state_error {
+        line(out, "state", &format!("unreadable: {e}"))?;
+    }
+    if let Some(hb) = s.heartbeat_secs {
+        let mut v = format!("every {}", ago(hb as i64));
+        if let Some(n) = &s.next_cycle_at {
+            v.push_str(&format!(", next cycle {n}"));
+        }
+        if let Some(c) = s.cycles {
+            v.push_str(&format!(", {c} cycles this run"));
+        }
+        line(out, "heartbeat", &v)?;
+    }
+    match &s.last_cycle {
+        Some(c) => {
+            line(
+                out,
+                "last cycle",
+                &format!(
+                    "{} ({}, {}, {} ms)",
+                    c.finished_at,
+                    if c.ok { "ok" } else { "FAILED" },
+                    c.trigger.as_str(),
+                    c.duration_ms
+                ),
+            )?;
+            for st in &c.steps {
+                let detail = match st.status {
+                    StepStatus::Ok => format!("ok: {}", st.summary.as_deref().unwrap_or("")),
+                    StepStatus::Failed => format!(
+                        "FAILED ({} in a row): {}",
+                        st.failures,
+                        st.error.as_deref().unwrap_or("")
+                    ),
+                    StepStatus::BackingOff => {
+                        format!("backing off after {} failures", st.failures)
+                    }
+                    StepStatus::Skipped => "skipped (stopping)".to_string(),
+                };
+                line(out, "", &format!("{}: {detail}", st.step))?;
+            }
+        }
+        None => line(out, "last cycle", "none")?,
+    }
+    let signin = match (&s.signin.tenant, s.signin.client_id_configured) {
+        (Some(t), true) => format!("tenant {t}, client id configured"),
+        (Some(t), false) => format!("tenant {t}; no client_id configured"),
+        (None, _) => "not configured (set tenant and client_id)".to_string(),
+    };
+    line(out, "sign-in", &signin)?;
+    match &s.cache {
+        Some(c) => {
+            let mut v = format!("{} mailboxes", c.mailboxes);
+            if let (Some(t), Some(st)) = (&c.newest_update, c.stale_secs) {
+                v.push_str(&format!(", last updated {t} ({} ago)", ago(st)));
+            }
+            line(out, "cache", &v)?;
+        }
+        None => line(out, "cache", "no database yet")?,
+    }
+    line(out, "config", &s.paths.config_file)?;
+    line(out, "database", &s.paths.database)?;
+    line(out, "state file", &s.paths.state_file)?;
+    Ok(())
+}
+
+/// Runs `status`; the exit code says the health.
+pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<()> {
+    let status = gather(ctx, Utc::now());
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        super::output::write_json_pretty(&mut out, &status)?;
+    } else {
+        render(&mut out, &status)?;
+    }
+    out.flush()?;
+    if status.exit_code != 0 {
+        return Err(super::SilentExit {
+            code: status.exit_code,
+        }
+        .into());
+    }
+    Ok(())
+}
