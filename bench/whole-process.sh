@@ -4,6 +4,11 @@
 #   mailboxes list --format json            over 10,000 cached mailboxes   (target < 100 ms)
 #   mailboxes search QUERY --format json    over 100,000 cached mailboxes  (target <  50 ms)
 #   mailboxes import FILE                   of a 10,000-record export      (target < 500 ms)
+#   status                                  with the daemon running        (target <  20 ms)
+#
+# and, through examples/daemon_footprint.rs, the daemon's start to READY=1 (target
+# < 100 ms), idle resident memory (target < 10 MB) and idle wakeups (target: none between
+# heartbeats).
 #
 # Fixtures come from examples/gen_export.rs (Windows PowerShell 5.1 ConvertTo-Json of
 # Get-Mailbox -InactiveMailboxOnly, about 140 properties per record). Every dataset gets
@@ -120,11 +125,28 @@ IMM_HOME="$work/home-fresh" "${hf[@]}" --warmup "$warmup" \
     -n "import 10k JSON (into empty cache)" \
     "$bin mailboxes import $work/export-10k.json"
 
+echo "== status of a running daemon (10k cached)" >&2
+IMM_HOME="$work/home-10k" "$bin" run 2>/dev/null &
+daemon=$!
+for _ in $(seq 100); do
+    [[ -s "$work/home-10k/state/daemon-state.json" ]] && break
+    sleep 0.05
+done
+IMM_HOME="$work/home-10k" "${hf[@]}" --warmup "$warmup" \
+    --export-markdown "$work/status.md" \
+    -n "status (running daemon, 10k cached)" \
+    "$bin status"
+kill -TERM "$daemon"
+wait "$daemon"
+
+echo "== daemon start and idle footprint" >&2
+"$(pwd)/target/release/examples/daemon_footprint" "$bin"
+
 # One markdown table: hyperfine's header once, then every row, with the target appended.
 summary="$work/summary.md"
 {
     head -n 2 "$work/list.md" | sed -e '1s/$/ Target [ms] |/' -e '2s/$/---:|/'
-    for part in list:100 search:50 import:500 import-fresh:500; do
+    for part in list:100 search:50 import:500 import-fresh:500 status:20; do
         file="${part%%:*}" target="${part##*:}"
         tail -n +3 "$work/$file.md" | sed -e "s/\$/ < $target |/"
     done

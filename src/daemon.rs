@@ -154,6 +154,15 @@ impl<'a> Supervisor<'a> {
             })),
             Utc::now(),
         )?;
+        if let Some(w) = sd_notify::watchdog_enabled()
+            && w <= self.config.heartbeat.interval.get()
+        {
+            tracing::warn!(
+                watchdog = %humantime::format_duration(w),
+                heartbeat = %self.config.heartbeat.interval,
+                "the systemd watchdog is shorter than the heartbeat: the service will be restarted between cycles (raise WatchdogSec)"
+            );
+        }
         let mut heartbeat = self.heartbeat();
         self.state.next_cycle_at = Some(stamp(Utc::now()));
         self.state.save(&self.paths.state_file)?;

@@ -344,3 +344,54 @@ fn logs_can_be_json() {
         "{text}"
     );
 }
+
+#[test]
+fn tells_systemd_ready_status_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let env = Env::new();
+    let sock_path = env.home.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imm-daemon"))
+        .arg("run")
+        .env("IMM_HOME", env.home.path())
+        .env("NOTIFY_SOCKET", &sock_path)
+        // An armed watchdog (systemd sets this from WatchdogSec=): pinged every cycle.
+        .env("WATCHDOG_USEC", "3600000000")
+        .env_remove("WATCHDOG_PID")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut messages = Vec::new();
+    let mut recv = |until: &str| {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = sock.recv(&mut buf).expect("a notification in time");
+            let m = String::from_utf8_lossy(&buf[..n]).to_string();
+            messages.push(m.clone());
+            if m.contains(until) {
+                return m;
+            }
+        }
+    };
+    recv("READY=1");
+    let status = recv("STATUS=");
+    assert!(
+        status.contains("STATUS=last cycle") && status.contains("ok"),
+        "{status}"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    recv("STOPPING=1");
+    assert!(child.wait().unwrap().success());
+    assert!(
+        messages.iter().any(|m| m.contains("WATCHDOG=1")),
+        "the watchdog is pinged: {messages:?}"
+    );
+}

@@ -1,0 +1,99 @@
+//! Whole-process figures of the daemon (Linux): time from start to systemd's READY=1,
+//! resident memory once idle, and how often the idle daemon wakes up.
+//!
+//! `cargo run --release --example daemon_footprint [BINARY]` (default
+//! target/release/imm-daemon). Each start gets a fresh IMM_HOME in a temporary folder and
+//! a notification socket of its own; the idle daemon runs with the default heartbeat
+//! (5 min), so any wakeup in the measured window is one the heartbeat did not ask for.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn start(bin: &str, home: &std::path::Path) -> (Child, Duration) {
+    let sock_path = home.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = UnixDatagram::bind(&sock_path).expect("notification socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    let child = Command::new(bin)
+        .arg("run")
+        .env("IMM_HOME", home.join("home"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env_remove("WATCHDOG_USEC")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the daemon starts");
+    let mut child = child;
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("READY=1") => {
+                return (child, t.elapsed());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no READY=1 within 10 s: {e}");
+            }
+        }
+    }
+}
+
+fn stop(mut child: Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+}
+
+fn proc_field(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc (Linux)");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
+}
+
+fn main() {
+    let bin = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "target/release/imm-daemon".into());
+    let dir = tempfile::tempdir().unwrap();
+    let mut ready = Vec::new();
+    for i in 0..20 {
+        // The first start creates the database; the others find it.
+        let (child, t) = start(&bin, dir.path());
+        if i > 0 {
+            ready.push(t);
+        }
+        stop(child);
+    }
+    ready.sort();
+    println!(
+        "start to READY=1 (existing home, 19 starts): median {:.1} ms, min {:.1} ms, max {:.1} ms",
+        ready[ready.len() / 2].as_secs_f64() * 1e3,
+        ready[0].as_secs_f64() * 1e3,
+        ready[ready.len() - 1].as_secs_f64() * 1e3
+    );
+    let (child, _) = start(&bin, dir.path());
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let switches = |pid| {
+        proc_field(pid, "voluntary_ctxt_switches:") + proc_field(pid, "nonvoluntary_ctxt_switches:")
+    };
+    let before = switches(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let after = switches(pid);
+    println!(
+        "idle: VmRSS {} kB, VmHWM {} kB, {} context switches in 10 s",
+        proc_field(pid, "VmRSS:"),
+        proc_field(pid, "VmHWM:"),
+        after - before
+    );
+    stop(child);
+}
