@@ -3,6 +3,7 @@
 
 mod audit_cmd;
 mod config_cmd;
+mod daemon_cmd;
 mod mailboxes;
 pub mod output;
 pub mod status;
@@ -72,6 +73,10 @@ pub enum Command {
     /// Whether the daemon runs and is healthy (exit 0 healthy, 1 needs attention,
     /// 3 not running, 4 unknown).
     Status(status::StatusArgs),
+    /// Run one cycle now: in the running daemon, else in this process.
+    Cycle(daemon_cmd::CycleArgs),
+    /// Stop the running daemon and wait until it has exited.
+    Stop,
 }
 
 /// Options of `imm-daemon run`.
@@ -123,6 +128,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(c) => audit_cmd::run(&ctx, c),
         Command::Run(_) => Ok(crate::daemon::run(&ctx.paths, &|| ctx.config())?),
         Command::Status(args) => status::run(&ctx, args),
+        Command::Cycle(args) => daemon_cmd::cycle(&ctx, args),
+        Command::Stop => daemon_cmd::stop(&ctx),
     }
 }
 

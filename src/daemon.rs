@@ -21,6 +21,7 @@
 //!   is set).
 
 pub mod backoff;
+pub mod control;
 pub mod cycle;
 pub mod lock;
 pub mod state;
@@ -43,6 +44,30 @@ use cycle::{CycleSummary, StepContext, Steps, Trigger, stamp};
 use lock::{InstanceLock, LockError};
 use state::{DaemonState, Phase, STATE_VERSION};
 
+/// Where a control request's answer goes.
+type Reply = tokio::sync::oneshot::Sender<control::Response>;
+
+/// The answer to `status`: the state as the state file would hold it now, and whether a
+/// cycle is running.
+fn status_response(state: &DaemonState, cycle_running: bool) -> control::Response {
+    control::Response::ok(serde_json::json!({
+        "state": state,
+        "cycle_running": cycle_running,
+    }))
+}
+
+fn reload_response(outcome: &Result<bool, String>, state: &DaemonState) -> control::Response {
+    match outcome {
+        Ok(_) => control::Response::ok(serde_json::json!({
+            "reloaded": true,
+            "heartbeat_secs": state.heartbeat_secs,
+        })),
+        Err(why) => control::Response::error(format!(
+            "the configuration was not reloaded, the one in effect stays: {why}"
+        )),
+    }
+}
+
 /// Fatal errors: the daemon cannot start (or must stop), and exits non-zero so that the
 /// service manager restarts it.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +84,8 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
 }
 
 /// An error and its causes on one line.
@@ -163,6 +190,10 @@ impl<'a> Supervisor<'a> {
                 "the systemd watchdog is shorter than the heartbeat: the service will be restarted between cycles (raise WatchdogSec)"
             );
         }
+        let listener = control::bind(&self.paths.socket)?;
+        let (to_supervisor, mut requests) = tokio::sync::mpsc::channel(16);
+        let connections = tokio_util::task::TaskTracker::new();
+        let server = tokio::spawn(control::serve(listener, to_supervisor, connections.clone()));
         let mut heartbeat = self.heartbeat();
         self.state.next_cycle_at = Some(stamp(Utc::now()));
         self.state.save(&self.paths.state_file)?;
@@ -171,23 +202,40 @@ impl<'a> Supervisor<'a> {
             pid = self.state.pid,
             version = %self.state.daemon_version,
             heartbeat = %self.config.heartbeat.interval,
+            socket = %self.paths.socket.display(),
             "imm-daemon running"
         );
         let shutdown = CancellationToken::new();
+        // A cycle asked for while another ran, and who waits for its summary.
         let mut pending: Option<Trigger> = None;
+        let mut waiting_next: Vec<Reply> = Vec::new();
+        // A reload asked for while a cycle ran (signal or request), and who waits.
+        let mut reload_pending = false;
+        let mut reload_waiting: Vec<Reply> = Vec::new();
         loop {
+            if reload_pending {
+                reload_pending = false;
+                let outcome = self.reload(load_config)?;
+                if outcome == Ok(true) {
+                    heartbeat = self.heartbeat();
+                    heartbeat.tick().await;
+                }
+                for r in reload_waiting.drain(..) {
+                    let _ = r.send(reload_response(&outcome, &self.state));
+                }
+            }
+            let mut waiting: Vec<Reply> = Vec::new();
             let trigger = match pending.take() {
-                Some(t) => t,
+                Some(t) => {
+                    waiting = std::mem::take(&mut waiting_next);
+                    t
+                }
                 None => tokio::select! {
                     _ = heartbeat.tick() => Trigger::Heartbeat,
                     sig = signals.next() => match sig {
                         Some(SIGUSR1) => Trigger::Signal,
                         Some(SIGHUP) => {
-                            if self.reload(load_config)? {
-                                heartbeat = self.heartbeat();
-                                // The first tick of a new interval is immediate.
-                                heartbeat.tick().await;
-                            }
+                            reload_pending = true;
                             continue;
                         }
                         Some(sig) => {
@@ -197,11 +245,35 @@ impl<'a> Supervisor<'a> {
                         }
                         None => break,
                     },
+                    req = requests.recv() => match req {
+                        Some(control::Incoming { command, reply }) => match command {
+                            control::Command::Status => {
+                                let _ = reply.send(status_response(&self.state, false));
+                                continue;
+                            }
+                            control::Command::CycleNow => {
+                                waiting.push(reply);
+                                Trigger::Request
+                            }
+                            control::Command::Reload => {
+                                reload_pending = true;
+                                reload_waiting.push(reply);
+                                continue;
+                            }
+                            control::Command::Stop => {
+                                tracing::info!("stopping on request");
+                                let _ = reply.send(control::Response::ok(serde_json::json!({"stopping": true})));
+                                shutdown.cancel();
+                                break;
+                            }
+                        },
+                        None => continue,
+                    },
                 },
             };
-            // The cycle runs while signals keep being watched: a stop lets the step in
-            // progress finish its unit of work (within the grace period); a second stop
-            // exits at once.
+            // The cycle runs while signals and requests keep being answered: a stop lets
+            // the step in progress finish its unit of work (within the grace period); a
+            // second stop exits at once.
             let summary = {
                 let ctx = StepContext {
                     config: &self.config,
@@ -212,8 +284,14 @@ impl<'a> Supervisor<'a> {
                 let cycle = self.steps.run_cycle(&ctx, trigger);
                 tokio::pin!(cycle);
                 let mut deadline: Option<tokio::time::Instant> = None;
+                let grace = self.config.daemon.shutdown_grace.get();
+                let state = &self.state;
+                let begin_stop = |deadline: &mut Option<tokio::time::Instant>| {
+                    shutdown.cancel();
+                    *deadline = Some(tokio::time::Instant::now() + grace);
+                };
                 loop {
-                    let grace = async {
+                    let grace_over = async {
                         match deadline {
                             Some(d) => tokio::time::sleep_until(d).await,
                             None => std::future::pending().await,
@@ -221,34 +299,68 @@ impl<'a> Supervisor<'a> {
                     };
                     tokio::select! {
                         summary = &mut cycle => break Some(summary),
-                        _ = grace => {
+                        _ = grace_over => {
                             tracing::warn!("the cycle did not finish within the shutdown grace period");
                             break None;
                         }
                         sig = signals.next() => match sig {
-                            Some(SIGUSR1) => pending = Some(Trigger::Signal),
-                            Some(SIGHUP) => tracing::info!("reload deferred until the cycle ends"),
+                            Some(SIGUSR1) => pending = Some(pending.unwrap_or(Trigger::Signal)),
+                            Some(SIGHUP) => reload_pending = true,
                             Some(sig) if shutdown.is_cancelled() => {
                                 tracing::warn!(signal = sig, "second stop signal: exiting at once");
                                 std::process::exit(1);
                             }
                             Some(sig) => {
                                 tracing::info!(signal = sig, "stopping after the step in progress");
-                                shutdown.cancel();
-                                deadline = Some(tokio::time::Instant::now() + self.config.daemon.shutdown_grace.get());
+                                begin_stop(&mut deadline);
                             }
                             None => {}
+                        },
+                        req = requests.recv() => if let Some(control::Incoming { command, reply }) = req {
+                            match command {
+                                control::Command::Status => {
+                                    let _ = reply.send(status_response(state, true));
+                                }
+                                control::Command::CycleNow => {
+                                    pending = Some(Trigger::Request);
+                                    waiting_next.push(reply);
+                                }
+                                control::Command::Reload => {
+                                    reload_pending = true;
+                                    reload_waiting.push(reply);
+                                }
+                                control::Command::Stop => {
+                                    tracing::info!("stopping on request after the step in progress");
+                                    let _ = reply.send(control::Response::ok(serde_json::json!({"stopping": true})));
+                                    if !shutdown.is_cancelled() {
+                                        begin_stop(&mut deadline);
+                                    }
+                                }
+                            }
                         },
                     }
                 }
             };
             if let Some(summary) = summary {
+                let response = control::Response::ok(
+                    serde_json::to_value(&summary).expect("summaries serialize"),
+                );
                 self.finish_cycle(summary, heartbeat.period())?;
+                for r in waiting {
+                    let _ = r.send(response.clone());
+                }
             }
             if shutdown.is_cancelled() {
                 break;
             }
         }
+        server.abort();
+        let _ = std::fs::remove_file(&self.paths.socket);
+        // Requests still queued are answered "stopping" as their channel closes; answers
+        // already given get a moment to reach their clients.
+        drop(requests);
+        connections.close();
+        let _ = tokio::time::timeout(Duration::from_millis(500), connections.wait()).await;
         self.stop()
     }
 
@@ -256,11 +368,12 @@ impl<'a> Supervisor<'a> {
         heartbeat_timer(self.config.heartbeat.interval.get())
     }
 
-    /// Rereads the configuration; returns whether the heartbeat interval changed.
+    /// Rereads the configuration: `Ok(changed)` says whether the heartbeat interval
+    /// changed, `Err(why)` that the new file was refused and the old one stays.
     fn reload(
         &mut self,
         load_config: &dyn Fn() -> Result<Config, ConfigError>,
-    ) -> Result<bool, DaemonError> {
+    ) -> Result<Result<bool, String>, DaemonError> {
         let event = AuditEvent::new(Operation::ReloadConfig);
         match load_config() {
             Ok(new) => {
@@ -274,15 +387,15 @@ impl<'a> Supervisor<'a> {
                     &event.details(serde_json::json!({"heartbeat_secs": interval.as_secs()})),
                     Utc::now(),
                 )?;
-                Ok(changed)
+                Ok(Ok(changed))
             }
             Err(e) => {
                 let message = error_chain(&e);
                 tracing::error!("configuration not reloaded, keeping the one in effect: {message}");
                 self.store
                     .borrow_mut()
-                    .audit(&event.failed(message), Utc::now())?;
-                Ok(false)
+                    .audit(&event.failed(message.clone()), Utc::now())?;
+                Ok(Err(message))
             }
         }
     }

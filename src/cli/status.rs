@@ -58,6 +58,11 @@ pub struct Status {
     pub next_cycle_at: Option<String>,
     /// Why the state file could not be used, if it could not.
     pub state_error: Option<String>,
+    /// Whether a cycle is running now (asked of the daemon).
+    pub cycle_running: Option<bool>,
+    /// Why the daemon did not answer on its control socket, if it did not (the figures
+    /// then come from its state file).
+    pub control_error: Option<String>,
     pub signin: SignIn,
     pub cache: Option<Cache>,
     pub paths: Paths,
@@ -87,6 +92,7 @@ pub struct Paths {
     pub database: String,
     pub state_file: String,
     pub lock_file: String,
+    pub socket: String,
 }
 
 /// Gathers the status at `now`.
@@ -94,9 +100,32 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
     let p = &ctx.paths;
     let running = InstanceLock::is_held(&p.lock_file);
     let holder = running.then(|| read_holder(&p.lock_file)).flatten();
-    let (state, state_error) = match DaemonState::load(&p.state_file) {
-        Ok(s) => (s, None),
-        Err(e) => (None, Some(crate::daemon::error_chain(&e))),
+    // The running daemon answers for itself; its state file is the fallback.
+    let mut cycle_running = None;
+    let mut control_error = None;
+    let mut live = None;
+    if running {
+        match crate::daemon::control::request(
+            &p.socket,
+            crate::daemon::control::Command::Status,
+            super::daemon_cmd::ANSWER_TIMEOUT,
+        ) {
+            Ok(data) => {
+                cycle_running = data["cycle_running"].as_bool();
+                match serde_json::from_value::<DaemonState>(data["state"].clone()) {
+                    Ok(s) => live = Some(s),
+                    Err(e) => control_error = Some(format!("unreadable answer: {e}")),
+                }
+            }
+            Err(e) => control_error = Some(crate::daemon::error_chain(&e)),
+        }
+    }
+    let (state, state_error) = match live {
+        Some(s) => (Some(s), None),
+        None => match DaemonState::load(&p.state_file) {
+            Ok(s) => (s, None),
+            Err(e) => (None, Some(crate::daemon::error_chain(&e))),
+        },
     };
     // A state file from an earlier run says nothing about the live one's pid.
     let live_state = state.as_ref().filter(|s| {
@@ -158,6 +187,8 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
             .and_then(|s| s.next_cycle_at.clone()),
         last_cycle,
         state_error,
+        cycle_running,
+        control_error,
         signin: SignIn {
             tenant: config
                 .as_ref()
@@ -166,6 +197,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         },
         cache,
         paths: Paths {
+            socket: p.socket.display().to_string(),
             config_file: p.config_file.display().to_string(),
             database: p.database.display().to_string(),
             state_file: p.state_file.display().to_string(),
@@ -220,6 +252,16 @@ pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
     line(out, "imm-daemon", &head)?;
     if let Some(e) = &s.state_error {
         line(out, "state", &format!("unreadable: {e}"))?;
+    }
+    if let Some(e) = &s.control_error {
+        line(
+            out,
+            "control",
+            &format!("no answer ({e}); figures from the state file"),
+        )?;
+    }
+    if s.cycle_running == Some(true) {
+        line(out, "now", "a cycle is running")?;
     }
     if let Some(hb) = s.heartbeat_secs {
         let mut v = format!("every {}", ago(hb as i64));

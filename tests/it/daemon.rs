@@ -269,13 +269,18 @@ fn a_killed_daemon_leaves_a_lock_the_next_start_recovers() {
     assert!(text.contains("did not stop cleanly"), "{text}");
 
     let mut again = Daemon::start(&env);
-    wait_for_state(&env, "restart", |s| running(s) && s["pid"] != first["pid"]);
-    // A damaged state file while the daemon runs: the health cannot be told.
-    std::fs::write(
-        env.home.path().join("state/daemon-state.json"),
-        "{\"version\": 1",
-    )
-    .unwrap();
+    wait_for_state(&env, "restart", |s| {
+        running(s) && s["pid"] != first["pid"] && s["cycles"] == 1
+    });
+    // The daemon answers status itself, so a damaged state file does not matter…
+    let state_file = env.home.path().join("state/daemon-state.json");
+    std::fs::write(&state_file, "{\"version\": 1").unwrap();
+    let st: Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["health"], "healthy");
+    assert_eq!(st["cycle_running"], false);
+    // …but when it does not answer either, the health cannot be told.
+    let socket = env.home.path().join("run/imm-daemon.sock");
+    std::fs::rename(&socket, env.home.path().join("moved.sock")).unwrap();
     let out = env.cmd().args(["status", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(4));
     let st: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -284,7 +289,15 @@ fn a_killed_daemon_leaves_a_lock_the_next_start_recovers() {
         st["state_error"].as_str().unwrap().contains("damaged"),
         "{st}"
     );
-    // The next cycle rewrites it.
+    assert!(
+        st["control_error"]
+            .as_str()
+            .unwrap()
+            .contains("not answering"),
+        "{st}"
+    );
+    std::fs::rename(env.home.path().join("moved.sock"), &socket).unwrap();
+    // The next cycle rewrites the state file.
     again.signal("USR1");
     wait_for_state(&env, "a rewritten state file", |s| s["cycles"] == 2);
     env.ok(&["status"]);
@@ -394,4 +407,94 @@ fn tells_systemd_ready_status_and_stopping() {
         messages.iter().any(|m| m.contains("WATCHDOG=1")),
         "the watchdog is pinged: {messages:?}"
     );
+}
+
+#[test]
+fn the_control_socket_runs_cycles_reloads_and_stops() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let env = Env::new();
+    config(&env, "[heartbeat]\ninterval = \"1h\"\n");
+    let mut daemon = Daemon::start(&env);
+    wait_for_state(&env, "start", |s| running(s) && s["cycles"] == 1);
+    let socket = env.home.path().join("run/imm-daemon.sock");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&socket), 0o600);
+        assert_eq!(mode(socket.parent().unwrap()), 0o700);
+    }
+
+    // `cycle` goes through the daemon and prints its summary.
+    let summary: Value = serde_json::from_str(&env.ok(&["cycle", "--json"])).unwrap();
+    assert_eq!(summary["trigger"], "request");
+    assert_eq!(summary["ok"], true);
+    assert_eq!(state(&env).unwrap()["cycles"], 2);
+    let text = env.ok(&["cycle"]);
+    assert!(
+        text.contains(": ok") && text.contains("store_maintenance: checkpoint"),
+        "{text}"
+    );
+
+    // The protocol: a client of another version is told so; nonsense is answered too.
+    let ask = |line: &str| -> Value {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.write_all(line.as_bytes()).unwrap();
+        let mut answer = String::new();
+        BufReader::new(&s).read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap()
+    };
+    let a = ask("{\"v\": 2, \"cmd\": \"status\"}\n");
+    assert_eq!(a["ok"], false);
+    assert!(
+        a["error"]
+            .as_str()
+            .unwrap()
+            .contains("version 2 is not supported"),
+        "{a}"
+    );
+    let a = ask("hello\n");
+    assert!(a["error"].as_str().unwrap().contains("not JSON"), "{a}");
+    let a = ask("{\"v\": 1, \"cmd\": \"status\"}\n");
+    assert_eq!(a["ok"], true);
+    assert_eq!(a["v"], 1);
+    assert_eq!(a["data"]["state"]["pid"], daemon.pid());
+
+    // reload through the socket: refused with the reason, then taken.
+    config(&env, "[heartbeat]\ninterval = 3\n");
+    let a = ask("{\"v\": 1, \"cmd\": \"reload\"}\n");
+    assert_eq!(a["ok"], false);
+    assert!(
+        a["error"]
+            .as_str()
+            .unwrap()
+            .contains("between 10s and 1day"),
+        "{a}"
+    );
+    config(&env, "[heartbeat]\ninterval = 60\n");
+    let a = ask("{\"v\": 1, \"cmd\": \"reload\"}\n");
+    assert_eq!(a["data"]["heartbeat_secs"], 60, "{a}");
+
+    // `stop` waits for the daemon to exit.
+    let text = env.ok(&["stop"]);
+    assert!(text.contains("imm-daemon stopped"), "{text}");
+    let (code, stderr) = daemon.wait(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!socket.exists(), "the socket is removed on exit");
+    assert_eq!(state(&env).unwrap()["phase"], "stopped");
+    // Without a daemon: stop says so (exit 3) and cycle runs here.
+    let out = env.cmd().arg("stop").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not running"));
+    let summary: Value = serde_json::from_str(&env.ok(&["cycle", "--json"])).unwrap();
+    assert_eq!(summary["trigger"], "request");
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM cycles WHERE trigger = 'request'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 3);
 }

@@ -1,0 +1,146 @@
+//! `imm-daemon cycle` and `imm-daemon stop`: asking the running daemon over its control
+//! socket (a cycle runs in this process when no daemon runs).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::{Context, SilentExit};
+use crate::daemon::backoff::Backoff;
+use crate::daemon::control::{self, Command};
+use crate::daemon::cycle::{CycleSummary, StepContext, StepStatus, Steps, Trigger};
+use crate::daemon::lock::{InstanceLock, LockError};
+
+/// How long `cycle` waits for the daemon to finish the cycle it asked for.
+const CYCLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// How long a plain question to the daemon may take.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Options of `imm-daemon cycle`.
+#[derive(Debug, clap::Args)]
+pub struct CycleArgs {
+    /// Print the cycle's summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs one cycle now: in the daemon when it runs, else in this process (holding the
+/// daemon's lock meanwhile, so that a daemon starting now waits its turn).
+pub fn cycle(ctx: &Context, args: CycleArgs) -> anyhow::Result<()> {
+    let summary = loop {
+        if InstanceLock::is_held(&ctx.paths.lock_file) {
+            let data = control::request(&ctx.paths.socket, Command::CycleNow, CYCLE_TIMEOUT)?;
+            break serde_json::from_value::<CycleSummary>(data)?;
+        }
+        match InstanceLock::acquire(&ctx.paths.lock_file) {
+            Ok(lock) => {
+                let summary = cycle_here(ctx)?;
+                drop(lock);
+                break summary;
+            }
+            // A daemon started in between: ask it.
+            Err(LockError::Held { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        super::output::write_json_pretty(&mut out, &summary)?;
+    } else {
+        write_summary(&mut out, &summary)?;
+    }
+    out.flush()?;
+    if !summary.ok {
+        return Err(SilentExit {
+            code: super::exit::FAILURE,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn cycle_here(ctx: &Context) -> anyhow::Result<CycleSummary> {
+    let config = ctx.config()?;
+    let store = std::cell::RefCell::new(ctx.store()?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut steps = Steps::new(
+        crate::daemon::default_steps(),
+        Backoff::for_heartbeat(config.heartbeat.interval.get()),
+    );
+    let summary = runtime.block_on(async {
+        let step_ctx = StepContext {
+            config: &config,
+            paths: &ctx.paths,
+            store: &store,
+            cancel: &cancel,
+        };
+        steps.run_cycle(&step_ctx, Trigger::Request).await
+    });
+    let steps_json = serde_json::to_string(&summary.steps)?;
+    store.borrow_mut().write(|tx| {
+        tx.record_cycle(
+            &summary.started_at,
+            &summary.finished_at,
+            summary.trigger.as_str(),
+            summary.ok,
+            &steps_json,
+        )
+    })?;
+    Ok(summary)
+}
+
+fn write_summary(out: &mut impl Write, s: &CycleSummary) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "cycle {} ({} ms): {}",
+        s.finished_at,
+        s.duration_ms,
+        if s.ok { "ok" } else { "FAILED" }
+    )?;
+    for step in &s.steps {
+        let detail = match step.status {
+            StepStatus::Ok => step.summary.clone().unwrap_or_default(),
+            StepStatus::Failed => format!("FAILED: {}", step.error.as_deref().unwrap_or("")),
+            StepStatus::BackingOff => format!("backing off after {} failures", step.failures),
+            StepStatus::Skipped => "skipped".into(),
+        };
+        writeln!(out, "  {}: {detail}", step.step)?;
+    }
+    Ok(())
+}
+
+/// Stops the running daemon and waits until it has exited.
+pub fn stop(ctx: &Context) -> anyhow::Result<()> {
+    if !InstanceLock::is_held(&ctx.paths.lock_file) {
+        println!("imm-daemon is not running");
+        return Err(SilentExit {
+            code: super::status::code::NOT_RUNNING,
+        }
+        .into());
+    }
+    control::request(&ctx.paths.socket, Command::Stop, ANSWER_TIMEOUT)?;
+    let grace = ctx
+        .config()
+        .map(|c| c.daemon.shutdown_grace.get())
+        .unwrap_or(Duration::from_secs(10));
+    let deadline = Instant::now() + grace + Duration::from_secs(5);
+    while InstanceLock::is_held(&ctx.paths.lock_file) {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "imm-daemon did not stop within {}",
+                humantime::format_duration(grace + Duration::from_secs(5))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "imm-daemon stopped at {}",
+        crate::inventory::rfc3339(Utc::now())
+    );
+    Ok(())
+}

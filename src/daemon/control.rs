@@ -1,0 +1,331 @@
+//! The control socket: a Unix domain socket in the runtime folder (0600 in a 0700
+//! folder) speaking newline-delimited JSON, one request and one response per line.
+//!
+//! A request is `{"v": 1, "cmd": "status"}`; `cmd` is one of `status`, `cycle-now`,
+//! `reload` and `stop`. A response is `{"v": 1, "ok": true, "data": …}` or
+//! `{"v": 1, "ok": false, "error": "…"}`. A request of another protocol version is
+//! answered with an error naming both versions, and a client refuses a response of
+//! another version the same way, so a mismatched CLI and daemon say so instead of
+//! misreading each other.
+//!
+//! The server side accepts connections on the daemon's runtime and hands each request to
+//! the supervisor over a channel; the client side is synchronous (the CLI needs no
+//! runtime to ask a question).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest request line the server reads.
+const MAX_LINE: usize = 64 * 1024;
+
+/// What a client asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Command {
+    /// The daemon's live state.
+    Status,
+    /// Run a cycle now; answered with its summary when it has run.
+    CycleNow,
+    /// Reread the configuration (as SIGHUP does); answered with the outcome.
+    Reload,
+    /// Stop (as SIGTERM does); answered before the daemon stops.
+    Stop,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    v: u32,
+    cmd: Command,
+}
+
+/// A response line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub v: u32,
+    /// The daemon's version.
+    #[serde(default)]
+    pub daemon: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(data: Value) -> Response {
+        Response {
+            v: PROTOCOL_VERSION,
+            daemon: env!("CARGO_PKG_VERSION").into(),
+            ok: true,
+            data: Some(data),
+            error: None,
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Response {
+        Response {
+            v: PROTOCOL_VERSION,
+            daemon: env!("CARGO_PKG_VERSION").into(),
+            ok: false,
+            data: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+/// A request handed to the supervisor, with where its answer goes.
+pub struct Incoming {
+    pub command: Command,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// Errors of the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot listen on the control socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon is not answering on {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon's answer on {path} could not be read: {message}")]
+    BadAnswer { path: PathBuf, message: String },
+    #[error(
+        "the daemon speaks control protocol version {theirs} and this imm-daemon speaks {PROTOCOL_VERSION}: run the `imm-daemon` of the daemon's version ({daemon_version})"
+    )]
+    Version { theirs: u32, daemon_version: String },
+    #[error("the daemon refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Paths(#[from] crate::paths::PathsError),
+}
+
+/// Binds the socket at `path`, owner-only. A file left there by an earlier daemon is
+/// removed first: the caller holds the single-instance lock, so no live daemon owns it.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let bind_err = |source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        crate::paths::ensure_private_dir(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    }
+    Ok(listener)
+}
+
+/// Accepts connections until the task is aborted, handing requests to `to_supervisor`;
+/// connections run on `tracker`, so that a stopping daemon can let the answers already
+/// given reach their clients.
+pub async fn serve(
+    listener: UnixListener,
+    to_supervisor: mpsc::Sender<Incoming>,
+    tracker: tokio_util::task::TaskTracker,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tracker.spawn(connection(stream, to_supervisor.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("control socket: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: tokio::net::UnixStream, to_supervisor: mpsc::Sender<Incoming>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = AsyncBufReader::new(read.take(MAX_LINE as u64 * 16)).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let response = match parse_request(&line) {
+            Ok(command) => {
+                let (reply, answer) = oneshot::channel();
+                if to_supervisor
+                    .send(Incoming { command, reply })
+                    .await
+                    .is_err()
+                {
+                    Response::error("the daemon is stopping")
+                } else {
+                    answer
+                        .await
+                        .unwrap_or_else(|_| Response::error("the daemon is stopping"))
+                }
+            }
+            Err(r) => r,
+        };
+        let mut text = serde_json::to_vec(&response).expect("responses serialize");
+        text.push(b'\n');
+        if write.write_all(&text).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads a request line; a bad one is answered with an error naming what is wrong.
+fn parse_request(line: &str) -> Result<Command, Response> {
+    if line.len() > MAX_LINE {
+        return Err(Response::error(format!(
+            "request longer than {MAX_LINE} bytes"
+        )));
+    }
+    let value: Value = serde_json::from_str(line)
+        .map_err(|e| Response::error(format!("the request is not JSON: {e}")))?;
+    match value.get("v").and_then(Value::as_u64) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(Response::error(format!(
+                "control protocol version {v} is not supported: this daemon (version {}) speaks {PROTOCOL_VERSION}",
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
+        None => {
+            return Err(Response::error("the request has no protocol version `v`"));
+        }
+    }
+    serde_json::from_value::<Request>(value)
+        .map(|r| r.cmd)
+        .map_err(|e| {
+            Response::error(format!(
+                "bad request: {e} (commands: status, cycle-now, reload, stop)"
+            ))
+        })
+}
+
+/// Sends one request to the daemon at `path` and waits up to `timeout` for the answer.
+pub fn request(path: &Path, command: Command, timeout: Duration) -> Result<Value, ControlError> {
+    let connect = |source| ControlError::Connect {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = StdUnixStream::connect(path).map_err(connect)?;
+    stream.set_read_timeout(Some(timeout)).map_err(connect)?;
+    stream.set_write_timeout(Some(timeout)).map_err(connect)?;
+    let mut line = serde_json::to_vec(&Request {
+        v: PROTOCOL_VERSION,
+        cmd: command,
+    })
+    .expect("requests serialize");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(connect)?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(connect)?;
+    parse_response(path, &answer)
+}
+
+fn parse_response(path: &Path, answer: &str) -> Result<Value, ControlError> {
+    let bad = |message: String| ControlError::BadAnswer {
+        path: path.to_path_buf(),
+        message,
+    };
+    if answer.is_empty() {
+        return Err(bad("the connection closed without an answer".into()));
+    }
+    let value: Value = serde_json::from_str(answer).map_err(|e| bad(e.to_string()))?;
+    let theirs = value
+        .get("v")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| bad("no protocol version `v`".into()))?;
+    let response: Response = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    if theirs != u64::from(PROTOCOL_VERSION) {
+        return Err(ControlError::Version {
+            theirs: theirs as u32,
+            daemon_version: if response.daemon.is_empty() {
+                "unknown".into()
+            } else {
+                response.daemon
+            },
+        });
+    }
+    if response.ok {
+        Ok(response.data.unwrap_or(Value::Null))
+    } else {
+        Err(ControlError::Refused(
+            response.error.unwrap_or_else(|| "no reason given".into()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_checked_and_errors_say_why() {
+        assert_eq!(
+            parse_request(r#"{"v": 1, "cmd": "cycle-now"}"#).unwrap(),
+            Command::CycleNow
+        );
+        let err = |line: &str| parse_request(line).unwrap_err().error.unwrap();
+        assert!(err("status").contains("not JSON"));
+        assert!(err(r#"{"cmd": "status"}"#).contains("no protocol version"));
+        let e = err(r#"{"v": 2, "cmd": "status"}"#);
+        assert!(
+            e.contains("version 2 is not supported") && e.contains("speaks 1"),
+            "{e}"
+        );
+        let e = err(r#"{"v": 1, "cmd": "explode"}"#);
+        assert!(
+            e.contains("explode") && e.contains("commands: status"),
+            "{e}"
+        );
+        assert!(err(&format!("\"{}\"", "x".repeat(MAX_LINE + 1))).contains("longer than"));
+    }
+
+    #[test]
+    fn responses_of_another_version_are_refused() {
+        let p = Path::new("/run/x.sock");
+        assert_eq!(
+            parse_response(p, "{\"v\":1,\"ok\":true,\"data\":{\"a\":1}}\n").unwrap(),
+            serde_json::json!({"a": 1})
+        );
+        let e = parse_response(
+            p,
+            "{\"v\":2,\"daemon\":\"0.9.0\",\"ok\":false,\"error\":\"x\"}\n",
+        )
+        .unwrap_err();
+        assert!(matches!(e, ControlError::Version { theirs: 2, .. }), "{e}");
+        assert!(
+            e.to_string().contains("version 2") && e.to_string().contains("(0.9.0)"),
+            "{e}"
+        );
+        let e = parse_response(p, "{\"v\":1,\"ok\":false,\"error\":\"busy\"}").unwrap_err();
+        assert_eq!(e.to_string(), "the daemon refused: busy");
+        let e = parse_response(p, "").unwrap_err();
+        assert!(e.to_string().contains("closed without an answer"), "{e}");
+        let e = parse_response(p, "{\"ok\":true}").unwrap_err();
+        assert!(e.to_string().contains("no protocol version"), "{e}");
+    }
+}
