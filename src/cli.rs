@@ -6,6 +6,7 @@ mod config_cmd;
 mod daemon_cmd;
 mod mailboxes;
 pub mod output;
+mod service_cmd;
 pub mod status;
 
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ pub enum Command {
     Cycle(daemon_cmd::CycleArgs),
     /// Stop the running daemon and wait until it has exited.
     Stop,
+    /// Install, remove or inspect the systemd user service or launchd agent.
+    #[command(subcommand)]
+    Service(service_cmd::ServiceCmd),
 }
 
 /// Options of `imm-daemon run`.
@@ -130,6 +134,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(&ctx, args),
         Command::Cycle(args) => daemon_cmd::cycle(&ctx, args),
         Command::Stop => daemon_cmd::stop(&ctx),
+        Command::Service(c) => service_cmd::run(&ctx, c),
     }
 }
 

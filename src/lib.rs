@@ -27,4 +27,5 @@ pub mod daemon;
 pub mod import;
 pub mod inventory;
 pub mod paths;
+pub mod service;
 pub mod store;

@@ -6,5 +6,6 @@ mod config;
 mod daemon;
 mod import;
 mod mailboxes;
+mod service;
 mod store;
 mod support;
