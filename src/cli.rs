@@ -123,9 +123,19 @@ impl Context {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Context {
-        paths: Paths::resolve(cli.config.as_deref())?,
+    let paths = match Paths::resolve(cli.config.as_deref()) {
+        Ok(p) => p,
+        // Monitoring reads `status`'s exit code: what cannot be looked at is "unknown".
+        Err(e) if matches!(cli.command, Command::Status(_)) => {
+            eprintln!("error: {e}");
+            return Err(SilentExit {
+                code: status::code::UNKNOWN,
+            }
+            .into());
+        }
+        Err(e) => return Err(e.into()),
     };
+    let ctx = Context { paths };
     match cli.command {
         Command::Config(c) => config_cmd::run(&ctx, c),
         Command::Mailboxes(c) => mailboxes::run(&ctx, c),

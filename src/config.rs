@@ -192,19 +192,59 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid configuration file {path}: {source}")]
+    #[error("invalid configuration file {path}: {detail}")]
     Invalid {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        /// Line and column (1-based) of the error, when known.
+        at: Option<(usize, usize)>,
+        /// toml's report, which quotes the offending line.
+        detail: Box<toml::de::Error>,
     },
+}
+
+impl ConfigError {
+    /// The error on one line, without the excerpt of the file toml adds: for logs and
+    /// audit rows.
+    pub fn brief(&self) -> String {
+        match self {
+            ConfigError::Invalid { path, at, detail } => match at {
+                Some((line, col)) => format!(
+                    "invalid configuration file {}, line {line} column {col}: {}",
+                    path.display(),
+                    detail.message().trim()
+                ),
+                None => format!(
+                    "invalid configuration file {}: {}",
+                    path.display(),
+                    detail.message().trim()
+                ),
+            },
+            ConfigError::Read { path, source } => {
+                format!(
+                    "cannot read configuration file {}: {source}",
+                    path.display()
+                )
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 impl Config {
     /// Parses configuration text; `path` only labels errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            source: Box::new(e),
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                (line, col)
+            });
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                at,
+                detail: Box::new(e),
+            }
         })
     }
 
@@ -556,6 +596,21 @@ mod tests {
         assert_eq!(c.inventory.license_attribute.as_str(), "LicenseType");
         assert_eq!(c.heartbeat, HeartbeatConfig::default());
         assert_eq!(c.daemon, DaemonConfig::default());
+    }
+
+    #[test]
+    fn the_brief_form_is_one_line_naming_the_place() {
+        let text = "tenant = \"contoso.com\"\n[heartbeat]\ninterval = \"soon-ish\"\n";
+        let e = Config::parse(text, Path::new("c.toml")).unwrap_err();
+        let full = e.to_string();
+        assert!(full.contains("soon-ish"), "{full}");
+        assert_eq!(std::error::Error::source(&e).map(|s| s.to_string()), None);
+        let brief = e.brief();
+        assert!(
+            brief.starts_with("invalid configuration file c.toml, line 3 column 12: "),
+            "{brief}"
+        );
+        assert!(!brief.contains('\n'), "{brief}");
     }
 
     #[test]

@@ -88,6 +88,12 @@ pub enum DaemonError {
     Control(#[from] control::ControlError),
 }
 
+/// The wall-clock time of a runtime instant.
+fn wall_time(at: tokio::time::Instant) -> String {
+    let ahead = at.saturating_duration_since(tokio::time::Instant::now());
+    stamp(Utc::now() + chrono::Duration::from_std(ahead).unwrap_or_default())
+}
+
 /// An error and its causes on one line.
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -170,6 +176,15 @@ impl<'a> Supervisor<'a> {
         mut self,
         load_config: &dyn Fn() -> Result<Config, ConfigError>,
     ) -> Result<(), DaemonError> {
+        // A second SIGTERM or SIGINT exits at once, even while a step blocks the runtime:
+        // the first sets the flag, and a signal arriving with the flag set exits (1).
+        let stop_requested = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for sig in [SIGTERM, SIGINT] {
+            signal_hook::flag::register_conditional_shutdown(sig, 1, stop_requested.clone())
+                .map_err(DaemonError::Signals)?;
+            signal_hook::flag::register(sig, stop_requested.clone())
+                .map_err(DaemonError::Signals)?;
+        }
         let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
             .map_err(DaemonError::Signals)?;
         self.store.borrow_mut().audit(
@@ -182,12 +197,12 @@ impl<'a> Supervisor<'a> {
             Utc::now(),
         )?;
         if let Some(w) = sd_notify::watchdog_enabled()
-            && w <= self.config.heartbeat.interval.get()
+            && w < 2 * self.config.heartbeat.interval.get()
         {
             tracing::warn!(
                 watchdog = %humantime::format_duration(w),
                 heartbeat = %self.config.heartbeat.interval,
-                "the systemd watchdog is shorter than the heartbeat: the service will be restarted between cycles (raise WatchdogSec)"
+                "the systemd watchdog is pinged once a cycle but is shorter than two heartbeats: a slow cycle will get the service restarted (raise WatchdogSec)"
             );
         }
         let listener = control::bind(&self.paths.socket)?;
@@ -208,6 +223,7 @@ impl<'a> Supervisor<'a> {
         let shutdown = CancellationToken::new();
         // A cycle asked for while another ran, and who waits for its summary.
         let mut pending: Option<Trigger> = None;
+        let mut last_tick = tokio::time::Instant::now();
         let mut waiting_next: Vec<Reply> = Vec::new();
         // A reload asked for while a cycle ran (signal or request), and who waits.
         let mut reload_pending = false;
@@ -218,7 +234,12 @@ impl<'a> Supervisor<'a> {
                 let outcome = self.reload(load_config)?;
                 if outcome == Ok(true) {
                     heartbeat = self.heartbeat();
+                    // The first tick of a new interval is immediate: the next cycle is
+                    // one new interval away.
                     heartbeat.tick().await;
+                    self.state.next_cycle_at =
+                        Some(wall_time(tokio::time::Instant::now() + heartbeat.period()));
+                    self.save_state();
                 }
                 for r in reload_waiting.drain(..) {
                     let _ = r.send(reload_response(&outcome, &self.state));
@@ -231,7 +252,10 @@ impl<'a> Supervisor<'a> {
                     t
                 }
                 None => tokio::select! {
-                    _ = heartbeat.tick() => Trigger::Heartbeat,
+                    t = heartbeat.tick() => {
+                        last_tick = t;
+                        Trigger::Heartbeat
+                    }
                     sig = signals.next() => match sig {
                         Some(SIGUSR1) => Trigger::Signal,
                         Some(SIGHUP) => {
@@ -345,7 +369,21 @@ impl<'a> Supervisor<'a> {
                 let response = control::Response::ok(
                     serde_json::to_value(&summary).expect("summaries serialize"),
                 );
-                self.finish_cycle(summary, heartbeat.period())?;
+                // A heartbeat's cycle keeps the schedule (ticks it overran are skipped);
+                // any other restarts it, since a cycle has just run.
+                let period = heartbeat.period();
+                let next = if summary.trigger == Trigger::Heartbeat {
+                    let now = tokio::time::Instant::now();
+                    let mut next = last_tick + period;
+                    while next <= now {
+                        next += period;
+                    }
+                    next
+                } else {
+                    heartbeat.reset();
+                    tokio::time::Instant::now() + period
+                };
+                self.finish_cycle(summary, next);
                 for r in waiting {
                     let _ = r.send(response.clone());
                 }
@@ -390,7 +428,7 @@ impl<'a> Supervisor<'a> {
                 Ok(Ok(changed))
             }
             Err(e) => {
-                let message = error_chain(&e);
+                let message = e.brief();
                 tracing::error!("configuration not reloaded, keeping the one in effect: {message}");
                 self.store
                     .borrow_mut()
@@ -400,7 +438,15 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    fn finish_cycle(&mut self, summary: CycleSummary, period: Duration) -> Result<(), DaemonError> {
+    /// Writes the state file; a failure is logged, not fatal (the database has the
+    /// cycle, and the next save may succeed).
+    fn save_state(&self) {
+        if let Err(e) = self.state.save(&self.paths.state_file) {
+            tracing::error!("cannot write the state file: {}", error_chain(&e));
+        }
+    }
+
+    fn finish_cycle(&mut self, summary: CycleSummary, next: tokio::time::Instant) {
         let steps = serde_json::to_string(&summary.steps).expect("outcomes serialize");
         if let Err(e) = self.store.borrow_mut().write(|tx| {
             tx.record_cycle(
@@ -422,17 +468,14 @@ impl<'a> Supervisor<'a> {
         let now = Utc::now();
         self.state.cycles += 1;
         self.state.updated_at = stamp(now);
-        self.state.next_cycle_at = chrono::Duration::from_std(period)
-            .ok()
-            .map(|p| stamp(now + p));
+        self.state.next_cycle_at = Some(wall_time(next));
         self.state.last_cycle = Some(summary);
-        self.state.save(&self.paths.state_file)?;
+        self.save_state();
         let mut msgs = vec![sd_notify::NotifyState::Status(&line)];
         if sd_notify::watchdog_enabled().is_some() {
             msgs.push(sd_notify::NotifyState::Watchdog);
         }
         self.notify(&msgs);
-        Ok(())
     }
 
     fn stop(mut self) -> Result<(), DaemonError> {
@@ -441,15 +484,17 @@ impl<'a> Supervisor<'a> {
         self.state.phase = Phase::Stopped;
         self.state.updated_at = stamp(now);
         self.state.next_cycle_at = None;
-        self.state.save(&self.paths.state_file)?;
-        let store = self.store.get_mut();
-        store.audit(
+        // Both records are attempted whatever becomes of the other.
+        let saved = self.state.save(&self.paths.state_file);
+        let audited = self.store.get_mut().audit(
             &AuditEvent::new(Operation::Disconnect).details(serde_json::json!({
                 "pid": self.state.pid,
                 "cycles": self.state.cycles,
             })),
             now,
-        )?;
+        );
+        audited?;
+        saved?;
         tracing::info!(cycles = self.state.cycles, "imm-daemon stopped");
         Ok(())
     }

@@ -65,6 +65,8 @@ pub struct Status {
     pub control_error: Option<String>,
     pub signin: SignIn,
     pub cache: Option<Cache>,
+    /// Why the cache figures could not be read, if they could not.
+    pub cache_error: Option<String>,
     pub paths: Paths,
 }
 
@@ -98,7 +100,16 @@ pub struct Paths {
 /// Gathers the status at `now`.
 pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
     let p = &ctx.paths;
-    let running = InstanceLock::is_held(&p.lock_file);
+    let (running, lock_error) = match InstanceLock::probe(&p.lock_file) {
+        Ok(held) => (held, None),
+        Err(e) => (
+            false,
+            Some(format!(
+                "cannot probe the lock file {}: {e}",
+                p.lock_file.display()
+            )),
+        ),
+    };
     let holder = running.then(|| read_holder(&p.lock_file)).flatten();
     // The running daemon answers for itself; its state file is the fallback.
     let mut cycle_running = None;
@@ -120,7 +131,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
             Err(e) => control_error = Some(crate::daemon::error_chain(&e)),
         }
     }
-    let (state, state_error) = match live {
+    let (state, mut state_error) = match live {
         Some(s) => (Some(s), None),
         None => match DaemonState::load(&p.state_file) {
             Ok(s) => (s, None),
@@ -138,10 +149,26 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
     let attention = last_cycle
         .as_ref()
         .is_some_and(|c| !c.ok || c.needs_attention());
-    let (health, exit_code) = if !running {
+    let (health, exit_code) = if let Some(e) = &lock_error {
+        // Whether it runs cannot be told.
+        control_error.get_or_insert_with(|| e.clone());
+        ("unknown", code::UNKNOWN)
+    } else if !running {
         ("not_running", code::NOT_RUNNING)
     } else if state_error.is_some() || live_state.is_none() {
         // Running, but what it last did cannot be read (or the file is another run's).
+        if state_error.is_none() {
+            state_error = Some(match (&holder, &state) {
+                (Some((pid, _)), Some(s)) => format!(
+                    "the state file is from pid {}, the lock is held by pid {pid} (starting?)",
+                    s.pid
+                ),
+                (Some((pid, _)), None) => {
+                    format!("pid {pid} holds the lock but has not written its state yet")
+                }
+                _ => "the state file belongs to another run".to_string(),
+            });
+        }
         ("unknown", code::UNKNOWN)
     } else if attention {
         ("attention", code::ATTENTION)
@@ -150,13 +177,13 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
     };
     let started_at = live_state.map(|s| s.started_at.clone());
     let config = ctx.config().ok();
-    let cache = if p.database.exists() {
-        Store::open(&p.database)
-            .and_then(|s| s.mailbox_stats())
-            .ok()
-            .map(|s| cache(s, now))
+    let (cache, cache_error) = if p.database.exists() {
+        match Store::open_read_only(&p.database).and_then(|s| s.mailbox_stats()) {
+            Ok(s) => (Some(cache(s, now)), None),
+            Err(e) => (None, Some(crate::daemon::error_chain(&e))),
+        }
     } else {
-        None
+        (None, None)
     };
     Status {
         status_version: 1,
@@ -196,6 +223,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
             client_id_configured: config.as_ref().is_some_and(|c| c.client_id.is_some()),
         },
         cache,
+        cache_error,
         paths: Paths {
             socket: p.socket.display().to_string(),
             config_file: p.config_file.display().to_string(),
@@ -318,7 +346,10 @@ pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
             }
             line(out, "cache", &v)?;
         }
-        None => line(out, "cache", "no database yet")?,
+        None => match &s.cache_error {
+            Some(e) => line(out, "cache", &format!("unreadable: {e}"))?,
+            None => line(out, "cache", "no database yet")?,
+        },
     }
     line(out, "config", &s.paths.config_file)?;
     line(out, "database", &s.paths.database)?;

@@ -148,7 +148,7 @@ impl CycleSummary {
         let failed: Vec<&str> = self
             .steps
             .iter()
-            .filter(|s| s.status == StepStatus::Failed)
+            .filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::BackingOff))
             .map(|s| s.step.as_str())
             .collect();
         if failed.is_empty() {
@@ -195,7 +195,9 @@ impl Steps {
 
     /// Runs every due step in order and returns the cycle's summary. A step that fails
     /// does not stop the others; once `ctx.cancel` fires, the steps not yet started are
-    /// skipped.
+    /// skipped. A heartbeat leaves out steps that are backing off (they stay failed in the
+    /// summary, with their last error); a cycle someone asked for runs them all, since a
+    /// person who fixed something wants to see it retried.
     pub async fn run_cycle(&mut self, ctx: &StepContext<'_>, trigger: Trigger) -> CycleSummary {
         let started = Instant::now();
         let started_at = Utc::now();
@@ -217,8 +219,10 @@ impl Steps {
                 outcomes.push(outcome);
                 continue;
             }
-            if !health.due(now) {
+            if trigger == Trigger::Heartbeat && !health.due(now) {
                 outcome.status = StepStatus::BackingOff;
+                outcome.error = health.last_error.clone();
+                outcome.needs_attention = health.needs_attention;
                 tracing::debug!(step = name, failures = health.failures, "step backing off");
                 outcomes.push(outcome);
                 continue;
@@ -236,6 +240,8 @@ impl Steps {
                 }
                 Err(e) => {
                     health.record(false, now, &self.backoff, fastrand::f64());
+                    health.last_error = Some(e.message.clone());
+                    health.needs_attention = e.needs_attention;
                     let wait = health
                         .retry_at
                         .map(|t| t.saturating_duration_since(now))
@@ -261,7 +267,9 @@ impl Steps {
             started_at: stamp(started_at),
             finished_at: stamp(finished_at),
             duration_ms: started.elapsed().as_millis() as u64,
-            ok: outcomes.iter().all(|o| o.status != StepStatus::Failed),
+            ok: outcomes
+                .iter()
+                .all(|o| !matches!(o.status, StepStatus::Failed | StepStatus::BackingOff)),
             steps: outcomes,
         }
     }
@@ -300,5 +308,135 @@ impl CycleStep for StoreMaintenance {
                 ]),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A step that fails its first `fail_first` runs (asking for a person when
+    /// `attention`), counting its runs: the runner's contract is generic over steps, and
+    /// the real steps cannot be made to fail on cue.
+    struct Flaky {
+        name: &'static str,
+        fail_first: u32,
+        attention: bool,
+        runs: u32,
+    }
+
+    impl CycleStep for Flaky {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+
+        fn run<'a>(&'a mut self, _ctx: &'a StepContext<'a>) -> StepFuture<'a> {
+            Box::pin(async move {
+                self.runs += 1;
+                if self.runs <= self.fail_first {
+                    Err(StepError {
+                        message: format!("failure {}", self.runs),
+                        needs_attention: self.attention,
+                    })
+                } else {
+                    Ok(StepReport {
+                        summary: format!("run {}", self.runs),
+                        counts: BTreeMap::from([("runs".to_string(), u64::from(self.runs))]),
+                    })
+                }
+            })
+        }
+    }
+
+    fn flaky(name: &'static str, fail_first: u32, attention: bool) -> Box<dyn CycleStep> {
+        Box::new(Flaky {
+            name,
+            fail_first,
+            attention,
+            runs: 0,
+        })
+    }
+
+    fn statuses(s: &CycleSummary) -> Vec<StepStatus> {
+        s.steps.iter().map(|o| o.status).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_step_neither_stops_the_others_nor_looks_healthy_while_it_backs_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = crate::paths::Paths::resolve_with(Some(dir.path().into()), None, None).unwrap();
+        let store = RefCell::new(Store::open(&paths.database).unwrap());
+        let config = Config::default();
+        let cancel = CancellationToken::new();
+        let ctx = StepContext {
+            config: &config,
+            paths: &paths,
+            store: &store,
+            cancel: &cancel,
+        };
+        let minute = Duration::from_secs(60);
+        let mut steps = Steps::new(
+            vec![flaky("signin", 2, true), flaky("queue", 0, false)],
+            Backoff {
+                base: minute,
+                cap: 10 * minute,
+            },
+        );
+        // First cycle: the first step fails, the second still runs.
+        let c = steps.run_cycle(&ctx, Trigger::Heartbeat).await;
+        assert_eq!(statuses(&c), [StepStatus::Failed, StepStatus::Ok]);
+        assert!(!c.ok && c.needs_attention());
+        assert_eq!(c.steps[0].error.as_deref(), Some("failure 1"));
+        assert_eq!(c.steps[0].failures, 1);
+        assert_eq!(c.steps[1].counts["runs"], 1);
+        assert!(c.one_line().contains("failed: signin"), "{}", c.one_line());
+        // A heartbeat within the backoff leaves it out, still failed and still asking.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let c = steps.run_cycle(&ctx, Trigger::Heartbeat).await;
+        assert_eq!(statuses(&c), [StepStatus::BackingOff, StepStatus::Ok]);
+        assert!(!c.ok && c.needs_attention());
+        assert_eq!(c.steps[0].error.as_deref(), Some("failure 1"));
+        // A cycle someone asked for retries it at once: it fails a second time.
+        let c = steps.run_cycle(&ctx, Trigger::Signal).await;
+        assert_eq!(statuses(&c), [StepStatus::Failed, StepStatus::Ok]);
+        assert_eq!(c.steps[0].failures, 2);
+        // After the (longer) backoff it runs, succeeds, and is healthy again.
+        tokio::time::advance(2 * minute).await;
+        let c = steps.run_cycle(&ctx, Trigger::Heartbeat).await;
+        assert_eq!(statuses(&c), [StepStatus::Ok, StepStatus::Ok]);
+        assert!(c.ok && !c.needs_attention());
+        assert_eq!(c.steps[0].failures, 0);
+        assert_eq!(c.steps[0].summary.as_deref(), Some("run 3"));
+        // Once stopping, steps not yet started are skipped.
+        cancel.cancel();
+        let c = steps.run_cycle(&ctx, Trigger::Heartbeat).await;
+        assert_eq!(statuses(&c), [StepStatus::Skipped, StepStatus::Skipped]);
+        assert_eq!(steps.names(), ["signin", "queue"]);
+    }
+
+    #[tokio::test]
+    async fn store_maintenance_checkpoints_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = crate::paths::Paths::resolve_with(Some(dir.path().into()), None, None).unwrap();
+        let store = RefCell::new(Store::open(&paths.database).unwrap());
+        store
+            .borrow_mut()
+            .audit(
+                &crate::audit::AuditEvent::new(crate::audit::Operation::Connect),
+                chrono::Utc::now(),
+            )
+            .unwrap();
+        let config = Config::default();
+        let cancel = CancellationToken::new();
+        let ctx = StepContext {
+            config: &config,
+            paths: &paths,
+            store: &store,
+            cancel: &cancel,
+        };
+        let report = StoreMaintenance.run(&ctx).await.unwrap();
+        assert!(report.counts["wal_pages"] > 0, "{report:?}");
+        assert_eq!(report.counts["pages_copied"], report.counts["wal_pages"]);
     }
 }

@@ -28,6 +28,9 @@ pub enum LockError {
     Paths(#[from] crate::paths::PathsError),
 }
 
+/// How long a start waits for a `status` probe to let go of the lock.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The held lock; released when dropped or when the process ends.
 #[derive(Debug)]
 pub struct InstanceLock {
@@ -67,6 +70,17 @@ impl InstanceLock {
             options.mode(0o600);
         }
         let mut file = options.open(path).map_err(io)?;
+        // `status` probes the lock with a shared lock for an instant; a start that meets
+        // such a probe waits it out rather than reporting the lock as held.
+        let deadline = std::time::Instant::now() + PROBE_WAIT;
+        let locked = loop {
+            match file.try_lock() {
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -76,7 +90,7 @@ impl InstanceLock {
                     .map_err(io)?;
             }
         }
-        match file.try_lock() {
+        match locked {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut text = String::new();
@@ -106,20 +120,28 @@ impl InstanceLock {
         &self.path
     }
 
-    /// Whether another live process holds the lock at `path` (the lock is probed, not
-    /// taken for long).
-    pub fn is_held(path: &Path) -> bool {
-        match File::open(path) {
-            Ok(f) => match f.try_lock_shared() {
-                Ok(()) => {
-                    let _ = f.unlock();
-                    false
-                }
-                Err(TryLockError::WouldBlock) => true,
-                Err(TryLockError::Error(_)) => false,
-            },
-            Err(_) => false,
+    /// Whether a live process holds the lock at `path` (probed with a shared lock for an
+    /// instant). A missing file means no; a file that cannot be opened or probed is an
+    /// error, since then nobody can tell.
+    pub fn probe(path: &Path) -> std::io::Result<bool> {
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match f.try_lock_shared() {
+            Ok(()) => {
+                let _ = f.unlock();
+                Ok(false)
+            }
+            Err(TryLockError::WouldBlock) => Ok(true),
+            Err(TryLockError::Error(e)) => Err(e),
         }
+    }
+
+    /// [`InstanceLock::probe`], counting a lock that cannot be probed as not held.
+    pub fn is_held(path: &Path) -> bool {
+        Self::probe(path).unwrap_or(false)
     }
 }
 
@@ -132,6 +154,21 @@ impl Drop for InstanceLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_that_cannot_be_probed_is_an_error_not_a_no() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imm-daemon.lock");
+        assert!(!InstanceLock::probe(&path).unwrap(), "missing: not held");
+        std::fs::write(&path, "1 0.1.0\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+        // Root reads anything; the check only means something for other users.
+        if File::open(&path).is_err() {
+            assert!(InstanceLock::probe(&path).is_err());
+        }
+    }
 
     #[test]
     fn one_holder_at_a_time_and_a_stale_file_does_not_block() {
@@ -154,7 +191,15 @@ mod tests {
         assert!(e.contains("already running") && e.contains(&pid), "{e}");
         drop(lock);
         assert!(!InstanceLock::is_held(&path));
+        // A start that meets a status probe waits it out.
+        let probe = File::open(&path).unwrap();
+        probe.try_lock_shared().unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(probe);
+        });
         InstanceLock::acquire(&path).unwrap();
+        releaser.join().unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

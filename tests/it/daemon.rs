@@ -12,10 +12,16 @@ use crate::support::Env;
 /// A running `imm-daemon run`, killed if a test fails before stopping it.
 struct Daemon {
     child: Option<Child>,
+    /// Where its stderr goes (a file, so that a chatty daemon never blocks on a pipe).
+    log: std::path::PathBuf,
 }
 
 impl Daemon {
     fn start(env: &Env) -> Daemon {
+        let log = env
+            .home
+            .path()
+            .join(format!("daemon-{}.log", unique_suffix()));
         let child = Command::new(env!("CARGO_BIN_EXE_imm-daemon"))
             .arg("run")
             .env("IMM_HOME", env.home.path())
@@ -24,10 +30,13 @@ impl Daemon {
             .env("IMM_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("the daemon starts");
-        Daemon { child: Some(child) }
+        Daemon {
+            child: Some(child),
+            log,
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -49,27 +58,32 @@ impl Daemon {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                use std::io::Read;
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                return (status.code(), err);
+                return (status.code(), std::fs::read_to_string(&self.log).unwrap());
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
+                let _ = child.wait();
                 panic!(
                     "the daemon did not exit within {within:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A name part no two daemons of one test process share.
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+/// Seconds from now until the RFC 3339 time in `v`.
+fn secs_until(v: &Value) -> i64 {
+    let t = chrono::DateTime::parse_from_rfc3339(v.as_str().expect("a time")).unwrap();
+    (t.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds()
 }
 
 impl Drop for Daemon {
@@ -170,10 +184,12 @@ fn runs_cycles_on_signals_reloads_safely_and_stops_cleanly() {
         "{err}"
     );
 
-    // SIGUSR1 runs a cycle now.
+    // SIGUSR1 runs a cycle now; the heartbeat restarts from it.
     daemon.signal("USR1");
     let s = wait_for_state(&env, "the signalled cycle", |s| s["cycles"] == 2);
     assert_eq!(s["last_cycle"]["trigger"], "signal");
+    let next = secs_until(&s["next_cycle_at"]);
+    assert!((3590..=3600).contains(&next), "next cycle in {next} s");
 
     // SIGHUP with a broken configuration keeps the old one; the daemon keeps working.
     config(&env, "[heartbeat]\ninterval = \"1s\"\n");
@@ -204,6 +220,10 @@ fn runs_cycles_on_signals_reloads_safely_and_stops_cleanly() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The new interval is in effect: the next heartbeat is two hours away.
+    let s = wait_for_state(&env, "the new schedule", |s| s["heartbeat_secs"] == 7200);
+    let next = secs_until(&s["next_cycle_at"]);
+    assert!((7190..=7200).contains(&next), "next cycle in {next} s");
     daemon.signal("USR1");
     wait_for_state(&env, "a cycle after the reload", |s| {
         s["cycles"] == 4 && s["heartbeat_secs"] == 7200
