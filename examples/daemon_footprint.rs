@@ -43,8 +43,8 @@ fn start(bin: &str, home: &std::path::Path) -> (Child, Duration) {
 }
 
 fn stop(mut child: Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+    Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
         .status()
         .unwrap();
     child.wait().unwrap();

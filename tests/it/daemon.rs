@@ -44,12 +44,7 @@ impl Daemon {
     }
 
     fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{name}");
+        send_signal(self.pid(), name);
     }
 
     /// Waits for the process to exit; returns its exit code and stderr.
@@ -71,6 +66,17 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Sends signal `name` (`TERM`, `USR1`, …) with the shell's `kill`, which every POSIX
+/// shell has built in.
+fn send_signal(pid: u32, name: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("kill -{name} {pid}")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} {pid}");
 }
 
 /// A name part no two daemons of one test process share.
@@ -349,13 +355,7 @@ fn logs_can_be_json() {
         .unwrap();
     let pid = child.id();
     wait_for_state(&env, "start", |s| running(s) && s["cycles"] == 1);
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send_signal(pid, "TERM");
     let out = {
         let deadline = Instant::now() + Duration::from_secs(15);
         while child.try_wait().unwrap().is_none() {
@@ -414,13 +414,7 @@ fn tells_systemd_ready_status_and_stopping() {
         status.contains("STATUS=last cycle") && status.contains("ok"),
         "{status}"
     );
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send_signal(child.id(), "TERM");
     recv("STOPPING=1");
     assert!(child.wait().unwrap().success());
     assert!(
