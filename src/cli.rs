@@ -81,6 +81,10 @@ pub enum Command {
     /// Install, remove or inspect the systemd user service or launchd agent.
     #[command(subcommand)]
     Service(service_cmd::ServiceCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), for `man -l -` or a man folder.
+    Man,
 }
 
 /// Options of `imm-daemon run`.
@@ -145,6 +149,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cycle(args) => daemon_cmd::cycle(&ctx, args),
         Command::Stop => daemon_cmd::stop(&ctx),
         Command::Service(c) => service_cmd::run(&ctx, c),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "imm-daemon", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
 }
 

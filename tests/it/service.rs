@@ -115,3 +115,77 @@ fn install_dry_run_shows_the_unit_for_this_binary_and_the_commands() {
         "{text}"
     );
 }
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_command_line_definition() {
+    let env = Env::new();
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef imm-daemon"),
+        ("fish", "complete -c imm-daemon"),
+    ] {
+        let text = env.ok(&["completions", shell]);
+        assert!(text.contains(marker), "{shell}: {text}");
+        for sub in ["mailboxes", "status", "service", "audit"] {
+            assert!(text.contains(sub), "{shell} lacks {sub}");
+        }
+    }
+    let err = env.fails(&["completions", "cmd.exe"], 2);
+    assert!(err.contains("invalid value"), "{err}");
+    let man = env.ok(&["man"]);
+    assert!(man.contains(".TH imm-daemon 1"), "{man}");
+    for sub in ["mailboxes", "status", "stop", "service"] {
+        assert!(man.contains(sub), "the manual lacks {sub}");
+    }
+}
+
+#[test]
+fn the_debian_package_ships_the_binary_unit_manual_and_completions() {
+    let manifest: toml::Table = toml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap(),
+    )
+    .unwrap();
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .unwrap();
+    let pairs: Vec<(&str, &str)> = assets
+        .iter()
+        .map(|a| (a[0].as_str().unwrap(), a[1].as_str().unwrap()))
+        .collect();
+    for (source, dest) in [
+        ("target/release/imm-daemon", "usr/bin/"),
+        ("systemd/imm-daemon.service", "usr/lib/systemd/user/"),
+        ("target/assets/imm-daemon.1.gz", "usr/share/man/man1/"),
+    ] {
+        assert!(
+            pairs.contains(&(source, dest)),
+            "{source} -> {dest}: {pairs:?}"
+        );
+    }
+    // What is not built by packaging/build-assets.sh is in the repository.
+    for (source, _) in &pairs {
+        if !source.starts_with("target/") {
+            assert!(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join(source)
+                    .exists(),
+                "{source}"
+            );
+        }
+    }
+    // The build script writes every generated asset the package lists.
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/build-assets.sh"
+    ))
+    .unwrap();
+    for (source, _) in &pairs {
+        if let Some(name) = source.strip_prefix("target/assets/") {
+            let written = name.trim_end_matches(".gz");
+            assert!(
+                script.contains(written),
+                "build-assets.sh does not write {name}"
+            );
+        }
+    }
+}
