@@ -362,19 +362,44 @@ mod tests {
         s.steps.iter().map(|o| o.status).collect()
     }
 
+    /// What a step context borrows: a real database in a temporary IMM_HOME.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        paths: Paths,
+        store: RefCell<Store>,
+        config: Config,
+        cancel: CancellationToken,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = Paths::resolve_with(Some(dir.path().into()), None, None).unwrap();
+            let store = RefCell::new(Store::open(&paths.database).unwrap());
+            Fixture {
+                _dir: dir,
+                paths,
+                store,
+                config: Config::default(),
+                cancel: CancellationToken::new(),
+            }
+        }
+
+        fn ctx(&self) -> StepContext<'_> {
+            StepContext {
+                config: &self.config,
+                paths: &self.paths,
+                store: &self.store,
+                cancel: &self.cancel,
+            }
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_failing_step_neither_stops_the_others_nor_looks_healthy_while_it_backs_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = crate::paths::Paths::resolve_with(Some(dir.path().into()), None, None).unwrap();
-        let store = RefCell::new(Store::open(&paths.database).unwrap());
-        let config = Config::default();
-        let cancel = CancellationToken::new();
-        let ctx = StepContext {
-            config: &config,
-            paths: &paths,
-            store: &store,
-            cancel: &cancel,
-        };
+        let fx = Fixture::new();
+        let cancel = &fx.cancel;
+        let ctx = fx.ctx();
         let minute = Duration::from_secs(60);
         let mut steps = Steps::new(
             vec![flaky("signin", 2, true), flaky("queue", 0, false)],
@@ -417,24 +442,15 @@ mod tests {
 
     #[tokio::test]
     async fn store_maintenance_checkpoints_the_wal() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = crate::paths::Paths::resolve_with(Some(dir.path().into()), None, None).unwrap();
-        let store = RefCell::new(Store::open(&paths.database).unwrap());
-        store
+        let fx = Fixture::new();
+        fx.store
             .borrow_mut()
             .audit(
                 &crate::audit::AuditEvent::new(crate::audit::Operation::Connect),
                 chrono::Utc::now(),
             )
             .unwrap();
-        let config = Config::default();
-        let cancel = CancellationToken::new();
-        let ctx = StepContext {
-            config: &config,
-            paths: &paths,
-            store: &store,
-            cancel: &cancel,
-        };
+        let ctx = fx.ctx();
         let report = StoreMaintenance.run(&ctx).await.unwrap();
         assert!(report.counts["wal_pages"] > 0, "{report:?}");
         assert_eq!(report.counts["pages_copied"], report.counts["wal_pages"]);
