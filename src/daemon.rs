@@ -224,6 +224,7 @@ impl<'a> Supervisor<'a> {
         // A cycle asked for while another ran, and who waits for its summary.
         let mut pending: Option<Trigger> = None;
         let mut last_tick = tokio::time::Instant::now();
+        let mut requests_closed = false;
         let mut waiting_next: Vec<Reply> = Vec::new();
         // A reload asked for while a cycle ran (signal or request), and who waits.
         let mut reload_pending = false;
@@ -269,7 +270,7 @@ impl<'a> Supervisor<'a> {
                         }
                         None => break,
                     },
-                    req = requests.recv() => match req {
+                    req = requests.recv(), if !requests_closed => match req {
                         Some(control::Incoming { command, reply }) => match command {
                             control::Command::Status => {
                                 let _ = reply.send(status_response(&self.state, false));
@@ -291,7 +292,12 @@ impl<'a> Supervisor<'a> {
                                 break;
                             }
                         },
-                        None => continue,
+                        None => {
+                            // The socket server is gone; the daemon goes on without it.
+                            tracing::error!("the control socket stopped accepting requests");
+                            requests_closed = true;
+                            continue;
+                        }
                     },
                 },
             };
@@ -340,7 +346,7 @@ impl<'a> Supervisor<'a> {
                             }
                             None => {}
                         },
-                        req = requests.recv() => if let Some(control::Incoming { command, reply }) = req {
+                        req = requests.recv(), if !requests_closed => if let Some(control::Incoming { command, reply }) = req {
                             match command {
                                 control::Command::Status => {
                                     let _ = reply.send(status_response(state, true));
@@ -361,6 +367,9 @@ impl<'a> Supervisor<'a> {
                                     }
                                 }
                             }
+                        } else {
+                            tracing::error!("the control socket stopped accepting requests");
+                            requests_closed = true;
                         },
                     }
                 }
