@@ -456,16 +456,7 @@ impl<'a> Supervisor<'a> {
     }
 
     fn finish_cycle(&mut self, summary: CycleSummary, next: tokio::time::Instant) {
-        let steps = serde_json::to_string(&summary.steps).expect("outcomes serialize");
-        if let Err(e) = self.store.borrow_mut().write(|tx| {
-            tx.record_cycle(
-                &summary.started_at,
-                &summary.finished_at,
-                summary.trigger.as_str(),
-                summary.ok,
-                &steps,
-            )
-        }) {
+        if let Err(e) = summary.record(&mut self.store.borrow_mut()) {
             tracing::error!("cannot record the cycle: {}", error_chain(&e));
         }
         let line = summary.one_line();

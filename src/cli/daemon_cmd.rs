@@ -9,7 +9,7 @@ use chrono::Utc;
 use super::{Context, SilentExit};
 use crate::daemon::backoff::Backoff;
 use crate::daemon::control::{self, Command};
-use crate::daemon::cycle::{CycleSummary, StepContext, StepStatus, Steps, Trigger};
+use crate::daemon::cycle::{CycleSummary, StepContext, Steps, Trigger};
 use crate::daemon::lock::{InstanceLock, LockError};
 
 /// How long `cycle` waits for the daemon to finish the cycle it asked for.
@@ -81,16 +81,7 @@ fn cycle_here(ctx: &Context) -> anyhow::Result<CycleSummary> {
         };
         steps.run_cycle(&step_ctx, Trigger::Request).await
     });
-    let steps_json = serde_json::to_string(&summary.steps)?;
-    store.borrow_mut().write(|tx| {
-        tx.record_cycle(
-            &summary.started_at,
-            &summary.finished_at,
-            summary.trigger.as_str(),
-            summary.ok,
-            &steps_json,
-        )
-    })?;
+    summary.record(&mut store.borrow_mut())?;
     Ok(summary)
 }
 
@@ -103,13 +94,7 @@ fn write_summary(out: &mut impl Write, s: &CycleSummary) -> std::io::Result<()> 
         if s.ok { "ok" } else { "FAILED" }
     )?;
     for step in &s.steps {
-        let detail = match step.status {
-            StepStatus::Ok => step.summary.clone().unwrap_or_default(),
-            StepStatus::Failed => format!("FAILED: {}", step.error.as_deref().unwrap_or("")),
-            StepStatus::BackingOff => format!("backing off after {} failures", step.failures),
-            StepStatus::Skipped => "skipped".into(),
-        };
-        writeln!(out, "  {}: {detail}", step.step)?;
+        writeln!(out, "  {}: {}", step.step, step.describe())?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::Context;
-use crate::daemon::cycle::{CycleSummary, StepStatus};
+use crate::daemon::cycle::CycleSummary;
 use crate::daemon::lock::{InstanceLock, read_holder};
 use crate::daemon::state::{DaemonState, Phase};
 use crate::store::{Store, StoreStats};
@@ -315,19 +315,7 @@ pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
                 ),
             )?;
             for st in &c.steps {
-                let detail = match st.status {
-                    StepStatus::Ok => format!("ok: {}", st.summary.as_deref().unwrap_or("")),
-                    StepStatus::Failed => format!(
-                        "FAILED ({} in a row): {}",
-                        st.failures,
-                        st.error.as_deref().unwrap_or("")
-                    ),
-                    StepStatus::BackingOff => {
-                        format!("backing off after {} failures", st.failures)
-                    }
-                    StepStatus::Skipped => "skipped (stopping)".to_string(),
-                };
-                line(out, "", &format!("{}: {detail}", st.step))?;
+                line(out, "", &format!("{}: {}", st.step, st.describe()))?;
             }
         }
         None => line(out, "last cycle", "none")?,

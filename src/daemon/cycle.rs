@@ -125,6 +125,26 @@ pub struct StepOutcome {
     pub failures: u32,
 }
 
+impl StepOutcome {
+    /// The outcome for people: `ok: …`, `FAILED (2 in a row): …`, and so on.
+    pub fn describe(&self) -> String {
+        match self.status {
+            StepStatus::Ok => format!("ok: {}", self.summary.as_deref().unwrap_or("")),
+            StepStatus::Failed => format!(
+                "FAILED ({} in a row): {}",
+                self.failures,
+                self.error.as_deref().unwrap_or("")
+            ),
+            StepStatus::BackingOff => format!(
+                "backing off after {} failures: {}",
+                self.failures,
+                self.error.as_deref().unwrap_or("")
+            ),
+            StepStatus::Skipped => "skipped (stopping)".to_string(),
+        }
+    }
+}
+
 /// A completed cycle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CycleSummary {
@@ -138,6 +158,20 @@ pub struct CycleSummary {
 }
 
 impl CycleSummary {
+    /// Stores the cycle in the database's history; returns its id.
+    pub fn record(&self, store: &mut Store) -> Result<i64, crate::store::StoreError> {
+        let steps = serde_json::to_string(&self.steps).expect("outcomes serialize");
+        store.write(|tx| {
+            tx.record_cycle(
+                &self.started_at,
+                &self.finished_at,
+                self.trigger.as_str(),
+                self.ok,
+                &steps,
+            )
+        })
+    }
+
     /// Whether a step reported that a person must act.
     pub fn needs_attention(&self) -> bool {
         self.steps.iter().any(|s| s.needs_attention)

@@ -35,7 +35,6 @@ const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 #[derive(Debug)]
 pub struct InstanceLock {
     file: File,
-    path: PathBuf,
 }
 
 /// Who holds (or last held) a lock file: its pid and version, as written by the holder.
@@ -109,15 +108,7 @@ impl InstanceLock {
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         writeln!(file, "{} {}", std::process::id(), env!("CARGO_PKG_VERSION")).map_err(io)?;
         file.sync_all().map_err(io)?;
-        Ok(InstanceLock {
-            file,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// The lock file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(InstanceLock { file })
     }
 
     /// Whether a live process holds the lock at `path` (probed with a shared lock for an
@@ -162,9 +153,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("imm-daemon.lock");
         assert!(!InstanceLock::probe(&path).unwrap(), "missing: not held");
+        // A lock file below a regular file cannot be opened, even by root.
+        let blocked = dir.path().join("not-a-folder");
+        std::fs::write(&blocked, "").unwrap();
+        assert!(InstanceLock::probe(&blocked.join("imm-daemon.lock")).is_err());
+        assert!(!InstanceLock::is_held(&blocked.join("imm-daemon.lock")));
+        // Without read permission (root reads anyway, so only checked for others).
         std::fs::write(&path, "1 0.1.0\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
-        // Root reads anything; the check only means something for other users.
         if File::open(&path).is_err() {
             assert!(InstanceLock::probe(&path).is_err());
         }

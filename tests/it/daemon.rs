@@ -446,7 +446,7 @@ fn the_control_socket_runs_cycles_reloads_and_stops() {
     assert_eq!(state(&env).unwrap()["cycles"], 2);
     let text = env.ok(&["cycle"]);
     assert!(
-        text.contains(": ok") && text.contains("store_maintenance: checkpoint"),
+        text.contains(": ok") && text.contains("store_maintenance: ok: checkpoint"),
         "{text}"
     );
 

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{Env, G1, G2, G3, days_ago_ms, mode, record};
+use crate::support::{Env, G1, G2, G3, ORIGINAL_COLUMNS, days_ago_ms, mode, record};
 
 /// Three mailboxes: Ann (litigation, E5, Contoso, 400 days), Ben (eDiscovery, E3, 10 days,
 /// auto-expanding archive), Cat (no hold, unpriced license, Fabrikam by domain, 800 days).
@@ -46,23 +46,7 @@ fn list_json_shape() {
     let v = env.json(&["mailboxes", "list"]);
     assert_eq!(names(&v), ["Ann Archer", "Ben Baker", "Cat Carver"]);
     let ann = &v[0];
-    for key in [
-        "identity",
-        "display_name",
-        "primary_smtp",
-        "when_soft_deleted",
-        "age_days",
-        "size_mb",
-        "item_count",
-        "license_type",
-        "monthly_cost",
-        "hold_types",
-        "recovery_eligible",
-        "recovery_blockers",
-        "operating_company",
-        "department",
-        "last_updated",
-    ] {
+    for key in ORIGINAL_COLUMNS {
         assert!(ann.get(key).is_some(), "missing {key} in {ann}");
     }
     assert_eq!(ann["age_days"], 400, "age is computed fresh");

@@ -6,7 +6,7 @@ use imm_daemon::inventory::{ExoMailbox, InactiveMailbox};
 use imm_daemon::store::{MailboxFilter, SCHEMA_VERSION, Store, StoreError};
 use serde_json::json;
 
-use crate::support::{Env, G1, G2, G3, mode};
+use crate::support::{Env, G1, G2, G3, ORIGINAL_COLUMNS, mode};
 
 /// The schema of the original design, as its tool created it (no schema version).
 const ORIGINAL_SCHEMA: &str = "
@@ -63,23 +63,7 @@ fn fresh_database_has_the_designed_schema() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    for c in [
-        "identity",
-        "display_name",
-        "primary_smtp",
-        "when_soft_deleted",
-        "age_days",
-        "size_mb",
-        "item_count",
-        "license_type",
-        "monthly_cost",
-        "hold_types",
-        "recovery_eligible",
-        "recovery_blockers",
-        "operating_company",
-        "department",
-        "last_updated",
-    ] {
+    for c in ORIGINAL_COLUMNS {
         assert!(cols.contains(&c.to_string()), "missing {c}");
     }
     let journal: String = conn

@@ -5,6 +5,26 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use serde_json::{Value, json};
 
+/// The columns of `inactive_mailboxes` in the original design, which the cache and the
+/// JSON output keep.
+pub const ORIGINAL_COLUMNS: [&str; 15] = [
+    "identity",
+    "display_name",
+    "primary_smtp",
+    "when_soft_deleted",
+    "age_days",
+    "size_mb",
+    "item_count",
+    "license_type",
+    "monthly_cost",
+    "hold_types",
+    "recovery_eligible",
+    "recovery_blockers",
+    "operating_company",
+    "department",
+    "last_updated",
+];
+
 /// A temporary home for one test; every file the program touches lives below it.
 pub struct Env {
     pub home: tempfile::TempDir,
