@@ -76,6 +76,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Run one cycle now: in the running daemon, else in this process.
     Cycle(daemon_cmd::CycleArgs),
+    /// Refresh the inactive-mailbox cache from its source now (a cycle with the sync
+    /// due), through the daemon when it runs.
+    Sync(daemon_cmd::CycleArgs),
     /// Stop the running daemon and wait until it has exited.
     Stop,
     /// Install, remove or inspect the systemd user service or launchd agent.
@@ -147,6 +150,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(_) => Ok(crate::daemon::run(&ctx.paths, &|| ctx.config())?),
         Command::Status(args) => status::run(&ctx, args),
         Command::Cycle(args) => daemon_cmd::cycle(&ctx, args),
+        Command::Sync(args) => daemon_cmd::sync(&ctx, args),
         Command::Stop => daemon_cmd::stop(&ctx),
         Command::Service(c) => service_cmd::run(&ctx, c),
         Command::Completions { shell } => {

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::schedule::{When, Zone};
+
 /// The validated configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +38,12 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     #[serde(default)]
     pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// The `[heartbeat]` section: how often the daemon runs a cycle.
@@ -78,6 +86,107 @@ impl Default for DaemonConfig {
 
 fn default_grace() -> BoundedDuration<1, 300> {
     BoundedDuration(std::time::Duration::from_secs(10))
+}
+
+/// The `[schedule]` section: what every scheduled job's cron expression is read in.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// An IANA time zone name, or `local` (the default) for the system's.
+    #[serde(default)]
+    pub timezone: Zone,
+}
+
+/// The `[sync]` section: refreshing the inactive-mailbox cache.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// When the cache is refreshed (cron), or `never`.
+    #[serde(default = "default_sync_schedule")]
+    pub schedule: When,
+    /// A PowerShell export of the tenant's inactive mailboxes, refreshed by a scheduled
+    /// task; each sync loads it as a snapshot. Without it the sync is off.
+    pub export: Option<AbsolutePath>,
+    /// `status` calls the cache stale when its last sync is older than this.
+    #[serde(default = "default_stale_after")]
+    pub stale_after: BoundedDuration<60, 31_536_000>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            schedule: default_sync_schedule(),
+            export: None,
+            stale_after: default_stale_after(),
+        }
+    }
+}
+
+fn default_sync_schedule() -> When {
+    When::parse("0 */6 * * *").expect("the default schedule parses")
+}
+
+fn default_stale_after() -> BoundedDuration<60, 31_536_000> {
+    BoundedDuration(std::time::Duration::from_secs(86_400))
+}
+
+/// The `[audit]` section: how long audit rows are kept.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Rows older than this are pruned by the scheduled job (at least a day).
+    #[serde(default = "default_retention")]
+    pub retention: BoundedDuration<86_400, 3_155_760_000>,
+    /// When the pruning job runs (cron), or `never` to keep every row.
+    #[serde(default = "default_prune_schedule")]
+    pub prune_schedule: When,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention: default_retention(),
+            prune_schedule: default_prune_schedule(),
+        }
+    }
+}
+
+fn default_retention() -> BoundedDuration<86_400, 3_155_760_000> {
+    BoundedDuration(std::time::Duration::from_secs(365 * 86_400))
+}
+
+fn default_prune_schedule() -> When {
+    When::parse("30 3 * * *").expect("the default schedule parses")
+}
+
+/// An absolute file path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbsolutePath(PathBuf);
+
+impl AbsolutePath {
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Serialize for AbsolutePath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0.display())
+    }
+}
+
+impl<'de> Deserialize<'de> for AbsolutePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text =
+            String::deserialize(d).map_err(|_| serde::de::Error::custom("expected a file path"))?;
+        let p = PathBuf::from(&text);
+        if !p.is_absolute() {
+            return Err(serde::de::Error::custom(format!(
+                "`{text}` is not an absolute path; the daemon does not run in your working folder, so write the whole path"
+            )));
+        }
+        Ok(AbsolutePath(p))
+    }
 }
 
 /// A duration between `MIN` and `MAX` seconds, written as text such as `"5m"` or `"90s"`
@@ -579,6 +688,29 @@ interval = "5m"
 # How long a stop (SIGTERM, SIGINT, `imm-daemon stop`) waits for the step in progress to
 # reach a safe point before the daemon exits anyway.
 shutdown_grace = "10s"
+
+[schedule]
+# The time zone the cron expressions below are read in: an IANA name such as
+# "Europe/Berlin", or "local" for the system's.
+timezone = "local"
+
+[sync]
+# When the inactive-mailbox cache is refreshed: a cron expression (minute hour day month
+# weekday, optionally with seconds first), or "never". A daemon that was down at a
+# scheduled time syncs once when it starts.
+schedule = "0 */6 * * *"
+# The source: a PowerShell export of the inactive mailboxes that a scheduled task keeps
+# current (Get-Mailbox -InactiveMailboxOnly ... | ConvertTo-Json, or Export-Csv). Each
+# sync loads it as a snapshot: mailboxes no longer in it leave the cache.
+# export = "/srv/exports/inactive-mailboxes.json"
+# `status` calls the cache stale when its last sync is older than this.
+stale_after = "1d"
+
+[audit]
+# Audit rows older than this are pruned; the chain stays verifiable from its new start.
+retention = "365d"
+# When pruning runs (cron), or "never" to keep every row.
+prune_schedule = "30 3 * * *"
 "#;
 
 #[cfg(test)]
@@ -596,6 +728,41 @@ mod tests {
         assert_eq!(c.inventory.license_attribute.as_str(), "LicenseType");
         assert_eq!(c.heartbeat, HeartbeatConfig::default());
         assert_eq!(c.daemon, DaemonConfig::default());
+    }
+
+    #[test]
+    fn schedules_time_zones_and_the_export_path_are_checked_where_written() {
+        let c = parse(
+            "[schedule]\ntimezone = \"Europe/Berlin\"\n[sync]\nschedule = \"never\"\n\
+             export = \"/srv/inactive.json\"\nstale_after = \"12h\"\n\
+             [audit]\nretention = \"30d\"\nprune_schedule = \"@weekly\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.schedule.timezone.to_string(), "Europe/Berlin");
+        assert_eq!(c.sync.schedule, When::Never);
+        assert_eq!(
+            c.sync.export.as_ref().map(|p| p.as_path()),
+            Some(Path::new("/srv/inactive.json"))
+        );
+        assert_eq!(c.audit.prune_schedule.as_str(), "@weekly");
+        // Printed back, the effective configuration parses to the same thing.
+        assert_eq!(parse(&toml::to_string(&c).unwrap()).unwrap(), c);
+        let defaults = parse("").unwrap();
+        assert_eq!(defaults.sync.schedule.as_str(), "0 */6 * * *");
+        assert_eq!(defaults.audit.prune_schedule.as_str(), "30 3 * * *");
+        assert_eq!(defaults.schedule.timezone, Zone::Local);
+
+        let e = parse("[sync]\nschedule = \"every hour\"").unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("`every hour` is not a cron expression"),
+            "{e}"
+        );
+        let e = parse("[schedule]\ntimezone = \"Mars/Olympus\"").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("not a time zone"), "{e}");
+        let e = parse("[sync]\nexport = \"exports/inactive.json\"").unwrap_err();
+        assert!(e.contains("not an absolute path"), "{e}");
+        let e = parse("[audit]\nretention = \"1h\"").unwrap_err();
+        assert!(e.contains("between 1day and"), "{e}");
     }
 
     #[test]

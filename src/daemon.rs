@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditEvent, Operation};
 use crate::config::{Config, ConfigError};
 use crate::paths::Paths;
+use crate::schedule::{Job, Jobs};
 use crate::store::{Store, StoreError};
 use backoff::Backoff;
 use cycle::{CycleSummary, StepContext, Steps, Trigger, stamp};
@@ -49,11 +50,25 @@ type Reply = tokio::sync::oneshot::Sender<control::Response>;
 
 /// The answer to `status`: the state as the state file would hold it now, and whether a
 /// cycle is running.
-fn status_response(state: &DaemonState, cycle_running: bool) -> control::Response {
+fn status_response(
+    state: &DaemonState,
+    cycle_running: bool,
+    jobs: &[crate::schedule::JobView],
+) -> control::Response {
     control::Response::ok(serde_json::json!({
         "state": state,
         "cycle_running": cycle_running,
+        "jobs": jobs,
     }))
+}
+
+/// Why `sync-now` cannot be done, if it cannot.
+fn sync_refusal(config: &Config) -> Option<control::Response> {
+    config.sync.export.is_none().then(|| {
+        control::Response::error(
+            "no mailbox source is configured: set [sync] export in the configuration and reload",
+        )
+    })
 }
 
 fn reload_response(outcome: &Result<bool, String>, state: &DaemonState) -> control::Response {
@@ -106,10 +121,18 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The steps every cycle runs, in order. Token refresh, the email queue and the mailbox
-/// sync join this list as they land.
+/// The steps every cycle runs, in order: the mailbox sync when due, then the database's
+/// upkeep. Token refresh and the email queue join the front of this list as they land.
 pub fn default_steps() -> Vec<Box<dyn cycle::CycleStep>> {
-    vec![Box::new(cycle::StoreMaintenance)]
+    vec![
+        Box::new(crate::sync::MailboxSync),
+        Box::new(cycle::StoreMaintenance),
+    ]
+}
+
+/// How long until the wall-clock time `at` (zero when it has passed).
+fn until(at: chrono::DateTime<Utc>) -> Duration {
+    (at - Utc::now()).to_std().unwrap_or_default()
 }
 
 /// Runs the daemon until it is stopped. `load_config` reads the configuration (at start
@@ -138,6 +161,24 @@ pub fn heartbeat_timer(period: Duration) -> tokio::time::Interval {
     i
 }
 
+/// Plans the scheduled jobs from their last runs in the database (none when they
+/// cannot be read: each job is then planned as if it never ran).
+fn plan_jobs(config: &Config, store: &Store) -> Jobs {
+    let runs = store.job_runs().unwrap_or_else(|e| {
+        tracing::warn!("cannot read the jobs' last runs: {}", error_chain(&e));
+        Vec::new()
+    });
+    Jobs::plan(config, &runs, Utc::now())
+}
+
+/// Sleeps until the wall-clock time `at`; forever when there is none.
+async fn sleep_until_due(at: Option<chrono::DateTime<Utc>>) {
+    match at {
+        Some(t) => tokio::time::sleep(until(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Supervisor<'a> {
     paths: &'a Paths,
     config: Config,
@@ -145,13 +186,21 @@ struct Supervisor<'a> {
     steps: Steps,
     state: DaemonState,
     notify: bool,
+    /// The scheduled jobs and when each is next due.
+    jobs: Jobs,
+    /// The mailbox sync is due: its schedule fired or someone asked, and it has not yet
+    /// succeeded since.
+    sync_pending: bool,
 }
 
 impl<'a> Supervisor<'a> {
     fn new(paths: &'a Paths, config: Config, store: Store) -> Supervisor<'a> {
         let interval = config.heartbeat.interval.get();
+        let jobs = plan_jobs(&config, &store);
         let now = stamp(Utc::now());
         Supervisor {
+            jobs,
+            sync_pending: false,
             paths,
             steps: Steps::new(default_steps(), Backoff::for_heartbeat(interval)),
             state: DaemonState {
@@ -255,7 +304,17 @@ impl<'a> Supervisor<'a> {
                 None => tokio::select! {
                     t = heartbeat.tick() => {
                         last_tick = t;
+                        // Jobs due by the wall clock (after a sleep the monotonic timer
+                        // below may lag) join this cycle.
+                        self.fire_due_jobs()?;
                         Trigger::Heartbeat
+                    }
+                    _ = sleep_until_due(self.jobs.next_due()) => {
+                        if self.fire_due_jobs()? {
+                            Trigger::Schedule
+                        } else {
+                            continue;
+                        }
                     }
                     sig = signals.next() => match sig {
                         Some(SIGUSR1) => Trigger::Signal,
@@ -273,10 +332,19 @@ impl<'a> Supervisor<'a> {
                     req = requests.recv(), if !requests_closed => match req {
                         Some(control::Incoming { command, reply }) => match command {
                             control::Command::Status => {
-                                let _ = reply.send(status_response(&self.state, false));
+                                let _ = reply.send(status_response(&self.state, false, &self.job_views()));
                                 continue;
                             }
                             control::Command::CycleNow => {
+                                waiting.push(reply);
+                                Trigger::Request
+                            }
+                            control::Command::SyncNow => {
+                                if let Some(refusal) = sync_refusal(&self.config) {
+                                    let _ = reply.send(refusal);
+                                    continue;
+                                }
+                                self.sync_pending = true;
                                 waiting.push(reply);
                                 Trigger::Request
                             }
@@ -310,12 +378,16 @@ impl<'a> Supervisor<'a> {
                     paths: self.paths,
                     store: &self.store,
                     cancel: &shutdown,
+                    sync_due: self.sync_pending,
                 };
+                let views = self.job_views();
                 let cycle = self.steps.run_cycle(&ctx, trigger);
                 tokio::pin!(cycle);
                 let mut deadline: Option<tokio::time::Instant> = None;
                 let grace = self.config.daemon.shutdown_grace.get();
                 let state = &self.state;
+                let config = &self.config;
+                let sync_pending = &mut self.sync_pending;
                 let begin_stop = |deadline: &mut Option<tokio::time::Instant>| {
                     shutdown.cancel();
                     *deadline = Some(tokio::time::Instant::now() + grace);
@@ -349,11 +421,20 @@ impl<'a> Supervisor<'a> {
                         req = requests.recv(), if !requests_closed => if let Some(control::Incoming { command, reply }) = req {
                             match command {
                                 control::Command::Status => {
-                                    let _ = reply.send(status_response(state, true));
+                                    let _ = reply.send(status_response(state, true, &views));
                                 }
                                 control::Command::CycleNow => {
                                     pending = Some(Trigger::Request);
                                     waiting_next.push(reply);
+                                }
+                                control::Command::SyncNow => {
+                                    if let Some(refusal) = sync_refusal(config) {
+                                        let _ = reply.send(refusal);
+                                    } else {
+                                        *sync_pending = true;
+                                        pending = Some(Trigger::Request);
+                                        waiting_next.push(reply);
+                                    }
                                 }
                                 control::Command::Reload => {
                                     reload_pending = true;
@@ -375,6 +456,13 @@ impl<'a> Supervisor<'a> {
                 }
             };
             if let Some(summary) = summary {
+                let synced = summary
+                    .steps
+                    .iter()
+                    .any(|s| s.step == crate::sync::STEP_NAME && s.status == cycle::StepStatus::Ok);
+                if synced || self.config.sync.export.is_none() {
+                    self.sync_pending = false;
+                }
                 let response = control::Response::ok(
                     serde_json::to_value(&summary).expect("summaries serialize"),
                 );
@@ -411,6 +499,69 @@ impl<'a> Supervisor<'a> {
         self.stop()
     }
 
+    /// Runs the jobs due now: audit pruning here and now; the mailbox sync by marking it
+    /// due for the next cycle. Returns whether the sync became due. Only a database
+    /// failure while recording a job is fatal.
+    fn fire_due_jobs(&mut self) -> Result<bool, DaemonError> {
+        let mut sync = false;
+        for job in self.jobs.take_due(&self.config, Utc::now()) {
+            match job {
+                Job::MailboxSync => {
+                    tracing::info!(next = ?self.jobs.next_run(job).map(stamp), "the mailbox sync is due");
+                    self.sync_pending = true;
+                    sync = true;
+                }
+                Job::AuditPrune => self.prune_audit()?,
+            }
+        }
+        Ok(sync)
+    }
+
+    /// The scheduled audit pruning: rows older than `[audit] retention` go.
+    fn prune_audit(&mut self) -> Result<(), DaemonError> {
+        let started = Utc::now();
+        let retention = self.config.audit.retention;
+        let cutoff = chrono::Duration::from_std(retention.get())
+            .ok()
+            .and_then(|d| started.checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        let mut store = self.store.borrow_mut();
+        let result = store.prune_audit_logged(cutoff, started);
+        let text = match &result {
+            Ok(o) => format!(
+                "pruned {} audit row(s) older than {retention}",
+                o.pruned_rows
+            ),
+            Err(e) => error_chain(e),
+        };
+        match &result {
+            Ok(_) => tracing::info!(job = Job::AuditPrune.name(), "{text}"),
+            Err(_) => tracing::error!(job = Job::AuditPrune.name(), "audit pruning failed: {text}"),
+        }
+        let outcome = match &result {
+            Ok(_) => Ok(text.as_str()),
+            Err(_) => Err(text.as_str()),
+        };
+        store.write(|tx| {
+            tx.record_job_run(
+                Job::AuditPrune,
+                &stamp(started),
+                &stamp(Utc::now()),
+                outcome,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The jobs as `status` shows them.
+    fn job_views(&self) -> Vec<crate::schedule::JobView> {
+        let runs = self.store.borrow().job_runs().unwrap_or_else(|e| {
+            tracing::warn!("cannot read the jobs' last runs: {}", error_chain(&e));
+            Vec::new()
+        });
+        self.jobs.views(&self.config, &runs)
+    }
+
     fn heartbeat(&self) -> tokio::time::Interval {
         heartbeat_timer(self.config.heartbeat.interval.get())
     }
@@ -429,6 +580,7 @@ impl<'a> Supervisor<'a> {
                 let interval = self.config.heartbeat.interval.get();
                 self.steps.set_backoff(Backoff::for_heartbeat(interval));
                 self.state.heartbeat_secs = interval.as_secs();
+                self.jobs = plan_jobs(&self.config, &self.store.borrow());
                 tracing::info!(heartbeat = %self.config.heartbeat.interval, "configuration reloaded");
                 self.store.borrow_mut().audit(
                     &event.details(serde_json::json!({"heartbeat_secs": interval.as_secs()})),

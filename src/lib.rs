@@ -27,5 +27,7 @@ pub mod daemon;
 pub mod import;
 pub mod inventory;
 pub mod paths;
+pub mod schedule;
 pub mod service;
 pub mod store;
+pub mod sync;

@@ -23,6 +23,7 @@
 
 mod audit_log;
 mod cycles;
+mod jobs;
 mod mailboxes;
 mod raw;
 
@@ -37,7 +38,7 @@ pub use cycles::CycleRow;
 pub use mailboxes::{MailboxFilter, StoreStats};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// `PRAGMA application_id` of an imm-daemon database ("IMMD").
 const APPLICATION_ID: i64 = 0x494d_4d44;
@@ -272,6 +273,7 @@ impl Store {
                     audit_log::seal_unhashed(&tx).map_err(fail)?;
                 }
                 3 => tx.execute_batch(MIGRATION_3).map_err(fail)?,
+                4 => tx.execute_batch(MIGRATION_4).map_err(fail)?,
                 _ => unreachable!("no migration to version {version}"),
             }
             tx.execute_batch(&format!(
@@ -411,6 +413,20 @@ CREATE TABLE cycles (
     trigger TEXT NOT NULL,
     ok INTEGER NOT NULL,
     steps TEXT NOT NULL
+);
+";
+
+/// Each scheduled job's last run.
+const MIGRATION_4: &str = "
+CREATE TABLE job_runs (
+    job TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    summary TEXT,
+    error TEXT,
+    last_ok_at TEXT,
+    failures INTEGER NOT NULL
 );
 ";
 

@@ -244,18 +244,7 @@ pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
                 .ok()
                 .and_then(|d| now.checked_sub_signed(d))
                 .ok_or_else(|| anyhow::anyhow!("--older-than reaches too far back"))?;
-            let outcome = store.write(|tx| {
-                let outcome = tx.prune_audit(cutoff, now)?;
-                tx.audit(
-                    &AuditEvent::new(Operation::AuditPrune).details(json!({
-                        "cutoff": cutoff,
-                        "pruned_rows": outcome.pruned_rows,
-                        "anchor": outcome.anchor,
-                    })),
-                    now,
-                )?;
-                Ok::<_, crate::store::StoreError>(outcome)
-            })?;
+            let outcome = store.prune_audit_logged(cutoff, now)?;
             write!(
                 out,
                 "pruned {} audit row(s) older than {}",

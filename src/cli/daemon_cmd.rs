@@ -1,5 +1,5 @@
-//! `imm-daemon cycle` and `imm-daemon stop`: asking the running daemon over its control
-//! socket (a cycle runs in this process when no daemon runs).
+//! `imm-daemon cycle`, `imm-daemon sync` and `imm-daemon stop`: asking the running
+//! daemon over its control socket (a cycle runs in this process when no daemon runs).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -27,16 +27,37 @@ pub struct CycleArgs {
 }
 
 /// Runs one cycle now: in the daemon when it runs, else in this process (holding the
-/// daemon's lock meanwhile, so that a daemon starting now waits its turn).
+/// daemon's lock meanwhile, so that a daemon starting now waits its turn). The mailbox
+/// sync runs in it when its schedule says it is due.
 pub fn cycle(ctx: &Context, args: CycleArgs) -> anyhow::Result<()> {
+    run_cycle(ctx, args, false)
+}
+
+/// Runs one cycle now with the mailbox sync due, wherever `cycle` would run it.
+pub fn sync(ctx: &Context, args: CycleArgs) -> anyhow::Result<()> {
+    if ctx.config()?.sync.export.is_none() {
+        anyhow::bail!(
+            "no mailbox source is configured: set [sync] export in {}",
+            ctx.paths.config_file.display()
+        );
+    }
+    run_cycle(ctx, args, true)
+}
+
+fn run_cycle(ctx: &Context, args: CycleArgs, sync: bool) -> anyhow::Result<()> {
+    let command = if sync {
+        Command::SyncNow
+    } else {
+        Command::CycleNow
+    };
     let summary = loop {
         if InstanceLock::is_held(&ctx.paths.lock_file) {
-            let data = control::request(&ctx.paths.socket, Command::CycleNow, CYCLE_TIMEOUT)?;
+            let data = control::request(&ctx.paths.socket, command, CYCLE_TIMEOUT)?;
             break serde_json::from_value::<CycleSummary>(data)?;
         }
         match InstanceLock::acquire(&ctx.paths.lock_file) {
             Ok(lock) => {
-                let summary = cycle_here(ctx)?;
+                let summary = cycle_here(ctx, sync)?;
                 drop(lock);
                 break summary;
             }
@@ -61,9 +82,15 @@ pub fn cycle(ctx: &Context, args: CycleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cycle_here(ctx: &Context) -> anyhow::Result<CycleSummary> {
+fn cycle_here(ctx: &Context, sync: bool) -> anyhow::Result<CycleSummary> {
     let config = ctx.config()?;
-    let store = std::cell::RefCell::new(ctx.store()?);
+    let store = ctx.store()?;
+    let now = Utc::now();
+    let sync_due = sync
+        || crate::schedule::Jobs::plan(&config, &store.job_runs()?, now)
+            .next_run(crate::schedule::Job::MailboxSync)
+            .is_some_and(|t| t <= now);
+    let store = std::cell::RefCell::new(store);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -78,6 +105,7 @@ fn cycle_here(ctx: &Context) -> anyhow::Result<CycleSummary> {
             paths: &ctx.paths,
             store: &store,
             cancel: &cancel,
+            sync_due,
         };
         steps.run_cycle(&step_ctx, Trigger::Request).await
     });

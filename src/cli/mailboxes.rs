@@ -401,54 +401,16 @@ fn import(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let file_label = file.display().to_string();
-    let failed = AuditEvent::new(Operation::ImportMailboxes)
-        .details(json!({"file": file_label, "merge": merge}));
-    let export = match crate::import::read_export(file, &cfg.inventory) {
-        Ok(e) => e,
-        Err(e) => {
-            let e = anyhow::Error::from(e);
-            super::audit_failure(store, &failed, now, &e)?;
-            return Err(e);
-        }
-    };
-    let mailboxes: Vec<InactiveMailbox> = export
-        .mailboxes
-        .into_iter()
-        .map(|raw| InactiveMailbox::build(raw, &cfg.inventory, now))
-        .collect();
-    let written = store.write(|tx| {
-        let removed = if merge {
-            0
-        } else {
-            tx.remove_absent_mailboxes(
-                &mailboxes,
-                &json!({"reason": "absent from snapshot import", "file": file_label}),
-                now,
-            )?
-        };
-        let n = tx.upsert_mailboxes(&mailboxes)?;
-        tx.audit(
-            &AuditEvent::new(Operation::ImportMailboxes).details(json!({
-                "file": file_label,
-                "shape": export.shape,
-                "encoding": export.encoding,
-                "records": n,
-                "removed": removed,
-                "merge": merge,
-            })),
-            now,
-        )?;
-        Ok::<_, crate::store::StoreError>((n, removed))
-    });
-    let (imported, removed) = match written {
-        Ok(v) => v,
-        Err(e) => {
-            // The import rolled back with its audit rows; the failure is recorded apart.
-            let e = anyhow::Error::from(e);
-            super::audit_failure(store, &failed, now, &e)?;
-            return Err(e);
-        }
-    };
+    let crate::sync::Loaded {
+        imported, removed, ..
+    } = crate::sync::load_export(store, &cfg.inventory, file, merge, now).map_err(
+        // The exit code follows the underlying error (a bad file, a database failure).
+        |e| match e {
+            crate::sync::LoadError::Read(e) => anyhow::Error::from(e),
+            crate::sync::LoadError::Store(e) => anyhow::Error::from(e),
+            e => anyhow::Error::from(e),
+        },
+    )?;
     write!(out, "imported {imported} mailbox(es) from {file_label}")?;
     if !merge {
         write!(out, "; removed {removed} no longer in the export")?;

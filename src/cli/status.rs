@@ -20,6 +20,7 @@ use super::Context;
 use crate::daemon::cycle::CycleSummary;
 use crate::daemon::lock::{InstanceLock, read_holder};
 use crate::daemon::state::{DaemonState, Phase};
+use crate::schedule::{Job, JobRun, JobView, Jobs};
 use crate::store::{Store, StoreStats};
 
 /// Exit codes of `status`.
@@ -64,6 +65,11 @@ pub struct Status {
     /// then come from its state file).
     pub control_error: Option<String>,
     pub signin: SignIn,
+    /// The scheduled jobs, with their next and last runs (from the daemon when it
+    /// answers, else planned from the configuration and the database).
+    pub jobs: Vec<JobView>,
+    /// Why the jobs could not be listed, if they could not.
+    pub jobs_error: Option<String>,
     pub cache: Option<Cache>,
     /// Why the cache figures could not be read, if they could not.
     pub cache_error: Option<String>,
@@ -86,6 +92,12 @@ pub struct Cache {
     /// Seconds since the newest update.
     pub stale_secs: Option<i64>,
     pub file_size_bytes: u64,
+    /// The last successful mailbox sync.
+    pub last_sync_at: Option<String>,
+    /// The last sync (or, before any, the newest update) is older than `[sync]
+    /// stale_after`, or a configured sync never succeeded.
+    pub stale: bool,
+    pub stale_after_secs: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,6 +127,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
     let mut cycle_running = None;
     let mut control_error = None;
     let mut live = None;
+    let mut live_jobs = None;
     if running {
         match crate::daemon::control::request(
             &p.socket,
@@ -123,6 +136,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         ) {
             Ok(data) => {
                 cycle_running = data["cycle_running"].as_bool();
+                live_jobs = serde_json::from_value::<Vec<JobView>>(data["jobs"].clone()).ok();
                 match serde_json::from_value::<DaemonState>(data["state"].clone()) {
                     Ok(s) => live = Some(s),
                     Err(e) => control_error = Some(format!("unreadable answer: {e}")),
@@ -146,9 +160,29 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
                 .is_none_or(|(pid, _)| *pid == s.pid.to_string())
     });
     let last_cycle = live_state.and_then(|s| s.last_cycle.clone());
-    let attention = last_cycle
-        .as_ref()
-        .is_some_and(|c| !c.ok || c.needs_attention());
+    let config = ctx.config();
+    let db = p
+        .database
+        .exists()
+        .then(|| Store::open_read_only(&p.database));
+    let runs: Result<Vec<(Job, JobRun)>, String> = match &db {
+        Some(Ok(store)) => store.job_runs().map_err(|e| crate::daemon::error_chain(&e)),
+        Some(Err(e)) => Err(crate::daemon::error_chain(e)),
+        None => Ok(Vec::new()),
+    };
+    let (jobs, jobs_error) = match (live_jobs, &config, &runs) {
+        (Some(j), _, _) => (j, None),
+        (None, Ok(c), Ok(r)) => (Jobs::plan(c, r, now).views(c, r), None),
+        (None, Err(e), _) => (Vec::new(), Some(e.brief())),
+        (None, _, Err(e)) => (Vec::new(), Some(e.clone())),
+    };
+    let job_failed = jobs
+        .iter()
+        .any(|j| j.enabled && j.last_run.as_ref().is_some_and(|r| !r.ok));
+    let attention = job_failed
+        || last_cycle
+            .as_ref()
+            .is_some_and(|c| !c.ok || c.needs_attention());
     let (health, exit_code) = if let Some(e) = &lock_error {
         // Whether it runs cannot be told.
         control_error.get_or_insert_with(|| e.clone());
@@ -176,14 +210,25 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         ("healthy", code::HEALTHY)
     };
     let started_at = live_state.map(|s| s.started_at.clone());
-    let config = ctx.config().ok();
-    let (cache, cache_error) = if p.database.exists() {
-        match Store::open_read_only(&p.database).and_then(|s| s.mailbox_stats()) {
-            Ok(s) => (Some(cache(s, now)), None),
+    let config = config.ok();
+    let stale_after = config
+        .as_ref()
+        .map(|c| c.sync.stale_after)
+        .unwrap_or_else(|| crate::config::SyncConfig::default().stale_after)
+        .get();
+    let last_sync = runs
+        .as_ref()
+        .ok()
+        .and_then(|r| r.iter().find(|(j, _)| *j == Job::MailboxSync))
+        .and_then(|(_, r)| r.last_ok_at.clone());
+    let sync_on = config.as_ref().is_some_and(|c| c.sync.export.is_some());
+    let (cache, cache_error) = match &db {
+        Some(Ok(store)) => match store.mailbox_stats() {
+            Ok(s) => (Some(cache(s, last_sync, sync_on, stale_after, now)), None),
             Err(e) => (None, Some(crate::daemon::error_chain(&e))),
-        }
-    } else {
-        (None, None)
+        },
+        Some(Err(e)) => (None, Some(crate::daemon::error_chain(e))),
+        None => (None, None),
     };
     Status {
         status_version: 1,
@@ -222,6 +267,8 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
                 .and_then(|c| c.tenant.as_ref().map(|t| t.to_string())),
             client_id_configured: config.as_ref().is_some_and(|c| c.client_id.is_some()),
         },
+        jobs,
+        jobs_error,
         cache,
         cache_error,
         paths: Paths {
@@ -240,14 +287,27 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn cache(s: StoreStats, now: DateTime<Utc>) -> Cache {
+fn cache(
+    s: StoreStats,
+    last_sync_at: Option<String>,
+    sync_on: bool,
+    stale_after: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Cache {
+    let age = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(parse_time)
+            .map(|t| (now - t).num_seconds().max(0))
+    };
+    let fresh_as_of = age(&last_sync_at).or(age(&s.newest_update));
     Cache {
         mailboxes: s.count,
-        stale_secs: s
-            .newest_update
-            .as_deref()
-            .and_then(parse_time)
-            .map(|t| (now - t).num_seconds().max(0)),
+        stale_secs: age(&s.newest_update),
+        // An empty cache with no source is not stale, only unused.
+        stale: (sync_on || s.count > 0)
+            && fresh_as_of.is_none_or(|a| a as u64 > stale_after.as_secs()),
+        stale_after_secs: stale_after.as_secs(),
+        last_sync_at,
         oldest_update: s.oldest_update,
         newest_update: s.newest_update,
         file_size_bytes: s.file_size_bytes,
@@ -329,8 +389,18 @@ pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
     match &s.cache {
         Some(c) => {
             let mut v = format!("{} mailboxes", c.mailboxes);
+            match &c.last_sync_at {
+                Some(t) => v.push_str(&format!(", last synced {t}")),
+                None => v.push_str(", never synced"),
+            }
             if let (Some(t), Some(st)) = (&c.newest_update, c.stale_secs) {
-                v.push_str(&format!(", last updated {t} ({} ago)", ago(st)));
+                v.push_str(&format!(", newest update {t} ({} ago)", ago(st)));
+            }
+            if c.stale {
+                v.push_str(&format!(
+                    "; STALE (older than {})",
+                    ago(c.stale_after_secs as i64)
+                ));
             }
             line(out, "cache", &v)?;
         }
@@ -339,10 +409,52 @@ pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
             None => line(out, "cache", "no database yet")?,
         },
     }
+    if let Some(e) = &s.jobs_error {
+        line(out, "jobs", &format!("unknown: {e}"))?;
+    }
+    for (i, j) in s.jobs.iter().enumerate() {
+        let label = if i == 0 { "jobs" } else { "" };
+        line(out, label, &describe_job(j))?;
+    }
     line(out, "config", &s.paths.config_file)?;
     line(out, "database", &s.paths.database)?;
     line(out, "state file", &s.paths.state_file)?;
     Ok(())
+}
+
+/// One job on one line: its schedule, next run and last outcome.
+fn describe_job(j: &JobView) -> String {
+    let mut v = if j.enabled {
+        format!(
+            "{}: \"{}\" ({}), next {}",
+            j.name,
+            j.schedule,
+            j.timezone,
+            j.next_run_at.as_deref().unwrap_or("?")
+        )
+    } else {
+        format!(
+            "{}: off ({})",
+            j.name,
+            j.off_reason.as_deref().unwrap_or("never scheduled")
+        )
+    };
+    match &j.last_run {
+        Some(r) if r.ok => v.push_str(&format!(
+            "; last {} ok: {}",
+            r.finished_at,
+            r.summary.as_deref().unwrap_or("")
+        )),
+        Some(r) => v.push_str(&format!(
+            "; last {} FAILED ({} in a row): {}",
+            r.finished_at,
+            r.failures,
+            r.error.as_deref().unwrap_or("")
+        )),
+        None if j.enabled => v.push_str("; never ran"),
+        None => {}
+    }
+    v
 }
 
 /// Runs `status`; the exit code says the health.

@@ -2,7 +2,7 @@
 //! folder) speaking newline-delimited JSON, one request and one response per line.
 //!
 //! A request is `{"v": 1, "cmd": "status"}`; `cmd` is one of `status`, `cycle-now`,
-//! `reload` and `stop`. A response is `{"v": 1, "ok": true, "data": …}` or
+//! `sync-now`, `reload` and `stop`. A response is `{"v": 1, "ok": true, "data": …}` or
 //! `{"v": 1, "ok": false, "error": "…"}`. A request of another protocol version is
 //! answered with an error naming both versions, and a client refuses a response of
 //! another version the same way, so a mismatched CLI and daemon say so instead of
@@ -37,6 +37,8 @@ pub enum Command {
     Status,
     /// Run a cycle now; answered with its summary when it has run.
     CycleNow,
+    /// Run a cycle now with the mailbox sync due; answered with its summary.
+    SyncNow,
     /// Reread the configuration (as SIGHUP does); answered with the outcome.
     Reload,
     /// Stop (as SIGTERM does); answered before the daemon stops.

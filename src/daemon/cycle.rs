@@ -30,6 +30,8 @@ pub struct StepContext<'a> {
     /// Fired when the daemon is stopping: finish the unit of work in hand (a mail, a
     /// transaction) and return.
     pub cancel: &'a CancellationToken,
+    /// The mailbox sync is due in this cycle (its schedule fired, or someone asked).
+    pub sync_due: bool,
 }
 
 /// A step's account of a successful run.
@@ -40,6 +42,20 @@ pub struct StepReport {
     /// Named figures (mails sent, pages copied, …).
     #[serde(default)]
     pub counts: BTreeMap<String, u64>,
+    /// The step had nothing to do (its work was not due).
+    #[serde(default)]
+    pub idle: bool,
+}
+
+impl StepReport {
+    /// A step with nothing to do this cycle.
+    pub fn idle(why: impl Into<String>) -> StepReport {
+        StepReport {
+            summary: why.into(),
+            counts: BTreeMap::new(),
+            idle: true,
+        }
+    }
 }
 
 /// A step's failure.
@@ -82,6 +98,8 @@ pub enum Trigger {
     Signal,
     /// A request on the control socket or `imm-daemon cycle`.
     Request,
+    /// A scheduled job (the mailbox sync) fell due.
+    Schedule,
 }
 
 impl Trigger {
@@ -90,6 +108,7 @@ impl Trigger {
             Trigger::Heartbeat => "heartbeat",
             Trigger::Signal => "signal",
             Trigger::Request => "request",
+            Trigger::Schedule => "schedule",
         }
     }
 }
@@ -99,6 +118,8 @@ impl Trigger {
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Ok,
+    /// Ran, with nothing to do: its work was not due.
+    Idle,
     Failed,
     /// Not run: the step is backing off after failures.
     BackingOff,
@@ -130,6 +151,7 @@ impl StepOutcome {
     pub fn describe(&self) -> String {
         match self.status {
             StepStatus::Ok => format!("ok: {}", self.summary.as_deref().unwrap_or("")),
+            StepStatus::Idle => format!("idle: {}", self.summary.as_deref().unwrap_or("")),
             StepStatus::Failed => format!(
                 "FAILED ({} in a row): {}",
                 self.failures,
@@ -266,8 +288,16 @@ impl Steps {
             outcome.duration_ms = t.elapsed().as_millis() as u64;
             match result {
                 Ok(report) => {
-                    tracing::info!(step = name, ms = outcome.duration_ms, "{}", report.summary);
-                    outcome.status = StepStatus::Ok;
+                    if report.idle {
+                        tracing::debug!(step = name, "{}", report.summary);
+                    } else {
+                        tracing::info!(step = name, ms = outcome.duration_ms, "{}", report.summary);
+                    }
+                    outcome.status = if report.idle {
+                        StepStatus::Idle
+                    } else {
+                        StepStatus::Ok
+                    };
                     outcome.summary = Some(report.summary);
                     outcome.counts = report.counts;
                     health.record(true, now, &self.backoff, 0.0);
@@ -340,6 +370,7 @@ impl CycleStep for StoreMaintenance {
                     ("wal_pages".to_string(), log),
                     ("pages_copied".to_string(), copied),
                 ]),
+                idle: false,
             })
         })
     }
@@ -377,6 +408,7 @@ mod tests {
                     Ok(StepReport {
                         summary: format!("run {}", self.runs),
                         counts: BTreeMap::from([("runs".to_string(), u64::from(self.runs))]),
+                        idle: false,
                     })
                 }
             })
@@ -425,6 +457,7 @@ mod tests {
                 paths: &self.paths,
                 store: &self.store,
                 cancel: &self.cancel,
+                sync_due: false,
             }
         }
     }

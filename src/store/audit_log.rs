@@ -229,6 +229,37 @@ impl Tx<'_> {
 }
 
 impl Store {
+    /// Prunes the rows before `cutoff` (see [`Tx::prune_audit`]) and records it with an
+    /// AUDIT_PRUNE row, in one transaction; a failure is recorded with a failed
+    /// AUDIT_PRUNE row after the rollback.
+    pub fn prune_audit_logged(
+        &mut self,
+        cutoff: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<PruneOutcome, StoreError> {
+        let details = serde_json::json!({"cutoff": audit::format_timestamp(cutoff)});
+        let result = self.write(|tx| {
+            let outcome = tx.prune_audit(cutoff, now)?;
+            let mut details = details.clone();
+            details["pruned_rows"] = outcome.pruned_rows.into();
+            details["anchor"] = serde_json::to_value(&outcome.anchor).expect("anchors serialize");
+            tx.audit(
+                &AuditEvent::new(audit::Operation::AuditPrune).details(details),
+                now,
+            )?;
+            Ok::<_, StoreError>(outcome)
+        });
+        if let Err(e) = &result {
+            self.audit(
+                &AuditEvent::new(audit::Operation::AuditPrune)
+                    .details(details)
+                    .failed(e.to_string()),
+                now,
+            )?;
+        }
+        result
+    }
+
     /// Audit rows matching `filter`, oldest first.
     pub fn audit_rows(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
         let mut st = self.conn.prepare(&format!(

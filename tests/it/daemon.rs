@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::Env;
+use crate::support::{Env, days_ago_ms, record};
 
 /// A running `imm-daemon run`, killed if a test fails before stopping it.
 struct Daemon {
@@ -159,8 +159,11 @@ fn runs_cycles_on_signals_reloads_safely_and_stops_cleanly() {
     assert_eq!(s["heartbeat_secs"], 3600);
     assert_eq!(s["last_cycle"]["trigger"], "heartbeat");
     assert_eq!(s["last_cycle"]["ok"], true);
-    assert_eq!(s["last_cycle"]["steps"][0]["step"], "store_maintenance");
-    assert_eq!(s["last_cycle"]["steps"][0]["status"], "ok");
+    // No mailbox source configured: the sync step is idle.
+    assert_eq!(s["last_cycle"]["steps"][0]["step"], "mailbox_sync");
+    assert_eq!(s["last_cycle"]["steps"][0]["status"], "idle");
+    assert_eq!(s["last_cycle"]["steps"][1]["step"], "store_maintenance");
+    assert_eq!(s["last_cycle"]["steps"][1]["status"], "ok");
 
     // status: running and healthy.
     let out = env.cmd().args(["status", "--json"]).output().unwrap();
@@ -511,4 +514,199 @@ fn the_control_socket_runs_cycles_reloads_and_stops() {
         )
         .unwrap();
     assert_eq!(n, 3);
+}
+
+/// The export a scheduled task would keep current, with the mailboxes named by `n`.
+fn write_export(env: &Env, names: &[u32]) -> std::path::PathBuf {
+    let records: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            record(
+                &format!("{n:08}-0000-4000-8000-000000000000"),
+                &format!("User {n}"),
+                &format!("user{n}@contoso.com"),
+                days_ago_ms(40),
+            )
+        })
+        .collect();
+    env.write("inactive.json", serde_json::to_vec(&records).unwrap())
+}
+
+fn status_json(env: &Env) -> (Option<i32>, Value) {
+    let out = env.cmd().args(["status", "--json"]).output().unwrap();
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap(),
+    )
+}
+
+fn job<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == name)
+        .unwrap_or_else(|| panic!("no job {name} in {status}"))
+}
+
+#[test]
+fn syncs_the_cache_at_start_and_on_request_and_a_failing_sync_shows_without_stopping_the_loop() {
+    let env = Env::new();
+    let export = write_export(&env, &[1, 2, 3]);
+    config(
+        &env,
+        &format!(
+            "[heartbeat]\ninterval = \"1h\"\n[schedule]\ntimezone = \"UTC\"\n\
+             [sync]\nschedule = \"0 0 1 1 *\"\nexport = {:?}\n",
+            export.display().to_string()
+        ),
+    );
+    // Down, never synced: status plans the sync for the daemon's start.
+    let (code, st) = status_json(&env);
+    assert_eq!(code, Some(3));
+    assert_eq!(job(&st, "mailbox_sync")["enabled"], true);
+    assert!(
+        secs_until(&job(&st, "mailbox_sync")["next_run_at"]) <= 0,
+        "{st}"
+    );
+
+    let mut daemon = Daemon::start(&env);
+    // A sync that never ran is due at once: the first cycle fills the cache.
+    let s = wait_for_state(&env, "the first cycle", |s| running(s) && s["cycles"] == 1);
+    let sync = &s["last_cycle"]["steps"][0];
+    assert_eq!(sync["step"], "mailbox_sync");
+    assert_eq!(sync["status"], "ok", "{s}");
+    assert_eq!(sync["counts"]["mailboxes"], 3);
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 3);
+    let (code, st) = status_json(&env);
+    assert_eq!(code, Some(0), "{st}");
+    assert_eq!(st["cache"]["mailboxes"], 3);
+    assert_eq!(st["cache"]["stale"], false);
+    assert!(st["cache"]["last_sync_at"].is_string(), "{st}");
+    let j = job(&st, "mailbox_sync");
+    assert_eq!(j["schedule"], "0 0 1 1 *");
+    assert_eq!(j["timezone"], "UTC");
+    assert_eq!(j["last_run"]["ok"], true);
+    assert!(
+        secs_until(&j["next_run_at"]) > 86_400,
+        "next run next January: {j}"
+    );
+    assert_eq!(job(&st, "audit_prune")["schedule"], "30 3 * * *");
+
+    // A heartbeat (here: a requested cycle) with the sync not due leaves the cache alone.
+    write_export(&env, &[1, 2]);
+    let out = env.ok(&["cycle", "--json"]);
+    let c: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["steps"][0]["status"], "idle", "{c}");
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 3);
+
+    // `sync` asks the daemon: the snapshot drops the mailbox no longer exported.
+    let out = env.ok(&["sync"]);
+    assert!(
+        out.contains("mailbox_sync: ok: loaded 2 mailbox(es)"),
+        "{out}"
+    );
+    assert!(out.contains("removed 1 no longer in it"), "{out}");
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 2);
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_log WHERE operation = 'MAILBOX_REMOVED'"),
+        1
+    );
+
+    // A damaged export: the sync fails, the cache keeps what it had, the daemon goes on
+    // and status asks for attention.
+    std::fs::write(&export, b"[{\"ExchangeGuid\": ").unwrap();
+    let out = env.cmd().args(["sync"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("mailbox_sync: FAILED (1 in a row)"), "{text}");
+    assert!(
+        text.contains("inactive.json"),
+        "the error names the file: {text}"
+    );
+    assert!(
+        text.contains("store_maintenance: ok"),
+        "the other steps ran: {text}"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 2);
+    let (code, st) = status_json(&env);
+    assert_eq!(code, Some(1), "{st}");
+    assert_eq!(st["health"], "attention");
+    assert_eq!(st["last_cycle"]["steps"][0]["status"], "failed");
+    let j = job(&st, "mailbox_sync");
+    assert_eq!(j["last_run"]["ok"], false);
+    assert_eq!(j["last_run"]["failures"], 1);
+    assert!(j["last_run"]["last_ok_at"].is_string());
+    let human = env.cmd().arg("status").output().unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("mailbox_sync: \"0 0 1 1 *\" (UTC), next ")
+            && human.contains("FAILED (1 in a row)"),
+        "{human}"
+    );
+    assert!(
+        operations(&env).contains(&("IMPORT_MAILBOXES".into(), "failure".into())),
+        "the failed load is audited"
+    );
+
+    // Fixed: the sync stays due after its failure, so the next cycle retries it, even a
+    // plain one, and health returns.
+    write_export(&env, &[1, 2, 4]);
+    let out = env.ok(&["cycle"]);
+    assert!(out.contains("mailbox_sync: ok: loaded 3"), "{out}");
+    let (code, st) = status_json(&env);
+    assert_eq!(code, Some(0), "{st}");
+    assert_eq!(job(&st, "mailbox_sync")["last_run"]["failures"], 0);
+
+    daemon.signal("TERM");
+    let (code, log) = daemon.wait(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn scheduled_jobs_fire_on_their_cron_expressions() {
+    let env = Env::new();
+    let export = write_export(&env, &[7]);
+    // Every second for pruning, every two for the sync; a day's retention prunes nothing
+    // younger, so the chain stays whole.
+    config(
+        &env,
+        &format!(
+            "[heartbeat]\ninterval = \"1h\"\n[sync]\nschedule = \"*/2 * * * * *\"\n\
+             export = {:?}\n[audit]\nretention = \"1d\"\nprune_schedule = \"* * * * * *\"\n",
+            export.display().to_string()
+        ),
+    );
+    let mut daemon = Daemon::start(&env);
+    let s = wait_for_state(&env, "a scheduled cycle", |s| {
+        s["last_cycle"]["trigger"] == "schedule" && s["cycles"].as_u64() >= Some(2)
+    });
+    assert_eq!(s["last_cycle"]["steps"][0]["status"], "ok", "{s}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        let (_, st) = status_json(&env);
+        if job(&st, "audit_prune")["last_run"]["ok"] == true {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "pruning never ran: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(st["health"], "healthy", "{st}");
+    let prune = job(&st, "audit_prune");
+    assert!(
+        prune["last_run"]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("pruned 0 audit row(s) older than 1day"),
+        "{prune}"
+    );
+    assert!(secs_until(&prune["next_run_at"]) <= 1, "{prune}");
+    daemon.signal("TERM");
+    let (code, log) = daemon.wait(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        operations(&env).contains(&("AUDIT_PRUNE".into(), "success".into())),
+        "pruning is audited"
+    );
+    env.ok(&["audit", "verify"]);
 }

@@ -1,0 +1,189 @@
+//! The mailbox sync: loading the tenant's inactive mailboxes into the cache, from the
+//! CLI (`mailboxes import`) and from the daemon's `mailbox_sync` cycle step.
+//!
+//! Today's source is a PowerShell export that a scheduled task keeps current (`[sync]
+//! export`); each sync loads it as a snapshot, so mailboxes that were recovered or purged
+//! leave the cache. Every load is one transaction with its audit rows: it lands whole or
+//! not at all, and a failure is audited apart after the rollback.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::audit::{AuditEvent, Operation};
+use crate::config::InventoryConfig;
+use crate::daemon::cycle::{CycleStep, StepContext, StepError, StepFuture, StepReport, stamp};
+use crate::import::{Encoding, ExportShape, ImportError};
+use crate::inventory::InactiveMailbox;
+use crate::schedule::Job;
+use crate::store::{Store, StoreError};
+
+/// What a load did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub shape: ExportShape,
+    pub encoding: Encoding,
+    /// Mailboxes written (new or updated).
+    pub imported: usize,
+    /// Mailboxes removed because the snapshot no longer had them.
+    pub removed: usize,
+}
+
+/// Why a load failed; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Read(#[from] ImportError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The load failed, and so did the audit row recording the failure.
+    #[error("{error}; writing its audit row failed too: {audit}")]
+    Unaudited { error: String, audit: StoreError },
+}
+
+/// Loads the export at `file` into the cache: as a snapshot (mailboxes absent from it are
+/// removed, each with a MAILBOX_REMOVED row) unless `merge`. Audited as IMPORT_MAILBOXES,
+/// successful or not.
+pub fn load_export(
+    store: &mut Store,
+    cfg: &InventoryConfig,
+    file: &Path,
+    merge: bool,
+    now: DateTime<Utc>,
+) -> Result<Loaded, LoadError> {
+    let file_label = file.display().to_string();
+    let result = load(store, cfg, file, &file_label, merge, now);
+    if let Err(e) = &result {
+        // The load rolled back with its audit rows; the failure is recorded apart.
+        let message = crate::daemon::error_chain(e);
+        let event = AuditEvent::new(Operation::ImportMailboxes)
+            .details(json!({"file": file_label, "merge": merge}))
+            .failed(message.clone());
+        if let Err(audit) = store.audit(&event, now) {
+            return Err(LoadError::Unaudited {
+                error: message,
+                audit,
+            });
+        }
+    }
+    result
+}
+
+fn load(
+    store: &mut Store,
+    cfg: &InventoryConfig,
+    file: &Path,
+    file_label: &str,
+    merge: bool,
+    now: DateTime<Utc>,
+) -> Result<Loaded, LoadError> {
+    let export = crate::import::read_export(file, cfg)?;
+    let mailboxes: Vec<InactiveMailbox> = export
+        .mailboxes
+        .into_iter()
+        .map(|raw| InactiveMailbox::build(raw, cfg, now))
+        .collect();
+    let (imported, removed) = store.write(|tx| {
+        let removed = if merge {
+            0
+        } else {
+            tx.remove_absent_mailboxes(
+                &mailboxes,
+                &json!({"reason": "absent from snapshot import", "file": file_label}),
+                now,
+            )?
+        };
+        let n = tx.upsert_mailboxes(&mailboxes)?;
+        tx.audit(
+            &AuditEvent::new(Operation::ImportMailboxes).details(json!({
+                "file": file_label,
+                "shape": export.shape,
+                "encoding": export.encoding,
+                "records": n,
+                "removed": removed,
+                "merge": merge,
+            })),
+            now,
+        )?;
+        Ok::<_, StoreError>((n, removed))
+    })?;
+    Ok(Loaded {
+        shape: export.shape,
+        encoding: export.encoding,
+        imported,
+        removed,
+    })
+}
+
+/// The `mailbox_sync` cycle step: when the sync is due (its schedule fired, or someone
+/// asked), loads the configured source into the cache and records the run for the
+/// scheduler; otherwise it is idle. A failure keeps the sync due, so the heartbeat
+/// retries it with the step's backoff.
+pub struct MailboxSync;
+
+/// The step's name, as cycle summaries show it.
+pub const STEP_NAME: &str = "mailbox_sync";
+
+impl CycleStep for MailboxSync {
+    fn name(&self) -> &'static str {
+        STEP_NAME
+    }
+
+    fn run<'a>(&'a mut self, ctx: &'a StepContext<'a>) -> StepFuture<'a> {
+        Box::pin(async move {
+            if !ctx.sync_due {
+                return Ok(StepReport::idle("not due"));
+            }
+            let Some(export) = &ctx.config.sync.export else {
+                return Err(StepError {
+                    message: "no mailbox source is configured: set [sync] export".into(),
+                    needs_attention: true,
+                });
+            };
+            let started = Utc::now();
+            let result = load_export(
+                &mut ctx.store.borrow_mut(),
+                &ctx.config.inventory,
+                export.as_path(),
+                false,
+                started,
+            );
+            let finished = stamp(Utc::now());
+            let text = match &result {
+                Ok(l) => format!(
+                    "loaded {} mailbox(es) from {}; removed {} no longer in it",
+                    l.imported,
+                    export.as_path().display(),
+                    l.removed
+                ),
+                Err(e) => crate::daemon::error_chain(e),
+            };
+            let outcome = match &result {
+                Ok(_) => Ok(text.as_str()),
+                Err(_) => Err(text.as_str()),
+            };
+            let recorded = ctx.store.borrow_mut().write(|tx| {
+                tx.record_job_run(Job::MailboxSync, &stamp(started), &finished, outcome)
+            });
+            if let Err(e) = recorded {
+                tracing::error!(
+                    "cannot record the mailbox sync's run: {}",
+                    crate::daemon::error_chain(&e)
+                );
+            }
+            match result {
+                Ok(l) => Ok(StepReport {
+                    summary: text,
+                    counts: BTreeMap::from([
+                        ("mailboxes".to_string(), l.imported as u64),
+                        ("removed".to_string(), l.removed as u64),
+                    ]),
+                    idle: false,
+                }),
+                Err(_) => Err(StepError::transient(text)),
+            }
+        })
+    }
+}
