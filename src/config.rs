@@ -110,6 +110,9 @@ pub struct SyncConfig {
     /// `status` calls the cache stale when its last sync is older than this.
     #[serde(default = "default_stale_after")]
     pub stale_after: BoundedDuration<60, 31_536_000>,
+    /// How long reading the source may take before the sync counts as failed.
+    #[serde(default = "default_sync_timeout")]
+    pub timeout: BoundedDuration<1, 3_600>,
 }
 
 impl Default for SyncConfig {
@@ -118,12 +121,17 @@ impl Default for SyncConfig {
             schedule: default_sync_schedule(),
             export: None,
             stale_after: default_stale_after(),
+            timeout: default_sync_timeout(),
         }
     }
 }
 
 fn default_sync_schedule() -> When {
     When::parse("0 */6 * * *").expect("the default schedule parses")
+}
+
+fn default_sync_timeout() -> BoundedDuration<1, 3_600> {
+    BoundedDuration(std::time::Duration::from_secs(120))
 }
 
 fn default_stale_after() -> BoundedDuration<60, 31_536_000> {
@@ -705,6 +713,8 @@ schedule = "0 */6 * * *"
 # export = "/srv/exports/inactive-mailboxes.json"
 # `status` calls the cache stale when its last sync is older than this.
 stale_after = "1d"
+# How long reading the export may take (a hung network share) before the sync fails.
+timeout = "2m"
 
 [audit]
 # Audit rows older than this are pruned; the chain stays verifiable from its new start.

@@ -12,7 +12,10 @@
 //! - SIGTERM, SIGINT: stop. The cycle in progress sees its cancellation token and
 //!   finishes the unit of work in hand; the daemon waits for it up to `shutdown_grace`,
 //!   writes its state file and the DISCONNECT row, and exits 0. A second signal exits at
-//!   once (exit code 1).
+//!   once (exit code 1). A supervisor that cannot act on the stop because a database
+//!   call blocks it (SQLite waits up to 10 s for another process's write lock) is exited
+//!   by a separate thread one second after the grace period (exit code 1); SQLite rolls
+//!   back the unfinished transaction, so nothing is half-written either way.
 //! - SIGHUP: reread the configuration; an invalid file is logged and audited, and the
 //!   old configuration stays in effect.
 //! - SIGUSR1: run a cycle now.
@@ -149,6 +152,9 @@ pub fn run(
         .build()
         .map_err(DaemonError::Runtime)?;
     let result = runtime.block_on(Supervisor::new(paths, config, store).run(load_config));
+    // Everything is saved; a read still stuck in the blocking pool (an export on a hung
+    // share) must not hold up the exit.
+    runtime.shutdown_background();
     drop(lock);
     result
 }
@@ -169,6 +175,32 @@ fn plan_jobs(config: &Config, store: &Store) -> Jobs {
         Vec::new()
     });
     Jobs::plan(config, &runs, Utc::now())
+}
+
+/// How long after the grace period the stop deadline exits a blocked daemon.
+const STOP_DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Starts the thread that exits the process when a stop signal has not ended it within
+/// the grace period (read at the signal, since a reload may change it) and a margin. It
+/// blocks on signal-hook's pipe until then: no wakeups.
+fn spawn_stop_deadline(
+    grace_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("stop-deadline".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let grace = Duration::from_millis(grace_ms.load(std::sync::atomic::Ordering::Relaxed));
+                std::thread::sleep(grace + STOP_DEADLINE_MARGIN);
+                tracing::error!(
+                    grace = %humantime::format_duration(grace),
+                    "the daemon did not stop within its shutdown grace period (a database call blocked it); exiting without a clean stop"
+                );
+                std::process::exit(1);
+            }
+        })?;
+    Ok(())
 }
 
 /// Sleeps until the wall-clock time `at`; forever when there is none.
@@ -236,6 +268,10 @@ impl<'a> Supervisor<'a> {
         }
         let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
             .map_err(DaemonError::Signals)?;
+        let grace_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+            self.config.daemon.shutdown_grace.get().as_millis() as u64,
+        ));
+        spawn_stop_deadline(grace_ms.clone()).map_err(DaemonError::Signals)?;
         self.store.borrow_mut().audit(
             &AuditEvent::new(Operation::Connect).details(serde_json::json!({
                 "pid": self.state.pid,
@@ -282,6 +318,10 @@ impl<'a> Supervisor<'a> {
             if reload_pending {
                 reload_pending = false;
                 let outcome = self.reload(load_config)?;
+                grace_ms.store(
+                    self.config.daemon.shutdown_grace.get().as_millis() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 if outcome == Ok(true) {
                     heartbeat = self.heartbeat();
                     // The first tick of a new interval is immediate: the next cycle is
@@ -507,7 +547,10 @@ impl<'a> Supervisor<'a> {
         for job in self.jobs.take_due(&self.config, Utc::now()) {
             match job {
                 Job::MailboxSync => {
-                    tracing::info!(next = ?self.jobs.next_run(job).map(stamp), "the mailbox sync is due");
+                    tracing::info!(
+                        next = %self.jobs.next_run(job).map(stamp).unwrap_or_default(),
+                        "the mailbox sync is due"
+                    );
                     self.sync_pending = true;
                     sync = true;
                 }

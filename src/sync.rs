@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::audit::{AuditEvent, Operation};
 use crate::config::InventoryConfig;
 use crate::daemon::cycle::{CycleStep, StepContext, StepError, StepFuture, StepReport, stamp};
-use crate::import::{Encoding, ExportShape, ImportError};
+use crate::import::{Encoding, Export, ExportShape, ImportError};
 use crate::inventory::InactiveMailbox;
 use crate::schedule::Job;
 use crate::store::{Store, StoreError};
@@ -38,6 +38,15 @@ pub enum LoadError {
     Read(#[from] ImportError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Reading the export did not finish in time (a hung network share, a pipe no one
+    /// writes to).
+    #[error("{path} could not be read within {after} ([sync] timeout)")]
+    TimedOut {
+        path: std::path::PathBuf,
+        after: String,
+    },
+    #[error("reading the export failed unexpectedly: {0}")]
+    Panicked(String),
     /// The load failed, and so did the audit row recording the failure.
     #[error("{error}; writing its audit row failed too: {audit}")]
     Unaudited { error: String, audit: StoreError },
@@ -53,10 +62,23 @@ pub fn load_export(
     merge: bool,
     now: DateTime<Utc>,
 ) -> Result<Loaded, LoadError> {
+    let read = crate::import::read_export(file, cfg).map_err(LoadError::from);
+    store_export(store, cfg, file, read, merge, now)
+}
+
+/// Writes an export that was read (or failed to be) into the cache, in one transaction
+/// with its audit rows; a failure of either phase is audited after the rollback.
+pub fn store_export(
+    store: &mut Store,
+    cfg: &InventoryConfig,
+    file: &Path,
+    read: Result<Export, LoadError>,
+    merge: bool,
+    now: DateTime<Utc>,
+) -> Result<Loaded, LoadError> {
     let file_label = file.display().to_string();
-    let result = load(store, cfg, file, &file_label, merge, now);
+    let result = read.and_then(|export| write(store, cfg, export, &file_label, merge, now));
     if let Err(e) = &result {
-        // The load rolled back with its audit rows; the failure is recorded apart.
         let message = crate::daemon::error_chain(e);
         let event = AuditEvent::new(Operation::ImportMailboxes)
             .details(json!({"file": file_label, "merge": merge}))
@@ -71,15 +93,14 @@ pub fn load_export(
     result
 }
 
-fn load(
+fn write(
     store: &mut Store,
     cfg: &InventoryConfig,
-    file: &Path,
+    export: Export,
     file_label: &str,
     merge: bool,
     now: DateTime<Utc>,
 ) -> Result<Loaded, LoadError> {
-    let export = crate::import::read_export(file, cfg)?;
     let mailboxes: Vec<InactiveMailbox> = export
         .mailboxes
         .into_iter()
@@ -117,6 +138,30 @@ fn load(
     })
 }
 
+/// Reads the export off the async runtime, so that a file on a hung network share
+/// neither freezes the daemon nor outlives `timeout`. `Ok(None)`: the daemon is
+/// stopping and the read was abandoned (nothing was written).
+async fn read_off_runtime(
+    file: &Path,
+    cfg: &InventoryConfig,
+    timeout: std::time::Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<Result<Export, LoadError>> {
+    let (path, inventory) = (file.to_path_buf(), cfg.clone());
+    let read = tokio::task::spawn_blocking(move || crate::import::read_export(&path, &inventory));
+    tokio::select! {
+        r = read => Some(match r {
+            Ok(r) => r.map_err(LoadError::from),
+            Err(e) => Err(LoadError::Panicked(e.to_string())),
+        }),
+        _ = tokio::time::sleep(timeout) => Some(Err(LoadError::TimedOut {
+            path: file.to_path_buf(),
+            after: humantime::format_duration(timeout).to_string(),
+        })),
+        _ = cancel.cancelled() => None,
+    }
+}
+
 /// The `mailbox_sync` cycle step: when the sync is due (its schedule fired, or someone
 /// asked), loads the configured source into the cache and records the run for the
 /// scheduler; otherwise it is idle. A failure keeps the sync due, so the heartbeat
@@ -143,12 +188,25 @@ impl CycleStep for MailboxSync {
                 });
             };
             let started = Utc::now();
-            let result = load_export(
+            let Some(read) = read_off_runtime(
+                export.as_path(),
+                &ctx.config.inventory,
+                ctx.config.sync.timeout.get(),
+                ctx.cancel,
+            )
+            .await
+            else {
+                return Ok(StepReport::idle(
+                    "stopped before the export was read; the sync stays due",
+                ));
+            };
+            let result = store_export(
                 &mut ctx.store.borrow_mut(),
                 &ctx.config.inventory,
                 export.as_path(),
+                read,
                 false,
-                started,
+                Utc::now(),
             );
             let finished = stamp(Utc::now());
             let text = match &result {

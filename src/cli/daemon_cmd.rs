@@ -109,6 +109,8 @@ fn cycle_here(ctx: &Context, sync: bool) -> anyhow::Result<CycleSummary> {
         };
         steps.run_cycle(&step_ctx, Trigger::Request).await
     });
+    // A read stuck in the blocking pool (it timed out) must not hold up the exit.
+    runtime.shutdown_background();
     summary.record(&mut store.borrow_mut())?;
     Ok(summary)
 }

@@ -710,3 +710,182 @@ fn scheduled_jobs_fire_on_their_cron_expressions() {
     );
     env.ok(&["audit", "verify"]);
 }
+
+/// Polls `status --json` until `pred` holds.
+fn wait_for_status(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, st) = status_json(env);
+        if pred(&st) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_sync_stuck_on_its_source_times_out_and_never_holds_up_status_or_a_stop() {
+    let env = Env::new();
+    // A pipe no one writes to stands for an export on a hung network share: opening it
+    // blocks for good.
+    let fifo = env.home.path().join("stuck.json");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let write_config = |timeout: &str| {
+        config(
+            &env,
+            &format!(
+                "[heartbeat]\ninterval = \"1h\"\n[daemon]\nshutdown_grace = \"5s\"\n\
+                 [sync]\nschedule = \"0 0 1 1 *\"\nexport = {:?}\ntimeout = \"{timeout}\"\n",
+                fifo.display().to_string()
+            ),
+        )
+    };
+    write_config("1s");
+    let mut daemon = Daemon::start(&env);
+    // The first cycle's sync gives up after its timeout; the cycle ends, the daemon runs on.
+    let s = wait_for_state(&env, "the first cycle", |s| s["cycles"] == 1);
+    let sync = &s["last_cycle"]["steps"][0];
+    assert_eq!(sync["status"], "failed", "{s}");
+    assert!(
+        sync["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read within 1s"),
+        "{sync}"
+    );
+    assert_eq!(s["last_cycle"]["steps"][1]["status"], "ok");
+    let (code, _) = status_json(&env);
+    assert_eq!(code, Some(1), "a failing sync needs attention");
+
+    // With a long timeout, a requested cycle hangs in the read, and status still answers
+    // from the live daemon while it does.
+    write_config("1h");
+    daemon.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !operations(&env).contains(&("RELOAD_CONFIG".into(), "success".into())) {
+        assert!(Instant::now() < deadline, "the reload never happened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.signal("USR1");
+    let st = wait_for_status(&env, "the stuck cycle", |st| st["cycle_running"] == true);
+    assert_eq!(st["running"], true);
+    assert!(st["control_error"].is_null(), "{st}");
+
+    // A stop abandons the read (nothing was written) and exits cleanly, well within the
+    // grace period.
+    let asked = Instant::now();
+    daemon.signal("TERM");
+    let (code, log) = daemon.wait(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let s = state(&env).unwrap();
+    assert_eq!(s["phase"], "stopped");
+    assert_eq!(operations(&env).last().unwrap().0, "DISCONNECT");
+    let (code, st) = status_json(&env);
+    assert_eq!(code, Some(3));
+    // Still due: the next start tries again.
+    assert!(
+        secs_until(&job(&st, "mailbox_sync")["next_run_at"]) <= 0,
+        "{st}"
+    );
+}
+
+#[test]
+fn a_stop_blocked_in_the_database_still_ends_and_a_second_signal_ends_it_at_once() {
+    let env = Env::new();
+    let export = write_export(&env, &[1, 2]);
+    let write_config = |grace: &str| {
+        config(
+            &env,
+            &format!(
+                "[heartbeat]\ninterval = \"1h\"\n[daemon]\nshutdown_grace = \"{grace}\"\n\
+                 [sync]\nschedule = \"0 0 1 1 *\"\nexport = {:?}\n",
+                export.display().to_string()
+            ),
+        )
+    };
+    // Starts a daemon, takes the database's write lock and asks for a sync: the sync
+    // reads its export, then waits for the lock inside SQLite (up to 10 s), and the
+    // supervisor with it. Returns the daemon, the lock and the waiting client.
+    let blocked_daemon = || {
+        let daemon = Daemon::start(&env);
+        wait_for_state(&env, "the first cycle", |s| {
+            running(s) && s["cycles"] == 1 && s["pid"] == daemon.pid()
+        });
+        let conn = env.open_db();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let client = Command::new(env!("CARGO_BIN_EXE_imm-daemon"))
+            .arg("sync")
+            .env("IMM_HOME", env.home.path())
+            .env_remove("IMM_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        (daemon, conn, client)
+    };
+
+    // One signal: the grace period (1 s) passes with the supervisor blocked, and the stop
+    // deadline ends the process a second later, long before SQLite would give up.
+    write_config("1s");
+    let (mut daemon, conn, mut client) = blocked_daemon();
+    let asked = Instant::now();
+    daemon.signal("TERM");
+    let (code, log) = daemon.wait(Duration::from_secs(15));
+    let took = asked.elapsed();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(took < Duration::from_secs(7), "{took:?}");
+    assert!(
+        log.contains("did not stop within its shutdown grace period"),
+        "{log}"
+    );
+    let _ = client.wait();
+    drop(conn);
+    // Nothing half-written: the sync's transaction never committed, the chain is whole,
+    // and status knows the stop was not clean.
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 2);
+    env.ok(&["audit", "verify"]);
+    let out = env.cmd().arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("did not stop cleanly"));
+
+    // Two signals: the second ends it at once, without waiting out a long grace period.
+    write_config("30s");
+    let (mut daemon, conn, mut client) = blocked_daemon();
+    daemon.signal("TERM");
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    daemon.signal("TERM");
+    let (code, log) = daemon.wait(Duration::from_secs(15));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let _ = client.wait();
+    drop(conn);
+    // The lock the killed daemon held does not block the next start.
+    let mut daemon = Daemon::start(&env);
+    wait_for_state(&env, "a fresh start", |s| {
+        running(s) && s["pid"] == daemon.pid() && s["cycles"] == 1
+    });
+    daemon.signal("TERM");
+    let (code, log) = daemon.wait(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{log}");
+}
