@@ -59,6 +59,28 @@ fn proc_field(pid: u32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
 }
 
+/// Context switches of every thread of the process (each thread's own count is in its
+/// `/proc/PID/task/TID/status`; the process's `status` has only the main thread's).
+fn switches(pid: u32) -> (u64, usize) {
+    let mut total = 0;
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc (Linux)") {
+        let path = task.unwrap().path().join("status");
+        let Ok(status) = std::fs::read_to_string(&path) else {
+            continue; // the thread ended meanwhile
+        };
+        threads += 1;
+        for key in ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"] {
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    (total, threads)
+}
+
 fn main() {
     let bin = std::env::args()
         .nth(1)
@@ -83,14 +105,11 @@ fn main() {
     let (child, _) = start(&bin, dir.path());
     let pid = child.id();
     std::thread::sleep(Duration::from_secs(2));
-    let switches = |pid| {
-        proc_field(pid, "voluntary_ctxt_switches:") + proc_field(pid, "nonvoluntary_ctxt_switches:")
-    };
-    let before = switches(pid);
+    let (before, _) = switches(pid);
     std::thread::sleep(Duration::from_secs(10));
-    let after = switches(pid);
+    let (after, threads) = switches(pid);
     println!(
-        "idle: VmRSS {} kB, VmHWM {} kB, {} context switches in 10 s",
+        "idle: VmRSS {} kB, VmHWM {} kB, {} context switches in 10 s over its {threads} threads",
         proc_field(pid, "VmRSS:"),
         proc_field(pid, "VmHWM:"),
         after - before
