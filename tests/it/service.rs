@@ -189,3 +189,92 @@ fn the_debian_package_ships_the_binary_unit_manual_and_completions() {
         }
     }
 }
+
+/// `service install` and `uninstall` for real, on Linux, against a stand-in `systemctl`
+/// first on PATH that records its arguments (a test machine has no user service
+/// manager to talk to) and fails when told to.
+#[cfg(target_os = "linux")]
+#[test]
+fn install_writes_the_unit_and_asks_systemd_and_uninstall_reverses_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let home = tempfile::tempdir().unwrap();
+    let bin = home.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let calls = home.path().join("calls.txt");
+    let shim = bin.join("systemctl");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nif [ -e '{}' ]; then echo 'Failed to connect to bus' >&2; exit 1; fi\n",
+            calls.display(),
+            home.path().join("fail").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let service = |args: &[&str]| {
+        let mut c = env.cmd();
+        c.arg("service")
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env("PATH", &path);
+        c.output().unwrap()
+    };
+    let unit = home.path().join(".config/systemd/user/imm-daemon.service");
+
+    let out = service(&["install"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&unit).expect("the unit is written");
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_imm-daemon")).unwrap();
+    assert!(
+        text.contains(&format!("ExecStart={} run", exe.display())),
+        "this binary, by its absolute path: {text}"
+    );
+    assert!(
+        text.contains(&format!("IMM_HOME={}", env.home.path().display())),
+        "IMM_HOME is carried into the service: {text}"
+    );
+    assert_eq!(crate::support::mode(&unit), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "--user daemon-reload\n--user enable --now imm-daemon.service\n"
+    );
+
+    // The service manager refusing is an error that says what it said.
+    std::fs::write(home.path().join("fail"), "").unwrap();
+    let out = service(&["install"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("systemctl --user daemon-reload") && err.contains("Failed to connect to bus"),
+        "{err}"
+    );
+    std::fs::remove_file(home.path().join("fail")).unwrap();
+
+    std::fs::write(&calls, "").unwrap();
+    let out = service(&["uninstall"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!unit.exists(), "the unit is removed");
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "--user disable --now imm-daemon.service\n--user daemon-reload\n"
+    );
+    let out = service(&["uninstall"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not installed"));
+}
