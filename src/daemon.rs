@@ -128,7 +128,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 /// upkeep. Token refresh and the email queue join the front of this list as they land.
 pub fn default_steps() -> Vec<Box<dyn cycle::CycleStep>> {
     vec![
-        Box::new(crate::sync::MailboxSync),
+        Box::new(crate::sync::MailboxSync::default()),
         Box::new(cycle::StoreMaintenance),
     ]
 }
@@ -180,11 +180,17 @@ fn plan_jobs(config: &Config, store: &Store) -> Jobs {
 /// How long after the grace period the stop deadline exits a blocked daemon.
 const STOP_DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
+/// How much longer the deadline waits when the supervisor is already writing its final
+/// records (the state file, the DISCONNECT row).
+const CLEANUP_ALLOWANCE: Duration = Duration::from_secs(5);
+
 /// Starts the thread that exits the process when a stop signal has not ended it within
-/// the grace period (read at the signal, since a reload may change it) and a margin. It
-/// blocks on signal-hook's pipe until then: no wakeups.
+/// the grace period (read at the signal, since a reload may change it) and a margin, or
+/// a little later when the supervisor is already cleaning up. It blocks on
+/// signal-hook's pipe until then: no wakeups.
 fn spawn_stop_deadline(
     grace_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cleaning_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new()
@@ -193,6 +199,9 @@ fn spawn_stop_deadline(
             if signals.forever().next().is_some() {
                 let grace = Duration::from_millis(grace_ms.load(std::sync::atomic::Ordering::Relaxed));
                 std::thread::sleep(grace + STOP_DEADLINE_MARGIN);
+                if cleaning_up.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(CLEANUP_ALLOWANCE);
+                }
                 tracing::error!(
                     grace = %humantime::format_duration(grace),
                     "the daemon did not stop within its shutdown grace period (a database call blocked it); exiting without a clean stop"
@@ -271,7 +280,8 @@ impl<'a> Supervisor<'a> {
         let grace_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
             self.config.daemon.shutdown_grace.get().as_millis() as u64,
         ));
-        spawn_stop_deadline(grace_ms.clone()).map_err(DaemonError::Signals)?;
+        let cleaning_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        spawn_stop_deadline(grace_ms.clone(), cleaning_up.clone()).map_err(DaemonError::Signals)?;
         self.store.borrow_mut().audit(
             &AuditEvent::new(Operation::Connect).details(serde_json::json!({
                 "pid": self.state.pid,
@@ -314,6 +324,8 @@ impl<'a> Supervisor<'a> {
         // A reload asked for while a cycle ran (signal or request), and who waits.
         let mut reload_pending = false;
         let mut reload_waiting: Vec<Reply> = Vec::new();
+        // `sync-now` received while a cycle ran.
+        let mut sync_asked_mid_cycle = false;
         loop {
             if reload_pending {
                 reload_pending = false;
@@ -346,11 +358,11 @@ impl<'a> Supervisor<'a> {
                         last_tick = t;
                         // Jobs due by the wall clock (after a sleep the monotonic timer
                         // below may lag) join this cycle.
-                        self.fire_due_jobs()?;
+                        self.fire_due_jobs();
                         Trigger::Heartbeat
                     }
                     _ = sleep_until_due(self.jobs.next_due()) => {
-                        if self.fire_due_jobs()? {
+                        if self.fire_due_jobs() {
                             Trigger::Schedule
                         } else {
                             continue;
@@ -427,7 +439,7 @@ impl<'a> Supervisor<'a> {
                 let grace = self.config.daemon.shutdown_grace.get();
                 let state = &self.state;
                 let config = &self.config;
-                let sync_pending = &mut self.sync_pending;
+                let sync_asked = &mut sync_asked_mid_cycle;
                 let begin_stop = |deadline: &mut Option<tokio::time::Instant>| {
                     shutdown.cancel();
                     *deadline = Some(tokio::time::Instant::now() + grace);
@@ -471,7 +483,7 @@ impl<'a> Supervisor<'a> {
                                     if let Some(refusal) = sync_refusal(config) {
                                         let _ = reply.send(refusal);
                                     } else {
-                                        *sync_pending = true;
+                                        *sync_asked = true;
                                         pending = Some(Trigger::Request);
                                         waiting_next.push(reply);
                                     }
@@ -500,8 +512,13 @@ impl<'a> Supervisor<'a> {
                     .steps
                     .iter()
                     .any(|s| s.step == crate::sync::STEP_NAME && s.status == cycle::StepStatus::Ok);
+                // A sync asked for while this cycle ran is still owed, even if this cycle
+                // synced (the export may have changed since).
                 if synced || self.config.sync.export.is_none() {
                     self.sync_pending = false;
+                }
+                if std::mem::take(&mut sync_asked_mid_cycle) {
+                    self.sync_pending = true;
                 }
                 let response = control::Response::ok(
                     serde_json::to_value(&summary).expect("summaries serialize"),
@@ -529,6 +546,7 @@ impl<'a> Supervisor<'a> {
                 break;
             }
         }
+        cleaning_up.store(true, std::sync::atomic::Ordering::Relaxed);
         server.abort();
         let _ = std::fs::remove_file(&self.paths.socket);
         // Requests still queued are answered "stopping" as their channel closes; answers
@@ -540,9 +558,8 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Runs the jobs due now: audit pruning here and now; the mailbox sync by marking it
-    /// due for the next cycle. Returns whether the sync became due. Only a database
-    /// failure while recording a job is fatal.
-    fn fire_due_jobs(&mut self) -> Result<bool, DaemonError> {
+    /// due for the next cycle. Returns whether the sync became due.
+    fn fire_due_jobs(&mut self) -> bool {
         let mut sync = false;
         for job in self.jobs.take_due(&self.config, Utc::now()) {
             match job {
@@ -554,14 +571,16 @@ impl<'a> Supervisor<'a> {
                     self.sync_pending = true;
                     sync = true;
                 }
-                Job::AuditPrune => self.prune_audit()?,
+                Job::AuditPrune => self.prune_audit(),
             }
         }
-        Ok(sync)
+        sync
     }
 
-    /// The scheduled audit pruning: rows older than `[audit] retention` go.
-    fn prune_audit(&mut self) -> Result<(), DaemonError> {
+    /// The scheduled audit pruning: rows older than `[audit] retention` go. Failures
+    /// (a broken chain, a database locked past its busy timeout) are logged and recorded
+    /// where possible; the job runs again at its next time.
+    fn prune_audit(&mut self) {
         let started = Utc::now();
         let retention = self.config.audit.retention;
         let cutoff = chrono::Duration::from_std(retention.get())
@@ -585,15 +604,16 @@ impl<'a> Supervisor<'a> {
             Ok(_) => Ok(text.as_str()),
             Err(_) => Err(text.as_str()),
         };
-        store.write(|tx| {
+        if let Err(e) = store.write(|tx| {
             tx.record_job_run(
                 Job::AuditPrune,
                 &stamp(started),
                 &stamp(Utc::now()),
                 outcome,
             )
-        })?;
-        Ok(())
+        }) {
+            tracing::error!("cannot record the audit pruning's run: {}", error_chain(&e));
+        }
     }
 
     /// The jobs as `status` shows them.

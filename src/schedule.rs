@@ -16,7 +16,8 @@
 //! - after a successful run, at the schedule's next time after that run; a daemon that
 //!   was down when a run was due runs it once when it starts (never a burst);
 //! - after a failed run, at the schedule's next time (the mailbox sync, a cycle step,
-//!   is also retried by the heartbeat with the step's backoff until it succeeds);
+//!   is also retried by the heartbeat with the step's backoff until it succeeds), or at
+//!   once when the daemon restarts or reloads, since plans start from the last success;
 //! - never having run: the mailbox sync at once (an empty cache is worth filling), audit
 //!   pruning at its next time.
 //!
@@ -77,21 +78,34 @@ impl When {
     }
 
     /// The first time strictly after `t` that the schedule names, in `zone`.
+    ///
+    /// In the hour a fall-back repeats, croner reads local times with the earlier
+    /// offset, so from the hour's second pass it can answer with a time already gone; the
+    /// search then moves on from that answer until it passes `t` (at most an hour of
+    /// matches), so no time at or before `t` is ever returned.
     pub fn next_after(&self, zone: &Zone, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let When::Cron { cron, .. } = self else {
             return None;
         };
-        // Schedules name whole seconds.
-        let t = t.with_nanosecond(0).unwrap_or(t);
         fn next<Tz: TimeZone>(cron: &croner::Cron, t: DateTime<Tz>) -> Option<DateTime<Utc>> {
             cron.find_next_occurrence(&t, false)
                 .ok()
                 .map(|n| n.with_timezone(&Utc))
         }
-        match zone {
-            Zone::Local => next(cron, t.with_timezone(&chrono::Local)),
-            Zone::Named(tz) => next(cron, t.with_timezone(tz)),
+        // Schedules name whole seconds.
+        let t = t.with_nanosecond(0).unwrap_or(t);
+        let mut from = t;
+        for _ in 0..=3_600 {
+            let n = match zone {
+                Zone::Local => next(cron, from.with_timezone(&chrono::Local)),
+                Zone::Named(tz) => next(cron, from.with_timezone(tz)),
+            }?;
+            if n > t {
+                return Some(n);
+            }
+            from = from.max(n) + chrono::Duration::seconds(1);
         }
+        None
     }
 }
 
@@ -418,6 +432,32 @@ mod tests {
             .next_after(&berlin, t("2026-03-28T12:00:00Z"))
             .unwrap();
         assert!(n < t("2026-03-29T12:00:00Z"), "{n}");
+        // Clocks go back on 25 October 2026: 02:00-03:00 local happens twice (00:00-01:00
+        // UTC in summer time, 01:00-02:00 UTC in winter time). From the second pass every
+        // answer is in the future, and a job fires once, not in a loop.
+        for expr in ["*/20 * * * *", "45 2 * * *", "* * * * * *"] {
+            let w = When::parse(expr).unwrap();
+            let t0 = t("2026-10-25T01:10:00Z");
+            let n = w.next_after(&berlin, t0).unwrap();
+            // (A daily 02:45 already ran in the first pass: next is tomorrow's.)
+            assert!(
+                n > t0 && n <= t0 + chrono::Duration::hours(25),
+                "{expr}: {n}"
+            );
+        }
+        let c = config(
+            "[schedule]\ntimezone = \"Europe/Berlin\"\n[sync]\nexport = \"/srv/i.json\"\n\
+             schedule = \"*/20 * * * *\"\n[audit]\nprune_schedule = \"45 2 * * *\"\n",
+        );
+        let now = t("2026-10-25T01:10:00Z");
+        let mut jobs = Jobs::plan(&c, &[(Job::AuditPrune, run("2026-10-24T00:45:00Z"))], now);
+        assert_eq!(
+            jobs.take_due(&c, now).len(),
+            2,
+            "the sync never ran; pruning is overdue"
+        );
+        assert!(jobs.next_due().unwrap() > now);
+        assert!(jobs.take_due(&c, now).is_empty(), "and not again");
         let e = Zone::parse("Europe/Berln").unwrap_err();
         assert!(e.contains("`Europe/Berln` is not a time zone"), "{e}");
         assert_eq!(Zone::parse("LOCAL").unwrap(), Zone::Local);

@@ -45,6 +45,12 @@ pub enum LoadError {
         path: std::path::PathBuf,
         after: String,
     },
+    /// An earlier read of the export timed out and its thread is still blocked.
+    #[error("{path} is still not readable: the read that timed out at {since} has not returned")]
+    StillStuck {
+        path: std::path::PathBuf,
+        since: String,
+    },
     #[error("reading the export failed unexpectedly: {0}")]
     Panicked(String),
     /// The load failed, and so did the audit row recording the failure.
@@ -138,26 +144,48 @@ fn write(
     })
 }
 
+/// A read that timed out and whose thread is still blocked.
+struct StuckRead {
+    handle: tokio::task::JoinHandle<Result<Export, ImportError>>,
+    since: String,
+}
+
 /// Reads the export off the async runtime, so that a file on a hung network share
-/// neither freezes the daemon nor outlives `timeout`. `Ok(None)`: the daemon is
+/// neither freezes the daemon nor outlives `timeout`. A read that timed out keeps its
+/// thread (nothing can unblock it); while it stays blocked no new read is started, so a
+/// share that stays hung costs one thread, not one per retry. `None`: the daemon is
 /// stopping and the read was abandoned (nothing was written).
 async fn read_off_runtime(
     file: &Path,
     cfg: &InventoryConfig,
     timeout: std::time::Duration,
     cancel: &tokio_util::sync::CancellationToken,
+    stuck: &mut Option<StuckRead>,
 ) -> Option<Result<Export, LoadError>> {
+    if let Some(s) = stuck.as_ref()
+        && !s.handle.is_finished()
+    {
+        return Some(Err(LoadError::StillStuck {
+            path: file.to_path_buf(),
+            since: s.since.clone(),
+        }));
+    }
+    *stuck = None;
     let (path, inventory) = (file.to_path_buf(), cfg.clone());
-    let read = tokio::task::spawn_blocking(move || crate::import::read_export(&path, &inventory));
+    let mut read =
+        tokio::task::spawn_blocking(move || crate::import::read_export(&path, &inventory));
     tokio::select! {
-        r = read => Some(match r {
+        r = &mut read => Some(match r {
             Ok(r) => r.map_err(LoadError::from),
             Err(e) => Err(LoadError::Panicked(e.to_string())),
         }),
-        _ = tokio::time::sleep(timeout) => Some(Err(LoadError::TimedOut {
-            path: file.to_path_buf(),
-            after: humantime::format_duration(timeout).to_string(),
-        })),
+        _ = tokio::time::sleep(timeout) => {
+            *stuck = Some(StuckRead { handle: read, since: stamp(Utc::now()) });
+            Some(Err(LoadError::TimedOut {
+                path: file.to_path_buf(),
+                after: humantime::format_duration(timeout).to_string(),
+            }))
+        }
         _ = cancel.cancelled() => None,
     }
 }
@@ -166,7 +194,10 @@ async fn read_off_runtime(
 /// asked), loads the configured source into the cache and records the run for the
 /// scheduler; otherwise it is idle. A failure keeps the sync due, so the heartbeat
 /// retries it with the step's backoff.
-pub struct MailboxSync;
+#[derive(Default)]
+pub struct MailboxSync {
+    stuck: Option<StuckRead>,
+}
 
 /// The step's name, as cycle summaries show it.
 pub const STEP_NAME: &str = "mailbox_sync";
@@ -193,6 +224,7 @@ impl CycleStep for MailboxSync {
                 &ctx.config.inventory,
                 ctx.config.sync.timeout.get(),
                 ctx.cancel,
+                &mut self.stuck,
             )
             .await
             else {

@@ -304,8 +304,9 @@ fn cache(
         mailboxes: s.count,
         stale_secs: age(&s.newest_update),
         // An empty cache with no source is not stale, only unused.
-        stale: (sync_on || s.count > 0)
-            && fresh_as_of.is_none_or(|a| a as u64 > stale_after.as_secs()),
+        stale: (sync_on && last_sync_at.is_none())
+            || ((sync_on || s.count > 0)
+                && fresh_as_of.is_none_or(|a| a as u64 > stale_after.as_secs())),
         stale_after_secs: stale_after.as_secs(),
         last_sync_at,
         oldest_update: s.oldest_update,

@@ -251,9 +251,9 @@ impl Steps {
 
     /// Runs every due step in order and returns the cycle's summary. A step that fails
     /// does not stop the others; once `ctx.cancel` fires, the steps not yet started are
-    /// skipped. A heartbeat leaves out steps that are backing off (they stay failed in the
-    /// summary, with their last error); a cycle someone asked for runs them all, since a
-    /// person who fixed something wants to see it retried.
+    /// skipped. A heartbeat (or a schedule) leaves out steps that are backing off (they
+    /// stay failed in the summary, with their last error); a cycle someone asked for runs
+    /// them all, since a person who fixed something wants to see it retried.
     pub async fn run_cycle(&mut self, ctx: &StepContext<'_>, trigger: Trigger) -> CycleSummary {
         let started = Instant::now();
         let started_at = Utc::now();
@@ -275,7 +275,7 @@ impl Steps {
                 outcomes.push(outcome);
                 continue;
             }
-            if trigger == Trigger::Heartbeat && !health.due(now) {
+            if matches!(trigger, Trigger::Heartbeat | Trigger::Schedule) && !health.due(now) {
                 outcome.status = StepStatus::BackingOff;
                 outcome.error = health.last_error.clone();
                 outcome.needs_attention = health.needs_attention;

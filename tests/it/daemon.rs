@@ -766,6 +766,14 @@ fn a_sync_stuck_on_its_source_times_out_and_never_holds_up_status_or_a_stop() {
     assert_eq!(s["last_cycle"]["steps"][1]["status"], "ok");
     let (code, _) = status_json(&env);
     assert_eq!(code, Some(1), "a failing sync needs attention");
+    // The timed-out read's thread is still blocked: a retry says so at once instead of
+    // blocking a second thread.
+    let out = env.cmd().arg("sync").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("is still not readable"), "{text}");
+    // The share comes back (a writer opens the pipe and closes it): the blocked read ends.
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
 
     // With a long timeout, a requested cycle hangs in the read, and status still answers
     // from the live daemon while it does.
