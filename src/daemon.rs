@@ -212,6 +212,20 @@ fn spawn_stop_deadline(
     Ok(())
 }
 
+/// The jobs as `status` shows them. Also answered during a cycle: steps hold the store
+/// only between awaits, so it is free whenever a request is read.
+fn job_views(
+    store: &RefCell<Store>,
+    jobs: &Jobs,
+    config: &Config,
+) -> Vec<crate::schedule::JobView> {
+    let runs = store.borrow().job_runs().unwrap_or_else(|e| {
+        tracing::warn!("cannot read the jobs' last runs: {}", error_chain(&e));
+        Vec::new()
+    });
+    jobs.views(config, &runs)
+}
+
 /// Sleeps until the wall-clock time `at`; forever when there is none.
 async fn sleep_until_due(at: Option<chrono::DateTime<Utc>>) {
     match at {
@@ -384,7 +398,8 @@ impl<'a> Supervisor<'a> {
                     req = requests.recv(), if !requests_closed => match req {
                         Some(control::Incoming { command, reply }) => match command {
                             control::Command::Status => {
-                                let _ = reply.send(status_response(&self.state, false, &self.job_views()));
+                                let views = job_views(&self.store, &self.jobs, &self.config);
+                                let _ = reply.send(status_response(&self.state, false, &views));
                                 continue;
                             }
                             control::Command::CycleNow => {
@@ -432,13 +447,13 @@ impl<'a> Supervisor<'a> {
                     cancel: &shutdown,
                     sync_due: self.sync_pending,
                 };
-                let views = self.job_views();
                 let cycle = self.steps.run_cycle(&ctx, trigger);
                 tokio::pin!(cycle);
                 let mut deadline: Option<tokio::time::Instant> = None;
                 let grace = self.config.daemon.shutdown_grace.get();
                 let state = &self.state;
                 let config = &self.config;
+                let (store, jobs) = (&self.store, &self.jobs);
                 let sync_asked = &mut sync_asked_mid_cycle;
                 let begin_stop = |deadline: &mut Option<tokio::time::Instant>| {
                     shutdown.cancel();
@@ -473,6 +488,7 @@ impl<'a> Supervisor<'a> {
                         req = requests.recv(), if !requests_closed => if let Some(control::Incoming { command, reply }) = req {
                             match command {
                                 control::Command::Status => {
+                                    let views = job_views(store, jobs, config);
                                     let _ = reply.send(status_response(state, true, &views));
                                 }
                                 control::Command::CycleNow => {
@@ -600,29 +616,17 @@ impl<'a> Supervisor<'a> {
             Ok(_) => tracing::info!(job = Job::AuditPrune.name(), "{text}"),
             Err(_) => tracing::error!(job = Job::AuditPrune.name(), "audit pruning failed: {text}"),
         }
-        let outcome = match &result {
-            Ok(_) => Ok(text.as_str()),
-            Err(_) => Err(text.as_str()),
-        };
         if let Err(e) = store.write(|tx| {
             tx.record_job_run(
                 Job::AuditPrune,
                 &stamp(started),
                 &stamp(Utc::now()),
-                outcome,
+                result.is_ok(),
+                &text,
             )
         }) {
             tracing::error!("cannot record the audit pruning's run: {}", error_chain(&e));
         }
-    }
-
-    /// The jobs as `status` shows them.
-    fn job_views(&self) -> Vec<crate::schedule::JobView> {
-        let runs = self.store.borrow().job_runs().unwrap_or_else(|e| {
-            tracing::warn!("cannot read the jobs' last runs: {}", error_chain(&e));
-            Vec::new()
-        });
-        self.jobs.views(&self.config, &runs)
     }
 
     fn heartbeat(&self) -> tokio::time::Interval {

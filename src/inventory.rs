@@ -552,6 +552,13 @@ pub fn recovery_blockers(
     b
 }
 
+/// Reads a time the program wrote with [`rfc3339`] (or any RFC 3339 time), as UTC.
+pub fn parse_rfc3339(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 /// A UTC time as RFC 3339 (`2023-07-22T04:26:40Z`, with `.mmm` when there are
 /// milliseconds).
 pub fn rfc3339(t: DateTime<Utc>) -> String {

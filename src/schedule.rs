@@ -31,6 +31,7 @@ use chrono::{DateTime, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::inventory::parse_rfc3339 as parse_time;
 
 /// A schedule: a cron expression, or `never`.
 #[derive(Clone)]
@@ -292,12 +293,6 @@ pub struct JobView {
 #[derive(Debug, Clone)]
 pub struct Jobs {
     due: Vec<(Job, Option<DateTime<Utc>>)>,
-}
-
-fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 impl Jobs {

@@ -250,12 +250,14 @@ impl CycleStep for MailboxSync {
                 ),
                 Err(e) => crate::daemon::error_chain(e),
             };
-            let outcome = match &result {
-                Ok(_) => Ok(text.as_str()),
-                Err(_) => Err(text.as_str()),
-            };
             let recorded = ctx.store.borrow_mut().write(|tx| {
-                tx.record_job_run(Job::MailboxSync, &stamp(started), &finished, outcome)
+                tx.record_job_run(
+                    Job::MailboxSync,
+                    &stamp(started),
+                    &finished,
+                    result.is_ok(),
+                    &text,
+                )
             });
             if let Err(e) = recorded {
                 tracing::error!(

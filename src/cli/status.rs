@@ -20,6 +20,7 @@ use super::Context;
 use crate::daemon::cycle::CycleSummary;
 use crate::daemon::lock::{InstanceLock, read_holder};
 use crate::daemon::state::{DaemonState, Phase};
+use crate::inventory::parse_rfc3339 as parse_time;
 use crate::schedule::{Job, JobRun, JobView, Jobs};
 use crate::store::{Store, StoreStats};
 
@@ -279,12 +280,6 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
             lock_file: p.lock_file.display().to_string(),
         },
     }
-}
-
-fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn cache(

@@ -4,18 +4,21 @@ use super::{Store, StoreError, Tx};
 use crate::schedule::{Job, JobRun};
 
 impl Tx<'_> {
-    /// Records a run of `job`: its outcome (`Ok(summary)` or `Err(error)`) replaces the
-    /// previous one; the last success and the count of failures in a row carry over.
+    /// Records a run of `job`: its outcome (`ok`, and `text`, the summary or the error)
+    /// replaces the previous one; the last success and the count of failures in a row
+    /// carry over.
     pub fn record_job_run(
         &mut self,
         job: Job,
         started_at: &str,
         finished_at: &str,
-        outcome: Result<&str, &str>,
+        ok: bool,
+        text: &str,
     ) -> Result<(), StoreError> {
-        let (ok, summary, error) = match outcome {
-            Ok(s) => (true, Some(s), None),
-            Err(e) => (false, None, Some(e)),
+        let (summary, error) = if ok {
+            (Some(text), None)
+        } else {
+            (None, Some(text))
         };
         self.tx
             .prepare_cached(
@@ -94,8 +97,12 @@ mod tests {
         let mut store = Store::open(&dir.path().join("imm.db")).unwrap();
         assert!(store.job_runs().unwrap().is_empty());
         let record = |store: &mut Store, at: &str, outcome: Result<&str, &str>| {
+            let (ok, text) = match outcome {
+                Ok(t) => (true, t),
+                Err(t) => (false, t),
+            };
             store
-                .write(|tx| tx.record_job_run(Job::MailboxSync, at, at, outcome))
+                .write(|tx| tx.record_job_run(Job::MailboxSync, at, at, ok, text))
                 .unwrap()
         };
         record(&mut store, "2026-11-21T00:00:00Z", Err("export missing"));
