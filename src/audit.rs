@@ -62,8 +62,15 @@ operations! {
     AuditVerify => "AUDIT_VERIFY",
     /// Old audit rows were pruned.
     AuditPrune => "AUDIT_PRUNE",
+    /// A person signed in (device code or an imported MSAL cache).
     Login => "LOGIN",
+    /// A sign-in did not complete (declined, expired, refused).
+    LoginFailed => "LOGIN_FAILED",
+    /// The identity platform asked for a person: the refresh token no longer works.
+    LoginRequired => "LOGIN_REQUIRED",
+    /// Tokens were removed from every store.
     Logout => "LOGOUT",
+    /// An access token was obtained with the refresh token.
     TokenRefresh => "TOKEN_REFRESH",
     SendEmail => "SEND_EMAIL",
     /// The daemon reread its configuration (SIGHUP or `reload`); failed when the new file

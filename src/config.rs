@@ -44,6 +44,12 @@ pub struct Config {
     pub sync: SyncConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// The `[heartbeat]` section: how often the daemon runs a cycle.
@@ -165,6 +171,221 @@ fn default_retention() -> BoundedDuration<86_400, 3_155_760_000> {
 
 fn default_prune_schedule() -> When {
     When::parse("30 3 * * *").expect("the default schedule parses")
+}
+
+/// Where tokens are kept.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenStore {
+    /// The OS keychain when it answers, else the encrypted file.
+    #[default]
+    Auto,
+    /// The OS keychain only.
+    Keychain,
+    /// The AES-256-GCM encrypted file only.
+    File,
+}
+
+impl TokenStore {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenStore::Auto => "auto",
+            TokenStore::Keychain => "keychain",
+            TokenStore::File => "file",
+        }
+    }
+}
+
+/// The `[auth]` section: Microsoft sign-in and where its tokens live.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `auto`, `keychain` or `file`.
+    #[serde(default)]
+    pub token_store: TokenStore,
+    /// A file holding the 32-byte key of the encrypted token file (raw, hex or base64).
+    pub key_file: Option<AbsolutePath>,
+    /// How long a keychain call may take before it counts as unavailable.
+    #[serde(default = "default_keychain_timeout")]
+    pub keychain_timeout: BoundedDuration<1, 120>,
+    /// Scopes asked for Microsoft Graph; the default follows `cloud`.
+    pub graph_scopes: Option<Vec<Scope>>,
+    /// Scopes asked for Exchange Online; the default follows `cloud`.
+    pub exchange_scopes: Option<Vec<Scope>>,
+    /// An access token with less than this left is refreshed before use.
+    #[serde(default = "default_refresh_buffer")]
+    pub refresh_buffer: BoundedDuration<0, 3_600>,
+    /// The daemon refreshes at least this often, so a refresh token never goes unused
+    /// long enough to expire.
+    #[serde(default = "default_refresh_at_least")]
+    pub refresh_at_least: BoundedDuration<300, 7_776_000>,
+    /// Longest a device-code sign-in waits for the person (also capped by the code's own
+    /// lifetime).
+    #[serde(default = "default_device_code_timeout")]
+    pub device_code_timeout: BoundedDuration<10, 3_600>,
+    /// How long a process waits for another one's token refresh to finish.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout: BoundedDuration<1, 600>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_store: TokenStore::Auto,
+            key_file: None,
+            keychain_timeout: default_keychain_timeout(),
+            graph_scopes: None,
+            exchange_scopes: None,
+            refresh_buffer: default_refresh_buffer(),
+            refresh_at_least: default_refresh_at_least(),
+            device_code_timeout: default_device_code_timeout(),
+            lock_timeout: default_lock_timeout(),
+        }
+    }
+}
+
+fn default_keychain_timeout() -> BoundedDuration<1, 120> {
+    BoundedDuration(std::time::Duration::from_secs(5))
+}
+
+fn default_refresh_buffer() -> BoundedDuration<0, 3_600> {
+    BoundedDuration(std::time::Duration::from_secs(300))
+}
+
+fn default_refresh_at_least() -> BoundedDuration<300, 7_776_000> {
+    BoundedDuration(std::time::Duration::from_secs(86_400))
+}
+
+fn default_device_code_timeout() -> BoundedDuration<10, 3_600> {
+    BoundedDuration(std::time::Duration::from_secs(900))
+}
+
+fn default_lock_timeout() -> BoundedDuration<1, 600> {
+    BoundedDuration(std::time::Duration::from_secs(30))
+}
+
+/// The `[notify]` section: who is told when a person must sign in.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// A program and its arguments, run with the event in its environment.
+    pub command: Option<Command>,
+    /// A desktop notification (osascript on macOS, notify-send on Linux).
+    #[serde(default)]
+    pub desktop: bool,
+    /// An https URL (or loopback http) that receives each event as a JSON POST.
+    pub webhook: Option<EndpointUrl>,
+    /// How long a hook may take before it is abandoned.
+    #[serde(default = "default_notify_timeout")]
+    pub timeout: BoundedDuration<1, 300>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            command: None,
+            desktop: false,
+            webhook: None,
+            timeout: default_notify_timeout(),
+        }
+    }
+}
+
+fn default_notify_timeout() -> BoundedDuration<1, 300> {
+    BoundedDuration(std::time::Duration::from_secs(10))
+}
+
+/// The `[http]` section: the one HTTP client every Microsoft call goes through.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Longest wait for a connection (TCP and TLS).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: BoundedDuration<1, 300>,
+    /// Longest wait for a whole request and its answer.
+    #[serde(default = "default_request_timeout")]
+    pub timeout: BoundedDuration<1, 600>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connect_timeout: default_connect_timeout(),
+            timeout: default_request_timeout(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> BoundedDuration<1, 300> {
+    BoundedDuration(std::time::Duration::from_secs(10))
+}
+
+fn default_request_timeout() -> BoundedDuration<1, 600> {
+    BoundedDuration(std::time::Duration::from_secs(30))
+}
+
+/// A command line as an argv list: a program and its arguments, never run through a shell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct Command(Vec<String>);
+
+impl Command {
+    pub fn program(&self) -> &str {
+        &self.0[0]
+    }
+    pub fn args(&self) -> &[String] {
+        &self.0[1..]
+    }
+}
+
+impl TryFrom<Vec<String>> for Command {
+    type Error = String;
+    fn try_from(v: Vec<String>) -> Result<Self, String> {
+        match v.first() {
+            None => Err("expected a program and its arguments, such as [\"/usr/local/bin/page\", \"--urgent\"]; found an empty list".into()),
+            Some(p) if p.trim().is_empty() => Err("the program name is empty".into()),
+            Some(_) => Ok(Command(v)),
+        }
+    }
+}
+
+impl From<Command> for Vec<String> {
+    fn from(c: Command) -> Vec<String> {
+        c.0
+    }
+}
+
+/// An OAuth scope: printable ASCII without spaces or quotes (RFC 6749 section 3.3).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Scope(String);
+
+impl Scope {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Scope {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if ok {
+            Ok(Scope(s))
+        } else {
+            Err(format!(
+                "`{s}` is not an OAuth scope (printable characters, no spaces, quotes or backslashes)"
+            ))
+        }
+    }
+}
+
+impl From<Scope> for String {
+    fn from(s: Scope) -> String {
+        s.0
+    }
 }
 
 /// An absolute file path.
@@ -409,6 +630,39 @@ impl Config {
         match &self.exchange_url {
             Some(u) => u.0.to_string().trim_end_matches('/').to_string(),
             None => self.cloud.exchange_host().to_string(),
+        }
+    }
+
+    /// Where the OpenID Connect discovery document is read: `{oidc_authority}/.well-known/
+    /// openid-configuration` for a generic provider, else the Microsoft v2.0 document under
+    /// the authority. `None` when neither a tenant nor an authority is known.
+    pub fn discovery_url(&self) -> Option<String> {
+        if let Some(a) = &self.oidc_authority {
+            let base = a.0.as_str().trim_end_matches('/');
+            return Some(format!("{base}/.well-known/openid-configuration"));
+        }
+        Some(format!(
+            "{}/v2.0/.well-known/openid-configuration",
+            self.authority_url()?
+        ))
+    }
+
+    /// The scopes asked for Microsoft Graph.
+    pub fn graph_scopes(&self) -> Vec<String> {
+        match &self.auth.graph_scopes {
+            Some(s) => s.iter().map(|s| s.0.clone()).collect(),
+            None => ["Mail.Send", "Mail.ReadWrite", "User.Read"]
+                .iter()
+                .map(|p| format!("{}/{p}", self.cloud.graph_host()))
+                .collect(),
+        }
+    }
+
+    /// The scopes asked for Exchange Online.
+    pub fn exchange_scopes(&self) -> Vec<String> {
+        match &self.auth.exchange_scopes {
+            Some(s) => s.iter().map(|s| s.0.clone()).collect(),
+            None => vec![format!("{}/.default", self.cloud.exchange_host())],
         }
     }
 
@@ -721,6 +975,42 @@ timeout = "2m"
 retention = "365d"
 # When pruning runs (cron), or "never" to keep every row.
 prune_schedule = "30 3 * * *"
+
+[auth]
+# Where tokens live: "keychain" (macOS Keychain, Linux Secret Service), "file" (an
+# AES-256-GCM encrypted file) or "auto" (the keychain when it answers, else the file).
+token_store = "auto"
+# The encrypted file's key, first found: $CREDENTIALS_DIRECTORY/imm-token-key (systemd's
+# LoadCredentialEncrypted=), this file, a passphrase in IMM_TOKEN_PASSPHRASE, else a
+# random key generated beside this configuration file.
+# key_file = "/etc/imm-daemon/token.key"
+# How long a keychain call may take (a locked keyring can wait forever for a prompt).
+keychain_timeout = "5s"
+# Scopes asked for each resource; the defaults follow `cloud`.
+# graph_scopes = ["https://graph.microsoft.com/Mail.Send", "https://graph.microsoft.com/Mail.ReadWrite", "https://graph.microsoft.com/User.Read"]
+# exchange_scopes = ["https://outlook.office365.com/.default"]
+# An access token with less than this left is refreshed before use.
+refresh_buffer = "5m"
+# Refresh at least this often, so the sign-in never lapses from disuse (90 days).
+refresh_at_least = "24h"
+# Longest a device-code sign-in waits for the person.
+device_code_timeout = "15m"
+# How long the CLI and the daemon wait for each other's token refresh.
+lock_timeout = "30s"
+
+[notify]
+# Told when a person must sign in (with the device code), after a sign-in, and when a
+# refresh fails. Any of:
+# command = ["/usr/local/bin/page-admin", "--urgent"]   # event in IMM_* variables
+# desktop = true
+# webhook = "https://hooks.example.com/imm-daemon"     # JSON POST
+timeout = "10s"
+
+[http]
+# Every call to Microsoft goes through one client; HTTPS_PROXY, NO_PROXY and
+# SSL_CERT_FILE are honoured.
+connect_timeout = "10s"
+timeout = "30s"
 "#;
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod http;
 pub mod import;
 pub mod inventory;
 pub mod paths;

@@ -1,0 +1,155 @@
+//! The one HTTP client every call to Microsoft (and to a webhook) goes through, and the
+//! parsing of the answers every caller needs: `Retry-After`, status classes.
+//!
+//! TLS is rustls with the ring provider (the aws-lc provider is the slowest crate to
+//! build and buys nothing here) and the platform verifier (the system's roots). Extra
+//! roots come from `SSL_CERT_FILE` for corporate proxies and private CAs; `HTTPS_PROXY`
+//! and `NO_PROXY` are read by reqwest itself. Redirects are never followed: a token
+//! request re-posted to another host would carry a refresh token with it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::HttpConfig;
+
+/// The User-Agent every request carries.
+pub const USER_AGENT: &str = concat!("imm-daemon/", env!("CARGO_PKG_VERSION"));
+
+/// Errors building the client.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot read SSL_CERT_FILE {path}")]
+    CertFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("SSL_CERT_FILE {path} holds no usable PEM certificate")]
+    CertParse { path: String },
+    #[error("cannot set up the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Makes ring the process's rustls provider; later calls do nothing.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Fails only when another thread installed one first, which is the goal anyway.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// Builds the shared client. Clone it freely: clones share one connection pool.
+pub fn client(cfg: &HttpConfig) -> Result<reqwest::Client, BuildError> {
+    install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(cfg.connect_timeout.get())
+        .timeout(cfg.timeout.get())
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()) {
+        let shown = path.to_string_lossy().into_owned();
+        let pem = std::fs::read(&path).map_err(|source| BuildError::CertFile {
+            path: shown.clone(),
+            source,
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or(BuildError::CertParse { path: shown })?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(BuildError::Client)
+}
+
+/// Reads a `Retry-After` value: whole seconds, fractional seconds (Graph sends values
+/// such as `2.128`) or an HTTP date. A date in the past means no wait. `None` when the
+/// value is none of these.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(u32::MAX as f64)));
+    }
+    let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// The `Retry-After` of a response, if it carries a readable one.
+pub fn retry_after(headers: &reqwest::header::HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(v, now)
+}
+
+/// Whether a status says "try again later" rather than "this request is wrong".
+pub fn is_transient_status(status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+}
+
+/// A short description of a transport error for logs and audit rows: what failed, never
+/// the URL's query (which carries nothing secret here, but the rule is simple to keep).
+pub fn describe(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_decode() || e.is_body() {
+        "answer could not be read"
+    } else if e.is_request() {
+        "request failed"
+    } else {
+        "failed"
+    };
+    let mut s = match e.url() {
+        Some(u) => format!(
+            "{} {}{}: {what}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.path()
+        ),
+        None => what.to_string(),
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn retry_after_takes_seconds_fractions_and_dates() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap();
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after(" 2.128 ", now),
+            Some(Duration::from_millis(2128))
+        );
+        assert_eq!(
+            parse_retry_after("Sat, 21 Nov 2026 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sat, 21 Nov 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
+    }
+
+    #[test]
+    fn the_client_builds_with_the_defaults() {
+        let cfg = HttpConfig::default();
+        assert!(client(&cfg).is_ok());
+        assert!(USER_AGENT.starts_with("imm-daemon/"));
+    }
+}
