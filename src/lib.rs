@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod http;
 pub mod import;
 pub mod inventory;
+pub mod notify;
 pub mod paths;
 pub mod schedule;
 pub mod service;
