@@ -13,6 +13,8 @@
 //!   parameters through SQLite's C API without copying them; that module is the crate's
 //!   only unsafe code.
 //! - [`cli`] parses the command line, calls the above and formats the results.
+//! - [`sandbox`] emulates Microsoft's endpoints on loopback for the tests; production code
+//!   never depends on it.
 //!
 //! Data flow of an import: file bytes → [`import::parse_export`] →
 //! [`inventory::ExoMailbox`] → [`inventory::InactiveMailbox::build`] →
@@ -29,6 +31,7 @@ pub mod import;
 pub mod inventory;
 pub mod notify;
 pub mod paths;
+pub mod sandbox;
 pub mod schedule;
 pub mod service;
 pub mod store;
