@@ -12,6 +12,8 @@
 //!   events and the hash chain that makes the log tamper-evident. The store's upsert binds
 //!   parameters through SQLite's C API without copying them; that module is the crate's
 //!   only unsafe code.
+//! - [`secrets`] keeps the sign-in's one secret (the token cache) in the OS keychain or an
+//!   AES-256-GCM encrypted file.
 //! - [`cli`] parses the command line, calls the above and formats the results.
 //!
 //! Data flow of an import: file bytes → [`import::parse_export`] →
@@ -29,6 +31,7 @@ pub mod import;
 pub mod inventory;
 pub mod paths;
 pub mod schedule;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod sync;
