@@ -12,6 +12,8 @@
 //!   events and the hash chain that makes the log tamper-evident. The store's upsert binds
 //!   parameters through SQLite's C API without copying them; that module is the crate's
 //!   only unsafe code.
+//! - [`secrets`] keeps the sign-in's one secret (the token cache) in the OS keychain or an
+//!   AES-256-GCM encrypted file.
 //! - [`cli`] parses the command line, calls the above and formats the results.
 //! - [`sandbox`] emulates Microsoft's endpoints on loopback for the tests; production code
 //!   never depends on it.
@@ -33,6 +35,7 @@ pub mod notify;
 pub mod paths;
 pub mod sandbox;
 pub mod schedule;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod sync;

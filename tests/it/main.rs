@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod import;
 mod mailboxes;
+mod secrets;
 mod service;
 mod store;
 mod support;
