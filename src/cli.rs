@@ -2,6 +2,7 @@
 //! call the library and format what it returns, and never run SQL themselves.
 
 mod audit_cmd;
+mod auth_cmd;
 mod config_cmd;
 mod daemon_cmd;
 mod mailboxes;
@@ -69,6 +70,13 @@ pub enum Command {
     /// The tamper-evident audit log: list, export, verify, prune.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// Sign in to Microsoft with a device code (or show the code the daemon holds), or
+    /// import the sign-in from an MSAL token cache.
+    Login(auth_cmd::LoginArgs),
+    /// Remove the tokens from every token store (keychain and encrypted file).
+    Logout,
+    /// Print a fresh access token for scripts (refreshing it if needed).
+    Token(auth_cmd::TokenArgs),
     /// Run the daemon in the foreground (what launchd and systemd start).
     Run(RunArgs),
     /// Whether the daemon runs and is healthy (exit 0 healthy, 1 needs attention,
@@ -147,6 +155,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(c) => config_cmd::run(&ctx, c),
         Command::Mailboxes(c) => mailboxes::run(&ctx, c),
         Command::Audit(c) => audit_cmd::run(&ctx, c),
+        Command::Login(args) => auth_cmd::login(&ctx, args),
+        Command::Logout => auth_cmd::logout(&ctx),
+        Command::Token(args) => auth_cmd::token(&ctx, args),
         Command::Run(_) => Ok(crate::daemon::run(&ctx.paths, &|| ctx.config())?),
         Command::Status(args) => status::run(&ctx, args),
         Command::Cycle(args) => daemon_cmd::cycle(&ctx, args),
@@ -185,6 +196,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             }
             Some(_) => return exit::FAILURE,
             None => {}
+        }
+        if let Some(crate::auth::AuthError::NotConfigured(_)) = cause.downcast_ref() {
+            return exit::CONFIG;
         }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return exit::CONFIG;

@@ -66,6 +66,11 @@ fn status_response(
 }
 
 /// Why `sync-now` cannot be done, if it cannot.
+/// The daemon's sign-in as its step last saw it, and the device code waiting, if any.
+fn sign_in_response(hub: &crate::auth::step::Hub) -> control::Response {
+    control::Response::ok(serde_json::to_value(hub.view()).expect("views serialize"))
+}
+
 fn sync_refusal(config: &Config) -> Option<control::Response> {
     config.sync.export.is_none().then(|| {
         control::Response::error(
@@ -124,10 +129,13 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The steps every cycle runs, in order: the mailbox sync when due, then the database's
-/// upkeep. Token refresh and the email queue join the front of this list as they land.
-pub fn default_steps() -> Vec<Box<dyn cycle::CycleStep>> {
+/// The steps every cycle runs, in order: the sign-in (fresh tokens first), the mailbox
+/// sync when due, then the database's upkeep. The email queue joins after the sign-in.
+pub fn default_steps(
+    hub: std::sync::Arc<crate::auth::step::Hub>,
+) -> Vec<Box<dyn cycle::CycleStep>> {
     vec![
+        Box::new(crate::auth::step::SignInStep::new(hub)),
         Box::new(crate::sync::MailboxSync::default()),
         Box::new(cycle::StoreMaintenance),
     ]
@@ -246,6 +254,8 @@ struct Supervisor<'a> {
     /// The mailbox sync is due: its schedule fired or someone asked, and it has not yet
     /// succeeded since.
     sync_pending: bool,
+    /// Where the sign-in step's background device flow posts its news.
+    hub: std::sync::Arc<crate::auth::step::Hub>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -253,11 +263,13 @@ impl<'a> Supervisor<'a> {
         let interval = config.heartbeat.interval.get();
         let jobs = plan_jobs(&config, &store);
         let now = stamp(Utc::now());
+        let hub = crate::auth::step::Hub::new();
         Supervisor {
             jobs,
+            hub: hub.clone(),
             sync_pending: false,
             paths,
-            steps: Steps::new(default_steps(), Backoff::for_heartbeat(interval)),
+            steps: Steps::new(default_steps(hub), Backoff::for_heartbeat(interval)),
             state: DaemonState {
                 version: STATE_VERSION,
                 pid: std::process::id(),
@@ -375,6 +387,7 @@ impl<'a> Supervisor<'a> {
                         self.fire_due_jobs();
                         Trigger::Heartbeat
                     }
+                    _ = self.hub.wake.notified() => Trigger::SignIn,
                     _ = sleep_until_due(self.jobs.next_due()) => {
                         if self.fire_due_jobs() {
                             Trigger::Schedule
@@ -400,6 +413,10 @@ impl<'a> Supervisor<'a> {
                             control::Command::Status => {
                                 let views = job_views(&self.store, &self.jobs, &self.config);
                                 let _ = reply.send(status_response(&self.state, false, &views));
+                                continue;
+                            }
+                            control::Command::SignIn => {
+                                let _ = reply.send(sign_in_response(&self.hub));
                                 continue;
                             }
                             control::Command::CycleNow => {
@@ -446,6 +463,7 @@ impl<'a> Supervisor<'a> {
                     store: &self.store,
                     cancel: &shutdown,
                     sync_due: self.sync_pending,
+                    wake: Some(&self.hub.wake),
                 };
                 let cycle = self.steps.run_cycle(&ctx, trigger);
                 tokio::pin!(cycle);
@@ -453,7 +471,7 @@ impl<'a> Supervisor<'a> {
                 let grace = self.config.daemon.shutdown_grace.get();
                 let state = &self.state;
                 let config = &self.config;
-                let (store, jobs) = (&self.store, &self.jobs);
+                let (store, jobs, hub) = (&self.store, &self.jobs, &self.hub);
                 let sync_asked = &mut sync_asked_mid_cycle;
                 let begin_stop = |deadline: &mut Option<tokio::time::Instant>| {
                     shutdown.cancel();
@@ -490,6 +508,9 @@ impl<'a> Supervisor<'a> {
                                 control::Command::Status => {
                                     let views = job_views(store, jobs, config);
                                     let _ = reply.send(status_response(state, true, &views));
+                                }
+                                control::Command::SignIn => {
+                                    let _ = reply.send(sign_in_response(hub));
                                 }
                                 control::Command::CycleNow => {
                                     pending = Some(Trigger::Request);

@@ -25,6 +25,7 @@
 //! [`inventory::InactiveMailbox::refresh`] before anything is shown.
 
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;

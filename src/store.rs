@@ -26,6 +26,8 @@ mod cycles;
 mod jobs;
 mod mailboxes;
 mod raw;
+mod sign_in;
+pub use sign_in::SignInRow;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,7 +40,7 @@ pub use cycles::CycleRow;
 pub use mailboxes::{MailboxFilter, StoreStats};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// `PRAGMA application_id` of an imm-daemon database ("IMMD").
 const APPLICATION_ID: i64 = 0x494d_4d44;
@@ -274,6 +276,7 @@ impl Store {
                 }
                 3 => tx.execute_batch(MIGRATION_3).map_err(fail)?,
                 4 => tx.execute_batch(MIGRATION_4).map_err(fail)?,
+                5 => tx.execute_batch(MIGRATION_5).map_err(fail)?,
                 _ => unreachable!("no migration to version {version}"),
             }
             tx.execute_batch(&format!(
@@ -427,6 +430,16 @@ CREATE TABLE job_runs (
     error TEXT,
     last_ok_at TEXT,
     failures INTEGER NOT NULL
+);
+";
+
+/// The sign-in's public record (never token material): one row per account slot.
+const MIGRATION_5: &str = "
+CREATE TABLE sign_in (
+    slot TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    record TEXT NOT NULL
 );
 ";
 

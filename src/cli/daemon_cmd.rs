@@ -96,7 +96,7 @@ fn cycle_here(ctx: &Context, sync: bool) -> anyhow::Result<CycleSummary> {
         .build()?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut steps = Steps::new(
-        crate::daemon::default_steps(),
+        crate::daemon::default_steps(crate::auth::step::Hub::new()),
         Backoff::for_heartbeat(config.heartbeat.interval.get()),
     );
     let summary = runtime.block_on(async {
@@ -106,6 +106,7 @@ fn cycle_here(ctx: &Context, sync: bool) -> anyhow::Result<CycleSummary> {
             store: &store,
             cancel: &cancel,
             sync_due,
+            wake: None,
         };
         steps.run_cycle(&step_ctx, Trigger::Request).await
     });

@@ -77,11 +77,98 @@ pub struct Status {
     pub paths: Paths,
 }
 
-/// What is known about Microsoft sign-in.
-#[derive(Debug, Serialize)]
+/// What is known about Microsoft sign-in (never token material).
+#[derive(Debug, Default, Serialize)]
 pub struct SignIn {
     pub tenant: Option<String>,
     pub client_id_configured: bool,
+    /// `signed_out`, `signed_in` or `sign_in_required`.
+    pub state: String,
+    pub account: Option<String>,
+    /// The tenant the account belongs to (from its id token).
+    pub account_tenant: Option<String>,
+    /// How the sign-in happened: `device_code` or `msal_import`.
+    pub method: Option<String>,
+    /// The token store in use (`keychain` or `file`), why, and any warning about it.
+    pub backend: Option<String>,
+    pub backend_why: Option<String>,
+    pub backend_warning: Option<String>,
+    /// Each resource's access token: when it expires and in how many seconds.
+    pub access: std::collections::BTreeMap<String, AccessView>,
+    /// Seconds since the refresh token in hand was issued.
+    pub refresh_token_age_secs: Option<i64>,
+    pub required_reason: Option<String>,
+    pub required_since: Option<String>,
+    pub last_error: Option<String>,
+    /// The device code waiting for a person.
+    pub pending: Option<crate::auth::PendingCode>,
+    /// Why the sign-in record could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+/// One access token's expiry.
+#[derive(Debug, Serialize)]
+pub struct AccessView {
+    pub expires_at: String,
+    pub expires_in_secs: i64,
+}
+
+fn sign_in(
+    config: Option<&crate::config::Config>,
+    db: Option<&Result<Store, crate::store::StoreError>>,
+    now: DateTime<Utc>,
+) -> SignIn {
+    let mut s = SignIn {
+        tenant: config.and_then(|c| c.tenant.as_ref().map(|t| t.to_string())),
+        client_id_configured: config.is_some_and(|c| c.client_id.is_some()),
+        state: crate::auth::SignInState::SignedOut.as_str().to_string(),
+        ..SignIn::default()
+    };
+    let record = match db {
+        Some(Ok(store)) => match store.sign_in(crate::auth::SLOT) {
+            Ok(Some(row)) => match serde_json::from_str::<crate::auth::SignInRecord>(&row.record) {
+                Ok(r) => r,
+                Err(e) => {
+                    s.error = Some(format!("the sign-in record is not readable: {e}"));
+                    return s;
+                }
+            },
+            Ok(None) => return s,
+            Err(e) => {
+                s.error = Some(crate::daemon::error_chain(&e));
+                return s;
+            }
+        },
+        _ => return s,
+    };
+    s.state = record.state.as_str().to_string();
+    s.account = record.account.as_ref().map(|a| a.label());
+    s.account_tenant = record.account.as_ref().and_then(|a| a.tenant_id.clone());
+    s.method = record.method;
+    s.backend = record.backend;
+    s.backend_why = record.backend_why;
+    s.backend_warning = record.backend_warning;
+    s.access = record
+        .access
+        .iter()
+        .map(|(k, a)| {
+            (
+                k.clone(),
+                AccessView {
+                    expires_at: crate::inventory::rfc3339(a.expires_at),
+                    expires_in_secs: (a.expires_at - now).num_seconds(),
+                },
+            )
+        })
+        .collect();
+    s.refresh_token_age_secs = record
+        .refresh_obtained_at
+        .map(|t| (now - t).num_seconds().max(0));
+    s.required_reason = record.required_reason;
+    s.required_since = record.required_since.map(crate::inventory::rfc3339);
+    s.last_error = record.last_error;
+    s.pending = record.pending.filter(|p| p.expires_at > now);
+    s
 }
 
 /// The inventory cache.
@@ -180,7 +267,10 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
     let job_failed = jobs
         .iter()
         .any(|j| j.enabled && j.last_run.as_ref().is_some_and(|r| !r.ok));
+    let config_ref = config.as_ref().ok();
+    let signin = sign_in(config_ref, db.as_ref(), now);
     let attention = job_failed
+        || signin.state == crate::auth::SignInState::SignInRequired.as_str()
         || last_cycle
             .as_ref()
             .is_some_and(|c| !c.ok || c.needs_attention());
@@ -262,12 +352,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         state_error,
         cycle_running,
         control_error,
-        signin: SignIn {
-            tenant: config
-                .as_ref()
-                .and_then(|c| c.tenant.as_ref().map(|t| t.to_string())),
-            client_id_configured: config.as_ref().is_some_and(|c| c.client_id.is_some()),
-        },
+        signin,
         jobs,
         jobs_error,
         cache,
@@ -376,12 +461,7 @@ pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
         }
         None => line(out, "last cycle", "none")?,
     }
-    let signin = match (&s.signin.tenant, s.signin.client_id_configured) {
-        (Some(t), true) => format!("tenant {t}, client id configured"),
-        (Some(t), false) => format!("tenant {t}; no client_id configured"),
-        (None, _) => "not configured (set tenant and client_id)".to_string(),
-    };
-    line(out, "sign-in", &signin)?;
+    write_sign_in(out, &s.signin, line)?;
     match &s.cache {
         Some(c) => {
             let mut v = format!("{} mailboxes", c.mailboxes);
@@ -468,6 +548,79 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<()> {
             code: status.exit_code,
         }
         .into());
+    }
+    Ok(())
+}
+
+fn write_sign_in(
+    out: &mut dyn Write,
+    s: &SignIn,
+    line: impl Fn(&mut dyn Write, &str, &str) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if !s.client_id_configured || (s.tenant.is_none() && s.state == "signed_out") {
+        let v = match (&s.tenant, s.client_id_configured) {
+            (Some(t), false) => format!("tenant {t}; no client_id configured"),
+            _ => "not configured (set tenant and client_id)".to_string(),
+        };
+        return line(out, "sign-in", &v);
+    }
+    let who = s.account.as_deref().unwrap_or("no account");
+    let head = match s.state.as_str() {
+        "signed_in" => format!("signed in as {who}"),
+        "sign_in_required" => format!(
+            "SIGN-IN REQUIRED for {who}: {}",
+            s.required_reason
+                .as_deref()
+                .unwrap_or("the identity platform asks for a person")
+        ),
+        _ => "signed out (run `imm-daemon login`)".to_string(),
+    };
+    let mut head = head;
+    if let Some(t) = s.account_tenant.as_ref().or(s.tenant.as_ref()) {
+        head.push_str(&format!(", tenant {t}"));
+    }
+    line(out, "sign-in", &head)?;
+    if let Some(e) = &s.error {
+        line(out, "", &format!("record unreadable: {e}"))?;
+    }
+    if let Some(p) = &s.pending {
+        line(
+            out,
+            "",
+            &format!(
+                "{} (code {}, expires {})",
+                p.message,
+                p.user_code,
+                crate::inventory::rfc3339(p.expires_at)
+            ),
+        )?;
+    }
+    if let Some(b) = &s.backend {
+        line(
+            out,
+            "",
+            &format!(
+                "tokens in the {b} store ({})",
+                s.backend_why.as_deref().unwrap_or("")
+            ),
+        )?;
+    }
+    if let Some(w) = &s.backend_warning {
+        line(out, "", &format!("warning: {w}"))?;
+    }
+    for (resource, a) in &s.access {
+        let when = if a.expires_in_secs > 0 {
+            format!("expires {} (in {})", a.expires_at, ago(a.expires_in_secs))
+        } else {
+            format!("expired {} (refreshed at the next cycle)", a.expires_at)
+        };
+        line(out, "", &format!("{resource} access token {when}"))?;
+    }
+    if let Some(age) = s.refresh_token_age_secs {
+        line(out, "", &format!("refresh token issued {} ago", ago(age)))?;
+    }
+    if let Some(e) = &s.last_error {
+        line(out, "", &format!("last error: {e}"))?;
     }
     Ok(())
 }

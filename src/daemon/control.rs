@@ -2,7 +2,7 @@
 //! folder) speaking newline-delimited JSON, one request and one response per line.
 //!
 //! A request is `{"v": 1, "cmd": "status"}`; `cmd` is one of `status`, `cycle-now`,
-//! `sync-now`, `reload` and `stop`. A response is `{"v": 1, "ok": true, "data": …}` or
+//! `sync-now`, `reload`, `stop` and `sign-in`. A response is `{"v": 1, "ok": true, "data": …}` or
 //! `{"v": 1, "ok": false, "error": "…"}`. A request of another protocol version is
 //! answered with an error naming both versions, and a client refuses a response of
 //! another version the same way, so a mismatched CLI and daemon say so instead of
@@ -43,6 +43,8 @@ pub enum Command {
     Reload,
     /// Stop (as SIGTERM does); answered before the daemon stops.
     Stop,
+    /// The sign-in as the daemon sees it, with the device code waiting for a person.
+    SignIn,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -32,6 +32,9 @@ pub struct StepContext<'a> {
     pub cancel: &'a CancellationToken,
     /// The mailbox sync is due in this cycle (its schedule fired, or someone asked).
     pub sync_due: bool,
+    /// In the daemon: wakes the supervisor for a cycle soon (a step's background work
+    /// has news). `None` in a one-off cycle of the CLI, where nothing runs afterwards.
+    pub wake: Option<&'a tokio::sync::Notify>,
 }
 
 /// A step's account of a successful run.
@@ -100,6 +103,8 @@ pub enum Trigger {
     Request,
     /// A scheduled job (the mailbox sync) fell due.
     Schedule,
+    /// The sign-in changed: a device code was issued, or a person signed in.
+    SignIn,
 }
 
 impl Trigger {
@@ -109,6 +114,7 @@ impl Trigger {
             Trigger::Signal => "signal",
             Trigger::Request => "request",
             Trigger::Schedule => "schedule",
+            Trigger::SignIn => "sign_in",
         }
     }
 }
@@ -458,6 +464,7 @@ mod tests {
                 store: &self.store,
                 cancel: &self.cancel,
                 sync_due: false,
+                wake: None,
             }
         }
     }

@@ -10,14 +10,14 @@ use serde_json::Value;
 use crate::support::{Env, days_ago_ms, record};
 
 /// A running `imm-daemon run`, killed if a test fails before stopping it.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
     /// Where its stderr goes (a file, so that a chatty daemon never blocks on a pipe).
-    log: std::path::PathBuf,
+    pub(crate) log: std::path::PathBuf,
 }
 
 impl Daemon {
-    fn start(env: &Env) -> Daemon {
+    pub(crate) fn start(env: &Env) -> Daemon {
         let log = env
             .home
             .path()
@@ -27,6 +27,8 @@ impl Daemon {
             .env("IMM_HOME", env.home.path())
             .env_remove("IMM_CONFIG")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("IMM_TOKEN_PASSPHRASE")
+            .env_remove("CREDENTIALS_DIRECTORY")
             .env("IMM_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -39,16 +41,16 @@ impl Daemon {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
-    fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         send_signal(self.pid(), name);
     }
 
     /// Waits for the process to exit; returns its exit code and stderr.
-    fn wait(&mut self, within: Duration) -> (Option<i32>, String) {
+    pub(crate) fn wait(&mut self, within: Duration) -> (Option<i32>, String) {
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + within;
         loop {
@@ -107,7 +109,7 @@ fn state(env: &Env) -> Option<Value> {
 }
 
 /// Polls the state file until `pred` holds.
-fn wait_for_state(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_for_state(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(s) = state(env)
@@ -124,7 +126,7 @@ fn wait_for_state(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value
     }
 }
 
-fn operations(env: &Env) -> Vec<(String, String)> {
+pub(crate) fn operations(env: &Env) -> Vec<(String, String)> {
     env.json(&["audit", "list"])
         .as_array()
         .unwrap()
@@ -138,13 +140,13 @@ fn operations(env: &Env) -> Vec<(String, String)> {
         .collect()
 }
 
-fn config(env: &Env, text: &str) {
+pub(crate) fn config(env: &Env, text: &str) {
     let p = env.config_file();
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, text).unwrap();
 }
 
-fn running(s: &Value) -> bool {
+pub(crate) fn running(s: &Value) -> bool {
     s["phase"] == "running"
 }
 
@@ -159,11 +161,13 @@ fn runs_cycles_on_signals_reloads_safely_and_stops_cleanly() {
     assert_eq!(s["heartbeat_secs"], 3600);
     assert_eq!(s["last_cycle"]["trigger"], "heartbeat");
     assert_eq!(s["last_cycle"]["ok"], true);
-    // No mailbox source configured: the sync step is idle.
-    assert_eq!(s["last_cycle"]["steps"][0]["step"], "mailbox_sync");
+    // Sign-in is not configured and no mailbox source either: both steps are idle.
+    assert_eq!(s["last_cycle"]["steps"][0]["step"], "sign_in");
     assert_eq!(s["last_cycle"]["steps"][0]["status"], "idle");
-    assert_eq!(s["last_cycle"]["steps"][1]["step"], "store_maintenance");
-    assert_eq!(s["last_cycle"]["steps"][1]["status"], "ok");
+    assert_eq!(s["last_cycle"]["steps"][1]["step"], "mailbox_sync");
+    assert_eq!(s["last_cycle"]["steps"][1]["status"], "idle");
+    assert_eq!(s["last_cycle"]["steps"][2]["step"], "store_maintenance");
+    assert_eq!(s["last_cycle"]["steps"][2]["status"], "ok");
 
     // status: running and healthy.
     let out = env.cmd().args(["status", "--json"]).output().unwrap();
@@ -573,7 +577,7 @@ fn syncs_the_cache_at_start_and_on_request_and_a_failing_sync_shows_without_stop
     let mut daemon = Daemon::start(&env);
     // A sync that never ran is due at once: the first cycle fills the cache.
     let s = wait_for_state(&env, "the first cycle", |s| running(s) && s["cycles"] == 1);
-    let sync = &s["last_cycle"]["steps"][0];
+    let sync = &s["last_cycle"]["steps"][1];
     assert_eq!(sync["step"], "mailbox_sync");
     assert_eq!(sync["status"], "ok", "{s}");
     assert_eq!(sync["counts"]["mailboxes"], 3);
@@ -597,7 +601,7 @@ fn syncs_the_cache_at_start_and_on_request_and_a_failing_sync_shows_without_stop
     write_export(&env, &[1, 2]);
     let out = env.ok(&["cycle", "--json"]);
     let c: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(c["steps"][0]["status"], "idle", "{c}");
+    assert_eq!(c["steps"][1]["status"], "idle", "{c}");
     assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 3);
 
     // `sync` asks the daemon: the snapshot drops the mailbox no longer exported.
@@ -632,7 +636,7 @@ fn syncs_the_cache_at_start_and_on_request_and_a_failing_sync_shows_without_stop
     let (code, st) = status_json(&env);
     assert_eq!(code, Some(1), "{st}");
     assert_eq!(st["health"], "attention");
-    assert_eq!(st["last_cycle"]["steps"][0]["status"], "failed");
+    assert_eq!(st["last_cycle"]["steps"][1]["status"], "failed");
     let j = job(&st, "mailbox_sync");
     assert_eq!(j["last_run"]["ok"], false);
     assert_eq!(j["last_run"]["failures"], 1);
@@ -681,7 +685,7 @@ fn scheduled_jobs_fire_on_their_cron_expressions() {
     let s = wait_for_state(&env, "a scheduled cycle", |s| {
         s["last_cycle"]["trigger"] == "schedule" && s["cycles"].as_u64() >= Some(2)
     });
-    assert_eq!(s["last_cycle"]["steps"][0]["status"], "ok", "{s}");
+    assert_eq!(s["last_cycle"]["steps"][1]["status"], "ok", "{s}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let st = loop {
         let (_, st) = status_json(&env);
@@ -754,7 +758,7 @@ fn a_sync_stuck_on_its_source_times_out_and_never_holds_up_status_or_a_stop() {
     let mut daemon = Daemon::start(&env);
     // The first cycle's sync gives up after its timeout; the cycle ends, the daemon runs on.
     let s = wait_for_state(&env, "the first cycle", |s| s["cycles"] == 1);
-    let sync = &s["last_cycle"]["steps"][0];
+    let sync = &s["last_cycle"]["steps"][1];
     assert_eq!(sync["status"], "failed", "{s}");
     assert!(
         sync["error"]
@@ -763,7 +767,7 @@ fn a_sync_stuck_on_its_source_times_out_and_never_holds_up_status_or_a_stop() {
             .contains("could not be read within 1s"),
         "{sync}"
     );
-    assert_eq!(s["last_cycle"]["steps"][1]["status"], "ok");
+    assert_eq!(s["last_cycle"]["steps"][2]["status"], "ok");
     let (code, _) = status_json(&env);
     assert_eq!(code, Some(1), "a failing sync needs attention");
     // The timed-out read's thread is still blocked: a retry says so at once instead of

@@ -8,5 +8,6 @@ mod import;
 mod mailboxes;
 mod secrets;
 mod service;
+mod signin;
 mod store;
 mod support;

@@ -43,6 +43,8 @@ impl Env {
         c.env("IMM_HOME", self.home.path())
             .env_remove("IMM_CONFIG")
             .env_remove("IMM_LOG")
+            .env_remove("IMM_TOKEN_PASSPHRASE")
+            .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("RUST_LOG")
             .env_remove("COLUMNS");
         c

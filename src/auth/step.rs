@@ -1,0 +1,627 @@
+//! The sign-in step, first in every cycle: keeps the access tokens fresh, exercises the
+//! refresh token at least every `refresh_at_least`, and when the identity platform asks
+//! for a person, marks the sign-in required, tells the notification hooks, and (in the
+//! daemon) runs a device flow in the background that keeps a fresh code available.
+//!
+//! The background flow talks to the step through a [`Hub`]: it posts each new code and
+//! its outcome there and wakes the supervisor, which runs a cycle at once; the step then
+//! records the code or stores the tokens. Only the step touches the database and the
+//! token cache, so the supervisor's single connection is never shared across tasks.
+
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::cache::{PendingCode, SignInRecord, SignInState};
+use super::{AuthError, Resource, SLOT, Session, Settings, TokenResponse, device};
+use crate::audit::{AuditEvent, Operation};
+use crate::daemon::cycle::{CycleStep, StepContext, StepError, StepFuture, StepReport};
+use crate::notify::{Event, Notifier};
+use crate::store::Store;
+
+/// The step's name in cycles and `status`.
+pub const STEP_NAME: &str = "sign_in";
+
+/// How a background device flow ended.
+#[derive(Debug)]
+pub enum FlowOutcome {
+    Granted(Box<TokenResponse>),
+    /// The person declined, or the provider refused the flow outright.
+    Failed(String),
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    pending: Option<PendingCode>,
+    outcome: Option<FlowOutcome>,
+    record: Option<SignInRecord>,
+    /// Why the daemon's last device flow ended without a sign-in, until a new code.
+    failed: Option<String>,
+}
+
+/// Where the background device flow, the step and the supervisor meet.
+#[derive(Debug, Default)]
+pub struct Hub {
+    state: Mutex<HubState>,
+    /// Woken when the flow has news; the supervisor runs a cycle.
+    pub wake: tokio::sync::Notify,
+}
+
+/// What the daemon tells `login` and `status` about its sign-in.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct HubView {
+    pub record: Option<SignInRecord>,
+    pub pending: Option<PendingCode>,
+    /// The daemon's device flow ended without a sign-in (declined, refused).
+    #[serde(default)]
+    pub failed: Option<String>,
+}
+
+impl Hub {
+    pub fn new() -> Arc<Hub> {
+        Arc::new(Hub::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sign-in as the step last recorded it, and the code a person may enter now.
+    pub fn view(&self) -> HubView {
+        let s = self.lock();
+        HubView {
+            record: s.record.clone(),
+            pending: s.pending.clone(),
+            failed: s.failed.clone(),
+        }
+    }
+
+    fn post_code(&self, code: Option<PendingCode>) {
+        let mut s = self.lock();
+        if code.is_some() {
+            s.failed = None;
+        }
+        s.pending = code;
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    fn post_outcome(&self, outcome: FlowOutcome) {
+        let mut s = self.lock();
+        s.pending = None;
+        s.outcome = Some(outcome);
+        drop(s);
+        self.wake.notify_one();
+    }
+}
+
+/// The pause after a failed code request: it doubles from 30 s up to 15 min, so a
+/// provider that is down is not hammered.
+fn code_retry_wait(failures: u32) -> Duration {
+    Duration::from_secs(30u64.saturating_mul(1 << failures.min(5)).min(900))
+}
+
+/// The background device flow: asks for a code, posts it, polls; a code that expires
+/// unused is replaced by a new one. Ends with a grant, a refusal, or `cancel`.
+async fn run_flow(
+    hub: Arc<Hub>,
+    http: reqwest::Client,
+    settings: Settings,
+    cancel: CancellationToken,
+) {
+    let mut failures = 0u32;
+    let scope = settings.scope(Resource::Graph);
+    loop {
+        let attempt = async {
+            let endpoints = super::discover(&http, &settings.discovery_url).await?;
+            let code = device::request_code(&http, &endpoints, &settings.client_id, &scope).await?;
+            Ok::<_, AuthError>((endpoints, code))
+        };
+        let (endpoints, code) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = attempt => match r {
+                Ok(v) => v,
+                Err(e) if e.is_transient() => {
+                    let wait = code_retry_wait(failures).max(e.retry_after().unwrap_or_default());
+                    failures += 1;
+                    tracing::warn!(error = %e, retry_in = %humantime::format_duration(wait), "cannot get a device code");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+                Err(e) => {
+                    hub.post_outcome(FlowOutcome::Failed(e.to_string()));
+                    return;
+                }
+            },
+        };
+        failures = 0;
+        let window = settings.device_code_timeout.min(code.expires_in);
+        hub.post_code(Some(PendingCode {
+            user_code: code.user_code.clone(),
+            verification_uri: code.verification_uri.clone(),
+            verification_uri_complete: code.verification_uri_complete.clone(),
+            message: code.instructions(),
+            expires_at: Utc::now() + chrono::Duration::from_std(window).unwrap_or_default(),
+        }));
+        tracing::warn!(user_code = %code.user_code, uri = %code.verification_uri, "sign-in required: a device code is waiting for a person");
+        match device::poll_for_tokens(
+            &http,
+            &endpoints,
+            &settings.client_id,
+            &code,
+            settings.device_code_timeout,
+            &cancel,
+        )
+        .await
+        {
+            Ok(tokens) => {
+                hub.post_outcome(FlowOutcome::Granted(Box::new(tokens)));
+                return;
+            }
+            Err(AuthError::Cancelled) => return,
+            Err(e @ (AuthError::CodeExpired | AuthError::Deadline { .. } | AuthError::BadCode)) => {
+                tracing::info!(error = %e, "the device code was not used; issuing a new one");
+                hub.post_code(None);
+            }
+            Err(e) if e.is_transient() => {
+                hub.post_code(None);
+            }
+            Err(e) => {
+                hub.post_outcome(FlowOutcome::Failed(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+/// The sign-in cycle step.
+pub struct SignInStep {
+    hub: Arc<Hub>,
+    session: Option<(Rc<Session>, String)>,
+    /// The generation of the database record last read or written.
+    generation: i64,
+    loaded: bool,
+    flow: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    notified_code: Option<String>,
+    /// A refresh failure was already announced (once per streak).
+    failure_announced: bool,
+}
+
+impl SignInStep {
+    pub fn new(hub: Arc<Hub>) -> SignInStep {
+        SignInStep {
+            hub,
+            session: None,
+            generation: 0,
+            loaded: false,
+            flow: None,
+            notified_code: None,
+            failure_announced: false,
+        }
+    }
+
+    fn stop_flow(&mut self) {
+        if let Some((cancel, _)) = self.flow.take() {
+            cancel.cancel();
+        }
+        self.hub.lock().pending = None;
+    }
+
+    fn flow_running(&mut self) -> bool {
+        match &self.flow {
+            Some((_, handle)) if !handle.is_finished() => true,
+            Some(_) => {
+                self.flow = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    async fn session(
+        &mut self,
+        ctx: &StepContext<'_>,
+        settings: Settings,
+    ) -> Result<Rc<Session>, StepError> {
+        let key = format!(
+            "{}|{}|{:?}|{:?}|{:?}",
+            settings.discovery_url,
+            settings.client_id,
+            ctx.config.auth,
+            settings.graph_scopes,
+            settings.exchange_scopes
+        );
+        if let Some((s, k)) = &self.session
+            && *k == key
+        {
+            return Ok(s.clone());
+        }
+        // A new configuration: the old session and any flow of it are dropped.
+        self.stop_flow();
+        self.session = None;
+        self.loaded = false;
+        let http = crate::http::client(&ctx.config.http).map_err(|e| StepError {
+            message: crate::daemon::error_chain(&e),
+            needs_attention: true,
+        })?;
+        let session = Session::open(settings, ctx.config, ctx.paths, http)
+            .await
+            .map_err(|e| StepError {
+                message: crate::daemon::error_chain(&e),
+                needs_attention: !e.is_transient(),
+            })?;
+        let backend = session.backend();
+        tracing::info!(backend = %backend.kind, why = %backend.why, "token store chosen");
+        if let Some(w) = &backend.warning {
+            tracing::warn!("{w}");
+        }
+        let s = Rc::new(session);
+        self.session = Some((s.clone(), key));
+        Ok(s)
+    }
+
+    fn read_record(store: &Store) -> Result<(i64, SignInRecord), StepError> {
+        let row = store
+            .sign_in(SLOT)
+            .map_err(|e| StepError::transient(crate::daemon::error_chain(&e)))?;
+        Ok(match row {
+            None => (0, SignInRecord::default()),
+            Some(r) => (
+                r.generation,
+                serde_json::from_str(&r.record).unwrap_or_default(),
+            ),
+        })
+    }
+
+    fn write_record(
+        &mut self,
+        store: &mut Store,
+        record: &SignInRecord,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), StepError> {
+        let text = serde_json::to_string(record).expect("records serialize");
+        let now = Utc::now();
+        let generation = store
+            .write(|tx| {
+                for e in &events {
+                    tx.audit(e, now)?;
+                }
+                tx.put_sign_in(SLOT, &crate::inventory::rfc3339(now), &text)
+            })
+            .map_err(|e: crate::store::StoreError| {
+                StepError::transient(crate::daemon::error_chain(&e))
+            })?;
+        self.generation = generation;
+        self.hub.lock().record = Some(record.clone());
+        Ok(())
+    }
+
+    fn notify(&self, ctx: &StepContext<'_>, event: Event) {
+        let Some((session, _)) = &self.session else {
+            return;
+        };
+        let notifier = Notifier::new(&ctx.config.notify, session.http().clone());
+        if !notifier.is_configured() {
+            return;
+        }
+        tokio::spawn(async move {
+            notifier.fire(&event).await;
+        });
+    }
+
+    async fn run_step(&mut self, ctx: &StepContext<'_>) -> Result<StepReport, StepError> {
+        let settings = match Settings::from_config(ctx.config) {
+            Ok(s) => s,
+            Err(e) => {
+                self.stop_flow();
+                self.session = None;
+                return Ok(StepReport::idle(e.to_string()));
+            }
+        };
+        let session = self.session(ctx, settings.clone()).await?;
+        let now = Utc::now();
+        let (generation, stored) = Self::read_record(&ctx.store.borrow())?;
+        let mut record = stored.clone();
+        let mut events = Vec::new();
+        if !self.loaded || generation != self.generation {
+            // First run, or the CLI changed the sign-in (login, logout, import).
+            self.generation = generation;
+            self.loaded = true;
+            // A sign-in already known to need a person stays so until a new sign-in.
+            let required = record.state == SignInState::SignInRequired;
+            match session.reload().await {
+                Ok(Some(fresh)) if !required => {
+                    self.stop_flow();
+                    record = fresh;
+                }
+                Ok(None) if !required => {
+                    self.stop_flow();
+                    record = SignInRecord::default();
+                }
+                Ok(_) => {}
+                Err(e) if e.needs_sign_in() => {
+                    let reason = crate::daemon::error_chain(&e);
+                    tracing::error!(error = %reason, "the stored tokens cannot be used");
+                    require(&mut record, &reason, now);
+                    events.push(
+                        AuditEvent::new(Operation::LoginRequired)
+                            .details(serde_json::json!({"reason": reason}))
+                            .failed(reason.clone()),
+                    );
+                    self.notify(
+                        ctx,
+                        Event::TokenRefreshFailed {
+                            resource: "all".into(),
+                            error: reason.clone(),
+                            account: None,
+                        },
+                    );
+                }
+                Err(e) => {
+                    self.loaded = false;
+                    return Err(StepError::transient(crate::daemon::error_chain(&e)));
+                }
+            }
+        }
+        // News from the background flow.
+        let (outcome, pending) = {
+            let mut s = self.hub.lock();
+            (s.outcome.take(), s.pending.clone())
+        };
+        match outcome {
+            Some(FlowOutcome::Granted(tokens)) => {
+                match session.complete_sign_in(*tokens, now).await {
+                    Ok(fresh) => {
+                        let account = fresh
+                            .account
+                            .as_ref()
+                            .map(|a| a.label())
+                            .unwrap_or_default();
+                        events.push(
+                        AuditEvent::new(Operation::Login)
+                            .identity(account.clone())
+                            .details(serde_json::json!({"account": account, "method": "device_code", "by": "daemon"})),
+                    );
+                        tracing::info!(%account, "signed in");
+                        self.notify(ctx, Event::LoginSucceeded { account });
+                        record = fresh;
+                        self.notified_code = None;
+                        self.failure_announced = false;
+                    }
+                    Err(e) => {
+                        let reason = crate::daemon::error_chain(&e);
+                        events.push(AuditEvent::new(Operation::LoginFailed).failed(reason.clone()));
+                        record.last_error = Some(reason);
+                    }
+                }
+            }
+            Some(FlowOutcome::Failed(reason)) => {
+                self.hub.lock().failed = Some(reason.clone());
+                events.push(AuditEvent::new(Operation::LoginFailed).failed(reason.clone()));
+                record.last_error = Some(reason);
+            }
+            None => {}
+        }
+        if record.state == SignInState::SignInRequired {
+            record.pending = pending.clone();
+            if let Some(p) = &pending
+                && self.notified_code.as_deref() != Some(p.user_code.as_str())
+            {
+                self.notified_code = Some(p.user_code.clone());
+                self.notify(
+                    ctx,
+                    Event::LoginRequired {
+                        user_code: p.user_code.clone(),
+                        verification_uri: p.verification_uri.clone(),
+                        verification_uri_complete: p.verification_uri_complete.clone(),
+                        message: p.message.clone(),
+                        expires_at: p.expires_at,
+                        account: record.account.as_ref().map(|a| a.label()),
+                        reason: record.required_reason.clone().unwrap_or_default(),
+                    },
+                );
+            }
+        }
+        let result = match record.state {
+            SignInState::SignedOut => Ok(StepReport::idle("not signed in: run `imm-daemon login`")),
+            SignInState::SignInRequired => {
+                let declined = events.iter().any(|e| e.operation == Operation::LoginFailed);
+                if ctx.wake.is_some() && !declined && !self.flow_running() {
+                    let cancel = ctx.cancel.child_token();
+                    let handle = tokio::spawn(run_flow(
+                        self.hub.clone(),
+                        session.http().clone(),
+                        settings.clone(),
+                        cancel.clone(),
+                    ));
+                    self.flow = Some((cancel, handle));
+                }
+                let reason = record
+                    .required_reason
+                    .clone()
+                    .unwrap_or_else(|| "sign-in required".into());
+                let message = match &record.pending {
+                    Some(p) => format!("sign-in required ({reason}): {}", p.message),
+                    None if ctx.wake.is_some() && !declined => {
+                        format!("sign-in required ({reason}): a device code is being requested")
+                    }
+                    None => format!("sign-in required ({reason}): run `imm-daemon login`"),
+                };
+                Err(StepError {
+                    message,
+                    needs_attention: true,
+                })
+            }
+            SignInState::SignedIn => {
+                self.refresh_all(ctx, &session, &mut record, &mut events, now)
+                    .await
+            }
+        };
+        let record = record.with_backend(session.backend());
+        if record != stored || !events.is_empty() {
+            self.write_record(&mut ctx.store.borrow_mut(), &record, events)?;
+        } else {
+            self.hub.lock().record = Some(record);
+        }
+        result
+    }
+
+    async fn refresh_all(
+        &mut self,
+        ctx: &StepContext<'_>,
+        session: &Session,
+        record: &mut SignInRecord,
+        events: &mut Vec<AuditEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<StepReport, StepError> {
+        let account = record
+            .account
+            .as_ref()
+            .map(|a| a.label())
+            .unwrap_or_default();
+        let mut refreshed = 0u64;
+        let mut kept = 0u64;
+        for resource in Resource::ALL {
+            let forced = resource == Resource::Graph && session.keep_alive_due(now).await;
+            let got = if forced {
+                session.refresh(resource, now).await
+            } else {
+                session.access_token(resource, now).await
+            };
+            match got {
+                Ok(access) if access.refreshed => {
+                    refreshed += 1;
+                    events.push(
+                        AuditEvent::new(Operation::TokenRefresh)
+                            .identity(account.clone())
+                            .details(serde_json::json!({
+                                "resource": resource.as_str(),
+                                "result": "ok",
+                                "expires_at": crate::inventory::rfc3339(access.expires_at),
+                                "keep_alive": forced,
+                            })),
+                    );
+                }
+                Ok(access) if access.deferred.is_none() => kept += 1,
+                Ok(access) => {
+                    let reason = access.deferred.unwrap_or_default();
+                    events.push(
+                        AuditEvent::new(Operation::TokenRefresh)
+                            .identity(account.clone())
+                            .details(serde_json::json!({"resource": resource.as_str(), "result": "deferred"}))
+                            .failed(reason.clone()),
+                    );
+                    record.last_error = Some(reason.clone());
+                    return Err(StepError::transient(format!(
+                        "{resource} token refresh failed; its access token stays in use until {}: {reason}",
+                        crate::inventory::rfc3339(access.expires_at)
+                    )));
+                }
+                Err(e) => {
+                    let reason = crate::daemon::error_chain(&e);
+                    events.push(
+                        AuditEvent::new(Operation::TokenRefresh)
+                            .identity(account.clone())
+                            .details(serde_json::json!({"resource": resource.as_str(), "result": "failed"}))
+                            .failed(reason.clone()),
+                    );
+                    if let Some(fresh) = session.record().await {
+                        *record = SignInRecord {
+                            last_error: record.last_error.clone(),
+                            ..fresh
+                        };
+                    }
+                    record.last_error = Some(reason.clone());
+                    if !self.failure_announced || e.needs_sign_in() {
+                        self.failure_announced = true;
+                        self.notify(
+                            ctx,
+                            Event::TokenRefreshFailed {
+                                resource: resource.as_str().into(),
+                                error: reason.clone(),
+                                account: Some(account.clone()),
+                            },
+                        );
+                    }
+                    if e.needs_sign_in() {
+                        require(record, &reason, now);
+                        events.push(
+                            AuditEvent::new(Operation::LoginRequired)
+                                .identity(account.clone())
+                                .details(serde_json::json!({"resource": resource.as_str(), "reason": reason}))
+                                .failed(reason.clone()),
+                        );
+                        tracing::error!(%account, error = %reason, "sign-in required");
+                        // Next cycle starts the device flow; wake it now.
+                        if let Some(w) = ctx.wake {
+                            w.notify_one();
+                        }
+                        return Err(StepError {
+                            message: format!("sign-in required: {reason}"),
+                            needs_attention: true,
+                        });
+                    }
+                    return Err(StepError {
+                        message: reason,
+                        needs_attention: !e.is_transient(),
+                    });
+                }
+            }
+        }
+        self.failure_announced = false;
+        if let Some(fresh) = session.record().await {
+            *record = fresh;
+        }
+        let mut report = StepReport {
+            summary: format!(
+                "signed in as {account}: {refreshed} token(s) refreshed, {kept} still fresh"
+            ),
+            ..StepReport::default()
+        };
+        report.counts.insert("refreshed".into(), refreshed);
+        Ok(report)
+    }
+}
+
+fn require(record: &mut SignInRecord, reason: &str, now: DateTime<Utc>) {
+    if record.state != SignInState::SignInRequired {
+        record.required_since = Some(now);
+    }
+    record.state = SignInState::SignInRequired;
+    record.required_reason = Some(reason.to_string());
+}
+
+impl CycleStep for SignInStep {
+    fn name(&self) -> &'static str {
+        STEP_NAME
+    }
+
+    fn run<'a>(&'a mut self, ctx: &'a StepContext<'a>) -> StepFuture<'a> {
+        Box::pin(self.run_step(ctx))
+    }
+}
+
+impl Drop for SignInStep {
+    fn drop(&mut self) {
+        self.stop_flow();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_requests_back_off_to_a_quarter_hour() {
+        assert_eq!(code_retry_wait(0), Duration::from_secs(30));
+        assert_eq!(code_retry_wait(1), Duration::from_secs(60));
+        assert_eq!(code_retry_wait(4), Duration::from_secs(480));
+        assert_eq!(code_retry_wait(5), Duration::from_secs(900));
+        assert_eq!(code_retry_wait(40), Duration::from_secs(900));
+    }
+}
