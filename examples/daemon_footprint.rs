@@ -81,6 +81,51 @@ fn switches(pid: u32) -> (u64, usize) {
     (total, threads)
 }
 
+/// Signs the daemon's home in against an emulated identity provider (the real `login`
+/// command, the code approved as a person would), so the idle figures below are those of
+/// a daemon that holds tokens, an HTTP client and TLS roots.
+fn sign_in(bin: &str, home: &std::path::Path, p: &imm_daemon::sandbox::IdentityProvider) {
+    std::fs::create_dir_all(home.join("home/config")).unwrap();
+    std::fs::write(
+        home.join("home/config/config.toml"),
+        format!(
+            "client_id = \"{}\"\nauthority = \"{}\"\n[auth]\ntoken_store = \"file\"\n",
+            imm_daemon::sandbox::TEST_CLIENT_ID,
+            p.authority()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .arg("login")
+        .env("IMM_HOME", home.join("home"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let code = p
+        .wait_for_user_code(Duration::from_secs(10))
+        .expect("a device code");
+    p.approve(&code);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "login failed");
+}
+
+fn idle(bin: &str, home: &std::path::Path, what: &str) {
+    let (child, _) = start(bin, home);
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let (before, _) = switches(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let (after, threads) = switches(pid);
+    println!(
+        "idle, {what}: VmRSS {} kB, VmHWM {} kB, {} context switches in 10 s over its {threads} threads",
+        proc_field(pid, "VmRSS:"),
+        proc_field(pid, "VmHWM:"),
+        after - before
+    );
+    stop(child);
+}
+
 fn main() {
     let bin = std::env::args()
         .nth(1)
@@ -102,17 +147,19 @@ fn main() {
         ready[0].as_secs_f64() * 1e3,
         ready[ready.len() - 1].as_secs_f64() * 1e3
     );
-    let (child, _) = start(&bin, dir.path());
-    let pid = child.id();
-    std::thread::sleep(Duration::from_secs(2));
-    let (before, _) = switches(pid);
-    std::thread::sleep(Duration::from_secs(10));
-    let (after, threads) = switches(pid);
-    println!(
-        "idle: VmRSS {} kB, VmHWM {} kB, {} context switches in 10 s over its {threads} threads",
-        proc_field(pid, "VmRSS:"),
-        proc_field(pid, "VmHWM:"),
-        after - before
+    idle(&bin, dir.path(), "sign-in not configured");
+    let provider = imm_daemon::sandbox::IdentityProvider::start_in_background(
+        imm_daemon::sandbox::IdentityOptions {
+            interval: Some(1),
+            ..Default::default()
+        },
+    )
+    .expect("the emulated provider starts");
+    let signed_in = tempfile::tempdir().unwrap();
+    sign_in(&bin, signed_in.path(), &provider);
+    idle(
+        &bin,
+        signed_in.path(),
+        "signed in, tokens refreshed at start",
     );
-    stop(child);
 }

@@ -21,6 +21,7 @@ pub mod step;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -134,7 +135,7 @@ impl AuthError {
                 *transient
             }
             AuthError::LockTimeout { .. } => true,
-            AuthError::Secrets(e) => !e.needs_sign_in(),
+            AuthError::Secrets(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -318,6 +319,10 @@ pub struct Session {
     secrets: SecretStore,
     lock_path: PathBuf,
     cache: tokio::sync::Mutex<Option<TokenCache>>,
+    /// The cache in memory is newer than the store (a save failed after the provider
+    /// rotated the refresh token): the next refresh saves it before anything else, and
+    /// never rereads the store over it.
+    unsaved: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -335,6 +340,7 @@ impl Session {
             http,
             secrets,
             cache: tokio::sync::Mutex::new(None),
+            unsaved: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -359,6 +365,9 @@ impl Session {
     /// Rereads the token cache from the secret store. `Ok(None)`: nobody is signed in.
     pub async fn reload(&self) -> Result<Option<SignInRecord>, AuthError> {
         let mut slot = self.cache.lock().await;
+        if self.unsaved.load(Ordering::Relaxed) {
+            return Ok(slot.as_ref().map(SignInRecord::signed_in));
+        }
         *slot = self.read_store().await?;
         Ok(slot.as_ref().map(SignInRecord::signed_in))
     }
@@ -454,8 +463,16 @@ impl Session {
         now: DateTime<Utc>,
     ) -> Result<Access, AuthError> {
         let _lock = lock::RefreshLock::acquire(&self.lock_path, self.settings.lock_timeout).await?;
-        // Another process may have rotated the refresh token since we read it.
-        *slot = self.read_store().await?;
+        if self.unsaved.load(Ordering::Relaxed) {
+            // The refresh token in memory is the only current one: store it first.
+            if let Some(c) = slot.as_ref() {
+                self.secrets.save(&c.to_bytes()).await?;
+            }
+            self.unsaved.store(false, Ordering::Relaxed);
+        } else {
+            // Another process may have rotated the refresh token since we read it.
+            *slot = self.read_store().await?;
+        }
         let mut cache = slot.clone().ok_or(AuthError::NotSignedIn)?;
         let held = cache.access.get(resource.as_str());
         let fresh = !cache::needs_refresh(held, now, self.settings.refresh_buffer);
@@ -507,10 +524,15 @@ impl Session {
         };
         let expires_at = access.expires_at;
         cache.access.insert(resource.as_str().to_string(), access);
-        // The rotated refresh token is stored before the access token is used: if this
-        // fails, the caller gets the error and the old token stays in the store.
-        self.secrets.save(&cache.to_bytes()).await?;
+        // The rotated refresh token is stored before the access token is used. If that
+        // fails, the new cache stays in memory, marked unsaved, and the caller gets the
+        // error: the token the store still holds may already be spent.
+        let saved = self.secrets.save(&cache.to_bytes()).await;
         *slot = Some(cache);
+        if let Err(e) = saved {
+            self.unsaved.store(true, Ordering::Relaxed);
+            return Err(e.into());
+        }
         Ok(Access {
             token: tokens.access_token,
             expires_at,
@@ -576,15 +598,31 @@ impl Session {
     pub async fn install(&self, cache: TokenCache) -> Result<SignInRecord, AuthError> {
         let mut slot = self.cache.lock().await;
         let _lock = lock::RefreshLock::acquire(&self.lock_path, self.settings.lock_timeout).await?;
-        self.secrets.save(&cache.to_bytes()).await?;
+        let saved = self.secrets.save(&cache.to_bytes()).await;
         let record = SignInRecord::signed_in(&cache);
         *slot = Some(cache);
-        Ok(record)
+        match saved {
+            Ok(()) => {
+                self.unsaved.store(false, Ordering::Relaxed);
+                Ok(record)
+            }
+            Err(e) => {
+                // Kept in memory: a daemon stores it at its next refresh.
+                self.unsaved.store(true, Ordering::Relaxed);
+                Err(e.into())
+            }
+        }
     }
 
     /// Forgets the tokens held in memory (after `logout` elsewhere).
     pub async fn forget(&self) {
         *self.cache.lock().await = None;
+        self.unsaved.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether tokens in memory still wait to be stored.
+    pub fn has_unsaved(&self) -> bool {
+        self.unsaved.load(Ordering::Relaxed)
     }
 }
 

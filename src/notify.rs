@@ -41,7 +41,7 @@ const EVENT_VARS: [&str; 10] = [
 ];
 
 /// Inherited variables a hook command never receives: the token file's passphrase.
-const WITHHELD_VARS: [&str; 1] = ["IMM_TOKEN_PASSPHRASE"];
+const WITHHELD_VARS: [&str; 2] = ["IMM_TOKEN_PASSPHRASE", "CREDENTIALS_DIRECTORY"];
 
 /// Something a person may need to know about. Nothing here is secret: a user code is
 /// meant to be shown to people; device codes and tokens never appear.
@@ -315,6 +315,10 @@ impl Notifier {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // The token file's key sources are never a hook's business.
+        for var in WITHHELD_VARS {
+            cmd.env_remove(var);
+        }
         if let Some(path) = &self.search_path {
             cmd.env("PATH", path);
         }
@@ -324,7 +328,7 @@ impl Notifier {
     /// The configured command, with the event in its environment.
     fn command_for(&self, line: &CommandLine, event: &Event) -> tokio::process::Command {
         let mut cmd = self.process(OsStr::new(line.program()), line.args());
-        for var in EVENT_VARS.iter().chain(&WITHHELD_VARS) {
+        for var in EVENT_VARS {
             cmd.env_remove(var);
         }
         cmd.envs(event.env());

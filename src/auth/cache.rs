@@ -93,17 +93,28 @@ impl TokenCache {
 
     /// Reads the secret store's bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<TokenCache, AuthError> {
-        let cache: TokenCache = serde_json::from_slice(bytes).map_err(|e| {
-            // serde_json's message names a line and column, never the content.
-            AuthError::Cache(format!("the stored token cache is not readable: {e}"))
-        })?;
-        if cache.version != CACHE_VERSION {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        // serde_json's messages can quote the value at fault (a token): only the kind of
+        // error and its place are reported.
+        let unreadable = |e: serde_json::Error| {
+            AuthError::Cache(format!(
+                "the stored token cache is not readable ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        };
+        let v: Version = serde_json::from_slice(bytes).map_err(unreadable)?;
+        if v.version != CACHE_VERSION {
             return Err(AuthError::Cache(format!(
                 "the stored token cache has version {}; this build reads version {CACHE_VERSION}",
-                cache.version
+                v.version
             )));
         }
-        Ok(cache)
+        serde_json::from_slice(bytes).map_err(unreadable)
     }
 
     /// Every secret string the cache holds (for tests that look for leaks).

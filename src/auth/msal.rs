@@ -79,8 +79,15 @@ pub fn import(
     now: DateTime<Utc>,
 ) -> Result<TokenCache, AuthError> {
     // The document holds secrets: parsed from a buffer that is zeroed afterwards.
-    let cache: MsalCache = serde_json::from_slice(bytes)
-        .map_err(|e| bad(format!("it is not MSAL's JSON token cache ({e})")))?;
+    // serde_json's messages can quote the value at fault (a secret): only the place.
+    let cache: MsalCache = serde_json::from_slice(bytes).map_err(|e| {
+        bad(format!(
+            "it is not MSAL's JSON token cache ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
     let client_id = settings.client_id.to_ascii_lowercase();
     let refresh: Vec<&Value> = cache
         .refresh_token

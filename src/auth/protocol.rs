@@ -159,17 +159,20 @@ pub fn parse_device_authorization(status: u16, body: &[u8]) -> Result<DeviceCode
         user_code,
         verification_uri,
         verification_uri_complete: doc.verification_uri_complete.filter(|s| !s.is_empty()),
+        // Clamped: a provider's numbers must not overflow our clocks.
         expires_in: doc
             .expires_in
             .filter(|s| *s > 0)
-            .map_or(DEFAULT_EXPIRES_IN, Duration::from_secs),
+            .map_or(DEFAULT_EXPIRES_IN, |s| Duration::from_secs(s.min(86_400))),
         interval: doc
             .interval
             .filter(|s| *s > 0)
-            .map_or(DEFAULT_INTERVAL, Duration::from_secs),
+            .map_or(DEFAULT_INTERVAL, |s| Duration::from_secs(s.min(600))),
         message: doc.message,
     })
 }
+
+const MAX_TOKEN_LIFE: u64 = 30 * 86_400;
 
 /// A successful token answer. Secrets redact on Debug and are zeroed on drop.
 #[derive(Debug, Clone)]
@@ -303,8 +306,12 @@ pub fn parse_token_answer(
             .id_token
             .filter(|s| !s.is_empty())
             .map(SecretString::from),
-        expires_in: Duration::from_secs(doc.expires_in.unwrap_or(3600)),
-        ext_expires_in: doc.ext_expires_in.map(Duration::from_secs),
+        // Clamped to 30 days: no access token lives that long, and chrono's arithmetic
+        // must not overflow on a provider's nonsense.
+        expires_in: Duration::from_secs(doc.expires_in.unwrap_or(3600).min(MAX_TOKEN_LIFE)),
+        ext_expires_in: doc
+            .ext_expires_in
+            .map(|s| Duration::from_secs(s.min(MAX_TOKEN_LIFE))),
         scope: doc.scope,
         client_info: doc.client_info,
     })

@@ -40,6 +40,8 @@ struct HubState {
     record: Option<SignInRecord>,
     /// Why the daemon's last device flow ended without a sign-in, until a new code.
     failed: Option<String>,
+    /// The flow whose posts count; posts of a flow stopped since are ignored.
+    flow_id: u64,
 }
 
 /// Where the background device flow, the step and the supervisor meet.
@@ -79,22 +81,41 @@ impl Hub {
         }
     }
 
-    fn post_code(&self, code: Option<PendingCode>) {
+    /// Posts a new code (and wakes the supervisor), or withdraws a spent one quietly.
+    fn post_code(&self, flow: u64, code: Option<PendingCode>) {
         let mut s = self.lock();
-        if code.is_some() {
+        if s.flow_id != flow {
+            return;
+        }
+        let news = code.is_some();
+        if news {
             s.failed = None;
         }
         s.pending = code;
         drop(s);
-        self.wake.notify_one();
+        if news {
+            self.wake.notify_one();
+        }
     }
 
-    fn post_outcome(&self, outcome: FlowOutcome) {
+    fn post_outcome(&self, flow: u64, outcome: FlowOutcome) {
         let mut s = self.lock();
+        if s.flow_id != flow {
+            return;
+        }
         s.pending = None;
         s.outcome = Some(outcome);
         drop(s);
         self.wake.notify_one();
+    }
+
+    /// Starts counting a new flow's posts; every older flow's are ignored from now on.
+    fn next_flow(&self) -> u64 {
+        let mut s = self.lock();
+        s.flow_id += 1;
+        s.pending = None;
+        s.outcome = None;
+        s.flow_id
     }
 }
 
@@ -104,15 +125,25 @@ fn code_retry_wait(failures: u32) -> Duration {
     Duration::from_secs(30u64.saturating_mul(1 << failures.min(5)).min(900))
 }
 
+/// The longest a provider's Retry-After may park the flow.
+const MAX_CODE_WAIT: Duration = Duration::from_secs(900);
+
+/// A code that lived at least this long before expiring unused is replaced at once;
+/// shorter-lived ones (a provider that answers `bad_verification_code`, a tiny
+/// `device_code_timeout`) are replaced only after [`code_retry_wait`].
+const QUICK_REPLACE_AFTER: Duration = Duration::from_secs(60);
+
 /// The background device flow: asks for a code, posts it, polls; a code that expires
 /// unused is replaced by a new one. Ends with a grant, a refusal, or `cancel`.
 async fn run_flow(
     hub: Arc<Hub>,
+    id: u64,
     http: reqwest::Client,
     settings: Settings,
     cancel: CancellationToken,
 ) {
     let mut failures = 0u32;
+    let mut short_lived = 0u32;
     let scope = settings.scope(Resource::Graph);
     loop {
         let attempt = async {
@@ -125,7 +156,9 @@ async fn run_flow(
             r = attempt => match r {
                 Ok(v) => v,
                 Err(e) if e.is_transient() => {
-                    let wait = code_retry_wait(failures).max(e.retry_after().unwrap_or_default());
+                    let wait = code_retry_wait(failures)
+                        .max(e.retry_after().unwrap_or_default())
+                        .min(MAX_CODE_WAIT);
                     failures += 1;
                     tracing::warn!(error = %e, retry_in = %humantime::format_duration(wait), "cannot get a device code");
                     tokio::select! {
@@ -134,20 +167,24 @@ async fn run_flow(
                     }
                 }
                 Err(e) => {
-                    hub.post_outcome(FlowOutcome::Failed(e.to_string()));
+                    hub.post_outcome(id, FlowOutcome::Failed(e.to_string()));
                     return;
                 }
             },
         };
         failures = 0;
+        let issued = tokio::time::Instant::now();
         let window = settings.device_code_timeout.min(code.expires_in);
-        hub.post_code(Some(PendingCode {
-            user_code: code.user_code.clone(),
-            verification_uri: code.verification_uri.clone(),
-            verification_uri_complete: code.verification_uri_complete.clone(),
-            message: code.instructions(),
-            expires_at: Utc::now() + chrono::Duration::from_std(window).unwrap_or_default(),
-        }));
+        hub.post_code(
+            id,
+            Some(PendingCode {
+                user_code: code.user_code.clone(),
+                verification_uri: code.verification_uri.clone(),
+                verification_uri_complete: code.verification_uri_complete.clone(),
+                message: code.instructions(),
+                expires_at: Utc::now() + chrono::Duration::from_std(window).unwrap_or_default(),
+            }),
+        );
         tracing::warn!(user_code = %code.user_code, uri = %code.verification_uri, "sign-in required: a device code is waiting for a person");
         match device::poll_for_tokens(
             &http,
@@ -160,19 +197,36 @@ async fn run_flow(
         .await
         {
             Ok(tokens) => {
-                hub.post_outcome(FlowOutcome::Granted(Box::new(tokens)));
+                hub.post_outcome(id, FlowOutcome::Granted(Box::new(tokens)));
                 return;
             }
             Err(AuthError::Cancelled) => return,
-            Err(e @ (AuthError::CodeExpired | AuthError::Deadline { .. } | AuthError::BadCode)) => {
-                tracing::info!(error = %e, "the device code was not used; issuing a new one");
-                hub.post_code(None);
-            }
-            Err(e) if e.is_transient() => {
-                hub.post_code(None);
+            Err(e)
+                if e.is_transient()
+                    || matches!(
+                        e,
+                        AuthError::CodeExpired | AuthError::Deadline { .. } | AuthError::BadCode
+                    ) =>
+            {
+                hub.post_code(id, None);
+                let wait = if issued.elapsed() >= QUICK_REPLACE_AFTER || short_lived == 0 {
+                    Duration::ZERO
+                } else {
+                    code_retry_wait(short_lived - 1)
+                };
+                if issued.elapsed() < QUICK_REPLACE_AFTER {
+                    short_lived += 1;
+                } else {
+                    short_lived = 0;
+                }
+                tracing::info!(error = %e, wait = %humantime::format_duration(wait), "the device code was not used; a new one follows");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
             }
             Err(e) => {
-                hub.post_outcome(FlowOutcome::Failed(e.to_string()));
+                hub.post_outcome(id, FlowOutcome::Failed(e.to_string()));
                 return;
             }
         }
@@ -209,7 +263,8 @@ impl SignInStep {
         if let Some((cancel, _)) = self.flow.take() {
             cancel.cancel();
         }
-        self.hub.lock().pending = None;
+        // Whatever the stopped flow still posts is ignored.
+        self.hub.next_flow();
     }
 
     fn flow_running(&mut self) -> bool {
@@ -229,10 +284,11 @@ impl SignInStep {
         settings: Settings,
     ) -> Result<Rc<Session>, StepError> {
         let key = format!(
-            "{}|{}|{:?}|{:?}|{:?}",
+            "{}|{}|{:?}|{:?}|{:?}|{:?}",
             settings.discovery_url,
             settings.client_id,
             ctx.config.auth,
+            ctx.config.http,
             settings.graph_scopes,
             settings.exchange_scopes
         );
@@ -286,18 +342,26 @@ impl SignInStep {
     ) -> Result<(), StepError> {
         let text = serde_json::to_string(record).expect("records serialize");
         let now = Utc::now();
-        let generation = store
+        let expected = self.generation;
+        let written = store
             .write(|tx| {
                 for e in &events {
                     tx.audit(e, now)?;
                 }
-                tx.put_sign_in(SLOT, &crate::inventory::rfc3339(now), &text)
+                tx.put_sign_in_if(SLOT, expected, &crate::inventory::rfc3339(now), &text)
             })
             .map_err(|e: crate::store::StoreError| {
                 StepError::transient(crate::daemon::error_chain(&e))
             })?;
-        self.generation = generation;
-        self.hub.lock().record = Some(record.clone());
+        match written {
+            Some(generation) => {
+                self.generation = generation;
+                self.hub.lock().record = Some(record.clone());
+            }
+            // The CLI changed the sign-in meanwhile (login, logout, import): its record
+            // stands, and the next cycle starts from it.
+            None => self.loaded = false,
+        }
         Ok(())
     }
 
@@ -340,6 +404,22 @@ impl SignInStep {
                     record = fresh;
                 }
                 Ok(None) if !required => {
+                    let ours = session.backend().kind.to_string();
+                    if record.state == SignInState::SignedIn
+                        && record.backend.as_deref().is_some_and(|b| b != ours)
+                    {
+                        // `auto` chose differently in another process (a shell without
+                        // the session bus, say): its tokens are where this one cannot see.
+                        self.loaded = false;
+                        return Err(StepError {
+                            message: format!(
+                                "the sign-in was stored in the {} token store, but this daemon uses the {ours} store ({}); set [auth] token_store so both agree, then sign in again",
+                                record.backend.as_deref().unwrap_or(""),
+                                session.backend().why
+                            ),
+                            needs_attention: true,
+                        });
+                    }
                     self.stop_flow();
                     record = SignInRecord::default();
                 }
@@ -395,8 +475,31 @@ impl SignInStep {
                     }
                     Err(e) => {
                         let reason = crate::daemon::error_chain(&e);
-                        events.push(AuditEvent::new(Operation::LoginFailed).failed(reason.clone()));
-                        record.last_error = Some(reason);
+                        match session.record().await.filter(|_| session.has_unsaved()) {
+                            Some(fresh) => {
+                                // Signed in, but the tokens are only in memory: the next
+                                // refresh stores them before anything else.
+                                tracing::error!(error = %reason, "the new tokens could not be stored yet");
+                                let account = fresh
+                                    .account
+                                    .as_ref()
+                                    .map(|a| a.label())
+                                    .unwrap_or_default();
+                                events.push(AuditEvent::new(Operation::Login).identity(account.clone()).details(
+                                    serde_json::json!({"account": account, "method": "device_code", "by": "daemon", "stored": false}),
+                                ));
+                                record = SignInRecord {
+                                    last_error: Some(reason),
+                                    ..fresh
+                                };
+                            }
+                            None => {
+                                events.push(
+                                    AuditEvent::new(Operation::LoginFailed).failed(reason.clone()),
+                                );
+                                record.last_error = Some(reason);
+                            }
+                        }
                     }
                 }
             }
@@ -433,8 +536,10 @@ impl SignInStep {
                 let declined = events.iter().any(|e| e.operation == Operation::LoginFailed);
                 if ctx.wake.is_some() && !declined && !self.flow_running() {
                     let cancel = ctx.cancel.child_token();
+                    let id = self.hub.next_flow();
                     let handle = tokio::spawn(run_flow(
                         self.hub.clone(),
+                        id,
                         session.http().clone(),
                         settings.clone(),
                         cancel.clone(),
@@ -522,6 +627,12 @@ impl SignInStep {
                         crate::inventory::rfc3339(access.expires_at)
                     )));
                 }
+                Err(AuthError::NotSignedIn) => {
+                    // Another process signed out (`logout`) since this cycle began.
+                    self.stop_flow();
+                    *record = SignInRecord::default();
+                    return Ok(StepReport::idle("signed out"));
+                }
                 Err(e) => {
                     let reason = crate::daemon::error_chain(&e);
                     events.push(
@@ -547,6 +658,17 @@ impl SignInStep {
                                 account: Some(account.clone()),
                             },
                         );
+                    }
+                    if e.needs_sign_in() && resource != Resource::Graph {
+                        // The sign-in itself stands (Graph works); only this resource
+                        // refuses it: consent or a Conditional Access policy for it alone.
+                        // A new device sign-in (for Graph) would not mend that.
+                        return Err(StepError {
+                            message: format!(
+                                "{resource} refused the sign-in ({reason}); grant consent for its scopes or check Conditional Access for it"
+                            ),
+                            needs_attention: true,
+                        });
                     }
                     if e.needs_sign_in() {
                         require(record, &reason, now);

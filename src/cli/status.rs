@@ -268,7 +268,11 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         .iter()
         .any(|j| j.enabled && j.last_run.as_ref().is_some_and(|r| !r.ok));
     let config_ref = config.as_ref().ok();
-    let signin = sign_in(config_ref, db.as_ref(), now);
+    let mut signin = sign_in(config_ref, db.as_ref(), now);
+    if !running {
+        // Only a running daemon polls for its code.
+        signin.pending = None;
+    }
     let attention = job_failed
         || signin.state == crate::auth::SignInState::SignInRequired.as_str()
         || last_cycle

@@ -498,6 +498,18 @@ impl FileStore {
 
     /// Encrypts `data` under a fresh nonce and replaces the file atomically.
     pub(super) fn save(&self, data: &[u8]) -> Result<(), SecretError> {
+        // A file sealed with another kind of key belongs to another setup (the daemon's
+        // systemd credential, seen from a shell): replacing it would destroy its tokens.
+        if let Some(existing) = self.read()?
+            && let Ok(sealed) = Sealed::parse(&existing)
+            && sealed.kind != self.source.kind()
+        {
+            return Err(SecretError::KeyMismatch {
+                path: self.path.clone(),
+                needed: sealed.kind.needs(),
+                have: self.key_description(),
+            });
+        }
         let bytes = match &self.source {
             KeySource::Credential { key, .. } => seal(KeyKind::Credential, None, key, data)?,
             KeySource::KeyFile { key, .. } => seal(KeyKind::KeyFile, None, key, data)?,

@@ -33,6 +33,27 @@ impl Tx<'_> {
     }
 }
 
+impl Tx<'_> {
+    /// Like [`Tx::put_sign_in`], but only if the record is still at generation
+    /// `expected` (0: none yet); `None` when another writer got there first.
+    pub fn put_sign_in_if(
+        &mut self,
+        slot: &str,
+        expected: i64,
+        updated_at: &str,
+        record: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let current: i64 = self
+            .tx
+            .prepare_cached("SELECT coalesce(max(generation), 0) FROM sign_in WHERE slot = ?1")?
+            .query_row([slot], |r| r.get(0))?;
+        if current != expected {
+            return Ok(None);
+        }
+        self.put_sign_in(slot, updated_at, record).map(Some)
+    }
+}
+
 impl Store {
     /// The record of `slot`, if one was written. A database from before sign-in has none.
     pub fn sign_in(&self, slot: &str) -> Result<Option<SignInRow>, StoreError> {
@@ -79,5 +100,21 @@ mod tests {
         assert_eq!(row.generation, 2);
         assert_eq!(row.record, "{\"x\":2}");
         assert_eq!(store.sign_in("b").unwrap(), None);
+        // A writer that read generation 1 loses to the one that wrote 2.
+        let stale = store
+            .write(|tx| tx.put_sign_in_if("a", 1, "t3", "{}"))
+            .unwrap();
+        assert_eq!(stale, None);
+        assert_eq!(store.sign_in("a").unwrap().unwrap().record, "{\"x\":2}");
+        let fresh = store
+            .write(|tx| tx.put_sign_in_if("a", 2, "t3", "{}"))
+            .unwrap();
+        assert_eq!(fresh, Some(3));
+        assert_eq!(
+            store
+                .write(|tx| tx.put_sign_in_if("new", 0, "t", "{}"))
+                .unwrap(),
+            Some(1)
+        );
     }
 }

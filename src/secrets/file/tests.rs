@@ -192,6 +192,12 @@ fn key_sources_are_taken_in_order_credential_key_file_passphrase_generated() {
         store.key_description(),
         format!("key_file {}", key_file.display())
     );
+    // A file sealed with another kind of key (the credential's) is never replaced: it
+    // belongs to another setup. Signed out (the file removed), a new one is written.
+    let e = store.save(SECRET).unwrap_err();
+    assert!(matches!(e, SecretError::KeyMismatch { .. }), "{e:?}");
+    assert_eq!(s.bytes()[7], KeyKind::Credential as u8);
+    fs::remove_file(s.token_file()).unwrap();
     store.save(SECRET).unwrap();
     assert_eq!(s.bytes()[7], KeyKind::KeyFile as u8);
 
@@ -200,6 +206,7 @@ fn key_sources_are_taken_in_order_credential_key_file_passphrase_generated() {
         store.key_description(),
         "the passphrase in IMM_TOKEN_PASSPHRASE (Argon2id)"
     );
+    fs::remove_file(s.token_file()).unwrap();
     store.save(SECRET).unwrap();
     assert_eq!(s.bytes()[7], KeyKind::Passphrase as u8);
     assert_eq!(store.load(now()).unwrap().unwrap().as_slice(), SECRET);
@@ -212,6 +219,7 @@ fn key_sources_are_taken_in_order_credential_key_file_passphrase_generated() {
         },
     );
     assert!(store.key_description().contains("token.key"));
+    fs::remove_file(s.token_file()).unwrap();
     store.save(SECRET).unwrap();
     assert_eq!(s.bytes()[7], KeyKind::Generated as u8);
 }
