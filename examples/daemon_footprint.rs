@@ -113,15 +113,19 @@ fn sign_in(bin: &str, home: &std::path::Path, p: &imm_daemon::sandbox::IdentityP
 fn idle(bin: &str, home: &std::path::Path, what: &str) {
     let (child, _) = start(bin, home);
     let pid = child.id();
-    std::thread::sleep(Duration::from_secs(2));
+    // tokio's blocking-pool threads (name lookups, file reads) end 10 s after their last
+    // task; counting starts once they are gone, so every thread counted lives throughout.
+    std::thread::sleep(Duration::from_secs(12));
     let (before, _) = switches(pid);
     std::thread::sleep(Duration::from_secs(10));
     let (after, threads) = switches(pid);
     println!(
-        "idle, {what}: VmRSS {} kB, VmHWM {} kB, {} context switches in 10 s over its {threads} threads",
+        "idle, {what}: VmRSS {} kB ({} kB anonymous, {} kB file-backed), VmHWM {} kB, {} context switches in 10 s over its {threads} threads",
         proc_field(pid, "VmRSS:"),
+        proc_field(pid, "RssAnon:"),
+        proc_field(pid, "RssFile:"),
         proc_field(pid, "VmHWM:"),
-        after - before
+        after.saturating_sub(before)
     );
     stop(child);
 }

@@ -1066,6 +1066,58 @@ mod tests {
     }
 
     #[test]
+    fn sign_in_notify_and_http_sections_are_checked_where_written() {
+        let c = parse(
+            "tenant = \"contoso.onmicrosoft.com\"\n[auth]\ntoken_store = \"file\"\n\
+             refresh_buffer = \"2m\"\nexchange_scopes = [\"https://outlook.office365.com/.default\"]\n\
+             [notify]\ncommand = [\"/usr/local/bin/page\", \"--urgent\"]\nwebhook = \"https://hooks.example.com/x\"\n\
+             [http]\ntimeout = \"45s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.auth.token_store, TokenStore::File);
+        assert_eq!(c.auth.refresh_buffer.get().as_secs(), 120);
+        let cmd = c.notify.command.as_ref().unwrap();
+        assert_eq!(
+            (cmd.program(), cmd.args()),
+            ("/usr/local/bin/page", &["--urgent".to_string()][..])
+        );
+        assert_eq!(c.http.timeout.get().as_secs(), 45);
+        assert_eq!(
+            c.discovery_url().unwrap(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0/.well-known/openid-configuration"
+        );
+        assert_eq!(c.graph_scopes()[0], "https://graph.microsoft.com/Mail.Send");
+        assert_eq!(parse(&toml::to_string(&c).unwrap()).unwrap(), c);
+        let usgov =
+            parse("cloud = \"usgov\"\noidc_authority = \"https://id.example.com/realm/\"").unwrap();
+        assert_eq!(
+            usgov.exchange_scopes(),
+            vec!["https://outlook.office365.us/.default"]
+        );
+        assert_eq!(
+            usgov.discovery_url().unwrap(),
+            "https://id.example.com/realm/.well-known/openid-configuration"
+        );
+        for (text, want) in [
+            ("[auth]\ntoken_store = \"vault\"", "unknown variant `vault`"),
+            (
+                "[auth]\ngraph_scopes = [\"Mail Send\"]",
+                "is not an OAuth scope",
+            ),
+            ("[notify]\ncommand = []", "found an empty list"),
+            (
+                "[notify]\nwebhook = \"http://hooks.example.com/x\"",
+                "only https is allowed",
+            ),
+            ("[auth]\nkey_file = \"token.key\"", "not an absolute path"),
+            ("[auth]\nrefresh_at_least = \"1m\"", "between 5m and"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains("line 2") && e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn the_brief_form_is_one_line_naming_the_place() {
         let text = "tenant = \"contoso.com\"\n[heartbeat]\ninterval = \"soon-ish\"\n";
         let e = Config::parse(text, Path::new("c.toml")).unwrap_err();

@@ -727,3 +727,188 @@ fn a_refresh_that_fails_for_a_passing_reason_keeps_the_valid_token_in_use() {
     );
     assert_eq!(status(&env)["signin"]["state"], "signed_in");
 }
+
+/// A hook script that appends each event's name and code to `events`.
+fn event_hook(env: &Env) -> (std::path::PathBuf, String) {
+    let events = env.home.path().join("events.log");
+    let hook = env.write(
+        "hook.sh",
+        format!(
+            "#!/bin/sh\necho \"event=$IMM_EVENT code=$IMM_USER_CODE\" >> '{}'\n",
+            events.display()
+        ),
+    );
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (
+        events,
+        format!("[notify]\ncommand = [\"{}\"]\n", hook.display()),
+    )
+}
+
+fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_daemon_replaces_an_unused_code_notifies_per_code_and_leaves_nothing_behind_at_stop() {
+    let p = provider(fast());
+    let env = Env::new();
+    let (events, notify) = event_hook(&env);
+    config(&env, &sign_in_config(&p, &notify));
+    login(&env, &p);
+    p.revoke_grants();
+    // The daemon's own refresh fails at its first cycle (a forced refresh: 1 s buffer
+    // is not enough for the 1 h tokens, so use `token` to meet invalid_grant first).
+    env.fails(&["token", "--resource", "exchange", "--show"], 1);
+    assert_eq!(status(&env)["signin"]["state"], "sign_in_required");
+    let mut daemon = Daemon::start(&env);
+    let first = p
+        .wait_for_user_code(Duration::from_secs(15))
+        .expect("a first code");
+    let lines = |code: &str| {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.starts_with("event=login_required") && l.ends_with(&format!("code={code}"))
+            })
+            .count()
+    };
+    wait_for(
+        "the first code's notification",
+        Duration::from_secs(10),
+        || lines(&first) == 1,
+    );
+    // The code expires unused: a new one follows at once, and is announced once.
+    p.expire_codes();
+    let mut second = String::new();
+    wait_for("a second code", Duration::from_secs(15), || {
+        match p.pending_user_codes().into_iter().find(|c| *c != first) {
+            Some(c) => {
+                second = c;
+                true
+            }
+            None => false,
+        }
+    });
+    wait_for(
+        "the second code's notification",
+        Duration::from_secs(10),
+        || lines(&second) == 1,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lines(&first), 1, "one notification per code");
+    assert_eq!(lines(&second), 1, "one notification per code");
+    assert_eq!(
+        status(&env)["signin"]["pending"]["user_code"],
+        second.as_str()
+    );
+    // A stop ends the flow with the daemon: exit 0 at once, and no poll afterwards.
+    let started = Instant::now();
+    daemon.signal("TERM");
+    let (code, log) = daemon.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let polls = p.stats().token_polls;
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        p.stats().token_polls,
+        polls,
+        "a poll after the daemon stopped"
+    );
+    assert!(
+        status(&env)["signin"]["pending"].is_null(),
+        "no code shown for a stopped daemon"
+    );
+}
+
+#[test]
+fn a_login_and_a_logout_in_the_cli_are_taken_up_by_the_running_daemon() {
+    let p = provider(fast());
+    let env = Env::new();
+    config(&env, &sign_in_config(&p, ""));
+    let mut daemon = Daemon::start(&env);
+    wait_for_state(&env, "the first cycle", |s| running(s) && s["cycles"] == 1);
+    let c: Value = serde_json::from_str(&env.ok(&["cycle", "--json"])).unwrap();
+    assert_eq!(c["steps"][0]["status"], "idle", "{c}");
+    assert!(
+        c["steps"][0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("not signed in"),
+        "{c}"
+    );
+    assert_eq!(p.stats().device_code_requests, 0, "nobody asked to sign in");
+
+    login(&env, &p);
+    let c: Value = serde_json::from_str(&env.ok(&["cycle", "--json"])).unwrap();
+    assert_eq!(c["steps"][0]["status"], "ok", "{c}");
+    assert!(
+        c["steps"][0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("adele.vance"),
+        "{c}"
+    );
+    // The daemon got Exchange's token with the refresh token the CLI stored.
+    assert_eq!(p.stats().refresh_grants, 1);
+    assert_eq!(p.stats().refresh_reuse, 0);
+
+    env.ok(&["logout"]);
+    let c: Value = serde_json::from_str(&env.ok(&["cycle", "--json"])).unwrap();
+    assert_eq!(c["steps"][0]["status"], "idle", "{c}");
+    let s = status(&env);
+    assert_eq!(s["signin"]["state"], "signed_out", "{s}");
+    assert_eq!(
+        p.stats().device_code_requests,
+        1,
+        "a logout is not a reason to ask for a code"
+    );
+    let ops = operations(&env);
+    assert!(!ops.iter().any(|(o, _)| o == "LOGIN_REQUIRED"), "{ops:?}");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(10)).0, Some(0));
+}
+
+#[test]
+fn an_unreadable_certificate_bundle_is_named_in_a_clear_error() {
+    let p = provider(fast());
+    let env = Env::new();
+    config(&env, &sign_in_config(&p, ""));
+    let bad = env.write("not-a-bundle.pem", "no certificates here\n");
+    let out = env
+        .cmd()
+        .args(["login", "--no-wait"])
+        .env("SSL_CERT_FILE", &bad)
+        .output()
+        .unwrap();
+    // --no-wait without a daemon is refused before any network use.
+    assert_eq!(out.status.code(), Some(1));
+    let out = env
+        .cmd()
+        .args(["token", "--resource", "graph", "--show"])
+        .env("SSL_CERT_FILE", &bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("SSL_CERT_FILE") && err.contains("not-a-bundle.pem"),
+        "{err}"
+    );
+    let out = env
+        .cmd()
+        .args(["token", "--resource", "graph", "--show"])
+        .env("SSL_CERT_FILE", env.home.path().join("missing.pem"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read SSL_CERT_FILE") && err.contains("missing.pem"),
+        "{err}"
+    );
+}
