@@ -311,6 +311,18 @@ pub struct Access {
     pub deferred: Option<String>,
 }
 
+impl Access {
+    /// The token in hand, used without a refresh.
+    fn held(a: &cache::CachedAccess, deferred: Option<String>) -> Access {
+        Access {
+            token: a.token.clone(),
+            expires_at: a.expires_at,
+            refreshed: false,
+            deferred,
+        }
+    }
+}
+
 /// One account's sign-in in this process. Refreshes are serialised inside the process
 /// by its mutex and across processes by the refresh lock.
 pub struct Session {
@@ -413,23 +425,13 @@ impl Session {
         if let Some(a) = &held
             && !cache::needs_refresh(Some(a), now, self.settings.refresh_buffer)
         {
-            return Ok(Access {
-                token: a.token.clone(),
-                expires_at: a.expires_at,
-                refreshed: false,
-                deferred: None,
-            });
+            return Ok(Access::held(a, None));
         }
         match self.refresh_locked(&mut slot, resource, false, now).await {
             Err(e) if e.is_transient() => match held.filter(|a| a.expires_at > now) {
                 Some(a) => {
                     tracing::warn!(resource = %resource, error = %e, "refresh failed; the access token in hand is still valid and is used meanwhile");
-                    Ok(Access {
-                        token: a.token,
-                        expires_at: a.expires_at,
-                        refreshed: false,
-                        deferred: Some(crate::daemon::error_chain(&e)),
-                    })
+                    Ok(Access::held(&a, Some(crate::daemon::error_chain(&e))))
                 }
                 None => Err(e),
             },
@@ -485,12 +487,7 @@ impl Session {
             && fresh
             && (!force || recently_rotated)
         {
-            return Ok(Access {
-                token: a.token.clone(),
-                expires_at: a.expires_at,
-                refreshed: false,
-                deferred: None,
-            });
+            return Ok(Access::held(a, None));
         }
         let endpoints = self.endpoints().await?;
         let scope = self.settings.scope(resource);

@@ -341,18 +341,9 @@ impl SignInStep {
         events: Vec<AuditEvent>,
     ) -> Result<(), StepError> {
         let text = serde_json::to_string(record).expect("records serialize");
-        let now = Utc::now();
-        let expected = self.generation;
         let written = store
-            .write(|tx| {
-                for e in &events {
-                    tx.audit(e, now)?;
-                }
-                tx.put_sign_in_if(SLOT, expected, &crate::inventory::rfc3339(now), &text)
-            })
-            .map_err(|e: crate::store::StoreError| {
-                StepError::transient(crate::daemon::error_chain(&e))
-            })?;
+            .save_sign_in(SLOT, &text, &events, Some(self.generation), Utc::now())
+            .map_err(|e| StepError::transient(crate::daemon::error_chain(&e)))?;
         match written {
             Some(generation) => {
                 self.generation = generation;

@@ -70,14 +70,8 @@ fn save_record(
     record: &SignInRecord,
     events: &[AuditEvent],
 ) -> anyhow::Result<()> {
-    let now = Utc::now();
     let text = serde_json::to_string(record).expect("records serialize");
-    store.write(|tx| {
-        for e in events {
-            tx.audit(e, now)?;
-        }
-        tx.put_sign_in(SLOT, &crate::inventory::rfc3339(now), &text)
-    })?;
+    store.save_sign_in(SLOT, &text, events, None, Utc::now())?;
     Ok(())
 }
 

@@ -55,6 +55,29 @@ impl Tx<'_> {
 }
 
 impl Store {
+    /// Writes `events` to the audit log and `record` as `slot`'s record, in one
+    /// transaction; with `expected`, only over that generation (else `None`, and the
+    /// audit rows are written alone: what they tell happened all the same).
+    pub fn save_sign_in(
+        &mut self,
+        slot: &str,
+        record: &str,
+        events: &[crate::audit::AuditEvent],
+        expected: Option<i64>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<i64>, StoreError> {
+        let at = crate::inventory::rfc3339(now);
+        self.write(|tx| {
+            for e in events {
+                tx.audit(e, now)?;
+            }
+            match expected {
+                Some(g) => tx.put_sign_in_if(slot, g, &at, record),
+                None => tx.put_sign_in(slot, &at, record).map(Some),
+            }
+        })
+    }
+
     /// The record of `slot`, if one was written. A database from before sign-in has none.
     pub fn sign_in(&self, slot: &str) -> Result<Option<SignInRow>, StoreError> {
         let exists: bool = self.conn.query_row(

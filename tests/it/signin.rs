@@ -28,6 +28,23 @@ fn fast() -> IdentityOptions {
     }
 }
 
+/// Access tokens with less life than the 5-minute refresh buffer: every use refreshes,
+/// yet every token in hand is still valid.
+fn short_lived() -> IdentityOptions {
+    IdentityOptions {
+        access_token_lifetime: Duration::from_secs(200),
+        ..fast()
+    }
+}
+
+/// A home configured for `p` (with `extra` configuration) and signed in through the CLI.
+fn signed_in(p: &IdentityProvider, extra: &str) -> Env {
+    let env = Env::new();
+    config(&env, &sign_in_config(p, extra));
+    login(&env, p);
+    env
+}
+
 /// A configuration signing in against `p`, with tokens in the encrypted file.
 fn sign_in_config(p: &IdentityProvider, extra: &str) -> String {
     format!(
@@ -183,13 +200,8 @@ fn login_in_the_terminal_then_tokens_for_both_resources_and_a_status() {
 #[test]
 fn tokens_survive_three_daemon_restarts_without_a_new_sign_in() {
     // Access tokens shorter than the refresh buffer: every start must refresh.
-    let p = provider(IdentityOptions {
-        access_token_lifetime: Duration::from_secs(200),
-        ..fast()
-    });
-    let env = Env::new();
-    config(&env, &sign_in_config(&p, ""));
-    login(&env, &p);
+    let p = provider(short_lived());
+    let env = signed_in(&p, "");
     for round in 1..=3 {
         let mut daemon = Daemon::start(&env);
         let s = wait_for_state(&env, "the first cycle", |s| running(s) && s["cycles"] == 1);
@@ -213,13 +225,8 @@ fn tokens_survive_three_daemon_restarts_without_a_new_sign_in() {
 
 #[test]
 fn concurrent_processes_never_present_a_rotated_refresh_token() {
-    let p = provider(IdentityOptions {
-        access_token_lifetime: Duration::from_secs(200),
-        ..fast()
-    });
-    let env = Env::new();
-    config(&env, &sign_in_config(&p, ""));
-    login(&env, &p);
+    let p = provider(short_lived());
+    let env = signed_in(&p, "");
     let children: Vec<Child> = (0..4)
         .map(|i| {
             let resource = if i % 2 == 0 { "graph" } else { "exchange" };
@@ -249,10 +256,7 @@ fn concurrent_processes_never_present_a_rotated_refresh_token() {
 
 #[test]
 fn a_revoked_grant_makes_sign_in_required_notifies_with_the_code_and_recovers() {
-    let p = provider(IdentityOptions {
-        access_token_lifetime: Duration::from_secs(200),
-        ..fast()
-    });
+    let p = provider(short_lived());
     let env = Env::new();
     let events = env.home.path().join("events.log");
     let hook = env.write(
@@ -349,9 +353,7 @@ fn a_revoked_grant_makes_sign_in_required_notifies_with_the_code_and_recovers() 
 #[test]
 fn an_unreadable_token_file_is_moved_aside_and_the_daemon_asks_for_a_sign_in() {
     let p = provider(fast());
-    let env = Env::new();
-    config(&env, &sign_in_config(&p, ""));
-    login(&env, &p);
+    let env = signed_in(&p, "");
     let store = env.home.path().join("data/tokens.enc");
     let mut bytes = std::fs::read(&store).unwrap();
     let last = bytes.len() - 1;
@@ -688,13 +690,8 @@ fn transient_failures_while_polling_are_waited_out() {
 #[test]
 fn a_refresh_that_fails_for_a_passing_reason_keeps_the_valid_token_in_use() {
     // 200 s tokens with the 300 s buffer: each use wants a refresh, yet each is valid.
-    let p = provider(IdentityOptions {
-        access_token_lifetime: Duration::from_secs(200),
-        ..fast()
-    });
-    let env = Env::new();
-    config(&env, &sign_in_config(&p, ""));
-    login(&env, &p);
+    let p = provider(short_lived());
+    let env = signed_in(&p, "");
     let first = env.ok(&["token", "--resource", "graph", "--show"]);
     p.fail_token_requests(1, Failure::ServiceUnavailable);
     let second = env.ok(&["token", "--resource", "graph", "--show"]);
