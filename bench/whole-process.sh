@@ -38,7 +38,10 @@ if ! command -v hyperfine >/dev/null 2>&1; then
 fi
 
 echo "== building (release)" >&2
-cargo build --release --examples --bins
+# The binary is built on its own: built together with the examples it would get the
+# features of the dev-dependencies too (a larger binary than the one people install).
+cargo build --release --examples
+cargo build --release --bins
 
 bin="$(pwd)/target/release/imm-daemon"
 gen="$(pwd)/target/release/examples/gen_export"
