@@ -227,6 +227,14 @@ pub struct SignInRecord {
 }
 
 impl SignInRecord {
+    /// The account's name to show; empty when nobody is signed in.
+    pub fn account_label(&self) -> String {
+        self.account
+            .as_ref()
+            .map(Account::label)
+            .unwrap_or_default()
+    }
+
     /// Notes which token store holds the tokens.
     pub fn with_backend(mut self, b: &crate::secrets::BackendInfo) -> SignInRecord {
         self.backend = Some(b.kind.to_string());

@@ -448,11 +448,7 @@ impl SignInStep {
             Some(FlowOutcome::Granted(tokens)) => {
                 match session.complete_sign_in(*tokens, now).await {
                     Ok(fresh) => {
-                        let account = fresh
-                            .account
-                            .as_ref()
-                            .map(|a| a.label())
-                            .unwrap_or_default();
+                        let account = fresh.account_label();
                         events.push(
                         AuditEvent::new(Operation::Login)
                             .identity(account.clone())
@@ -471,11 +467,7 @@ impl SignInStep {
                                 // Signed in, but the tokens are only in memory: the next
                                 // refresh stores them before anything else.
                                 tracing::error!(error = %reason, "the new tokens could not be stored yet");
-                                let account = fresh
-                                    .account
-                                    .as_ref()
-                                    .map(|a| a.label())
-                                    .unwrap_or_default();
+                                let account = fresh.account_label();
                                 events.push(AuditEvent::new(Operation::Login).identity(account.clone()).details(
                                     serde_json::json!({"account": account, "method": "device_code", "by": "daemon", "stored": false}),
                                 ));
@@ -575,11 +567,7 @@ impl SignInStep {
         events: &mut Vec<AuditEvent>,
         now: DateTime<Utc>,
     ) -> Result<StepReport, StepError> {
-        let account = record
-            .account
-            .as_ref()
-            .map(|a| a.label())
-            .unwrap_or_default();
+        let account = record.account_label();
         let mut refreshed = 0u64;
         let mut kept = 0u64;
         for resource in Resource::ALL {

@@ -194,11 +194,7 @@ pub fn login(ctx: &Context, args: LoginArgs) -> anyhow::Result<()> {
     rt.shutdown_background();
     match result {
         Ok(record) => {
-            let account = record
-                .account
-                .as_ref()
-                .map(|a| a.label())
-                .unwrap_or_default();
+            let account = record.account_label();
             save_record(
                 &mut store,
                 &record,
@@ -307,11 +303,7 @@ fn import_msal(
     });
     rt.shutdown_background();
     let record = record?;
-    let label = record
-        .account
-        .as_ref()
-        .map(|a| a.label())
-        .unwrap_or_default();
+    let label = record.account_label();
     save_record(
         &mut store,
         &record,
@@ -395,11 +387,7 @@ pub fn token(ctx: &Context, args: TokenArgs) -> anyhow::Result<()> {
     let (got, record) = outcome?;
     let mut store = ctx.store()?;
     let previous = current_record(&store);
-    let account = previous
-        .account
-        .as_ref()
-        .map(|a| a.label())
-        .unwrap_or_default();
+    let account = previous.account_label();
     match got {
         Ok(access) => {
             if access.refreshed
