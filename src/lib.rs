@@ -34,6 +34,7 @@ pub mod import;
 pub mod inventory;
 pub mod notify;
 pub mod paths;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod schedule;
 pub mod secrets;

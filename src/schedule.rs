@@ -152,6 +152,14 @@ pub enum Zone {
 }
 
 impl Zone {
+    /// The calendar date at `t` in this zone.
+    pub fn date_of(&self, t: DateTime<Utc>) -> chrono::NaiveDate {
+        match self {
+            Zone::Local => t.with_timezone(&chrono::Local).date_naive(),
+            Zone::Named(tz) => t.with_timezone(tz).date_naive(),
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Zone, String> {
         let t = text.trim();
         if t.eq_ignore_ascii_case("local") {
