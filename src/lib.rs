@@ -32,6 +32,7 @@ pub mod daemon;
 pub mod http;
 pub mod import;
 pub mod inventory;
+pub mod mail;
 pub mod notify;
 pub mod paths;
 pub mod ratelimit;
