@@ -909,3 +909,55 @@ fn an_unreadable_certificate_bundle_is_named_in_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn proxies_from_the_environment_are_used_and_no_proxy_is_honoured() {
+    use std::io::{Read, Write};
+    let p = provider(fast());
+    let env = signed_in(&p, "");
+    // A stand-in proxy that records the first request line and answers 502.
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let seen = std::thread::spawn(move || {
+        let (mut conn, _) = proxy.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).unwrap();
+        let _ = conn.write_all(
+            b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    });
+    // The Exchange token needs a refresh, so the token endpoint is called.
+    let out = env
+        .cmd()
+        .args(["token", "--resource", "exchange", "--show"])
+        .env("HTTP_PROXY", &proxy_url)
+        .env("http_proxy", &proxy_url)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let line = seen.join().unwrap();
+    assert!(
+        line.starts_with("POST http://127.0.0.1:") || line.starts_with("GET http://127.0.0.1:"),
+        "the request did not go through the proxy: {line}"
+    );
+    // NO_PROXY names the provider's host: straight there.
+    let out = env
+        .cmd()
+        .args(["token", "--resource", "exchange", "--show"])
+        .env("HTTP_PROXY", &proxy_url)
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
