@@ -24,9 +24,11 @@
 mod audit_log;
 mod cycles;
 mod jobs;
+mod mail_queue;
 mod mailboxes;
 mod raw;
 mod sign_in;
+pub use mail_queue::{Enqueued, QueuedMail};
 pub use sign_in::SignInRow;
 
 use std::path::{Path, PathBuf};
@@ -40,7 +42,7 @@ pub use cycles::CycleRow;
 pub use mailboxes::{MailboxFilter, StoreStats};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// `PRAGMA application_id` of an imm-daemon database ("IMMD").
 const APPLICATION_ID: i64 = 0x494d_4d44;
@@ -277,6 +279,7 @@ impl Store {
                 3 => tx.execute_batch(MIGRATION_3).map_err(fail)?,
                 4 => tx.execute_batch(MIGRATION_4).map_err(fail)?,
                 5 => tx.execute_batch(MIGRATION_5).map_err(fail)?,
+                6 => tx.execute_batch(MIGRATION_6).map_err(fail)?,
                 _ => unreachable!("no migration to version {version}"),
             }
             tx.execute_batch(&format!(
@@ -440,6 +443,38 @@ CREATE TABLE sign_in (
     generation INTEGER NOT NULL,
     updated_at TEXT NOT NULL,
     record TEXT NOT NULL
+);
+";
+
+/// The outgoing mail queue and its attachments.
+const MIGRATION_6: &str = "
+CREATE TABLE mail_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at TEXT NOT NULL,
+    sender TEXT,
+    to_addrs TEXT NOT NULL,
+    cc_addrs TEXT NOT NULL,
+    bcc_addrs TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    body_type TEXT NOT NULL CHECK (body_type IN ('text', 'html')),
+    idempotency_key TEXT UNIQUE,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'sending', 'sent', 'failed', 'cancelled')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    last_error TEXT,
+    graph_message_id TEXT,
+    internet_message_id TEXT,
+    sent_at TEXT
+);
+CREATE INDEX mail_queue_due ON mail_queue (state, next_attempt_at, id);
+CREATE TABLE mail_attachments (
+    mail_id INTEGER NOT NULL REFERENCES mail_queue (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (mail_id, position)
 );
 ";
 

@@ -1,0 +1,352 @@
+//! SQL of the outgoing mail queue (`mail_queue`, `mail_attachments`): enqueueing with
+//! idempotency keys, reading, cancelling, reviving and purging.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError, Tx};
+use crate::mail::{BodyType, NewMail};
+
+/// The outcome of an enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: i64,
+    /// A mail with the same idempotency key was already queued: nothing was added.
+    pub duplicate: bool,
+}
+
+/// A queued mail as stored (its attachments by name, type and size).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueuedMail {
+    pub id: i64,
+    pub created_at: String,
+    pub sender: Option<String>,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub subject: String,
+    pub body: String,
+    pub body_type: BodyType,
+    pub idempotency_key: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: String,
+    pub last_error: Option<String>,
+    pub graph_message_id: Option<String>,
+    pub internet_message_id: Option<String>,
+    pub sent_at: Option<String>,
+    pub attachments: Vec<AttachmentInfo>,
+}
+
+/// An attachment's description (its bytes stay in the database).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AttachmentInfo {
+    pub name: String,
+    pub content_type: String,
+    pub size: i64,
+}
+
+fn list(v: &[String]) -> String {
+    serde_json::to_string(v).expect("lists serialize")
+}
+
+fn unlist(text: String) -> Vec<String> {
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+impl Tx<'_> {
+    /// Queues `mail`, due at once. A mail whose idempotency key is already queued is not
+    /// added again: the earlier one's id comes back, marked duplicate.
+    pub fn enqueue(&mut self, mail: &NewMail, now: &str) -> Result<Enqueued, StoreError> {
+        if let Some(key) = &mail.key {
+            let existing: Option<i64> = self
+                .tx
+                .prepare_cached("SELECT id FROM mail_queue WHERE idempotency_key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = existing {
+                return Ok(Enqueued {
+                    id,
+                    duplicate: true,
+                });
+            }
+        }
+        let body_type = match mail.body_type {
+            BodyType::Text => "text",
+            BodyType::Html => "html",
+        };
+        let id: i64 = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO mail_queue (created_at, sender, to_addrs, cc_addrs, bcc_addrs, subject,
+                     body, body_type, idempotency_key, state, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?1)
+                 RETURNING id",
+            )?
+            .query_row(
+                params![
+                    now,
+                    mail.sender,
+                    list(&mail.to),
+                    list(&mail.cc),
+                    list(&mail.bcc),
+                    mail.subject,
+                    mail.body,
+                    body_type,
+                    mail.key
+                ],
+                |r| r.get(0),
+            )?;
+        let mut st = self.tx.prepare_cached(
+            "INSERT INTO mail_attachments (mail_id, position, name, content_type, bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for (i, a) in mail.attachments.iter().enumerate() {
+            st.execute(params![id, i as i64, a.name, a.content_type, a.bytes])?;
+        }
+        Ok(Enqueued {
+            id,
+            duplicate: false,
+        })
+    }
+
+    /// Cancels a mail that has not started sending; returns its state before, or `None`
+    /// when there is no such mail. Only `queued` and `failed` mails change.
+    pub fn cancel_mail(&mut self, id: i64) -> Result<Option<String>, StoreError> {
+        let state = self.state_of(id)?;
+        if matches!(state.as_deref(), Some("queued" | "failed")) {
+            self.tx
+                .prepare_cached("UPDATE mail_queue SET state = 'cancelled' WHERE id = ?1")?
+                .execute([id])?;
+        }
+        Ok(state)
+    }
+
+    /// Queues a failed or cancelled mail again, due at `now` with its attempts counted
+    /// from zero; returns its state before, or `None` when there is no such mail.
+    pub fn retry_mail(&mut self, id: i64, now: &str) -> Result<Option<String>, StoreError> {
+        let state = self.state_of(id)?;
+        if matches!(state.as_deref(), Some("failed" | "cancelled")) {
+            self.tx
+                .prepare_cached(
+                    "UPDATE mail_queue SET state = 'queued', attempts = 0, next_attempt_at = ?2
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, now])?;
+        }
+        Ok(state)
+    }
+
+    /// Deletes sent mails (with their attachments) sent before `before`; returns how many.
+    pub fn purge_sent(&mut self, before: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("DELETE FROM mail_queue WHERE state = 'sent' AND sent_at < ?1")?
+            .execute([before])? as u64)
+    }
+
+    fn state_of(&self, id: i64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT state FROM mail_queue WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
+    }
+}
+
+const COLUMNS: &str = "id, created_at, sender, to_addrs, cc_addrs, bcc_addrs, subject, body,
+    body_type, idempotency_key, state, attempts, next_attempt_at, last_error,
+    graph_message_id, internet_message_id, sent_at";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMail> {
+    let body_type: String = r.get(8)?;
+    Ok(QueuedMail {
+        id: r.get(0)?,
+        created_at: r.get(1)?,
+        sender: r.get(2)?,
+        to: unlist(r.get(3)?),
+        cc: unlist(r.get(4)?),
+        bcc: unlist(r.get(5)?),
+        subject: r.get(6)?,
+        body: r.get(7)?,
+        body_type: if body_type == "html" {
+            BodyType::Html
+        } else {
+            BodyType::Text
+        },
+        idempotency_key: r.get(9)?,
+        state: r.get(10)?,
+        attempts: r.get(11)?,
+        next_attempt_at: r.get(12)?,
+        last_error: r.get(13)?,
+        graph_message_id: r.get(14)?,
+        internet_message_id: r.get(15)?,
+        sent_at: r.get(16)?,
+        attachments: Vec::new(),
+    })
+}
+
+impl Store {
+    /// One mail with its attachments' descriptions.
+    pub fn mail(&self, id: i64) -> Result<Option<QueuedMail>, StoreError> {
+        let mut mail = match self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM mail_queue WHERE id = ?1"))?
+            .query_row([id], row)
+            .optional()?
+        {
+            Some(m) => m,
+            None => return Ok(None),
+        };
+        let mut st = self.conn.prepare_cached(
+            "SELECT name, content_type, length(bytes) FROM mail_attachments
+             WHERE mail_id = ?1 ORDER BY position",
+        )?;
+        mail.attachments = st
+            .query_map([id], |r| {
+                Ok(AttachmentInfo {
+                    name: r.get(0)?,
+                    content_type: r.get(1)?,
+                    size: r.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Some(mail))
+    }
+
+    /// Mails in creation order, optionally of one state, at most `limit`.
+    pub fn mails(&self, state: Option<&str>, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM mail_queue WHERE ?1 IS NULL OR state = ?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![state, limit], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Mails sent at or after `since` (to rebuild the day's send count).
+    pub fn sent_since(&self, since: &str) -> Result<u32, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM mail_queue WHERE state = 'sent' AND sent_at >= ?1",
+            [since],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mail::Attachment;
+
+    fn mail(key: Option<&str>) -> NewMail {
+        NewMail {
+            sender: None,
+            to: vec!["ada@contoso.com".into()],
+            cc: vec![],
+            bcc: vec!["audit@contoso.com".into()],
+            subject: "Hold review".into(),
+            body: "<p>see attached</p>".into(),
+            body_type: BodyType::Html,
+            attachments: vec![Attachment {
+                name: "holds.csv".into(),
+                content_type: "text/csv".into(),
+                bytes: b"a,b\n".to_vec(),
+            }],
+            key: key.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn enqueue_is_idempotent_per_key_and_keeps_attachments() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("q.db")).unwrap();
+        let now = "2026-11-21T10:00:00Z";
+        let a = store
+            .write(|tx| tx.enqueue(&mail(Some("k1")), now))
+            .unwrap();
+        let b = store
+            .write(|tx| tx.enqueue(&mail(Some("k1")), now))
+            .unwrap();
+        let c = store.write(|tx| tx.enqueue(&mail(None), now)).unwrap();
+        assert!(!a.duplicate && b.duplicate && !c.duplicate);
+        assert_eq!(a.id, b.id);
+        let m = store.mail(a.id).unwrap().unwrap();
+        assert_eq!(m.state, "queued");
+        assert_eq!(m.next_attempt_at, now);
+        assert_eq!(m.bcc, vec!["audit@contoso.com"]);
+        assert_eq!(m.body_type, BodyType::Html);
+        assert_eq!(
+            m.attachments,
+            vec![AttachmentInfo {
+                name: "holds.csv".into(),
+                content_type: "text/csv".into(),
+                size: 4
+            }]
+        );
+        assert_eq!(store.mails(None, 10).unwrap().len(), 2);
+        assert_eq!(store.mails(Some("sent"), 10).unwrap().len(), 0);
+        assert_eq!(store.mail(99).unwrap(), None);
+    }
+
+    #[test]
+    fn cancel_retry_and_purge_follow_the_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("q.db")).unwrap();
+        let now = "2026-11-21T10:00:00Z";
+        let id = store.write(|tx| tx.enqueue(&mail(None), now)).unwrap().id;
+        assert_eq!(
+            store.write(|tx| tx.cancel_mail(id)).unwrap().as_deref(),
+            Some("queued")
+        );
+        assert_eq!(store.mail(id).unwrap().unwrap().state, "cancelled");
+        let later = "2026-11-21T11:00:00Z";
+        assert_eq!(
+            store
+                .write(|tx| tx.retry_mail(id, later))
+                .unwrap()
+                .as_deref(),
+            Some("cancelled")
+        );
+        let m = store.mail(id).unwrap().unwrap();
+        assert_eq!(
+            (m.state.as_str(), m.attempts, m.next_attempt_at.as_str()),
+            ("queued", 0, later)
+        );
+        // A queued mail is not "retried"; an unknown one is None.
+        assert_eq!(
+            store
+                .write(|tx| tx.retry_mail(id, later))
+                .unwrap()
+                .as_deref(),
+            Some("queued")
+        );
+        assert_eq!(store.write(|tx| tx.cancel_mail(42)).unwrap(), None);
+        // Purge takes sent mails before the cut, and their attachments with them.
+        store
+            .write(|tx| {
+                tx.tx.execute(
+                    "UPDATE mail_queue SET state = 'sent', sent_at = '2026-10-01T00:00:00Z' WHERE id = ?1",
+                    [id],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert_eq!(store.sent_since("2026-10-01T00:00:00Z").unwrap(), 1);
+        assert_eq!(
+            store
+                .write(|tx| tx.purge_sent("2026-09-01T00:00:00Z"))
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .write(|tx| tx.purge_sent("2026-11-01T00:00:00Z"))
+                .unwrap(),
+            1
+        );
+        let left: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM mail_attachments", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+}
