@@ -60,10 +60,11 @@ pub type TokenChecker = Arc<dyn Fn(&str) -> Option<AccessTokenInfo> + Send + Syn
 #[derive(Clone)]
 pub struct GraphOptions {
     /// Mailboxes (user principal names, case-insensitive) that exist; any other answers
-    /// 404 `ErrorInvalidUser`. Empty: every mailbox exists.
+    /// 404 `ErrorInvalidUser`. Empty: every mailbox exists. Default: the identity
+    /// emulator's test user.
     pub mailboxes: Vec<String>,
     /// Recipient domains Exchange refuses: 400 `ErrorInvalidRecipients`, as for an address
-    /// without `@`.
+    /// without `@`. Default: `invalid.example`.
     pub bad_domains: Vec<String>,
     /// Checks bearer tokens; `None`: any non-empty bearer token is accepted.
     pub token_checker: Option<TokenChecker>,
