@@ -6,8 +6,17 @@
 //! - [`identity`]: the Microsoft identity platform v2.0 (discovery, the device
 //!   authorization grant, refresh-token rotation, the page where a person enters the code),
 //!   or a generic certified OpenID provider answering the same protocol.
+//! - [`graph`]: Microsoft Graph v1.0 mail (draft, send, sendMail, lookup by
+//!   `internetMessageId`), with throttling and ambiguous failures on demand and a count of
+//!   deliveries per message.
 
+pub mod graph;
 pub mod identity;
+
+pub use graph::{
+    Deliveries, Endpoint, GraphFailure, GraphOptions, GraphServer, GraphStats, StoredMessage,
+    TokenChecker,
+};
 
 pub use identity::{
     AccessTokenInfo, Failure, Flavour, IdentityOptions, IdentityProvider, Stats, TEST_CLIENT_ID,

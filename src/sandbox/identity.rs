@@ -355,16 +355,15 @@ impl IdentityProvider {
 
     /// What the emulator knows of an access token it issued; `None` for any other string.
     pub fn access_token_info(&self, access_token: &str) -> Option<AccessTokenInfo> {
-        let st = self.shared.lock();
-        let token = st.access_tokens.get(access_token)?;
-        Some(AccessTokenInfo {
-            client_id: token.client_id.clone(),
-            resource: token.resource.clone(),
-            scopes: token.scopes.clone(),
-            expires_at: token.expires_at,
-            expired: st.wall_now() >= token.expires_at,
-            revoked: st.grants[token.grant].revoked.is_some(),
-        })
+        self.shared.access_token_info(access_token)
+    }
+
+    /// [`Self::access_token_info`] for an emulated resource server such as
+    /// [`super::graph`]: it answers while the checker lives, even once this provider has
+    /// stopped serving.
+    pub fn token_checker(&self) -> super::graph::TokenChecker {
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move |token: &str| shared.access_token_info(token))
     }
 
     /// A snapshot of the counters and of the secrets issued.
@@ -519,6 +518,19 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn access_token_info(&self, access_token: &str) -> Option<AccessTokenInfo> {
+        let st = self.lock();
+        let token = st.access_tokens.get(access_token)?;
+        Some(AccessTokenInfo {
+            client_id: token.client_id.clone(),
+            resource: token.resource.clone(),
+            scopes: token.scopes.clone(),
+            expires_at: token.expires_at,
+            expired: st.wall_now() >= token.expires_at,
+            revoked: st.grants[token.grant].revoked.is_some(),
+        })
     }
 
     fn generic(&self) -> bool {
