@@ -6,6 +6,8 @@
 //! inline attachments. A bad mail is a clear error naming what is wrong (and in a batch,
 //! the line), never a half-enqueued batch.
 
+pub mod graph;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

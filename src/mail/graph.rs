@@ -1,0 +1,421 @@
+//! The Microsoft Graph mail calls the sender needs, one request each, with every answer
+//! classified: create a draft (carrying our own `internetMessageId`), send it, and find a
+//! message again by that id in Sent Items or Drafts after an ambiguous failure.
+//!
+//! Retrying, backoff and the queue's bookkeeping are the caller's: this module only says
+//! what an answer means. A 429, 503 or 504, a 5xx or a transport failure on a send is
+//! ambiguous (the mail may have gone), which is why sends go through drafts with an id
+//! that can be looked up.
+
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use crate::mail::{Attachment, BodyType};
+
+/// What a failed Graph call means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// 429 or 503: slow down; the request may be repeated after the wait.
+    Throttled,
+    /// 5xx (other than 503), 408, or the network: repeatable, and for a send ambiguous.
+    Transient,
+    /// 401: the access token expired or was revoked; refresh it once and repeat.
+    Unauthorized,
+    /// 400, 403, 404 and the rest: repeating will not help.
+    Permanent,
+}
+
+/// A failed Graph call: Graph's status, error code and message, and its Retry-After.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} failed: {}{}{message}", status.map(|s| format!("HTTP {s} ")).unwrap_or_default(), code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
+pub struct GraphError {
+    pub what: &'static str,
+    pub kind: FailureKind,
+    pub status: Option<u16>,
+    pub code: Option<String>,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+/// The message JSON of a draft.
+pub struct Message<'a> {
+    pub subject: &'a str,
+    pub body: &'a str,
+    pub body_type: BodyType,
+    pub to: &'a [String],
+    pub cc: &'a [String],
+    pub bcc: &'a [String],
+    pub attachments: &'a [Attachment],
+    pub internet_message_id: &'a str,
+}
+
+impl Message<'_> {
+    pub fn to_json(&self) -> Value {
+        let recipients = |v: &[String]| -> Vec<Value> {
+            v.iter()
+                .map(|a| json!({"emailAddress": {"address": a}}))
+                .collect()
+        };
+        let mut m = json!({
+            "subject": self.subject,
+            "body": {"contentType": self.body_type.graph_name(), "content": self.body},
+            "toRecipients": recipients(self.to),
+            "ccRecipients": recipients(self.cc),
+            "bccRecipients": recipients(self.bcc),
+            "internetMessageId": self.internet_message_id,
+        });
+        if !self.attachments.is_empty() {
+            m["attachments"] = self
+                .attachments
+                .iter()
+                .map(|a| {
+                    json!({
+                        "@odata.type": "#microsoft.graph.fileAttachment",
+                        "name": a.name,
+                        "contentType": a.content_type,
+                        "contentBytes": base64::engine::general_purpose::STANDARD.encode(&a.bytes),
+                    })
+                })
+                .collect();
+        }
+        m
+    }
+}
+
+/// A new `internetMessageId` for a mail from `sender` (`<uuid@domain>`, RFC 5322 form).
+pub fn new_internet_message_id(sender: &str) -> String {
+    let domain = sender
+        .rsplit_once('@')
+        .map_or("imm-daemon.invalid", |(_, d)| d);
+    // Unique, not secret: a random 128-bit number is plenty.
+    format!("<{:032x}@{domain}>", fastrand::u128(..))
+}
+
+/// The Graph mail client for one base URL (`{graph_url}/v1.0`).
+#[derive(Debug, Clone)]
+pub struct GraphMail {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Which folder a lookup searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folder {
+    SentItems,
+    Drafts,
+}
+
+impl GraphMail {
+    pub fn new(http: reqwest::Client, graph_url: &str) -> GraphMail {
+        GraphMail {
+            http,
+            base: format!("{}/v1.0", graph_url.trim_end_matches('/')),
+        }
+    }
+
+    fn user(&self, sender: &str) -> String {
+        format!(
+            "{}/users/{}",
+            self.base,
+            url::form_urlencoded::byte_serialize(sender.as_bytes()).collect::<String>()
+        )
+    }
+
+    async fn call(
+        &self,
+        what: &'static str,
+        req: reqwest::RequestBuilder,
+        token: &SecretString,
+        request_id: &str,
+    ) -> Result<(u16, Value), GraphError> {
+        let resp = req
+            .bearer_auth(token.expose_secret())
+            .header("client-request-id", request_id)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| GraphError {
+                what,
+                kind: FailureKind::Transient,
+                status: None,
+                code: None,
+                message: crate::http::describe(&e),
+                retry_after: None,
+            })?;
+        let status = resp.status();
+        let retry_after = crate::http::retry_after(resp.headers(), Utc::now());
+        let body = resp.bytes().await.unwrap_or_default();
+        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok((status.as_u16(), json));
+        }
+        let kind = match status.as_u16() {
+            429 | 503 => FailureKind::Throttled,
+            401 => FailureKind::Unauthorized,
+            408 | 500..=599 => FailureKind::Transient,
+            _ => FailureKind::Permanent,
+        };
+        let err = &json["error"];
+        Err(GraphError {
+            what,
+            kind,
+            status: Some(status.as_u16()),
+            code: err["code"].as_str().map(str::to_string),
+            message: err["message"]
+                .as_str()
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or(""))
+                .chars()
+                .take(500)
+                .collect(),
+            retry_after,
+        })
+    }
+
+    /// Creates a draft in `sender`'s mailbox; returns its id.
+    pub async fn create_draft(
+        &self,
+        token: &SecretString,
+        sender: &str,
+        message: &Message<'_>,
+        request_id: &str,
+    ) -> Result<String, GraphError> {
+        let req = self
+            .http
+            .post(format!("{}/messages", self.user(sender)))
+            .json(&message.to_json());
+        let (_, v) = self
+            .call("creating the draft", req, token, request_id)
+            .await?;
+        v["id"].as_str().map(str::to_string).ok_or(GraphError {
+            what: "creating the draft",
+            kind: FailureKind::Permanent,
+            status: None,
+            code: None,
+            message: "Graph's answer has no message id".into(),
+            retry_after: None,
+        })
+    }
+
+    /// Sends a draft (202 Accepted).
+    pub async fn send_draft(
+        &self,
+        token: &SecretString,
+        sender: &str,
+        draft_id: &str,
+        request_id: &str,
+    ) -> Result<(), GraphError> {
+        let url = format!(
+            "{}/messages/{}/send",
+            self.user(sender),
+            url::form_urlencoded::byte_serialize(draft_id.as_bytes()).collect::<String>()
+        );
+        let req = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_LENGTH, "0");
+        self.call("sending the draft", req, token, request_id)
+            .await
+            .map(|_| ())
+    }
+
+    /// Finds the message carrying `internet_message_id` in `folder`; returns its id.
+    pub async fn find(
+        &self,
+        token: &SecretString,
+        sender: &str,
+        folder: Folder,
+        internet_message_id: &str,
+        request_id: &str,
+    ) -> Result<Option<String>, GraphError> {
+        let folder = match folder {
+            Folder::SentItems => "sentitems",
+            Folder::Drafts => "drafts",
+        };
+        let filter = format!(
+            "internetMessageId eq '{}'",
+            internet_message_id.replace('\'', "''")
+        );
+        let mut url = url::Url::parse(&format!(
+            "{}/mailFolders/{folder}/messages",
+            self.user(sender)
+        ))
+        .map_err(|e| GraphError {
+            what: "looking the message up",
+            kind: FailureKind::Permanent,
+            status: None,
+            code: None,
+            message: e.to_string(),
+            retry_after: None,
+        })?;
+        url.query_pairs_mut()
+            .append_pair("$filter", &filter)
+            .append_pair("$select", "id,internetMessageId");
+        let req = self.http.get(url);
+        let (_, v) = self
+            .call("looking the message up", req, token, request_id)
+            .await?;
+        Ok(v["value"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|m| m["id"].as_str())
+            .map(str::to_string))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::{GraphFailure, GraphOptions, GraphServer};
+
+    const ME: &str = "adele.vance@contoso.onmicrosoft.com";
+
+    fn message<'a>(to: &'a [String], imid: &'a str, files: &'a [Attachment]) -> Message<'a> {
+        Message {
+            subject: "Hold review",
+            body: "<p>attached</p>",
+            body_type: BodyType::Html,
+            to,
+            cc: &[],
+            bcc: &[],
+            attachments: files,
+            internet_message_id: imid,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_draft_is_sent_once_and_found_again_by_its_id() {
+        let g = GraphServer::start(GraphOptions::default()).await.unwrap();
+        let mail = GraphMail::new(
+            crate::http::client(&Default::default()).unwrap(),
+            &g.base_url(),
+        );
+        let token = SecretString::from("any");
+        let to = vec!["ben@contoso.com".to_string()];
+        let files = vec![Attachment {
+            name: "holds.csv".into(),
+            content_type: "text/csv".into(),
+            bytes: b"a,b\n".to_vec(),
+        }];
+        let imid = new_internet_message_id(ME);
+        assert!(imid.starts_with('<') && imid.ends_with("@contoso.onmicrosoft.com>"));
+        let id = mail
+            .create_draft(&token, ME, &message(&to, &imid, &files), "r1")
+            .await
+            .unwrap();
+        assert_eq!(
+            mail.find(&token, ME, Folder::Drafts, &imid, "r2")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(id.as_str())
+        );
+        assert_eq!(
+            mail.find(&token, ME, Folder::SentItems, &imid, "r3")
+                .await
+                .unwrap(),
+            None
+        );
+        mail.send_draft(&token, ME, &id, "r4").await.unwrap();
+        assert!(
+            mail.find(&token, ME, Folder::SentItems, &imid, "r5")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(g.deliveries().of(&imid), 1);
+        assert_eq!(g.sent()[0].attachments, vec!["holds.csv".to_string()]);
+        assert_eq!(
+            g.requests().client_request_ids,
+            vec!["r1", "r2", "r3", "r4", "r5"]
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_are_classified_with_their_retry_after() {
+        let g = GraphServer::start(GraphOptions::default()).await.unwrap();
+        let mail = GraphMail::new(
+            crate::http::client(&Default::default()).unwrap(),
+            &g.base_url(),
+        );
+        let token = SecretString::from("any");
+        let to = vec!["ben@contoso.com".to_string()];
+        let imid = new_internet_message_id(ME);
+        for (value, want) in [
+            ("2", Duration::from_secs(2)),
+            ("2.128", Duration::from_millis(2128)),
+        ] {
+            g.fail_next(
+                1,
+                GraphFailure::Throttled {
+                    retry_after: Some(value.into()),
+                },
+            );
+            let e = mail
+                .create_draft(&token, ME, &message(&to, &imid, &[]), "r")
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (e.kind, e.status, e.retry_after),
+                (FailureKind::Throttled, Some(429), Some(want))
+            );
+        }
+        let date = (Utc::now() + chrono::Duration::seconds(30))
+            .to_rfc2822()
+            .replace("+0000", "GMT");
+        g.fail_next(
+            1,
+            GraphFailure::Throttled {
+                retry_after: Some(date),
+            },
+        );
+        let e = mail
+            .create_draft(&token, ME, &message(&to, &imid, &[]), "r")
+            .await
+            .unwrap_err();
+        assert!(
+            e.retry_after
+                .is_some_and(|w| w > Duration::from_secs(25) && w <= Duration::from_secs(30)),
+            "{e:?}"
+        );
+        g.fail_next(1, GraphFailure::GatewayTimeout);
+        let e = mail
+            .create_draft(&token, ME, &message(&to, &imid, &[]), "r")
+            .await
+            .unwrap_err();
+        assert_eq!((e.kind, e.status), (FailureKind::Transient, Some(504)));
+        g.fail_next(1, GraphFailure::ExpiredToken);
+        let e = mail
+            .create_draft(&token, ME, &message(&to, &imid, &[]), "r")
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, FailureKind::Unauthorized);
+        let bad = vec!["nobody@invalid.example".to_string()];
+        let e = mail
+            .create_draft(&token, ME, &message(&bad, &imid, &[]), "r")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.status, e.code.as_deref()),
+            (
+                FailureKind::Permanent,
+                Some(400),
+                Some("ErrorInvalidRecipients")
+            )
+        );
+        assert!(
+            e.to_string()
+                .starts_with("creating the draft failed: HTTP 400 ErrorInvalidRecipients: "),
+            "{e}"
+        );
+        let e = mail
+            .create_draft(&token, "ghost@contoso.com", &message(&to, &imid, &[]), "r")
+            .await
+            .unwrap_err();
+        assert_eq!((e.kind, e.status), (FailureKind::Permanent, Some(404)));
+        assert_eq!(g.deliveries().total, 0);
+    }
+}
