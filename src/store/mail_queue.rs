@@ -144,6 +144,71 @@ impl Tx<'_> {
             .execute([before])? as u64)
     }
 
+    /// Records that a send of `id` begins: its internetMessageId (committed before any
+    /// network call, so that a crash can always look the mail up) and one more attempt.
+    /// Only a `queued` mail moves; returns whether it did.
+    pub fn begin_sending(
+        &mut self,
+        id: i64,
+        internet_message_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "UPDATE mail_queue SET state = 'sending', attempts = attempts + 1,
+                     internet_message_id = coalesce(internet_message_id, ?2)
+                 WHERE id = ?1 AND state = 'queued'",
+            )?
+            .execute(params![id, internet_message_id])?
+            == 1)
+    }
+
+    /// Records the draft Graph created for a mail being sent.
+    pub fn record_draft(&mut self, id: i64, graph_message_id: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE mail_queue SET graph_message_id = ?2 WHERE id = ?1")?
+            .execute(params![id, graph_message_id])?;
+        Ok(())
+    }
+
+    /// Marks a mail sent at `now`.
+    pub fn mark_sent(&mut self, id: i64, now: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE mail_queue SET state = 'sent', sent_at = ?2, last_error = NULL WHERE id = ?1",
+            )?
+            .execute(params![id, now])?;
+        Ok(())
+    }
+
+    /// Puts a mail back in the queue, due at `next_attempt_at`, with the error that
+    /// stopped it. Its internetMessageId and draft stay, so the next attempt looks the
+    /// mail up before sending anything.
+    pub fn requeue(
+        &mut self,
+        id: i64,
+        next_attempt_at: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE mail_queue SET state = 'queued', next_attempt_at = ?2, last_error = ?3
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, next_attempt_at, error])?;
+        Ok(())
+    }
+
+    /// Marks a mail failed for good (until `queue retry`), keeping the error.
+    pub fn mark_failed(&mut self, id: i64, error: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE mail_queue SET state = 'failed', last_error = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, error])?;
+        Ok(())
+    }
+
     fn state_of(&self, id: i64) -> Result<Option<String>, StoreError> {
         Ok(self
             .tx
@@ -222,6 +287,33 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Queued mails due at `now`, oldest first, at most `limit`; mails caught in
+    /// `sending` (a crash mid-send) come first, since their outcome must be settled.
+    pub fn due_mails(&self, now: &str, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM mail_queue
+             WHERE state = 'sending' OR (state = 'queued' AND next_attempt_at <= ?1)
+             ORDER BY state = 'queued', id LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![now, limit], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A mail's attachments with their bytes, in order.
+    pub fn mail_attachments(&self, id: i64) -> Result<Vec<crate::mail::Attachment>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT name, content_type, bytes FROM mail_attachments WHERE mail_id = ?1 ORDER BY position",
+        )?;
+        let rows = st.query_map([id], |r| {
+            Ok(crate::mail::Attachment {
+                name: r.get(0)?,
+                content_type: r.get(1)?,
+                bytes: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Mails sent at or after `since` (to rebuild the day's send count).
     pub fn sent_since(&self, since: &str) -> Result<u32, StoreError> {
         Ok(self.conn.query_row(
@@ -285,6 +377,77 @@ mod tests {
         assert_eq!(store.mails(None, 10).unwrap().len(), 2);
         assert_eq!(store.mails(Some("sent"), 10).unwrap().len(), 0);
         assert_eq!(store.mail(99).unwrap(), None);
+    }
+
+    #[test]
+    fn a_send_moves_queued_to_sending_to_sent_and_a_crash_leaves_it_findable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("q.db")).unwrap();
+        let t0 = "2026-11-21T10:00:00Z";
+        let a = store.write(|tx| tx.enqueue(&mail(None), t0)).unwrap().id;
+        let b = store.write(|tx| tx.enqueue(&mail(None), t0)).unwrap().id;
+        let due = store.due_mails(t0, 10).unwrap();
+        assert_eq!(due.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a, b]);
+        assert!(
+            store
+                .write(|tx| tx.begin_sending(b, "<b@contoso.com>"))
+                .unwrap()
+        );
+        // A mail already sending is not begun twice, and comes first after a crash.
+        assert!(
+            !store
+                .write(|tx| tx.begin_sending(b, "<other@contoso.com>"))
+                .unwrap()
+        );
+        assert_eq!(store.due_mails(t0, 1).unwrap()[0].id, b);
+        store.write(|tx| tx.record_draft(b, "draft-1")).unwrap();
+        let m = store.mail(b).unwrap().unwrap();
+        assert_eq!(
+            (
+                m.state.as_str(),
+                m.attempts,
+                m.internet_message_id.as_deref(),
+                m.graph_message_id.as_deref()
+            ),
+            ("sending", 1, Some("<b@contoso.com>"), Some("draft-1"))
+        );
+        // Back to the queue: later, with its id kept for the lookup; then sent.
+        store
+            .write(|tx| tx.requeue(b, "2026-11-21T10:05:00Z", "HTTP 504"))
+            .unwrap();
+        assert_eq!(
+            store
+                .due_mails(t0, 10)
+                .unwrap()
+                .iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>(),
+            vec![a]
+        );
+        assert!(
+            store
+                .write(|tx| tx.begin_sending(b, "<new@contoso.com>"))
+                .unwrap()
+        );
+        let m = store.mail(b).unwrap().unwrap();
+        assert_eq!(
+            (m.attempts, m.internet_message_id.as_deref()),
+            (2, Some("<b@contoso.com>"))
+        );
+        store
+            .write(|tx| tx.mark_sent(b, "2026-11-21T10:06:00Z"))
+            .unwrap();
+        assert_eq!(store.sent_since(t0).unwrap(), 1);
+        store
+            .write(|tx| tx.mark_failed(a, "HTTP 400 ErrorInvalidRecipients: bad"))
+            .unwrap();
+        assert!(
+            store
+                .due_mails("2026-12-01T00:00:00Z", 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.mail_attachments(a).unwrap()[0].bytes, b"a,b\n");
     }
 
     #[test]
