@@ -227,22 +227,29 @@ fn sync_dir(dir: &Path) {
     let _ = dir;
 }
 
-/// Creates `path` as an empty 0600 file if it does not exist yet (SQLite gives its WAL
-/// and shared-memory files the database file's mode, so this covers them too).
-pub fn ensure_private_file(path: &Path) -> Result<(), PathsError> {
+/// Opens `path` for reading and writing, creating it as an empty 0600 file (and its
+/// folder, 0700) if needed; never truncates. What lock files are opened with.
+pub fn open_private(path: &Path) -> Result<fs::File, PathsError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        ensure_private_dir(dir)?;
+    }
     let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(false);
+    opts.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    opts.open(path)
-        .map(|_| ())
-        .map_err(|source| PathsError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
+    opts.open(path).map_err(|source| PathsError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Creates `path` as an empty 0600 file if it does not exist yet (SQLite gives its WAL
+/// and shared-memory files the database file's mode, so this covers them too).
+pub fn ensure_private_file(path: &Path) -> Result<(), PathsError> {
+    open_private(path).map(|_| ())
 }
 
 #[cfg(test)]

@@ -217,17 +217,7 @@ impl BucketFile {
             path: self.lock.clone(),
             source,
         };
-        if let Some(dir) = self.lock.parent() {
-            crate::paths::ensure_private_dir(dir)?;
-        }
-        let mut opts = std::fs::OpenOptions::new();
-        opts.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let file = opts.open(&self.lock).map_err(err)?;
+        let file = crate::paths::open_private(&self.lock)?;
         // Held for a read and a write of a few hundred bytes: waiting is fine.
         file.lock().map_err(err)?;
         Ok(file)

@@ -227,6 +227,15 @@ pub struct SignInRecord {
 }
 
 impl SignInRecord {
+    /// The LOGIN audit row of this sign-in: the account, how (`device_code`,
+    /// `msal_import`) and by whom (`cli`, `daemon`). Never token material.
+    pub fn login_event(&self, method: &str, by: &str) -> crate::audit::AuditEvent {
+        let account = self.account_label();
+        crate::audit::AuditEvent::new(crate::audit::Operation::Login)
+            .identity(account.clone())
+            .details(serde_json::json!({"account": account, "method": method, "by": by}))
+    }
+
     /// The account's name to show; empty when nobody is signed in.
     pub fn account_label(&self) -> String {
         self.account

@@ -6,7 +6,7 @@
 //! stuck while holding it costs others a clear error, not a hang. The operating system
 //! releases the lock when its holder exits, however it exits.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,20 +27,10 @@ impl RefreshLock {
             path: path.to_path_buf(),
             detail: e.to_string(),
         };
-        if let Some(dir) = path.parent() {
-            crate::paths::ensure_private_dir(dir).map_err(|e| AuthError::Lock {
-                path: path.to_path_buf(),
-                detail: crate::daemon::error_chain(&e),
-            })?;
-        }
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let file = opts.open(path).map_err(io)?;
+        let file = crate::paths::open_private(path).map_err(|e| AuthError::Lock {
+            path: path.to_path_buf(),
+            detail: crate::daemon::error_chain(&e),
+        })?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match file.try_lock() {

@@ -449,11 +449,7 @@ impl SignInStep {
                 match session.complete_sign_in(*tokens, now).await {
                     Ok(fresh) => {
                         let account = fresh.account_label();
-                        events.push(
-                        AuditEvent::new(Operation::Login)
-                            .identity(account.clone())
-                            .details(serde_json::json!({"account": account, "method": "device_code", "by": "daemon"})),
-                    );
+                        events.push(fresh.login_event("device_code", "daemon"));
                         tracing::info!(%account, "signed in");
                         self.notify(ctx, Event::LoginSucceeded { account });
                         record = fresh;
@@ -467,10 +463,9 @@ impl SignInStep {
                                 // Signed in, but the tokens are only in memory: the next
                                 // refresh stores them before anything else.
                                 tracing::error!(error = %reason, "the new tokens could not be stored yet");
-                                let account = fresh.account_label();
-                                events.push(AuditEvent::new(Operation::Login).identity(account.clone()).details(
-                                    serde_json::json!({"account": account, "method": "device_code", "by": "daemon", "stored": false}),
-                                ));
+                                let mut event = fresh.login_event("device_code", "daemon");
+                                event.details["stored"] = false.into();
+                                events.push(event);
                                 record = SignInRecord {
                                     last_error: Some(reason),
                                     ..fresh

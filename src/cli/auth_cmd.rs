@@ -194,13 +194,10 @@ pub fn login(ctx: &Context, args: LoginArgs) -> anyhow::Result<()> {
     rt.shutdown_background();
     match result {
         Ok(record) => {
-            let account = record.account_label();
             save_record(
                 &mut store,
                 &record,
-                &[AuditEvent::new(Operation::Login)
-                    .identity(account.clone())
-                    .details(serde_json::json!({"account": account, "method": "device_code", "by": "cli"}))],
+                &[record.login_event("device_code", "cli")],
             )?;
             print_signed_in(&record);
             Ok(())
@@ -303,19 +300,10 @@ fn import_msal(
     });
     rt.shutdown_background();
     let record = record?;
-    let label = record.account_label();
-    save_record(
-        &mut store,
-        &record,
-        &[AuditEvent::new(Operation::Login)
-            .identity(label.clone())
-            .details(serde_json::json!({
-                "account": label,
-                "method": "msal_import",
-                "file": file.display().to_string(),
-                "access_tokens": record.access.keys().collect::<Vec<_>>(),
-            }))],
-    )?;
+    let mut event = record.login_event("msal_import", "cli");
+    event.details["file"] = file.display().to_string().into();
+    event.details["access_tokens"] = serde_json::json!(record.access.keys().collect::<Vec<_>>());
+    save_record(&mut store, &record, &[event])?;
     print_signed_in(&record);
     println!(
         "Imported from {}; the daemon refreshes these tokens from now on.",

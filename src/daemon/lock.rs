@@ -5,7 +5,7 @@
 //! file left behind by a killed daemon never blocks the next start: only a live holder
 //! does. Locking uses the standard library's `File::try_lock`, so no crate is needed.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -58,17 +58,7 @@ impl InstanceLock {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            crate::paths::ensure_private_dir(dir)?;
-        }
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(path).map_err(io)?;
+        let mut file = crate::paths::open_private(path)?;
         // `status` probes the lock with a shared lock for an instant; a start that meets
         // such a probe waits it out rather than reporting the lock as held.
         let deadline = std::time::Instant::now() + PROBE_WAIT;

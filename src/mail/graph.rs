@@ -41,6 +41,21 @@ pub struct GraphError {
     pub retry_after: Option<Duration>,
 }
 
+impl GraphError {
+    /// A failure with no answer from Graph (the network, an answer without what it
+    /// must carry).
+    fn local(what: &'static str, kind: FailureKind, message: String) -> GraphError {
+        GraphError {
+            what,
+            kind,
+            status: None,
+            code: None,
+            message,
+            retry_after: None,
+        }
+    }
+}
+
 /// The message JSON of a draft.
 pub struct Message<'a> {
     pub subject: &'a str,
@@ -138,13 +153,8 @@ impl GraphMail {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| GraphError {
-                what,
-                kind: FailureKind::Transient,
-                status: None,
-                code: None,
-                message: crate::http::describe(&e),
-                retry_after: None,
+            .map_err(|e| {
+                GraphError::local(what, FailureKind::Transient, crate::http::describe(&e))
             })?;
         let status = resp.status();
         let retry_after = crate::http::retry_after(resp.headers(), Utc::now());
@@ -190,13 +200,12 @@ impl GraphMail {
         let (_, v) = self
             .call("creating the draft", req, token, request_id)
             .await?;
-        v["id"].as_str().map(str::to_string).ok_or(GraphError {
-            what: "creating the draft",
-            kind: FailureKind::Permanent,
-            status: None,
-            code: None,
-            message: "Graph's answer has no message id".into(),
-            retry_after: None,
+        v["id"].as_str().map(str::to_string).ok_or_else(|| {
+            GraphError::local(
+                "creating the draft",
+                FailureKind::Permanent,
+                "Graph's answer has no message id".into(),
+            )
         })
     }
 
@@ -243,13 +252,12 @@ impl GraphMail {
             "{}/mailFolders/{folder}/messages",
             self.user(sender)
         ))
-        .map_err(|e| GraphError {
-            what: "looking the message up",
-            kind: FailureKind::Permanent,
-            status: None,
-            code: None,
-            message: e.to_string(),
-            retry_after: None,
+        .map_err(|e| {
+            GraphError::local(
+                "looking the message up",
+                FailureKind::Permanent,
+                e.to_string(),
+            )
         })?;
         url.query_pairs_mut()
             .append_pair("$filter", &filter)
