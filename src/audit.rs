@@ -72,7 +72,21 @@ operations! {
     Logout => "LOGOUT",
     /// An access token was obtained with the refresh token.
     TokenRefresh => "TOKEN_REFRESH",
+    /// A mail was delivered to Graph (queue id, sender, recipients, subject; never the
+    /// body or attachments).
     SendEmail => "SEND_EMAIL",
+    /// Mails were added to the outgoing queue (`send`).
+    QueueAdd => "QUEUE_ADD",
+    /// Graph throttled or failed a send that will be repeated (attempt, status, wait).
+    RateLimited => "RATE_LIMITED",
+    /// A mail was given up on: refused by Graph, or out of attempts.
+    SendFailed => "SEND_FAILED",
+    /// A failed or cancelled mail was queued again.
+    QueueRetry => "QUEUE_RETRY",
+    /// A queued or failed mail was cancelled.
+    QueueCancel => "QUEUE_CANCEL",
+    /// Sent mails were purged from the queue.
+    QueuePurge => "QUEUE_PURGE",
     /// The daemon reread its configuration (SIGHUP or `reload`); failed when the new file
     /// was invalid and the old configuration stayed in effect.
     ReloadConfig => "RELOAD_CONFIG",

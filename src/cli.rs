@@ -5,6 +5,7 @@ mod audit_cmd;
 mod auth_cmd;
 mod config_cmd;
 mod daemon_cmd;
+mod mail_cmd;
 mod mailboxes;
 pub mod output;
 mod service_cmd;
@@ -77,6 +78,11 @@ pub enum Command {
     Logout,
     /// Print a fresh access token for scripts (refreshing it if needed).
     Token(auth_cmd::TokenArgs),
+    /// Queue a mail (or a JSON Lines batch of mails) for sending through Microsoft Graph.
+    Send(mail_cmd::SendArgs),
+    /// The outgoing mail queue: list, show, retry, cancel, purge.
+    #[command(subcommand)]
+    Queue(mail_cmd::QueueCmd),
     /// Run the daemon in the foreground (what launchd and systemd start).
     Run(RunArgs),
     /// Whether the daemon runs and is healthy (exit 0 healthy, 1 needs attention,
@@ -158,6 +164,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Login(args) => auth_cmd::login(&ctx, args),
         Command::Logout => auth_cmd::logout(&ctx),
         Command::Token(args) => auth_cmd::token(&ctx, args),
+        Command::Send(args) => mail_cmd::send(&ctx, args),
+        Command::Queue(c) => mail_cmd::queue(&ctx, c),
         Command::Run(_) => Ok(crate::daemon::run(&ctx.paths, &|| ctx.config())?),
         Command::Status(args) => status::run(&ctx, args),
         Command::Cycle(args) => daemon_cmd::cycle(&ctx, args),
@@ -202,6 +210,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return exit::CONFIG;
+        }
+        if let Some(e) = cause.downcast_ref::<mail_cmd::SendError>() {
+            return e.exit_code();
         }
         if let Some(e) = cause.downcast_ref::<ImportError>() {
             return match e {

@@ -50,6 +50,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub mail: MailConfig,
 }
 
 /// The `[heartbeat]` section: how often the daemon runs a cycle.
@@ -415,6 +417,137 @@ impl<'de> Deserialize<'de> for AbsolutePath {
             )));
         }
         Ok(AbsolutePath(p))
+    }
+}
+
+/// The `[mail]` section: the outgoing queue's pace and patience.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MailConfig {
+    /// The mailbox mails are sent from when they name none (default: the signed-in
+    /// account).
+    pub from: Option<Mailbox>,
+    /// Tokens the send bucket holds: the most mails one cycle sends.
+    #[serde(default = "default_capacity")]
+    pub capacity: Bounded<1, 10_000>,
+    /// Time to earn one token.
+    #[serde(default = "default_refill_every")]
+    pub refill_every: BoundedDuration<1, 86_400>,
+    /// Mails sent per calendar day (in `[schedule] timezone`) at most.
+    #[serde(default = "default_daily_cap")]
+    pub daily_cap: Bounded<1, 1_000_000>,
+    /// Attempts per mail within one cycle before it returns to the queue.
+    #[serde(default = "default_attempts_per_cycle")]
+    pub attempts_per_cycle: Bounded<1, 10>,
+    /// Attempts in all before a mail is marked failed (`queue retry` revives it).
+    #[serde(default = "default_max_attempts_total")]
+    pub max_attempts_total: Bounded<1, 1_000>,
+    /// A Retry-After longer than this is not slept through: the mail returns to the
+    /// queue and the cycle stops sending.
+    #[serde(default = "default_max_retry_wait")]
+    pub max_retry_wait: BoundedDuration<1, 3_600>,
+    /// Requests in flight at once per mailbox (Outlook allows 4).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: Bounded<1, 4>,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            from: None,
+            capacity: default_capacity(),
+            refill_every: default_refill_every(),
+            daily_cap: default_daily_cap(),
+            attempts_per_cycle: default_attempts_per_cycle(),
+            max_attempts_total: default_max_attempts_total(),
+            max_retry_wait: default_max_retry_wait(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+fn default_capacity() -> Bounded<1, 10_000> {
+    Bounded(20)
+}
+
+fn default_refill_every() -> BoundedDuration<1, 86_400> {
+    BoundedDuration(std::time::Duration::from_secs(5))
+}
+
+fn default_daily_cap() -> Bounded<1, 1_000_000> {
+    Bounded(100)
+}
+
+fn default_attempts_per_cycle() -> Bounded<1, 10> {
+    Bounded(3)
+}
+
+fn default_max_attempts_total() -> Bounded<1, 1_000> {
+    Bounded(10)
+}
+
+fn default_max_retry_wait() -> BoundedDuration<1, 3_600> {
+    BoundedDuration(std::time::Duration::from_secs(60))
+}
+
+fn default_max_in_flight() -> Bounded<1, 4> {
+    Bounded(4)
+}
+
+/// A mailbox to send from: an address or an object id (GUID).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Mailbox(String);
+
+impl Mailbox {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Mailbox {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::mail::check_sender(&text)
+            .map(Mailbox)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A whole number between `MIN` and `MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounded<const MIN: u32, const MAX: u32>(u32);
+
+impl<const MIN: u32, const MAX: u32> Bounded<MIN, MAX> {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// Checks `n` against the bounds.
+    pub fn new(n: u32) -> Result<Self, String> {
+        if !(MIN..=MAX).contains(&n) {
+            return Err(format!(
+                "{n} is out of range: it must be between {MIN} and {MAX}"
+            ));
+        }
+        Ok(Bounded(n))
+    }
+}
+
+impl<const MIN: u32, const MAX: u32> Serialize for Bounded<MIN, MAX> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de, const MIN: u32, const MAX: u32> Deserialize<'de> for Bounded<MIN, MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a whole number"))?;
+        u32::try_from(n)
+            .map_err(|_| format!("{n} is out of range: it must be between {MIN} and {MAX}"))
+            .and_then(Self::new)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -1011,6 +1144,28 @@ timeout = "10s"
 # SSL_CERT_FILE are honoured.
 connect_timeout = "10s"
 timeout = "30s"
+
+[mail]
+# Outgoing mail (`imm-daemon send`) goes out through Microsoft Graph, from this mailbox
+# when a mail names none (default: the signed-in account; sending as another mailbox
+# needs Send As or a shared mailbox's permissions).
+# from = "it-ops@contoso.com"
+# The send bucket: it holds `capacity` tokens, earns one every `refill_every`, and each
+# attempt takes one, so one cycle sends at most `capacity` mails.
+capacity = 20
+refill_every = "5s"
+# Mails per day at most; the count starts again at midnight in [schedule] timezone.
+daily_cap = 100
+# Throttled or failed sends are tried this often per cycle (waiting Retry-After, else
+# 1 s, 2 s, 4 s) before the mail returns to the queue ...
+attempts_per_cycle = 3
+# ... and this often in all before it is marked failed (`imm-daemon queue retry ID`).
+max_attempts_total = 10
+# A Retry-After longer than this is not waited out: the mail is rescheduled and the
+# cycle stops sending.
+max_retry_wait = "60s"
+# Requests in flight at once per mailbox (Outlook's limit is 4).
+max_in_flight = 4
 "#;
 
 #[cfg(test)]

@@ -129,13 +129,16 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The steps every cycle runs, in order: the sign-in (fresh tokens first), the mailbox
-/// sync when due, then the database's upkeep. The email queue joins after the sign-in.
+/// The steps every cycle runs, in order: the sign-in (fresh tokens first), the mail
+/// queue (through the sign-in's session), the mailbox sync when due, then the
+/// database's upkeep.
 pub fn default_steps(
     hub: std::sync::Arc<crate::auth::step::Hub>,
 ) -> Vec<Box<dyn cycle::CycleStep>> {
+    let session = crate::auth::step::SessionSlot::default();
     vec![
-        Box::new(crate::auth::step::SignInStep::new(hub)),
+        Box::new(crate::auth::step::SignInStep::new(hub, session.clone())),
+        Box::new(crate::mail::outbox::MailStep::new(session)),
         Box::new(crate::sync::MailboxSync::default()),
         Box::new(cycle::StoreMaintenance),
     ]
@@ -423,6 +426,10 @@ impl<'a> Supervisor<'a> {
                                 waiting.push(reply);
                                 Trigger::Request
                             }
+                            control::Command::MailQueued => {
+                                let _ = reply.send(control::Response::ok(serde_json::json!({"cycle": "now"})));
+                                Trigger::Request
+                            }
                             control::Command::SyncNow => {
                                 if let Some(refusal) = sync_refusal(&self.config) {
                                     let _ = reply.send(refusal);
@@ -515,6 +522,10 @@ impl<'a> Supervisor<'a> {
                                 control::Command::CycleNow => {
                                     pending = Some(Trigger::Request);
                                     waiting_next.push(reply);
+                                }
+                                control::Command::MailQueued => {
+                                    pending = Some(pending.unwrap_or(Trigger::Request));
+                                    let _ = reply.send(control::Response::ok(serde_json::json!({"cycle": "next"})));
                                 }
                                 control::Command::SyncNow => {
                                     if let Some(refusal) = sync_refusal(config) {
@@ -609,6 +620,7 @@ impl<'a> Supervisor<'a> {
                     sync = true;
                 }
                 Job::AuditPrune => self.prune_audit(),
+                Job::SendDayReset => self.start_send_day(),
             }
         }
         sync
@@ -647,6 +659,43 @@ impl<'a> Supervisor<'a> {
             )
         }) {
             tracing::error!("cannot record the audit pruning's run: {}", error_chain(&e));
+        }
+    }
+
+    /// The scheduled start of the send bucket's day at local midnight: the bucket file
+    /// is brought up to date, which zeroes the day's count.
+    fn start_send_day(&mut self) {
+        let started = Utc::now();
+        let settings = crate::mail::outbox::Settings::from_config(&self.config, self.paths);
+        let result = settings.roll(&self.store.borrow(), started);
+        let text = match &result {
+            Ok((s, rebuilt)) => {
+                if let Some(w) = rebuilt {
+                    tracing::warn!("{}; rebuilt conservatively", error_chain(w));
+                }
+                format!(
+                    "send day {}: {} sent, {} left",
+                    s.day,
+                    s.sent_today,
+                    s.daily_remaining(&settings.params)
+                )
+            }
+            Err(e) => error_chain(e),
+        };
+        match &result {
+            Ok(_) => tracing::info!(job = Job::SendDayReset.name(), "{text}"),
+            Err(_) => tracing::error!(job = Job::SendDayReset.name(), "cannot start the send day: {text}"),
+        }
+        if let Err(e) = self.store.borrow_mut().write(|tx| {
+            tx.record_job_run(
+                Job::SendDayReset,
+                &stamp(started),
+                &stamp(Utc::now()),
+                result.is_ok(),
+                &text,
+            )
+        }) {
+            tracing::error!("cannot record the send day's start: {}", error_chain(&e));
         }
     }
 

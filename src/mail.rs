@@ -7,6 +7,7 @@
 //! the line), never a half-enqueued batch.
 
 pub mod graph;
+pub mod outbox;
 
 use std::path::{Path, PathBuf};
 
@@ -186,6 +187,16 @@ fn read(path: &Path, base: Option<&Path>) -> Result<(PathBuf, Vec<u8>), MailErro
     Ok((full, bytes))
 }
 
+/// Checks a sending mailbox: an address (user principal name) or an object id (GUID),
+/// as Graph's `/users/{id}` takes them.
+pub fn check_sender(text: &str) -> Result<String, MailError> {
+    check_address(text).or_else(|_| {
+        uuid::Uuid::try_parse(text.trim())
+            .map(|u| u.hyphenated().to_string())
+            .map_err(|_| MailError::Sender(text.to_string()))
+    })
+}
+
 impl Draft {
     /// Checks the draft and reads its files; relative paths are taken from `base` (a
     /// batch file's folder) or the working folder.
@@ -207,14 +218,7 @@ impl Draft {
         if count > MAX_RECIPIENTS {
             return Err(MailError::TooManyRecipients(count));
         }
-        let sender = match self.from {
-            None => None,
-            Some(f) => Some(check_address(&f).or_else(|_| {
-                uuid::Uuid::try_parse(f.trim())
-                    .map(|u| u.hyphenated().to_string())
-                    .map_err(|_| MailError::Sender(f.clone()))
-            })?),
-        };
+        let sender = self.from.as_deref().map(check_sender).transpose()?;
         let body = match (self.body, self.body_file) {
             (Some(b), None) => b,
             (None, Some(p)) => {

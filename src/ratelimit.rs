@@ -125,6 +125,47 @@ impl State {
         Some(s)
     }
 
+    /// Reserves up to `want` sends at `now`: a token and one of the day's sends each.
+    /// Returns the state after, and how many were reserved.
+    pub fn reserve(&self, params: &Params, zone: &Zone, now: DateTime<Utc>, want: u32) -> (State, u32) {
+        let mut s = self.at(params, zone, now);
+        let n = s.available(params).min(want);
+        s.tokens -= f64::from(n);
+        s.sent_today += n;
+        (s, n)
+    }
+
+    /// Takes one token (and none of the day's sends: the mail already holds one) for a
+    /// repeated attempt; `None` when the bucket has no whole token.
+    pub fn take_token(&self, params: &Params, zone: &Zone, now: DateTime<Utc>) -> Option<State> {
+        let mut s = self.at(params, zone, now);
+        if s.tokens < 1.0 {
+            return None;
+        }
+        s.tokens -= 1.0;
+        Some(s)
+    }
+
+    /// Gives back what a reservation made on `day` did not use: `tokens` never spent on
+    /// an attempt, and `sends` that certainly did not happen. Tokens never exceed the
+    /// capacity; sends of a day that has since ended are not given back to the new day.
+    pub fn give_back(
+        &self,
+        params: &Params,
+        zone: &Zone,
+        now: DateTime<Utc>,
+        day: NaiveDate,
+        tokens: u32,
+        sends: u32,
+    ) -> State {
+        let mut s = self.at(params, zone, now);
+        s.tokens = (s.tokens + f64::from(tokens)).min(f64::from(params.capacity));
+        if s.day == day {
+            s.sent_today = s.sent_today.saturating_sub(sends);
+        }
+        s
+    }
+
     /// When the next whole token arrives, if the bucket lacks one (as of `last_refill`).
     pub fn next_token_at(&self, params: &Params) -> Option<DateTime<Utc>> {
         if self.tokens >= 1.0 {
@@ -198,18 +239,19 @@ impl BucketFile {
         Ok((out, loaded.rebuilt))
     }
 
-    /// The state as of `now`, read under the lock and not written back.
+    /// The state as of `now`, not written back. No lock is taken: the file is only ever
+    /// replaced whole, so a reader sees one complete version (and `status` creates
+    /// nothing).
     pub fn peek(
         &self,
         params: &Params,
         zone: &Zone,
         now: DateTime<Utc>,
         sent_today: impl FnOnce() -> u32,
-    ) -> Result<Loaded, BucketError> {
-        let _lock = self.acquire()?;
+    ) -> Loaded {
         let mut loaded = self.read(params, zone, now, sent_today);
         loaded.state = loaded.state.at(params, zone, now);
-        Ok(loaded)
+        loaded
     }
 
     fn acquire(&self) -> Result<std::fs::File, BucketError> {
@@ -350,7 +392,7 @@ mod tests {
         let (ok, _) = f.update(&p, &z, t(10, 0, 0), || 0, take).unwrap();
         assert!(!ok);
         // Thirty seconds later, six tokens were earned meanwhile.
-        let seen = f.peek(&p, &z, t(10, 0, 30), || 0).unwrap();
+        let seen = f.peek(&p, &z, t(10, 0, 30), || 0);
         assert_eq!(seen.state.available(&p), 6);
         assert_eq!(seen.state.sent_today, 20);
         #[cfg(unix)]
@@ -361,16 +403,16 @@ mod tests {
         }
         // Corrupt: an empty bucket, the count rebuilt from the queue, and a warning.
         std::fs::write(f.path(), b"{\"version\":1,\"tokens\":").unwrap();
-        let loaded = f.peek(&p, &z, t(10, 1, 0), || 17).unwrap();
+        let loaded = f.peek(&p, &z, t(10, 1, 0), || 17);
         assert_eq!(loaded.state.tokens, 0.0);
         assert_eq!(loaded.state.sent_today, 17);
         let warning = loaded.rebuilt.unwrap().to_string();
         assert!(warning.contains("send-bucket.json"), "{warning}");
         std::fs::write(f.path(), b"{\"version\":1,\"tokens\":-5,\"last_refill\":\"2026-11-21T10:00:00Z\",\"day\":\"2026-11-21\",\"sent_today\":0}").unwrap();
-        assert!(f.peek(&p, &z, t(10, 1, 0), || 0).unwrap().rebuilt.is_some());
+        assert!(f.peek(&p, &z, t(10, 1, 0), || 0).rebuilt.is_some());
         // The rebuilt state is written back by the next update.
         let (_, warn) = f.update(&p, &z, t(10, 1, 0), || 17, |s| (s, ())).unwrap();
         assert!(warn.is_some());
-        assert!(f.peek(&p, &z, t(10, 1, 0), || 0).unwrap().rebuilt.is_none());
+        assert!(f.peek(&p, &z, t(10, 1, 0), || 0).rebuilt.is_none());
     }
 }

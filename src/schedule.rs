@@ -160,6 +160,22 @@ impl Zone {
         }
     }
 
+    /// The first instant of `date` in this zone: its midnight, or the first local time
+    /// after a daylight-saving gap that swallowed midnight.
+    pub fn start_of_day(&self, date: chrono::NaiveDate) -> DateTime<Utc> {
+        fn first<Tz: TimeZone>(tz: &Tz, midnight: chrono::NaiveDateTime) -> DateTime<Utc> {
+            (0..=16)
+                .map(|q| midnight + chrono::Duration::minutes(15 * q))
+                .find_map(|local| tz.from_local_datetime(&local).earliest())
+                .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc))
+        }
+        let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
+        match self {
+            Zone::Local => first(&chrono::Local, midnight),
+            Zone::Named(tz) => first(tz, midnight),
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Zone, String> {
         let t = text.trim();
         if t.eq_ignore_ascii_case("local") {
@@ -205,16 +221,25 @@ pub enum Job {
     MailboxSync,
     /// Delete audit rows older than `[audit] retention`.
     AuditPrune,
+    /// Start the send bucket's new day at local midnight (its count of the day's sends
+    /// back to zero). Loading the bucket checks the date too, so a daemon that was down
+    /// at midnight starts the new day all the same.
+    SendDayReset,
 }
 
+/// Every day at midnight.
+static MIDNIGHT: std::sync::LazyLock<When> =
+    std::sync::LazyLock::new(|| When::parse("0 0 * * *").expect("a valid expression"));
+
 impl Job {
-    pub const ALL: [Job; 2] = [Job::MailboxSync, Job::AuditPrune];
+    pub const ALL: [Job; 3] = [Job::MailboxSync, Job::AuditPrune, Job::SendDayReset];
 
     /// The job's stable name, as stored and shown.
     pub fn name(self) -> &'static str {
         match self {
             Job::MailboxSync => "mailbox_sync",
             Job::AuditPrune => "audit_prune",
+            Job::SendDayReset => "send_day_reset",
         }
     }
 
@@ -228,6 +253,7 @@ impl Job {
             Job::MailboxSync if config.sync.export.is_none() => &When::Never,
             Job::MailboxSync => &config.sync.schedule,
             Job::AuditPrune => &config.audit.prune_schedule,
+            Job::SendDayReset => &MIDNIGHT,
         }
     }
 
@@ -260,7 +286,7 @@ impl Job {
         match (last_ok, self) {
             (Some(t), _) => when.next_after(zone, t),
             (None, Job::MailboxSync) => when.next_after(zone, baseline).map(|_| baseline),
-            (None, Job::AuditPrune) => when.next_after(zone, baseline),
+            (None, Job::AuditPrune | Job::SendDayReset) => when.next_after(zone, baseline),
         }
     }
 }
@@ -521,13 +547,20 @@ mod tests {
         );
         assert!(views[0].last_run.is_some() && views[1].last_run.is_none());
 
-        // Without a source the sync is off, whatever its schedule says.
+        // Without a source the sync is off, whatever its schedule says; the send day
+        // starts at every midnight regardless.
         let off = config("[audit]\nprune_schedule = \"never\"\n");
         let mut jobs = Jobs::plan(&off, &runs, now);
-        assert_eq!(jobs.next_due(), None);
-        assert!(jobs.take_due(&off, t("2030-01-01T00:00:00Z")).is_empty());
+        let midnight = jobs.next_run(Job::SendDayReset).unwrap();
+        assert_eq!(off.schedule.timezone.date_of(midnight), now.date_naive().succ_opt().unwrap());
+        assert_eq!(jobs.next_due(), Some(midnight));
+        assert_eq!(
+            jobs.take_due(&off, t("2030-01-01T00:00:00Z")),
+            vec![Job::SendDayReset]
+        );
         let views = jobs.views(&off, &runs);
-        assert!(views.iter().all(|v| !v.enabled && v.off_reason.is_some()));
+        assert!(views[..2].iter().all(|v| !v.enabled && v.off_reason.is_some()));
         assert_eq!(views[1].schedule, "never");
+        assert!(views[2].enabled && views[2].schedule == "0 0 * * *");
     }
 }

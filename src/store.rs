@@ -28,7 +28,7 @@ mod mail_queue;
 mod mailboxes;
 mod raw;
 mod sign_in;
-pub use mail_queue::{Enqueued, QueuedMail};
+pub use mail_queue::{AttachmentInfo, Enqueued, QueueCounts, QueuedMail};
 pub use sign_in::SignInRow;
 
 use std::path::{Path, PathBuf};

@@ -233,9 +233,27 @@ async fn run_flow(
     }
 }
 
+/// The sign-in step's session, shared with the steps after it that call Microsoft (the
+/// mail queue): one token cache and one refresh lock per process. `None` while sign-in
+/// is not configured.
+#[derive(Clone, Default)]
+pub struct SessionSlot(Rc<std::cell::RefCell<Option<Rc<Session>>>>);
+
+impl SessionSlot {
+    /// The session in use, if one is open.
+    pub fn get(&self) -> Option<Rc<Session>> {
+        self.0.borrow().clone()
+    }
+
+    fn set(&self, session: Option<Rc<Session>>) {
+        *self.0.borrow_mut() = session;
+    }
+}
+
 /// The sign-in cycle step.
 pub struct SignInStep {
     hub: Arc<Hub>,
+    shared: SessionSlot,
     session: Option<(Rc<Session>, String)>,
     /// The generation of the database record last read or written.
     generation: i64,
@@ -247,9 +265,11 @@ pub struct SignInStep {
 }
 
 impl SignInStep {
-    pub fn new(hub: Arc<Hub>) -> SignInStep {
+    /// The step, sharing its session through `shared`.
+    pub fn new(hub: Arc<Hub>, shared: SessionSlot) -> SignInStep {
         SignInStep {
             hub,
+            shared,
             session: None,
             generation: 0,
             loaded: false,
@@ -300,6 +320,7 @@ impl SignInStep {
         // A new configuration: the old session and any flow of it are dropped.
         self.stop_flow();
         self.session = None;
+        self.shared.set(None);
         self.loaded = false;
         let http = crate::http::client(&ctx.config.http).map_err(|e| StepError {
             message: crate::daemon::error_chain(&e),
@@ -318,6 +339,7 @@ impl SignInStep {
         }
         let s = Rc::new(session);
         self.session = Some((s.clone(), key));
+        self.shared.set(Some(s.clone()));
         Ok(s)
     }
 
@@ -375,6 +397,7 @@ impl SignInStep {
             Err(e) => {
                 self.stop_flow();
                 self.session = None;
+                self.shared.set(None);
                 return Ok(StepReport::idle(e.to_string()));
             }
         };

@@ -74,7 +74,97 @@ pub struct Status {
     pub cache: Option<Cache>,
     /// Why the cache figures could not be read, if they could not.
     pub cache_error: Option<String>,
+    /// The outgoing mail queue and its send bucket (none before the database exists).
+    pub queue: Option<QueueView>,
+    /// Why the queue figures could not be read, if they could not.
+    pub queue_error: Option<String>,
     pub paths: Paths,
+}
+
+/// The outgoing mail queue and the send bucket.
+#[derive(Debug, Serialize)]
+pub struct QueueView {
+    pub queued: u64,
+    /// Queued mails due now.
+    pub due: u64,
+    pub sending: u64,
+    /// Mails sent since midnight in `[schedule] timezone`.
+    pub sent_today: u64,
+    /// Mails given up on; `queue retry` or `queue cancel` them (they make the health
+    /// `attention`).
+    pub failed: u64,
+    pub cancelled: u64,
+    /// Tokens in the send bucket now (each attempt takes one).
+    pub tokens: f64,
+    pub capacity: u32,
+    /// Sends left today under `[mail] daily_cap`.
+    pub daily_remaining: u32,
+    pub daily_cap: u32,
+    /// When the next token arrives, if the bucket lacks a whole one.
+    pub next_token_at: Option<String>,
+    /// When the next queued mail falls due.
+    pub next_due_at: Option<String>,
+    /// The bucket file was unreadable: the figures are the conservative ones the daemon
+    /// will start from.
+    pub bucket_warning: Option<String>,
+}
+
+fn queue(
+    config: Option<&crate::config::Config>,
+    paths: &crate::paths::Paths,
+    db: Option<&Result<Store, crate::store::StoreError>>,
+    now: DateTime<Utc>,
+) -> (Option<QueueView>, Option<String>) {
+    let store = match db {
+        Some(Ok(store)) => store,
+        Some(Err(e)) => return (None, Some(crate::daemon::error_chain(e))),
+        None => return (None, None),
+    };
+    let default;
+    let config = match config {
+        Some(c) => c,
+        None => {
+            default = crate::config::Config::default();
+            &default
+        }
+    };
+    let settings = crate::mail::outbox::Settings::from_config(config, paths);
+    let zone = settings.zone;
+    let since = crate::daemon::cycle::stamp(zone.start_of_day(zone.date_of(now)));
+    let read = || -> Result<_, crate::store::StoreError> {
+        Ok((
+            store.queue_counts(&crate::daemon::cycle::stamp(now))?,
+            store.sent_since(&since)?,
+            store.next_mail_due()?,
+        ))
+    };
+    let (counts, sent_today, next_due_at) = match read() {
+        Ok(v) => v,
+        Err(e) => return (None, Some(crate::daemon::error_chain(&e))),
+    };
+    let loaded = settings.peek_bucket(Some(store), now);
+    let p = &settings.params;
+    (
+        Some(QueueView {
+            queued: counts.queued,
+            due: counts.due,
+            sending: counts.sending,
+            sent_today: u64::from(sent_today),
+            failed: counts.failed,
+            cancelled: counts.cancelled,
+            tokens: (loaded.state.tokens * 100.0).floor() / 100.0,
+            capacity: p.capacity,
+            daily_remaining: loaded.state.daily_remaining(p),
+            daily_cap: p.daily_cap,
+            next_token_at: loaded
+                .state
+                .next_token_at(p)
+                .map(crate::daemon::cycle::stamp),
+            next_due_at: next_due_at.filter(|_| counts.queued > 0),
+            bucket_warning: loaded.rebuilt.map(|e| crate::daemon::error_chain(&e)),
+        }),
+        None,
+    )
 }
 
 /// What is known about Microsoft sign-in (never token material).
@@ -273,7 +363,9 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         // Only a running daemon polls for its code.
         signin.pending = None;
     }
+    let (queue, queue_error) = queue(config_ref, p, db.as_ref(), now);
     let attention = job_failed
+        || queue.as_ref().is_some_and(|q| q.failed > 0)
         || signin.state == crate::auth::SignInState::SignInRequired.as_str()
         || last_cycle
             .as_ref()
@@ -361,6 +453,8 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         jobs_error,
         cache,
         cache_error,
+        queue,
+        queue_error,
         paths: Paths {
             socket: p.socket.display().to_string(),
             config_file: p.config_file.display().to_string(),
@@ -488,6 +582,34 @@ pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
             Some(e) => line(out, "cache", &format!("unreadable: {e}"))?,
             None => line(out, "cache", "no database yet")?,
         },
+    }
+    match &s.queue {
+        Some(q) => {
+            let mut v = format!(
+                "{} queued ({} due), {} sending, {} sent today, {} failed",
+                q.queued, q.due, q.sending, q.sent_today, q.failed
+            );
+            if q.failed > 0 {
+                v.push_str(" (see `imm-daemon queue list --state failed`)");
+            }
+            line(out, "mail", &v)?;
+            let mut b = format!(
+                "{:.1} of {} tokens, {} of {} sends left today",
+                q.tokens, q.capacity, q.daily_remaining, q.daily_cap
+            );
+            if let Some(t) = &q.next_token_at {
+                b.push_str(&format!(", next token {t}"));
+            }
+            line(out, "send bucket", &b)?;
+            if let Some(w) = &q.bucket_warning {
+                line(out, "", &format!("WARNING: {w}"))?;
+            }
+        }
+        None => {
+            if let Some(e) = &s.queue_error {
+                line(out, "mail", &format!("unreadable: {e}"))?;
+            }
+        }
     }
     if let Some(e) = &s.jobs_error {
         line(out, "jobs", &format!("unknown: {e}"))?;

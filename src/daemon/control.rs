@@ -45,6 +45,9 @@ pub enum Command {
     Stop,
     /// The sign-in as the daemon sees it, with the device code waiting for a person.
     SignIn,
+    /// Mail was queued: run a cycle soon (after the one running, if any). Answered at
+    /// once, without waiting for the cycle.
+    MailQueued,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -221,7 +224,7 @@ fn parse_request(line: &str) -> Result<Command, Response> {
         .map(|r| r.cmd)
         .map_err(|e| {
             Response::error(format!(
-                "bad request: {e} (commands: status, cycle-now, reload, stop)"
+                "bad request: {e} (commands: status, cycle-now, sync-now, reload, stop, sign-in, mail-queued)"
             ))
         })
 }

@@ -37,6 +37,18 @@ pub struct QueuedMail {
     pub attachments: Vec<AttachmentInfo>,
 }
 
+/// The queue's mails by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueCounts {
+    pub queued: u64,
+    /// Queued and due now.
+    pub due: u64,
+    pub sending: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
 /// An attachment's description (its bytes stay in the database).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AttachmentInfo {
@@ -144,23 +156,29 @@ impl Tx<'_> {
             .execute([before])? as u64)
     }
 
-    /// Records that a send of `id` begins: its internetMessageId (committed before any
-    /// network call, so that a crash can always look the mail up) and one more attempt.
-    /// Only a `queued` mail moves; returns whether it did.
-    pub fn begin_sending(
+    /// Records that an attempt to send `id` begins: its internetMessageId (committed
+    /// before any network call, so that a crash can always look the mail up; an id it
+    /// already has is kept) and one more attempt. A `queued` mail moves to `sending`; a
+    /// mail already `sending` (a repeated attempt, or one a crash interrupted) stays.
+    /// Returns the attempts made, this one included, and the internetMessageId in
+    /// effect; `None` when the mail is in no state to send (cancelled meanwhile).
+    pub fn begin_attempt(
         &mut self,
         id: i64,
         internet_message_id: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<(i64, String)>, StoreError> {
         Ok(self
             .tx
             .prepare_cached(
                 "UPDATE mail_queue SET state = 'sending', attempts = attempts + 1,
                      internet_message_id = coalesce(internet_message_id, ?2)
-                 WHERE id = ?1 AND state = 'queued'",
+                 WHERE id = ?1 AND state IN ('queued', 'sending')
+                 RETURNING attempts, internet_message_id",
             )?
-            .execute(params![id, internet_message_id])?
-            == 1)
+            .query_row(params![id, internet_message_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
     }
 
     /// Records the draft Graph created for a mail being sent.
@@ -314,6 +332,41 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How many mails are in each state, and how many queued ones are due at `now`.
+    pub fn queue_counts(&self, now: &str) -> Result<QueueCounts, StoreError> {
+        let mut counts = QueueCounts::default();
+        let mut st = self.conn.prepare_cached(
+            "SELECT state, count(*), sum(state = 'queued' AND next_attempt_at <= ?1)
+             FROM mail_queue GROUP BY state",
+        )?;
+        let mut rows = st.query([now])?;
+        while let Some(r) = rows.next()? {
+            let state: String = r.get(0)?;
+            let n = r.get::<_, i64>(1)?.max(0) as u64;
+            match state.as_str() {
+                "queued" => {
+                    counts.queued = n;
+                    counts.due = r.get::<_, Option<i64>>(2)?.unwrap_or(0).max(0) as u64;
+                }
+                "sending" => counts.sending = n,
+                "sent" => counts.sent = n,
+                "failed" => counts.failed = n,
+                "cancelled" => counts.cancelled = n,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// When the next queued mail falls due, if any is queued.
+    pub fn next_mail_due(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT min(next_attempt_at) FROM mail_queue WHERE state = 'queued'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Mails sent at or after `since` (to rebuild the day's send count).
     pub fn sent_since(&self, since: &str) -> Result<u32, StoreError> {
         Ok(self.conn.query_row(
@@ -388,16 +441,21 @@ mod tests {
         let b = store.write(|tx| tx.enqueue(&mail(None), t0)).unwrap().id;
         let due = store.due_mails(t0, 10).unwrap();
         assert_eq!(due.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a, b]);
-        assert!(
+        assert_eq!(
             store
-                .write(|tx| tx.begin_sending(b, "<b@contoso.com>"))
-                .unwrap()
+                .write(|tx| tx.begin_attempt(b, "<b@contoso.com>"))
+                .unwrap(),
+            Some((1, "<b@contoso.com>".to_string()))
         );
-        // A mail already sending is not begun twice, and comes first after a crash.
-        assert!(
-            !store
-                .write(|tx| tx.begin_sending(b, "<other@contoso.com>"))
-                .unwrap()
+        // A mail caught sending (a crash) comes first, and keeps its internetMessageId.
+        assert_eq!(
+            store.queue_counts(t0).unwrap(),
+            QueueCounts {
+                queued: 1,
+                due: 1,
+                sending: 1,
+                ..QueueCounts::default()
+            }
         );
         assert_eq!(store.due_mails(t0, 1).unwrap()[0].id, b);
         store.write(|tx| tx.record_draft(b, "draft-1")).unwrap();
@@ -424,15 +482,11 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![a]
         );
-        assert!(
-            store
-                .write(|tx| tx.begin_sending(b, "<new@contoso.com>"))
-                .unwrap()
-        );
-        let m = store.mail(b).unwrap().unwrap();
         assert_eq!(
-            (m.attempts, m.internet_message_id.as_deref()),
-            (2, Some("<b@contoso.com>"))
+            store
+                .write(|tx| tx.begin_attempt(b, "<new@contoso.com>"))
+                .unwrap(),
+            Some((2, "<b@contoso.com>".to_string()))
         );
         store
             .write(|tx| tx.mark_sent(b, "2026-11-21T10:06:00Z"))
@@ -448,6 +502,9 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(store.mail_attachments(a).unwrap()[0].bytes, b"a,b\n");
+        // A failed mail is not attempted again until revived.
+        assert_eq!(store.write(|tx| tx.begin_attempt(a, "<a@x>")).unwrap(), None);
+        assert_eq!(store.next_mail_due().unwrap(), None);
     }
 
     #[test]

@@ -1,0 +1,816 @@
+//! The outbox: each cycle, due mails leave the queue through Microsoft Graph at the pace
+//! the send bucket allows, and none is lost or sent twice.
+//!
+//! A mail moves `queued` → `sending` → `sent`, each step committed before the next
+//! network call:
+//! 1. the attempt begins: the mail's internetMessageId (generated once and kept) and its
+//!    attempt count are committed;
+//! 2. a mail attempted before is looked up first, in Sent Items, then in Drafts, by that
+//!    id: a 429, a 5xx or a timeout never proves that a send did not happen;
+//! 3. a draft carrying the internetMessageId is created, and its id committed;
+//! 4. the draft is sent (202 Accepted), and the mail is marked sent together with its
+//!    SEND_EMAIL audit row.
+//!
+//! A kill at any point leaves the mail `sending` with its internetMessageId; the next
+//! drain takes such mails first and settles them by the lookup.
+//!
+//! Pacing: the drain reserves one token and one of the day's sends for each due mail it
+//! takes (oldest first, crash-interrupted ones before them), in one write of the bucket
+//! file; a repeated attempt takes a token of its own. What was not used goes back at the
+//! end: tokens of mails never attempted, and day's sends that certainly did not happen
+//! (an ambiguous failure keeps its send counted). A crash keeps the whole reservation,
+//! which errs on the side of sending less.
+//!
+//! Failures: 429, 503, 504, other 5xx and network failures are repeated after Graph's
+//! Retry-After, else 1 s, 2 s, 4 s, up to `attempts_per_cycle` times; then the mail
+//! returns to the queue with the next wait as its due time, until `max_attempts_total`
+//! makes it failed. A Retry-After beyond `max_retry_wait` is not slept through: the mail
+//! is rescheduled and the drain starts no further mail. A 401 costs one silent refresh
+//! and one repeat. 400, 403 and 404 fail the mail at once with Graph's code and message.
+//!
+//! Only the process holding the daemon's instance lock drains (the daemon, or
+//! `imm-daemon cycle` when no daemon runs), so two drains never race for a mail; a
+//! `queue cancel` that lands meanwhile wins, since an attempt only begins on a mail that
+//! is still queued or sending.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::graph::{FailureKind, Folder, GraphError, GraphMail, Message};
+use crate::audit::{AuditEvent, Operation};
+use crate::auth::{AuthError, Resource, Session};
+use crate::config::Config;
+use crate::daemon::cycle::{CycleStep, StepContext, StepError, StepFuture, StepReport, stamp};
+use crate::paths::Paths;
+use crate::ratelimit::{BucketError, BucketFile, Params, State};
+use crate::schedule::Zone;
+use crate::store::{QueuedMail, Store, StoreError};
+
+/// The cycle step's name.
+pub const STEP_NAME: &str = "mail";
+
+/// The send bucket's state file in the data folder.
+pub fn bucket_file(paths: &Paths) -> BucketFile {
+    BucketFile::new(&paths.data_dir.join("send-bucket.json"))
+}
+
+/// How the outbox drains, from `[mail]`, `[schedule] timezone` and the Graph URL.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub params: Params,
+    pub zone: Zone,
+    pub attempts_per_cycle: u32,
+    pub max_attempts_total: u32,
+    pub max_retry_wait: Duration,
+    pub max_in_flight: usize,
+    /// The mailbox of mails that name none; `None`: the signed-in account.
+    pub from: Option<String>,
+    pub graph_url: String,
+    pub bucket: BucketFile,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config, paths: &Paths) -> Settings {
+        let m = &config.mail;
+        Settings {
+            params: params(config),
+            zone: config.schedule.timezone,
+            attempts_per_cycle: m.attempts_per_cycle.get(),
+            max_attempts_total: m.max_attempts_total.get(),
+            max_retry_wait: m.max_retry_wait.get(),
+            max_in_flight: m.max_in_flight.get() as usize,
+            from: m.from.as_ref().map(|f| f.as_str().to_string()),
+            graph_url: config.graph_url(),
+            bucket: bucket_file(paths),
+        }
+    }
+
+    /// Brings the bucket file up to `now` (a new day starts its count at zero) and
+    /// writes it; returns the state and the warning if the file had to be rebuilt.
+    pub fn roll(
+        &self,
+        store: &Store,
+        now: DateTime<Utc>,
+    ) -> Result<(State, Option<BucketError>), BucketError> {
+        self.bucket.update(
+            &self.params,
+            &self.zone,
+            now,
+            || sent_today(Some(store), &self.zone, &self.params, now),
+            |st| (st.clone(), st),
+        )
+    }
+
+    /// The bucket's state at `now`, as `status` shows it (nothing is written).
+    pub fn peek_bucket(&self, store: Option<&Store>, now: DateTime<Utc>) -> crate::ratelimit::Loaded {
+        self.bucket.peek(&self.params, &self.zone, now, || {
+            sent_today(store, &self.zone, &self.params, now)
+        })
+    }
+}
+
+/// The bucket's shape from `[mail]`.
+pub fn params(config: &Config) -> Params {
+    Params {
+        capacity: config.mail.capacity.get(),
+        refill_every: config.mail.refill_every.get(),
+        daily_cap: config.mail.daily_cap.get(),
+    }
+}
+
+/// The day's sends as the queue tells them (to rebuild a lost bucket file); the whole
+/// cap when the queue cannot be read, so that a rebuild never allows more.
+fn sent_today(store: Option<&Store>, zone: &Zone, params: &Params, now: DateTime<Utc>) -> u32 {
+    let since = stamp(zone.start_of_day(zone.date_of(now)));
+    store
+        .and_then(|s| s.sent_since(&since).ok())
+        .unwrap_or(params.daily_cap)
+}
+
+/// The wait before the next attempt after `failures` failed ones in a row: Graph's
+/// Retry-After when it gave one, else 1 s, 2 s, 4 s, … doubling up to 64 s.
+pub fn retry_wait(failures: u32, retry_after: Option<Duration>) -> Duration {
+    retry_after.unwrap_or_else(|| Duration::from_secs(1 << failures.saturating_sub(1).min(6)))
+}
+
+/// Why a drain could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(
+        "{0} mail(s) name no sender and the signed-in account has no address: set [mail] from, or give --from"
+    )]
+    NoSender(usize),
+}
+
+/// What one drain did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DrainReport {
+    /// Mails handed to Graph by this drain.
+    pub sent: u32,
+    /// Mails found already sent by an earlier, interrupted attempt (not sent again).
+    pub found_sent: u32,
+    /// Mails back in the queue for a later cycle (throttled, failing, out of tokens).
+    pub requeued: u32,
+    /// Mails given up on (refused by Graph, or out of attempts).
+    pub failed: u32,
+    /// Due mails left waiting for tokens or the next day.
+    pub waiting: u64,
+    /// Why the drain stopped starting mails early, if it did.
+    pub halted: Option<String>,
+    /// The bucket after the drain.
+    pub bucket: Option<State>,
+    /// The bucket file was unreadable and rebuilt.
+    pub rebuilt: Option<String>,
+}
+
+impl DrainReport {
+    /// One line for people.
+    pub fn summary(&self, params: &Params) -> String {
+        let mut s = format!("{} mail(s) sent", self.sent);
+        if self.found_sent > 0 {
+            s.push_str(&format!(", {} found already sent", self.found_sent));
+        }
+        if self.requeued > 0 {
+            s.push_str(&format!(", {} back in the queue", self.requeued));
+        }
+        if self.failed > 0 {
+            s.push_str(&format!(", {} FAILED (see `imm-daemon queue list`)", self.failed));
+        }
+        if self.waiting > 0 {
+            s.push_str(&format!(", {} wait", self.waiting));
+            if let Some(b) = &self.bucket {
+                if b.daily_remaining(params) == 0 {
+                    s.push_str(" for tomorrow (daily cap reached)");
+                } else if let Some(t) = b.next_token_at(params) {
+                    s.push_str(&format!(" for tokens (next at {})", stamp(t)));
+                }
+            }
+        }
+        if let Some(h) = &self.halted {
+            s.push_str(&format!("; stopped early: {h}"));
+        }
+        s
+    }
+}
+
+/// How one mail's turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Sent,
+    FoundSent,
+    Requeued,
+    Failed,
+    /// Not attempted: the drain stopped first, or the mail was cancelled meanwhile.
+    NotStarted,
+}
+
+/// A mail's turn: its outcome, and whether a send of it may have happened without a
+/// confirmation (its day's send then stays counted).
+struct Turn {
+    outcome: Outcome,
+    maybe_sent: bool,
+}
+
+impl Turn {
+    fn of(outcome: Outcome) -> Turn {
+        Turn {
+            outcome,
+            maybe_sent: false,
+        }
+    }
+}
+
+/// A failed attempt.
+enum Failure {
+    /// Graph answered with a failure (or did not answer); `at_send`: it was the send
+    /// itself, so the mail may have gone.
+    Graph { err: GraphError, at_send: bool },
+    /// No usable access token.
+    Auth(AuthError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure::Store(e)
+    }
+}
+
+/// A settled attempt.
+enum Settled {
+    Sent,
+    FoundSent,
+}
+
+/// A new client-request-id (a random UUID), which Graph echoes and Microsoft support
+/// asks for.
+fn request_id() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .to_string()
+}
+
+/// One drain of the queue.
+struct Drain<'a> {
+    settings: &'a Settings,
+    graph: GraphMail,
+    session: &'a Session,
+    store: &'a RefCell<Store>,
+    cancel: &'a CancellationToken,
+    default_sender: Option<String>,
+    halted: RefCell<Option<String>>,
+    /// A 401 already cost this drain a refresh (once per drain is enough).
+    refreshed: std::cell::Cell<bool>,
+}
+
+/// Sends what is due now, within the bucket; see the module's documentation.
+pub async fn drain(
+    settings: &Settings,
+    session: &Session,
+    store: &RefCell<Store>,
+    cancel: &CancellationToken,
+) -> Result<DrainReport, OutboxError> {
+    let now = Utc::now();
+    let s = settings;
+    let due = store.borrow().due_mails(&stamp(now), s.params.capacity)?;
+    let mut report = DrainReport::default();
+    if due.is_empty() {
+        return Ok(report);
+    }
+    // A usable token first: without a sign-in nothing is reserved or begun.
+    session.access_token(Resource::Graph, now).await?;
+    let default_sender = match &s.from {
+        Some(f) => Some(f.clone()),
+        None => session
+            .record()
+            .await
+            .and_then(|r| r.account.and_then(|a| a.username)),
+    };
+    let unsendable = due
+        .iter()
+        .filter(|m| m.sender.is_none() && default_sender.is_none())
+        .count();
+    if unsendable > 0 {
+        return Err(OutboxError::NoSender(unsendable));
+    }
+    let ((state, reserved), rebuilt) = s.bucket.update(
+        &s.params,
+        &s.zone,
+        now,
+        || sent_today(Some(&store.borrow()), &s.zone, &s.params, now),
+        |st| {
+            let (after, n) = st.reserve(&s.params, &s.zone, now, due.len() as u32);
+            (after.clone(), (after, n))
+        },
+    )?;
+    if let Some(w) = rebuilt {
+        let why = crate::daemon::error_chain(&w);
+        tracing::warn!("{why}; rebuilt conservatively (no tokens now, the day's sends counted from the queue)");
+        store.borrow_mut().audit(
+            &AuditEvent::new(Operation::Error)
+                .details(serde_json::json!({"what": "send_bucket_rebuilt", "sent_today": state.sent_today}))
+                .failed(why.clone()),
+            Utc::now(),
+        )?;
+        report.rebuilt = Some(why);
+    }
+    let day = state.day;
+    let counts = store.borrow().queue_counts(&stamp(now))?;
+    report.waiting = (counts.due + counts.sending).saturating_sub(u64::from(reserved));
+    let d = Drain {
+        settings: s,
+        graph: GraphMail::new(session.http().clone(), &s.graph_url),
+        session,
+        store,
+        cancel,
+        default_sender,
+        halted: RefCell::new(None),
+        refreshed: std::cell::Cell::new(false),
+    };
+    let mut gates: HashMap<String, Rc<Semaphore>> = HashMap::new();
+    let turns = futures_util::future::join_all(due.iter().take(reserved as usize).map(|m| {
+        let sender = d.sender_of(m);
+        let gate = gates
+            .entry(sender.to_lowercase())
+            .or_insert_with(|| Rc::new(Semaphore::new(s.max_in_flight)))
+            .clone();
+        let d = &d;
+        async move {
+            let _permit = gate.acquire().await.expect("gates are never closed");
+            d.turn(m, &sender).await
+        }
+    }))
+    .await;
+    let mut unused_tokens = 0;
+    let mut unused_sends = 0;
+    let mut first_error = None;
+    for turn in turns {
+        let turn = match turn {
+            Ok(t) => t,
+            Err(e) => {
+                // The mail's state is whatever was committed; a `sending` one is settled
+                // by a lookup next time. Its day's send stays counted.
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        match turn.outcome {
+            Outcome::Sent => report.sent += 1,
+            Outcome::FoundSent => report.found_sent += 1,
+            Outcome::Requeued => report.requeued += 1,
+            Outcome::Failed => report.failed += 1,
+            Outcome::NotStarted => {
+                unused_tokens += 1;
+                report.waiting += 1;
+            }
+        }
+        if turn.outcome != Outcome::Sent && !turn.maybe_sent {
+            unused_sends += 1;
+        }
+    }
+    let (after, _) = s.bucket.update(
+        &s.params,
+        &s.zone,
+        Utc::now(),
+        || sent_today(Some(&store.borrow()), &s.zone, &s.params, Utc::now()),
+        |st| {
+            let after = st.give_back(&s.params, &s.zone, Utc::now(), day, unused_tokens, unused_sends);
+            (after.clone(), after)
+        },
+    )?;
+    report.bucket = Some(after);
+    report.halted = d.halted.into_inner();
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+impl Drain<'_> {
+    fn sender_of(&self, mail: &QueuedMail) -> String {
+        mail.sender
+            .clone()
+            .or_else(|| self.default_sender.clone())
+            .unwrap_or_default()
+    }
+
+    fn halt(&self, why: String) {
+        self.halted.borrow_mut().get_or_insert(why);
+    }
+
+    /// One mail's turn: up to `attempts_per_cycle` attempts.
+    async fn turn(&self, mail: &QueuedMail, sender: &str) -> Result<Turn, OutboxError> {
+        let s = self.settings;
+        let mut maybe_sent = false;
+        for attempt in 1..=s.attempts_per_cycle {
+            if self.cancel.is_cancelled() || self.halted.borrow().is_some() {
+                let outcome = if attempt == 1 {
+                    Outcome::NotStarted
+                } else {
+                    Outcome::Requeued
+                };
+                return Ok(Turn { outcome, maybe_sent });
+            }
+            if attempt > 1 && !self.take_token()? {
+                // No token for a repeat: the mail waits for the next cycle.
+                self.requeue(mail.id, Utc::now(), "no send token left for a repeat in this cycle")?;
+                return Ok(Turn {
+                    outcome: Outcome::Requeued,
+                    maybe_sent,
+                });
+            }
+            let fresh_id = super::graph::new_internet_message_id(sender);
+            let begun = self
+                .store
+                .borrow_mut()
+                .write(|tx| tx.begin_attempt(mail.id, &fresh_id))?;
+            let Some((attempts, imid)) = begun else {
+                // Cancelled since the drain listed it.
+                return Ok(Turn::of(if attempt == 1 {
+                    Outcome::NotStarted
+                } else {
+                    Outcome::Requeued
+                }));
+            };
+            // Every attempt after the very first asks Graph before sending: the earlier
+            // one may have sent the mail, or left its draft.
+            let err = match self.attempt(mail, sender, &imid, attempts > 1).await {
+                Ok(Settled::Sent) => return Ok(Turn::of(Outcome::Sent)),
+                Ok(Settled::FoundSent) => return Ok(Turn::of(Outcome::FoundSent)),
+                Err(Failure::Store(e)) => return Err(e.into()),
+                Err(Failure::Auth(e)) => {
+                    let why = format!("no access token for Graph: {}", crate::daemon::error_chain(&e));
+                    self.requeue(mail.id, Utc::now(), &why)?;
+                    self.halt(why);
+                    return Ok(Turn {
+                        outcome: Outcome::Requeued,
+                        maybe_sent,
+                    });
+                }
+                Err(Failure::Graph { err, at_send }) => {
+                    maybe_sent |= at_send;
+                    err
+                }
+            };
+            let text = err.to_string();
+            if err.kind == FailureKind::Unauthorized {
+                // Refused even after a refresh: the sign-in's permissions, or a
+                // Conditional Access policy. Every other mail would meet the same.
+                self.requeue(mail.id, Utc::now(), &text)?;
+                self.halt(format!("Graph refuses the signed-in account's token: {text}"));
+                return Ok(Turn {
+                    outcome: Outcome::Requeued,
+                    maybe_sent,
+                });
+            }
+            if err.kind == FailureKind::Permanent {
+                self.fail(mail, sender, attempts, &err)?;
+                return Ok(Turn {
+                    outcome: Outcome::Failed,
+                    maybe_sent,
+                });
+            }
+            let wait = retry_wait(attempt, err.retry_after);
+            let status = err.status.map_or("network".to_string(), |c| c.to_string());
+            tracing::warn!(
+                mail = mail.id,
+                attempt,
+                attempts_total = attempts,
+                status = %status,
+                wait_ms = wait.as_millis() as u64,
+                error = %text,
+                "send attempt failed"
+            );
+            let last = attempts >= i64::from(s.max_attempts_total);
+            let too_long = wait > s.max_retry_wait;
+            self.store.borrow_mut().audit(
+                &AuditEvent::new(Operation::RateLimited)
+                    .identity(sender.to_string())
+                    .details(serde_json::json!({
+                        "queue_id": mail.id,
+                        "attempt": attempt,
+                        "attempts_total": attempts,
+                        "status": err.status,
+                        "code": err.code,
+                        "wait_ms": wait.as_millis() as u64,
+                        "retry_after_ms": err.retry_after.map(|r| r.as_millis() as u64),
+                    }))
+                    .failed(text.clone()),
+                Utc::now(),
+            )?;
+            if last {
+                self.fail(mail, sender, attempts, &err)?;
+                return Ok(Turn {
+                    outcome: Outcome::Failed,
+                    maybe_sent,
+                });
+            }
+            if too_long || attempt == s.attempts_per_cycle || self.cancel.is_cancelled() {
+                self.requeue(mail.id, Utc::now() + wait, &text)?;
+                if too_long {
+                    self.halt(format!(
+                        "Graph asked to wait {} (more than max_retry_wait, {})",
+                        humantime::format_duration(wait),
+                        humantime::format_duration(s.max_retry_wait)
+                    ));
+                }
+                return Ok(Turn {
+                    outcome: Outcome::Requeued,
+                    maybe_sent,
+                });
+            }
+            let started = Utc::now();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.cancel.cancelled() => {
+                    self.requeue(mail.id, started + wait, &text)?;
+                    return Ok(Turn { outcome: Outcome::Requeued, maybe_sent });
+                }
+            }
+        }
+        unreachable!("the last attempt always returns")
+    }
+
+    /// Takes a token for a repeated attempt; false when the bucket has none.
+    fn take_token(&self) -> Result<bool, OutboxError> {
+        let s = self.settings;
+        let now = Utc::now();
+        let (took, _) = s.bucket.update(
+            &s.params,
+            &s.zone,
+            now,
+            || sent_today(Some(&self.store.borrow()), &s.zone, &s.params, now),
+            |st| match st.take_token(&s.params, &s.zone, now) {
+                Some(after) => (after, true),
+                None => (st, false),
+            },
+        )?;
+        Ok(took)
+    }
+
+    fn requeue(&self, id: i64, at: DateTime<Utc>, why: &str) -> Result<(), StoreError> {
+        self.store
+            .borrow_mut()
+            .write(|tx| tx.requeue(id, &stamp(at), why))
+    }
+
+    fn fail(
+        &self,
+        mail: &QueuedMail,
+        sender: &str,
+        attempts: i64,
+        err: &GraphError,
+    ) -> Result<(), StoreError> {
+        let text = err.to_string();
+        tracing::error!(mail = mail.id, error = %text, "mail failed");
+        self.store.borrow_mut().write(|tx| {
+            tx.mark_failed(mail.id, &text)?;
+            tx.audit(
+                &AuditEvent::new(Operation::SendFailed)
+                    .identity(sender.to_string())
+                    .details(serde_json::json!({
+                        "queue_id": mail.id,
+                        "attempts": attempts,
+                        "status": err.status,
+                        "code": err.code,
+                        "subject": mail.subject,
+                    }))
+                    .failed(text.clone()),
+                Utc::now(),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A Graph call with a fresh token; a 401 costs one silent refresh and one repeat.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Failure>
+    where
+        F: Fn(SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<T, GraphError>>,
+    {
+        let token = self
+            .session
+            .access_token(Resource::Graph, Utc::now())
+            .await
+            .map_err(Failure::Auth)?
+            .token;
+        match f(token).await {
+            Err(e) if e.kind == FailureKind::Unauthorized => {
+                // One silent refresh per drain: requests refused meanwhile take the
+                // token it brings.
+                let now = Utc::now();
+                let token = if self.refreshed.replace(true) {
+                    self.session.access_token(Resource::Graph, now).await
+                } else {
+                    tracing::info!("Graph refused the access token (401); refreshing it once");
+                    self.session.refresh(Resource::Graph, now).await
+                }
+                .map_err(Failure::Auth)?
+                .token;
+                f(token).await.map_err(|err| Failure::Graph {
+                    err,
+                    at_send: false,
+                })
+            }
+            other => other.map_err(|err| Failure::Graph {
+                err,
+                at_send: false,
+            }),
+        }
+    }
+
+    /// One attempt: look up (when asked), create the draft unless found, send it.
+    async fn attempt(
+        &self,
+        mail: &QueuedMail,
+        sender: &str,
+        imid: &str,
+        look_up: bool,
+    ) -> Result<Settled, Failure> {
+        let g = &self.graph;
+        let mut draft = None;
+        if look_up {
+            let found = self
+                .call(|t| async move {
+                    g.find(&t, sender, Folder::SentItems, imid, &request_id()).await
+                })
+                .await?;
+            if found.is_some() {
+                tracing::info!(mail = mail.id, "found already sent by an earlier attempt; not sending it again");
+                self.mark_sent(mail, sender, imid, true)?;
+                return Ok(Settled::FoundSent);
+            }
+            draft = self
+                .call(|t| async move {
+                    g.find(&t, sender, Folder::Drafts, imid, &request_id()).await
+                })
+                .await?;
+        }
+        let draft = match draft {
+            Some(id) => id,
+            None => {
+                let files = self.store.borrow().mail_attachments(mail.id)?;
+                let message = Message {
+                    subject: &mail.subject,
+                    body: &mail.body,
+                    body_type: mail.body_type,
+                    to: &mail.to,
+                    cc: &mail.cc,
+                    bcc: &mail.bcc,
+                    attachments: &files,
+                    internet_message_id: imid,
+                };
+                let message = &message;
+                self.call(|t| async move {
+                    g.create_draft(&t, sender, message, &request_id()).await
+                })
+                .await?
+            }
+        };
+        if mail.graph_message_id.as_deref() != Some(draft.as_str()) {
+            self.store
+                .borrow_mut()
+                .write(|tx| tx.record_draft(mail.id, &draft))?;
+        }
+        let draft = draft.as_str();
+        self.call(|t| async move { g.send_draft(&t, sender, draft, &request_id()).await })
+            .await
+            .map_err(|f| match f {
+                Failure::Graph { err, .. } => Failure::Graph { err, at_send: true },
+                other => other,
+            })?;
+        self.mark_sent(mail, sender, imid, false)?;
+        Ok(Settled::Sent)
+    }
+
+    fn mark_sent(
+        &self,
+        mail: &QueuedMail,
+        sender: &str,
+        imid: &str,
+        found: bool,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        self.store.borrow_mut().write(|tx| {
+            tx.mark_sent(mail.id, &stamp(now))?;
+            tx.audit(
+                &AuditEvent::new(Operation::SendEmail)
+                    .identity(sender.to_string())
+                    .details(serde_json::json!({
+                        "queue_id": mail.id,
+                        "sender": sender,
+                        "to": mail.to,
+                        "cc": mail.cc,
+                        "bcc": mail.bcc,
+                        "subject": mail.subject,
+                        "internet_message_id": imid,
+                        "found_sent": found,
+                    })),
+                now,
+            )?;
+            Ok(())
+        })
+    }
+}
+
+/// The mail queue's cycle step: drains what is due after the sign-in step refreshed the
+/// tokens, through the session it shares.
+pub struct MailStep {
+    session: crate::auth::step::SessionSlot,
+}
+
+impl MailStep {
+    pub fn new(session: crate::auth::step::SessionSlot) -> MailStep {
+        MailStep { session }
+    }
+
+    async fn run_step(&mut self, ctx: &StepContext<'_>) -> Result<StepReport, StepError> {
+        let now = Utc::now();
+        let counts = ctx
+            .store
+            .borrow()
+            .queue_counts(&stamp(now))
+            .map_err(|e| StepError::transient(crate::daemon::error_chain(&e)))?;
+        let due = counts.due + counts.sending;
+        if due == 0 {
+            return Ok(StepReport::idle(match counts.queued {
+                0 => "no mail queued".to_string(),
+                n => format!("{n} mail(s) queued, none due yet"),
+            }));
+        }
+        let Some(session) = self.session.get() else {
+            return Ok(StepReport::idle(format!(
+                "{due} mail(s) due wait: sign-in is not configured (set client_id)"
+            )));
+        };
+        let settings = Settings::from_config(ctx.config, ctx.paths);
+        match drain(&settings, &session, ctx.store, ctx.cancel).await {
+            Ok(r) => {
+                let mut report = StepReport {
+                    summary: r.summary(&settings.params),
+                    ..StepReport::default()
+                };
+                for (k, v) in [
+                    ("sent", u64::from(r.sent)),
+                    ("found_sent", u64::from(r.found_sent)),
+                    ("requeued", u64::from(r.requeued)),
+                    ("failed", u64::from(r.failed)),
+                    ("waiting", r.waiting),
+                ] {
+                    report.counts.insert(k.into(), v);
+                }
+                Ok(report)
+            }
+            // The sign-in step reports these (and asks for a person when needed).
+            Err(OutboxError::Auth(e)) if e.needs_sign_in() || matches!(e, AuthError::NotSignedIn) => {
+                Ok(StepReport::idle(format!("{due} mail(s) due wait for a sign-in")))
+            }
+            Err(e @ OutboxError::NoSender(_)) => Err(StepError {
+                message: e.to_string(),
+                needs_attention: true,
+            }),
+            Err(e) => Err(StepError::transient(crate::daemon::error_chain(&e))),
+        }
+    }
+}
+
+impl CycleStep for MailStep {
+    fn name(&self) -> &'static str {
+        STEP_NAME
+    }
+
+    fn run<'a>(&'a mut self, ctx: &'a StepContext<'a>) -> StepFuture<'a> {
+        Box::pin(self.run_step(ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_waits_follow_retry_after_else_double_from_one_second() {
+        let s = Duration::from_secs;
+        assert_eq!(retry_wait(1, None), s(1));
+        assert_eq!(retry_wait(2, None), s(2));
+        assert_eq!(retry_wait(3, None), s(4));
+        assert_eq!(retry_wait(30, None), s(64));
+        assert_eq!(
+            retry_wait(1, Some(Duration::from_millis(2128))),
+            Duration::from_millis(2128)
+        );
+    }
+}
