@@ -323,6 +323,17 @@ impl Access {
     }
 }
 
+/// When a refresh may be skipped because the access token in hand will do.
+#[derive(Clone, Copy)]
+enum Renew<'a> {
+    /// Only when the token in hand is within the refresh buffer of its expiry.
+    IfNeeded,
+    /// Also to keep the refresh token in use, unless it was rotated recently.
+    KeepAlive,
+    /// Unless the token in hand is fresh and not this one, which the service refused.
+    Refused(&'a SecretString),
+}
+
 /// One account's sign-in in this process. Refreshes are serialised inside the process
 /// by its mutex and across processes by the refresh lock.
 pub struct Session {
@@ -427,7 +438,10 @@ impl Session {
         {
             return Ok(Access::held(a, None));
         }
-        match self.refresh_locked(&mut slot, resource, false, now).await {
+        match self
+            .refresh_locked(&mut slot, resource, Renew::IfNeeded, now)
+            .await
+        {
             Err(e) if e.is_transient() => match held.filter(|a| a.expires_at > now) {
                 Some(a) => {
                     tracing::warn!(resource = %resource, error = %e, "refresh failed; the access token in hand is still valid and is used meanwhile");
@@ -447,7 +461,22 @@ impl Session {
         now: DateTime<Utc>,
     ) -> Result<Access, AuthError> {
         let mut slot = self.cache.lock().await;
-        self.refresh_locked(&mut slot, resource, true, now).await
+        self.refresh_locked(&mut slot, resource, Renew::KeepAlive, now)
+            .await
+    }
+
+    /// A new access token for `resource` after the service refused `refused` (401):
+    /// refreshed now, unless the store already holds another fresh one (another request
+    /// or process renewed it meanwhile).
+    pub async fn renew(
+        &self,
+        resource: Resource,
+        refused: &SecretString,
+        now: DateTime<Utc>,
+    ) -> Result<Access, AuthError> {
+        let mut slot = self.cache.lock().await;
+        self.refresh_locked(&mut slot, resource, Renew::Refused(refused), now)
+            .await
     }
 
     /// Whether the refresh token has gone unused for `refresh_at_least`.
@@ -461,7 +490,7 @@ impl Session {
         &self,
         slot: &mut Option<TokenCache>,
         resource: Resource,
-        force: bool,
+        renew: Renew<'_>,
         now: DateTime<Utc>,
     ) -> Result<Access, AuthError> {
         let _lock = lock::RefreshLock::acquire(&self.lock_path, self.settings.lock_timeout).await?;
@@ -485,7 +514,11 @@ impl Session {
         );
         if let Some(a) = held
             && fresh
-            && (!force || recently_rotated)
+            && match renew {
+                Renew::IfNeeded => true,
+                Renew::KeepAlive => recently_rotated,
+                Renew::Refused(t) => a.token.expose_secret() != t.expose_secret(),
+            }
         {
             return Ok(Access::held(a, None));
         }

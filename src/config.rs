@@ -542,8 +542,8 @@ impl<const MIN: u32, const MAX: u32> Serialize for Bounded<MIN, MAX> {
 
 impl<'de, const MIN: u32, const MAX: u32> Deserialize<'de> for Bounded<MIN, MAX> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = i64::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected a whole number"))?;
+        let n =
+            i64::deserialize(d).map_err(|_| serde::de::Error::custom("expected a whole number"))?;
         u32::try_from(n)
             .map_err(|_| format!("{n} is out of range: it must be between {MIN} and {MAX}"))
             .and_then(Self::new)

@@ -684,7 +684,10 @@ impl<'a> Supervisor<'a> {
         };
         match &result {
             Ok(_) => tracing::info!(job = Job::SendDayReset.name(), "{text}"),
-            Err(_) => tracing::error!(job = Job::SendDayReset.name(), "cannot start the send day: {text}"),
+            Err(_) => tracing::error!(
+                job = Job::SendDayReset.name(),
+                "cannot start the send day: {text}"
+            ),
         }
         if let Err(e) = self.store.borrow_mut().write(|tx| {
             tx.record_job_run(

@@ -127,7 +127,13 @@ impl State {
 
     /// Reserves up to `want` sends at `now`: a token and one of the day's sends each.
     /// Returns the state after, and how many were reserved.
-    pub fn reserve(&self, params: &Params, zone: &Zone, now: DateTime<Utc>, want: u32) -> (State, u32) {
+    pub fn reserve(
+        &self,
+        params: &Params,
+        zone: &Zone,
+        now: DateTime<Utc>,
+        want: u32,
+    ) -> (State, u32) {
         let mut s = self.at(params, zone, now);
         let n = s.available(params).min(want);
         s.tokens -= f64::from(n);

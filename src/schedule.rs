@@ -552,14 +552,21 @@ mod tests {
         let off = config("[audit]\nprune_schedule = \"never\"\n");
         let mut jobs = Jobs::plan(&off, &runs, now);
         let midnight = jobs.next_run(Job::SendDayReset).unwrap();
-        assert_eq!(off.schedule.timezone.date_of(midnight), now.date_naive().succ_opt().unwrap());
+        assert_eq!(
+            off.schedule.timezone.date_of(midnight),
+            now.date_naive().succ_opt().unwrap()
+        );
         assert_eq!(jobs.next_due(), Some(midnight));
         assert_eq!(
             jobs.take_due(&off, t("2030-01-01T00:00:00Z")),
             vec![Job::SendDayReset]
         );
         let views = jobs.views(&off, &runs);
-        assert!(views[..2].iter().all(|v| !v.enabled && v.off_reason.is_some()));
+        assert!(
+            views[..2]
+                .iter()
+                .all(|v| !v.enabled && v.off_reason.is_some())
+        );
         assert_eq!(views[1].schedule, "never");
         assert!(views[2].enabled && views[2].schedule == "0 0 * * *");
     }

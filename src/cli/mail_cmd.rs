@@ -200,7 +200,11 @@ pub fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         for m in &mails {
             results.push(tx.enqueue(m, &at)?);
         }
-        let added: Vec<i64> = results.iter().filter(|r| !r.duplicate).map(|r| r.id).collect();
+        let added: Vec<i64> = results
+            .iter()
+            .filter(|r| !r.duplicate)
+            .map(|r| r.id)
+            .collect();
         let mut details = json!({
             "added": added.len(),
             "duplicates": results.len() - added.len(),
@@ -362,7 +366,11 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                     writeln!(
                         out,
                         "mail {id} is queued again, due now{}",
-                        if woke { "" } else { " (the daemon is not running)" }
+                        if woke {
+                            ""
+                        } else {
+                            " (the daemon is not running)"
+                        }
                     )?;
                 }
                 Some("queued") => writeln!(out, "mail {id} is already queued")?,

@@ -109,7 +109,11 @@ impl Settings {
     }
 
     /// The bucket's state at `now`, as `status` shows it (nothing is written).
-    pub fn peek_bucket(&self, store: Option<&Store>, now: DateTime<Utc>) -> crate::ratelimit::Loaded {
+    pub fn peek_bucket(
+        &self,
+        store: Option<&Store>,
+        now: DateTime<Utc>,
+    ) -> crate::ratelimit::Loaded {
         self.bucket.peek(&self.params, &self.zone, now, || {
             sent_today(store, &self.zone, &self.params, now)
         })
@@ -187,7 +191,10 @@ impl DrainReport {
             s.push_str(&format!(", {} back in the queue", self.requeued));
         }
         if self.failed > 0 {
-            s.push_str(&format!(", {} FAILED (see `imm-daemon queue list`)", self.failed));
+            s.push_str(&format!(
+                ", {} FAILED (see `imm-daemon queue list`)",
+                self.failed
+            ));
         }
         if self.waiting > 0 {
             s.push_str(&format!(", {} wait", self.waiting));
@@ -237,7 +244,10 @@ impl Turn {
 enum Failure {
     /// Graph answered with a failure (or did not answer); `at_send`: it was the send
     /// itself, so the mail may have gone.
-    Graph { err: GraphError, at_send: bool },
+    Graph {
+        err: GraphError,
+        at_send: bool,
+    },
     /// No usable access token.
     Auth(AuthError),
     Store(StoreError),
@@ -272,8 +282,6 @@ struct Drain<'a> {
     cancel: &'a CancellationToken,
     default_sender: Option<String>,
     halted: RefCell<Option<String>>,
-    /// A 401 already cost this drain a refresh (once per drain is enough).
-    refreshed: std::cell::Cell<bool>,
 }
 
 /// Sends what is due now, within the bucket; see the module's documentation.
@@ -318,7 +326,9 @@ pub async fn drain(
     )?;
     if let Some(w) = rebuilt {
         let why = crate::daemon::error_chain(&w);
-        tracing::warn!("{why}; rebuilt conservatively (no tokens now, the day's sends counted from the queue)");
+        tracing::warn!(
+            "{why}; rebuilt conservatively (no tokens now, the day's sends counted from the queue)"
+        );
         store.borrow_mut().audit(
             &AuditEvent::new(Operation::Error)
                 .details(serde_json::json!({"what": "send_bucket_rebuilt", "sent_today": state.sent_today}))
@@ -338,7 +348,6 @@ pub async fn drain(
         cancel,
         default_sender,
         halted: RefCell::new(None),
-        refreshed: std::cell::Cell::new(false),
     };
     let mut gates: HashMap<String, Rc<Semaphore>> = HashMap::new();
     let turns = futures_util::future::join_all(due.iter().take(reserved as usize).map(|m| {
@@ -387,7 +396,14 @@ pub async fn drain(
         Utc::now(),
         || sent_today(Some(&store.borrow()), &s.zone, &s.params, Utc::now()),
         |st| {
-            let after = st.give_back(&s.params, &s.zone, Utc::now(), day, unused_tokens, unused_sends);
+            let after = st.give_back(
+                &s.params,
+                &s.zone,
+                Utc::now(),
+                day,
+                unused_tokens,
+                unused_sends,
+            );
             (after.clone(), after)
         },
     )?;
@@ -422,11 +438,18 @@ impl Drain<'_> {
                 } else {
                     Outcome::Requeued
                 };
-                return Ok(Turn { outcome, maybe_sent });
+                return Ok(Turn {
+                    outcome,
+                    maybe_sent,
+                });
             }
             if attempt > 1 && !self.take_token()? {
                 // No token for a repeat: the mail waits for the next cycle.
-                self.requeue(mail.id, Utc::now(), "no send token left for a repeat in this cycle")?;
+                self.requeue(
+                    mail.id,
+                    Utc::now(),
+                    "no send token left for a repeat in this cycle",
+                )?;
                 return Ok(Turn {
                     outcome: Outcome::Requeued,
                     maybe_sent,
@@ -449,10 +472,20 @@ impl Drain<'_> {
             // one may have sent the mail, or left its draft.
             let err = match self.attempt(mail, sender, &imid, attempts > 1).await {
                 Ok(Settled::Sent) => return Ok(Turn::of(Outcome::Sent)),
-                Ok(Settled::FoundSent) => return Ok(Turn::of(Outcome::FoundSent)),
+                // Sent by this turn's earlier attempt (its day's send stays counted), or
+                // by an earlier cycle's (counted then).
+                Ok(Settled::FoundSent) => {
+                    return Ok(Turn {
+                        outcome: Outcome::FoundSent,
+                        maybe_sent,
+                    });
+                }
                 Err(Failure::Store(e)) => return Err(e.into()),
                 Err(Failure::Auth(e)) => {
-                    let why = format!("no access token for Graph: {}", crate::daemon::error_chain(&e));
+                    let why = format!(
+                        "no access token for Graph: {}",
+                        crate::daemon::error_chain(&e)
+                    );
                     self.requeue(mail.id, Utc::now(), &why)?;
                     self.halt(why);
                     return Ok(Turn {
@@ -470,7 +503,9 @@ impl Drain<'_> {
                 // Refused even after a refresh: the sign-in's permissions, or a
                 // Conditional Access policy. Every other mail would meet the same.
                 self.requeue(mail.id, Utc::now(), &text)?;
-                self.halt(format!("Graph refuses the signed-in account's token: {text}"));
+                self.halt(format!(
+                    "Graph refuses the signed-in account's token: {text}"
+                ));
                 return Ok(Turn {
                     outcome: Outcome::Requeued,
                     maybe_sent,
@@ -607,19 +642,17 @@ impl Drain<'_> {
             .await
             .map_err(Failure::Auth)?
             .token;
-        match f(token).await {
+        match f(token.clone()).await {
             Err(e) if e.kind == FailureKind::Unauthorized => {
-                // One silent refresh per drain: requests refused meanwhile take the
-                // token it brings.
-                let now = Utc::now();
-                let token = if self.refreshed.replace(true) {
-                    self.session.access_token(Resource::Graph, now).await
-                } else {
-                    tracing::info!("Graph refused the access token (401); refreshing it once");
-                    self.session.refresh(Resource::Graph, now).await
-                }
-                .map_err(Failure::Auth)?
-                .token;
+                // One silent refresh; requests refused with the same token meanwhile
+                // take the one it brought.
+                tracing::info!("Graph refused the access token (401); renewing it once");
+                let token = self
+                    .session
+                    .renew(Resource::Graph, &token, Utc::now())
+                    .await
+                    .map_err(Failure::Auth)?
+                    .token;
                 f(token).await.map_err(|err| Failure::Graph {
                     err,
                     at_send: false,
@@ -645,17 +678,22 @@ impl Drain<'_> {
         if look_up {
             let found = self
                 .call(|t| async move {
-                    g.find(&t, sender, Folder::SentItems, imid, &request_id()).await
+                    g.find(&t, sender, Folder::SentItems, imid, &request_id())
+                        .await
                 })
                 .await?;
             if found.is_some() {
-                tracing::info!(mail = mail.id, "found already sent by an earlier attempt; not sending it again");
+                tracing::info!(
+                    mail = mail.id,
+                    "found already sent by an earlier attempt; not sending it again"
+                );
                 self.mark_sent(mail, sender, imid, true)?;
                 return Ok(Settled::FoundSent);
             }
             draft = self
                 .call(|t| async move {
-                    g.find(&t, sender, Folder::Drafts, imid, &request_id()).await
+                    g.find(&t, sender, Folder::Drafts, imid, &request_id())
+                        .await
                 })
                 .await?;
         }
@@ -674,9 +712,9 @@ impl Drain<'_> {
                     internet_message_id: imid,
                 };
                 let message = &message;
-                self.call(|t| async move {
-                    g.create_draft(&t, sender, message, &request_id()).await
-                })
+                self.call(
+                    |t| async move { g.create_draft(&t, sender, message, &request_id()).await },
+                )
                 .await?
             }
         };
@@ -775,8 +813,12 @@ impl MailStep {
                 Ok(report)
             }
             // The sign-in step reports these (and asks for a person when needed).
-            Err(OutboxError::Auth(e)) if e.needs_sign_in() || matches!(e, AuthError::NotSignedIn) => {
-                Ok(StepReport::idle(format!("{due} mail(s) due wait for a sign-in")))
+            Err(OutboxError::Auth(e))
+                if e.needs_sign_in() || matches!(e, AuthError::NotSignedIn) =>
+            {
+                Ok(StepReport::idle(format!(
+                    "{due} mail(s) due wait for a sign-in"
+                )))
             }
             Err(e @ OutboxError::NoSender(_)) => Err(StepError {
                 message: e.to_string(),
@@ -798,7 +840,10 @@ impl CycleStep for MailStep {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod unit {
     use super::*;
 
     #[test]

@@ -503,7 +503,10 @@ mod tests {
         );
         assert_eq!(store.mail_attachments(a).unwrap()[0].bytes, b"a,b\n");
         // A failed mail is not attempted again until revived.
-        assert_eq!(store.write(|tx| tx.begin_attempt(a, "<a@x>")).unwrap(), None);
+        assert_eq!(
+            store.write(|tx| tx.begin_attempt(a, "<a@x>")).unwrap(),
+            None
+        );
         assert_eq!(store.next_mail_due().unwrap(), None);
     }
 

@@ -161,13 +161,16 @@ fn runs_cycles_on_signals_reloads_safely_and_stops_cleanly() {
     assert_eq!(s["heartbeat_secs"], 3600);
     assert_eq!(s["last_cycle"]["trigger"], "heartbeat");
     assert_eq!(s["last_cycle"]["ok"], true);
-    // Sign-in is not configured and no mailbox source either: both steps are idle.
+    // Sign-in is not configured, no mail is queued and there is no mailbox source:
+    // those steps are idle.
     assert_eq!(s["last_cycle"]["steps"][0]["step"], "sign_in");
     assert_eq!(s["last_cycle"]["steps"][0]["status"], "idle");
-    assert_eq!(s["last_cycle"]["steps"][1]["step"], "mailbox_sync");
+    assert_eq!(s["last_cycle"]["steps"][1]["step"], "mail");
     assert_eq!(s["last_cycle"]["steps"][1]["status"], "idle");
-    assert_eq!(s["last_cycle"]["steps"][2]["step"], "store_maintenance");
-    assert_eq!(s["last_cycle"]["steps"][2]["status"], "ok");
+    assert_eq!(s["last_cycle"]["steps"][2]["step"], "mailbox_sync");
+    assert_eq!(s["last_cycle"]["steps"][2]["status"], "idle");
+    assert_eq!(s["last_cycle"]["steps"][3]["step"], "store_maintenance");
+    assert_eq!(s["last_cycle"]["steps"][3]["status"], "ok");
 
     // status: running and healthy.
     let out = env.cmd().args(["status", "--json"]).output().unwrap();
@@ -577,7 +580,7 @@ fn syncs_the_cache_at_start_and_on_request_and_a_failing_sync_shows_without_stop
     let mut daemon = Daemon::start(&env);
     // A sync that never ran is due at once: the first cycle fills the cache.
     let s = wait_for_state(&env, "the first cycle", |s| running(s) && s["cycles"] == 1);
-    let sync = &s["last_cycle"]["steps"][1];
+    let sync = &s["last_cycle"]["steps"][2];
     assert_eq!(sync["step"], "mailbox_sync");
     assert_eq!(sync["status"], "ok", "{s}");
     assert_eq!(sync["counts"]["mailboxes"], 3);
@@ -601,7 +604,7 @@ fn syncs_the_cache_at_start_and_on_request_and_a_failing_sync_shows_without_stop
     write_export(&env, &[1, 2]);
     let out = env.ok(&["cycle", "--json"]);
     let c: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(c["steps"][1]["status"], "idle", "{c}");
+    assert_eq!(c["steps"][2]["status"], "idle", "{c}");
     assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 3);
 
     // `sync` asks the daemon: the snapshot drops the mailbox no longer exported.
@@ -636,7 +639,7 @@ fn syncs_the_cache_at_start_and_on_request_and_a_failing_sync_shows_without_stop
     let (code, st) = status_json(&env);
     assert_eq!(code, Some(1), "{st}");
     assert_eq!(st["health"], "attention");
-    assert_eq!(st["last_cycle"]["steps"][1]["status"], "failed");
+    assert_eq!(st["last_cycle"]["steps"][2]["status"], "failed");
     let j = job(&st, "mailbox_sync");
     assert_eq!(j["last_run"]["ok"], false);
     assert_eq!(j["last_run"]["failures"], 1);
@@ -685,7 +688,7 @@ fn scheduled_jobs_fire_on_their_cron_expressions() {
     let s = wait_for_state(&env, "a scheduled cycle", |s| {
         s["last_cycle"]["trigger"] == "schedule" && s["cycles"].as_u64() >= Some(2)
     });
-    assert_eq!(s["last_cycle"]["steps"][1]["status"], "ok", "{s}");
+    assert_eq!(s["last_cycle"]["steps"][2]["status"], "ok", "{s}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let st = loop {
         let (_, st) = status_json(&env);
@@ -758,7 +761,7 @@ fn a_sync_stuck_on_its_source_times_out_and_never_holds_up_status_or_a_stop() {
     let mut daemon = Daemon::start(&env);
     // The first cycle's sync gives up after its timeout; the cycle ends, the daemon runs on.
     let s = wait_for_state(&env, "the first cycle", |s| s["cycles"] == 1);
-    let sync = &s["last_cycle"]["steps"][1];
+    let sync = &s["last_cycle"]["steps"][2];
     assert_eq!(sync["status"], "failed", "{s}");
     assert!(
         sync["error"]
@@ -767,7 +770,7 @@ fn a_sync_stuck_on_its_source_times_out_and_never_holds_up_status_or_a_stop() {
             .contains("could not be read within 1s"),
         "{sync}"
     );
-    assert_eq!(s["last_cycle"]["steps"][2]["status"], "ok");
+    assert_eq!(s["last_cycle"]["steps"][3]["status"], "ok");
     let (code, _) = status_json(&env);
     assert_eq!(code, Some(1), "a failing sync needs attention");
     // The timed-out read's thread is still blocked: a retry says so at once instead of
