@@ -5,6 +5,7 @@ mod audit;
 mod config;
 mod daemon;
 mod import;
+mod mail;
 mod mailboxes;
 mod secrets;
 mod service;

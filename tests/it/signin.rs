@@ -17,11 +17,11 @@ use serde_json::Value;
 use crate::daemon::{Daemon, config, operations, running, wait_for_state};
 use crate::support::Env;
 
-fn provider(opts: IdentityOptions) -> IdentityProvider {
+pub(crate) fn provider(opts: IdentityOptions) -> IdentityProvider {
     IdentityProvider::start_in_background(opts).expect("the emulated provider starts")
 }
 
-fn fast() -> IdentityOptions {
+pub(crate) fn fast() -> IdentityOptions {
     IdentityOptions {
         interval: Some(1),
         ..IdentityOptions::default()
@@ -85,7 +85,7 @@ fn finish(child: Child) -> (Option<i32>, String, String) {
 }
 
 /// Signs in through the CLI, approving the code as the person would.
-fn login(env: &Env, p: &IdentityProvider) {
+pub(crate) fn login(env: &Env, p: &IdentityProvider) {
     let (child, first) = start_login(env, &[]);
     let code = p
         .wait_for_user_code(Duration::from_secs(10))
@@ -100,7 +100,7 @@ fn login(env: &Env, p: &IdentityProvider) {
     );
 }
 
-fn status(env: &Env) -> Value {
+pub(crate) fn status(env: &Env) -> Value {
     let out = env.cmd().args(["status", "--json"]).output().unwrap();
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -120,7 +120,7 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// No issued token appears in any file under IMM_HOME (database, logs, key, store).
-fn assert_no_secret_on_disk(env: &Env, p: &IdentityProvider) {
+pub(crate) fn assert_no_secret_on_disk(env: &Env, p: &IdentityProvider) {
     let secrets = p.stats().issued_secrets;
     assert!(!secrets.is_empty());
     for f in files(env.home.path()) {
