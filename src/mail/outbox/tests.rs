@@ -511,3 +511,25 @@ async fn a_corrupt_bucket_file_is_rebuilt_empty_with_a_warning_and_an_audit_row(
     // The rebuilt state was written back: no second warning.
     assert!(h.drain().await.rebuilt.is_none());
 }
+
+#[tokio::test]
+async fn a_bucket_file_from_an_earlier_day_starts_the_new_day_when_loaded() {
+    let h = Home::new("daily_cap = 3").await;
+    let file = bucket_file(&h.paths);
+    // Written yesterday (the daemon was down over midnight), with the day's cap used up.
+    let yesterday = Utc::now() - chrono::Duration::days(1);
+    let old = State {
+        version: crate::ratelimit::STATE_VERSION,
+        tokens: 20.0,
+        last_refill: yesterday,
+        day: h.settings().zone.date_of(yesterday),
+        sent_today: 3,
+    };
+    std::fs::write(file.path(), serde_json::to_vec(&old).unwrap()).unwrap();
+    h.enqueue(4, "ben@contoso.com");
+    let r = h.drain().await;
+    assert_eq!((r.sent, r.waiting), (3, 1), "{r:?}");
+    let b = r.bucket.clone().unwrap();
+    assert_eq!((b.day, b.sent_today), (h.settings().zone.date_of(Utc::now()), 3));
+    assert!(r.summary(&h.settings().params).contains("for tomorrow (daily cap reached)"));
+}
