@@ -1221,6 +1221,48 @@ mod tests {
     }
 
     #[test]
+    fn the_mail_section_is_checked_where_written() {
+        let c = parse(
+            "[mail]\nfrom = \"IT-Ops@Contoso.com\"\ncapacity = 50\nrefill_every = \"2s\"\n\
+             daily_cap = 5000\nmax_retry_wait = \"2m\"\nmax_in_flight = 2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.mail.from.as_ref().map(Mailbox::as_str),
+            Some("IT-Ops@contoso.com"),
+            "the domain is lowercased"
+        );
+        assert_eq!((c.mail.capacity.get(), c.mail.daily_cap.get()), (50, 5000));
+        assert_eq!(c.mail.refill_every.get().as_secs(), 2);
+        assert_eq!(c.mail.max_in_flight.get(), 2);
+        assert_eq!(parse(&toml::to_string(&c).unwrap()).unwrap(), c);
+        let d = parse("").unwrap().mail;
+        assert_eq!(d, MailConfig::default());
+        assert_eq!(
+            (
+                d.capacity.get(),
+                d.daily_cap.get(),
+                d.attempts_per_cycle.get(),
+                d.max_attempts_total.get()
+            ),
+            (20, 100, 3, 10)
+        );
+        let e = parse("[mail]\ncapacity = 0").unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("between 1 and 10000"),
+            "{e}"
+        );
+        let e = parse("[mail]\nmax_in_flight = 8").unwrap_err();
+        assert!(e.contains("between 1 and 4"), "{e}");
+        let e = parse("[mail]\ndaily_cap = -1").unwrap_err();
+        assert!(e.contains("between 1 and 1000000"), "{e}");
+        let e = parse("[mail]\nfrom = \"it ops\"").unwrap_err();
+        assert!(e.contains("`it ops` is not a sender"), "{e}");
+        let e = parse("[mail]\nrefill = \"5s\"").unwrap_err();
+        assert!(e.contains("refill"), "{e}");
+    }
+
+    #[test]
     fn sign_in_notify_and_http_sections_are_checked_where_written() {
         let c = parse(
             "tenant = \"contoso.onmicrosoft.com\"\n[auth]\ntoken_store = \"file\"\n\

@@ -391,16 +391,28 @@ mod tests {
         // A repeated attempt needs a token of its own, and none is left yet.
         assert!(s.take_token(&p, &z, t(10, 0, 1)).is_none());
         let s = s.take_token(&p, &z, t(10, 0, 5)).unwrap();
-        assert_eq!((s.tokens, s.sent_today), (0.0, 20), "a repeat is no new send");
+        assert_eq!(
+            (s.tokens, s.sent_today),
+            (0.0, 20),
+            "a repeat is no new send"
+        );
         // Three never attempted, five certainly not sent: given back.
         let s = s.give_back(&p, &z, t(10, 0, 5), s.day, 3, 5);
         assert_eq!((s.tokens, s.sent_today), (3.0, 15));
         // Never beyond the capacity, and never into a day that began since.
         let full = State::full(&p, &z, t(10, 0, 0));
-        assert_eq!(full.give_back(&p, &z, t(10, 0, 0), full.day, 5, 0).tokens, 20.0);
+        assert_eq!(
+            full.give_back(&p, &z, t(10, 0, 0), full.day, 5, 0).tokens,
+            20.0
+        );
         let yesterday = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
         let (today, _) = full.reserve(&p, &z, t(10, 0, 0), 4);
-        assert_eq!(today.give_back(&p, &z, t(10, 0, 0), yesterday, 0, 4).sent_today, 4);
+        assert_eq!(
+            today
+                .give_back(&p, &z, t(10, 0, 0), yesterday, 0, 4)
+                .sent_today,
+            4
+        );
         // The daily cap bounds a reservation as the tokens do.
         let capped = Params { daily_cap: 7, ..p };
         let (_, n) = State::full(&capped, &z, t(10, 0, 0)).reserve(&capped, &z, t(10, 0, 0), 25);

@@ -530,6 +530,12 @@ async fn a_bucket_file_from_an_earlier_day_starts_the_new_day_when_loaded() {
     let r = h.drain().await;
     assert_eq!((r.sent, r.waiting), (3, 1), "{r:?}");
     let b = r.bucket.clone().unwrap();
-    assert_eq!((b.day, b.sent_today), (h.settings().zone.date_of(Utc::now()), 3));
-    assert!(r.summary(&h.settings().params).contains("for tomorrow (daily cap reached)"));
+    assert_eq!(
+        (b.day, b.sent_today),
+        (h.settings().zone.date_of(Utc::now()), 3)
+    );
+    assert!(
+        r.summary(&h.settings().params)
+            .contains("for tomorrow (daily cap reached)")
+    );
 }
