@@ -449,6 +449,11 @@ pub struct MailConfig {
     /// Requests in flight at once per mailbox (Outlook allows 4).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: Bounded<1, 4>,
+    /// A send whose answer was lost (a 504, a timeout, a crash) must show in Sent Items
+    /// within this; until then the mail waits, and then it is failed for a person to
+    /// check, never sent blind a second time.
+    #[serde(default = "default_confirm_within")]
+    pub confirm_within: BoundedDuration<1, 86_400>,
 }
 
 impl Default for MailConfig {
@@ -462,8 +467,13 @@ impl Default for MailConfig {
             max_attempts_total: default_max_attempts_total(),
             max_retry_wait: default_max_retry_wait(),
             max_in_flight: default_max_in_flight(),
+            confirm_within: default_confirm_within(),
         }
     }
+}
+
+fn default_confirm_within() -> BoundedDuration<1, 86_400> {
+    BoundedDuration(std::time::Duration::from_secs(600))
 }
 
 fn default_capacity() -> Bounded<1, 10_000> {
@@ -1166,6 +1176,10 @@ max_attempts_total = 10
 max_retry_wait = "60s"
 # Requests in flight at once per mailbox (Outlook's limit is 4).
 max_in_flight = 4
+# A send whose answer was lost (a 504, a timeout, a crash) must show in the sender's
+# Sent Items within this; until then the mail waits, then it is marked failed for a
+# person to check. It is never sent blind a second time.
+confirm_within = "10m"
 "#;
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ mod mail_queue;
 mod mailboxes;
 mod raw;
 mod sign_in;
-pub use mail_queue::{AttachmentInfo, Enqueued, QueueCounts, QueuedMail};
+pub use mail_queue::{AttachmentInfo, Attempt, Enqueued, QueueCounts, QueuedMail};
 pub use sign_in::SignInRow;
 
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ pub use cycles::CycleRow;
 pub use mailboxes::{MailboxFilter, StoreStats};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// `PRAGMA application_id` of an imm-daemon database ("IMMD").
 const APPLICATION_ID: i64 = 0x494d_4d44;
@@ -280,6 +280,7 @@ impl Store {
                 4 => tx.execute_batch(MIGRATION_4).map_err(fail)?,
                 5 => tx.execute_batch(MIGRATION_5).map_err(fail)?,
                 6 => tx.execute_batch(MIGRATION_6).map_err(fail)?,
+                7 => tx.execute_batch(MIGRATION_7).map_err(fail)?,
                 _ => unreachable!("no migration to version {version}"),
             }
             tx.execute_batch(&format!(
@@ -476,6 +477,12 @@ CREATE TABLE mail_attachments (
     bytes BLOB NOT NULL,
     PRIMARY KEY (mail_id, position)
 );
+";
+
+/// When a mail's send was last requested: until it shows in Sent Items, a send whose
+/// answer was lost may still be on its way.
+const MIGRATION_7: &str = "
+ALTER TABLE mail_queue ADD COLUMN send_requested_at TEXT;
 ";
 
 #[cfg(test)]

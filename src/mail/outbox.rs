@@ -8,11 +8,15 @@
 //! 2. a mail attempted before is looked up first, in Sent Items, then in Drafts, by that
 //!    id: a 429, a 5xx or a timeout never proves that a send did not happen;
 //! 3. a draft carrying the internetMessageId is created, and its id committed;
-//! 4. the draft is sent (202 Accepted), and the mail is marked sent together with its
-//!    SEND_EMAIL audit row.
+//! 4. the draft's id and the time of the send request are committed, the draft is sent
+//!    (202 Accepted), and the mail is marked sent together with its SEND_EMAIL audit row.
 //!
 //! A kill at any point leaves the mail `sending` with its internetMessageId; the next
-//! drain takes such mails first and settles them by the lookup.
+//! drain takes such mails first and settles them by the lookup. A mail whose send was
+//! requested and that is in neither Sent Items nor Drafts is in transit (Exchange files
+//! sent mail through the Outbox, seconds to minutes): it is never sent again on that
+//! evidence. It waits for Sent Items up to `confirm_within` after the request, and is then
+//! failed for a person to check (`queue retry` sends it again, on their word).
 //!
 //! Pacing: the drain reserves one token and one of the day's sends for each due mail it
 //! takes (oldest first, crash-interrupted ones before them), in one write of the bucket
@@ -70,6 +74,8 @@ pub struct Settings {
     pub max_attempts_total: u32,
     pub max_retry_wait: Duration,
     pub max_in_flight: usize,
+    /// How long a send whose answer was lost may take to show in Sent Items.
+    pub confirm_within: Duration,
     /// The mailbox of mails that name none; `None`: the signed-in account.
     pub from: Option<String>,
     pub graph_url: String,
@@ -86,6 +92,7 @@ impl Settings {
             max_attempts_total: m.max_attempts_total.get(),
             max_retry_wait: m.max_retry_wait.get(),
             max_in_flight: m.max_in_flight.get() as usize,
+            confirm_within: m.confirm_within.get(),
             from: m.from.as_ref().map(|f| f.as_str().to_string()),
             graph_url: config.graph_url(),
             bucket: bucket_file(paths),
@@ -263,6 +270,9 @@ impl From<StoreError> for Failure {
 enum Settled {
     Sent,
     FoundSent,
+    /// In neither Sent Items nor Drafts after a send was requested at this time: it may
+    /// still be on its way (Exchange's Outbox), so it must not be sent again.
+    InTransit(DateTime<Utc>),
 }
 
 /// A new client-request-id (a random UUID), which Graph echoes and Microsoft support
@@ -460,7 +470,12 @@ impl Drain<'_> {
                 .store
                 .borrow_mut()
                 .write(|tx| tx.begin_attempt(mail.id, &fresh_id))?;
-            let Some((attempts, imid)) = begun else {
+            let Some(crate::store::Attempt {
+                attempts,
+                internet_message_id: imid,
+                send_requested_at,
+            }) = begun
+            else {
                 // Cancelled since the drain listed it.
                 return Ok(Turn::of(if attempt == 1 {
                     Outcome::NotStarted
@@ -470,7 +485,14 @@ impl Drain<'_> {
             };
             // Every attempt after the very first asks Graph before sending: the earlier
             // one may have sent the mail, or left its draft.
-            let err = match self.attempt(mail, sender, &imid, attempts > 1).await {
+            let requested = send_requested_at
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc));
+            let err = match self
+                .attempt(mail, sender, &imid, attempts > 1, requested)
+                .await
+            {
                 Ok(Settled::Sent) => return Ok(Turn::of(Outcome::Sent)),
                 // Sent by this turn's earlier attempt (its day's send stays counted), or
                 // by an earlier cycle's (counted then).
@@ -478,6 +500,13 @@ impl Drain<'_> {
                     return Ok(Turn {
                         outcome: Outcome::FoundSent,
                         maybe_sent,
+                    });
+                }
+                Ok(Settled::InTransit(requested)) => {
+                    let outcome = self.in_transit(mail, sender, attempts, requested)?;
+                    return Ok(Turn {
+                        outcome,
+                        maybe_sent: true,
                     });
                 }
                 Err(Failure::Store(e)) => return Err(e.into()),
@@ -579,6 +608,51 @@ impl Drain<'_> {
         unreachable!("the last attempt always returns")
     }
 
+    /// A mail whose send was requested at `requested` without an answer, and which is in
+    /// neither Sent Items nor Drafts: it waits for Sent Items until `confirm_within` has
+    /// passed, then it is failed for a person to check. It is never sent again blind.
+    fn in_transit(
+        &self,
+        mail: &QueuedMail,
+        sender: &str,
+        attempts: i64,
+        requested: DateTime<Utc>,
+    ) -> Result<Outcome, StoreError> {
+        let s = self.settings;
+        let now = Utc::now();
+        let deadline = requested + chrono::Duration::from_std(s.confirm_within).unwrap_or_default();
+        if now >= deadline {
+            let err = GraphError {
+                what: "confirming the send",
+                kind: FailureKind::Permanent,
+                status: None,
+                code: Some("SendUnconfirmed".into()),
+                message: format!(
+                    "the send requested at {} got no answer, and the mail has been in neither Sent Items nor Drafts for {}: check the sender's Sent Items, then `imm-daemon queue retry {}` to send it again or `imm-daemon queue cancel {}`",
+                    stamp(requested),
+                    humantime::format_duration(s.confirm_within),
+                    mail.id,
+                    mail.id
+                ),
+                retry_after: None,
+            };
+            self.fail(mail, sender, attempts, &err)?;
+            return Ok(Outcome::Failed);
+        }
+        let next = deadline.min(now + chrono::Duration::seconds(60));
+        tracing::info!(mail = mail.id, next = %stamp(next), "sent without an answer and not yet in Sent Items; looking again later");
+        self.requeue(
+            mail.id,
+            next,
+            &format!(
+                "sent at {} without an answer; not yet in Sent Items (looking again until {})",
+                stamp(requested),
+                stamp(deadline)
+            ),
+        )?;
+        Ok(Outcome::Requeued)
+    }
+
     /// Takes a token for a repeated attempt; false when the bucket has none.
     fn take_token(&self) -> Result<bool, OutboxError> {
         let s = self.settings;
@@ -665,13 +739,16 @@ impl Drain<'_> {
         }
     }
 
-    /// One attempt: look up (when asked), create the draft unless found, send it.
+    /// One attempt: look up (when asked), create the draft unless found, send it. A mail
+    /// whose send was requested before (`requested`) and that is found nowhere is in
+    /// transit, not lost.
     async fn attempt(
         &self,
         mail: &QueuedMail,
         sender: &str,
         imid: &str,
         look_up: bool,
+        requested: Option<DateTime<Utc>>,
     ) -> Result<Settled, Failure> {
         let g = &self.graph;
         let mut draft = None;
@@ -697,9 +774,10 @@ impl Drain<'_> {
                 })
                 .await?;
         }
-        let draft = match draft {
-            Some(id) => id,
-            None => {
+        let draft = match (draft, requested) {
+            (Some(id), _) => id,
+            (None, Some(at)) => return Ok(Settled::InTransit(at)),
+            (None, None) => {
                 let files = self.store.borrow().mail_attachments(mail.id)?;
                 let message = Message {
                     subject: &mail.subject,
@@ -718,11 +796,10 @@ impl Drain<'_> {
                 .await?
             }
         };
-        if mail.graph_message_id.as_deref() != Some(draft.as_str()) {
-            self.store
-                .borrow_mut()
-                .write(|tx| tx.record_draft(mail.id, &draft))?;
-        }
+        // From this commit on, the mail may be on its way.
+        self.store
+            .borrow_mut()
+            .write(|tx| tx.record_send(mail.id, &draft, &stamp(Utc::now())))?;
         let draft = draft.as_str();
         self.call(|t| async move { g.send_draft(&t, sender, draft, &request_id()).await })
             .await

@@ -7,7 +7,9 @@
 //!
 //! Test controls act as a struggling service ([`fail_next`], [`fail_next_on`]: throttling
 //! with `Retry-After` in any form, 503, 504, a 504 after the request was in fact carried
-//! out, an expired token) or a slow one ([`set_latency`]); [`deliveries`] counts what was
+//! out, an expired token), a slow one ([`set_latency`]) or one slow to file sent mail
+//! ([`set_submission_delay`]: sent messages wait in the Outbox, in neither Drafts nor
+//! Sent Items); [`deliveries`] counts what was
 //! sent per `internetMessageId`, and [`requests`] what clients asked, including the most
 //! requests in flight at once per mailbox (Outlook allows 4).
 //!
@@ -25,6 +27,7 @@
 //! [`fail_next`]: GraphServer::fail_next
 //! [`fail_next_on`]: GraphServer::fail_next_on
 //! [`set_latency`]: GraphServer::set_latency
+//! [`set_submission_delay`]: GraphServer::set_submission_delay
 //! [`deliveries`]: GraphServer::deliveries
 //! [`requests`]: GraphServer::requests
 //! [`IdentityProvider::token_checker`]: super::IdentityProvider::token_checker
@@ -244,7 +247,16 @@ impl GraphServer {
 
     /// Messages in Sent Items (every mailbox), oldest first.
     pub fn sent(&self) -> Vec<StoredMessage> {
-        self.shared.lock().folder(Folder::SentItems)
+        let mut st = self.shared.lock();
+        st.settle();
+        st.folder(Folder::SentItems)
+    }
+
+    /// Sent messages spend this long in the Outbox, in neither Drafts nor Sent Items, as
+    /// at Microsoft while Exchange submits them (usually seconds, minutes under load): a
+    /// lookup right after a send whose answer was lost finds the mail nowhere.
+    pub fn set_submission_delay(&self, delay: Duration) {
+        self.shared.lock().submission_delay = delay;
     }
 
     /// The next `n` requests to any endpoint fail this way, after any already queued.
@@ -311,6 +323,10 @@ struct Ledger {
     /// Requests in flight now, per mailbox (lowercased).
     in_flight: HashMap<String, usize>,
     stats: GraphStats,
+    /// How long a sent message spends in the Outbox, in neither Drafts nor Sent Items.
+    submission_delay: Duration,
+    /// Sent messages on their way to Sent Items, with when they arrive there.
+    outbox: Vec<(std::time::Instant, StoredMessage)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,6 +347,27 @@ impl Folder {
 }
 
 impl Ledger {
+    /// Moves the sent messages whose submission is over from the Outbox to Sent Items.
+    fn settle(&mut self) {
+        let now = std::time::Instant::now();
+        let (arrived, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.outbox)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.outbox = waiting;
+        self.messages
+            .extend(arrived.into_iter().map(|(_, m)| (Folder::SentItems, m)));
+    }
+
+    /// A sent message goes to Sent Items, through the Outbox for the submission delay.
+    fn file_sent(&mut self, message: StoredMessage) {
+        if self.submission_delay.is_zero() {
+            self.messages.push((Folder::SentItems, message));
+        } else {
+            let at = std::time::Instant::now() + self.submission_delay;
+            self.outbox.push((at, message));
+        }
+    }
+
     fn folder(&self, folder: Folder) -> Vec<StoredMessage> {
         let found = self.messages.iter().filter(|(f, _)| *f == folder);
         found.map(|(_, m)| m.clone()).collect()
@@ -632,7 +669,7 @@ impl Shared {
             obj.insert("lastModifiedDateTime".into(), json!(now));
         }
         st.deliver(&message.internet_message_id);
-        st.messages.push((Folder::SentItems, message));
+        st.file_sent(message);
         Ok(StatusCode::ACCEPTED.into_response())
     }
 
@@ -652,7 +689,7 @@ impl Shared {
             if let Some(obj) = stored.json.as_object_mut() {
                 obj.insert("sentDateTime".into(), json!(now_text()));
             }
-            st.messages.push((Folder::SentItems, stored));
+            st.file_sent(stored);
         }
         Ok(StatusCode::ACCEPTED.into_response())
     }
@@ -682,7 +719,8 @@ impl Shared {
                 .filter(|s| !s.is_empty())
                 .collect()
         });
-        let st = self.lock();
+        let mut st = self.lock();
+        st.settle();
         let found = st.messages.iter().filter(|(f, m)| {
             *f == folder
                 && m.mailbox.eq_ignore_ascii_case(mailbox)

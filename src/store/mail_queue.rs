@@ -34,7 +34,20 @@ pub struct QueuedMail {
     pub graph_message_id: Option<String>,
     pub internet_message_id: Option<String>,
     pub sent_at: Option<String>,
+    /// When its send was last requested from Graph.
+    pub send_requested_at: Option<String>,
     pub attachments: Vec<AttachmentInfo>,
+}
+
+/// An attempt to send a mail, as it begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// Attempts made, this one included.
+    pub attempts: i64,
+    /// The mail's internetMessageId (its first, kept for good).
+    pub internet_message_id: String,
+    /// When a send of it was last requested, if one was: it may be on its way.
+    pub send_requested_at: Option<String>,
 }
 
 /// The queue's mails by state.
@@ -134,13 +147,15 @@ impl Tx<'_> {
     }
 
     /// Queues a failed or cancelled mail again, due at `now` with its attempts counted
-    /// from zero; returns its state before, or `None` when there is no such mail.
+    /// from zero and any earlier send request forgotten (a person decided: the next
+    /// attempt still looks the mail up in Sent Items first); returns its state before, or `None` when there is no such mail.
     pub fn retry_mail(&mut self, id: i64, now: &str) -> Result<Option<String>, StoreError> {
         let state = self.state_of(id)?;
         if matches!(state.as_deref(), Some("failed" | "cancelled")) {
             self.tx
                 .prepare_cached(
-                    "UPDATE mail_queue SET state = 'queued', attempts = 0, next_attempt_at = ?2
+                    "UPDATE mail_queue SET state = 'queued', attempts = 0, next_attempt_at = ?2,
+                         send_requested_at = NULL
                      WHERE id = ?1",
                 )?
                 .execute(params![id, now])?;
@@ -160,32 +175,44 @@ impl Tx<'_> {
     /// before any network call, so that a crash can always look the mail up; an id it
     /// already has is kept) and one more attempt. A `queued` mail moves to `sending`; a
     /// mail already `sending` (a repeated attempt, or one a crash interrupted) stays.
-    /// Returns the attempts made, this one included, and the internetMessageId in
-    /// effect; `None` when the mail is in no state to send (cancelled meanwhile).
+    /// Returns the attempt as it begins; `None` when the mail is in no state to send
+    /// (cancelled meanwhile).
     pub fn begin_attempt(
         &mut self,
         id: i64,
         internet_message_id: &str,
-    ) -> Result<Option<(i64, String)>, StoreError> {
+    ) -> Result<Option<Attempt>, StoreError> {
         Ok(self
             .tx
             .prepare_cached(
                 "UPDATE mail_queue SET state = 'sending', attempts = attempts + 1,
                      internet_message_id = coalesce(internet_message_id, ?2)
                  WHERE id = ?1 AND state IN ('queued', 'sending')
-                 RETURNING attempts, internet_message_id",
+                 RETURNING attempts, internet_message_id, send_requested_at",
             )?
             .query_row(params![id, internet_message_id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok(Attempt {
+                    attempts: r.get(0)?,
+                    internet_message_id: r.get(1)?,
+                    send_requested_at: r.get(2)?,
+                })
             })
             .optional()?)
     }
 
-    /// Records the draft Graph created for a mail being sent.
-    pub fn record_draft(&mut self, id: i64, graph_message_id: &str) -> Result<(), StoreError> {
+    /// Records the draft a mail is sent from, and that its send is about to be requested
+    /// at `now` (committed before the request: from then on the mail may be on its way).
+    pub fn record_send(
+        &mut self,
+        id: i64,
+        graph_message_id: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
         self.tx
-            .prepare_cached("UPDATE mail_queue SET graph_message_id = ?2 WHERE id = ?1")?
-            .execute(params![id, graph_message_id])?;
+            .prepare_cached(
+                "UPDATE mail_queue SET graph_message_id = ?2, send_requested_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, graph_message_id, now])?;
         Ok(())
     }
 
@@ -238,7 +265,7 @@ impl Tx<'_> {
 
 const COLUMNS: &str = "id, created_at, sender, to_addrs, cc_addrs, bcc_addrs, subject, body,
     body_type, idempotency_key, state, attempts, next_attempt_at, last_error,
-    graph_message_id, internet_message_id, sent_at";
+    graph_message_id, internet_message_id, sent_at, send_requested_at";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMail> {
     let body_type: String = r.get(8)?;
@@ -264,6 +291,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMail> {
         graph_message_id: r.get(14)?,
         internet_message_id: r.get(15)?,
         sent_at: r.get(16)?,
+        send_requested_at: r.get(17)?,
         attachments: Vec::new(),
     })
 }
@@ -445,7 +473,11 @@ mod tests {
             store
                 .write(|tx| tx.begin_attempt(b, "<b@contoso.com>"))
                 .unwrap(),
-            Some((1, "<b@contoso.com>".to_string()))
+            Some(Attempt {
+                attempts: 1,
+                internet_message_id: "<b@contoso.com>".into(),
+                send_requested_at: None
+            })
         );
         // A mail caught sending (a crash) comes first, and keeps its internetMessageId.
         assert_eq!(
@@ -458,7 +490,9 @@ mod tests {
             }
         );
         assert_eq!(store.due_mails(t0, 1).unwrap()[0].id, b);
-        store.write(|tx| tx.record_draft(b, "draft-1")).unwrap();
+        store
+            .write(|tx| tx.record_send(b, "draft-1", "2026-11-21T10:00:01Z"))
+            .unwrap();
         let m = store.mail(b).unwrap().unwrap();
         assert_eq!(
             (
@@ -486,7 +520,11 @@ mod tests {
             store
                 .write(|tx| tx.begin_attempt(b, "<new@contoso.com>"))
                 .unwrap(),
-            Some((2, "<b@contoso.com>".to_string()))
+            Some(Attempt {
+                attempts: 2,
+                internet_message_id: "<b@contoso.com>".into(),
+                send_requested_at: Some("2026-11-21T10:00:01Z".into())
+            })
         );
         store
             .write(|tx| tx.mark_sent(b, "2026-11-21T10:06:00Z"))

@@ -539,3 +539,60 @@ async fn a_bucket_file_from_an_earlier_day_starts_the_new_day_when_loaded() {
             .contains("for tomorrow (daily cap reached)")
     );
 }
+
+#[tokio::test]
+async fn a_send_without_an_answer_waits_for_sent_items_and_is_never_sent_blind() {
+    let h = Home::new("confirm_within = \"2s\"").await;
+    // Exchange takes 1.5 s to file a sent mail: a lookup 1 s after the lost answer finds
+    // it in neither Drafts nor Sent Items.
+    h.graph.set_submission_delay(Duration::from_millis(1500));
+    let id = h.enqueue(1, "ben@contoso.com")[0];
+    h.graph.fail_next_on(
+        Endpoint::SendDraft,
+        1,
+        GraphFailure::GatewayTimeoutAfterProcessing,
+    );
+    let r = h.drain().await;
+    assert_eq!((r.sent, r.requeued), (0, 1), "{r:?}");
+    let m = h.mail(id);
+    assert_eq!(m.state, "queued");
+    assert!(
+        m.last_error
+            .as_deref()
+            .unwrap()
+            .contains("not yet in Sent Items"),
+        "{m:?}"
+    );
+    assert!(m.send_requested_at.is_some());
+    assert_eq!(h.graph.requests().create_draft, 1, "no second draft");
+    assert_eq!(r.bucket.unwrap().sent_today, 1, "it may have gone: counted");
+    // Due again when Sent Items must have it.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = h.drain().await;
+    assert_eq!(r.found_sent, 1, "{r:?}");
+    assert_eq!(h.mail(id).state, "sent");
+    let imid = h.mail(id).internet_message_id.unwrap();
+    assert_eq!(h.graph.deliveries().of(&imid), 1);
+
+    // A mail that never shows up: failed for a person, not sent again.
+    h.graph.set_submission_delay(Duration::from_secs(3600));
+    let id = h.enqueue(1, "ben@contoso.com")[0];
+    h.graph.fail_next_on(
+        Endpoint::SendDraft,
+        1,
+        GraphFailure::GatewayTimeoutAfterProcessing,
+    );
+    assert_eq!(h.drain().await.requeued, 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = h.drain().await;
+    assert_eq!(r.failed, 1, "{r:?}");
+    let m = h.mail(id);
+    let e = m.last_error.unwrap();
+    assert!(
+        e.contains("SendUnconfirmed") && e.contains(&format!("imm-daemon queue retry {id}")),
+        "{e}"
+    );
+    assert_eq!(h.graph.deliveries().of(&m.internet_message_id.unwrap()), 1);
+    assert_eq!(h.graph.requests().create_draft, 2);
+    h.assert_no_duplicates();
+}
