@@ -596,3 +596,29 @@ async fn a_send_without_an_answer_waits_for_sent_items_and_is_never_sent_blind()
     assert_eq!(h.graph.requests().create_draft, 2);
     h.assert_no_duplicates();
 }
+
+#[tokio::test]
+async fn a_clock_set_back_since_the_last_write_earns_no_tokens() {
+    let h = Home::new("").await;
+    let file = bucket_file(&h.paths);
+    // The last write happened "an hour from now": the clock was set back since.
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let written = State {
+        version: crate::ratelimit::STATE_VERSION,
+        tokens: 0.5,
+        last_refill: later,
+        day: h.settings().zone.date_of(Utc::now()),
+        sent_today: 20,
+    };
+    std::fs::write(file.path(), serde_json::to_vec(&written).unwrap()).unwrap();
+    h.enqueue(1, "ben@contoso.com");
+    let r = h.drain().await;
+    assert_eq!((r.sent, r.waiting), (0, 1), "{r:?}");
+    let b = r.bucket.unwrap();
+    // Only the moments the drain itself took were earned.
+    assert!(b.tokens < 0.6 && b.sent_today == 20, "{b:?}");
+    assert!(
+        b.last_refill <= Utc::now(),
+        "counting resumes from the clock's reading"
+    );
+}
