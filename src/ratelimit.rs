@@ -57,6 +57,11 @@ pub struct State {
     /// The calendar date `sent_today` belongs to.
     pub day: NaiveDate,
     pub sent_today: u32,
+    /// Sends reserved by a drain that has not given back what it did not use yet. Found
+    /// set by the next drain, it means that drain was killed: the day's count is then
+    /// taken from the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<u32>,
 }
 
 impl State {
@@ -68,6 +73,7 @@ impl State {
             last_refill: now,
             day: zone.date_of(now),
             sent_today: 0,
+            reserved: None,
         }
     }
 
@@ -80,6 +86,7 @@ impl State {
             last_refill: now,
             day: zone.date_of(now),
             sent_today,
+            reserved: None,
         }
     }
 
@@ -96,7 +103,10 @@ impl State {
         s.tokens = s.tokens.clamp(0.0, params.capacity as f64);
         s.last_refill = now;
         let today = zone.date_of(now);
-        if today > s.day {
+        // A later date starts a new count. So does a date more than a day ahead of the
+        // clock (written while the clock ran ahead, since corrected), which would
+        // otherwise stop sending for days; a clock set back by less keeps the count.
+        if today > s.day || today.succ_opt().is_some_and(|t| s.day > t) {
             s.day = today;
             s.sent_today = 0;
         }
@@ -138,6 +148,7 @@ impl State {
         let n = s.available(params).min(want);
         s.tokens -= f64::from(n);
         s.sent_today += n;
+        s.reserved = (n > 0).then_some(n);
         (s, n)
     }
 
@@ -169,6 +180,7 @@ impl State {
         if s.day == day {
             s.sent_today = s.sent_today.saturating_sub(sends);
         }
+        s.reserved = None;
         s
     }
 
@@ -359,6 +371,17 @@ mod tests {
         // Back across midnight: yesterday's date never resets today's count.
         let yesterday = Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap();
         assert_eq!(s.at(&p, &z, yesterday).sent_today, 20);
+        // A count dated days ahead (written while the clock ran ahead, since corrected)
+        // does not stop sending until that date: a new count starts.
+        let ahead = State {
+            day: NaiveDate::from_ymd_opt(2026, 11, 25).unwrap(),
+            ..s.clone()
+        };
+        let fixed = ahead.at(&p, &z, t(10, 0, 0));
+        assert_eq!(
+            (fixed.day, fixed.sent_today),
+            (NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(), 0)
+        );
     }
 
     #[test]

@@ -276,7 +276,20 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
         } => {
             let mails = store.mails(state.map(MailState::as_str), limit)?;
             match Format::resolve(format) {
-                Format::Json => output::write_json(&mut out, &mails)?,
+                // Bodies stay out of listings (`queue show --json` has one mail's).
+                Format::Json => {
+                    let rows: Vec<serde_json::Value> = mails
+                        .iter()
+                        .map(|m| {
+                            let mut v = serde_json::to_value(m).expect("mails serialize");
+                            if let Some(o) = v.as_object_mut() {
+                                o.remove("body");
+                            }
+                            v
+                        })
+                        .collect();
+                    output::write_json(&mut out, &rows)?
+                }
                 Format::Csv => output::write_csv(
                     &mut out,
                     &[

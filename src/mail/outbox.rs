@@ -22,8 +22,10 @@
 //! takes (oldest first, crash-interrupted ones before them), in one write of the bucket
 //! file; a repeated attempt takes a token of its own. What was not used goes back at the
 //! end: tokens of mails never attempted, and day's sends that certainly did not happen
-//! (an ambiguous failure keeps its send counted). A crash keeps the whole reservation,
-//! which errs on the side of sending less.
+//! (an ambiguous failure keeps its send counted). The reservation is marked in the
+//! bucket file until it is given back; a drain that finds the mark left by a killed one
+//! counts the day's sends from the queue instead (every mail whose send was requested
+//! today), and the killed drain's unused tokens come back at the refill rate.
 //!
 //! Failures: 429, 503, 504, other 5xx and network failures are repeated after Graph's
 //! Retry-After, else 1 s, 2 s, 4 s, up to `attempts_per_cycle` times; then the mail
@@ -59,6 +61,9 @@ use crate::store::{QueuedMail, Store, StoreError};
 
 /// The cycle step's name.
 pub const STEP_NAME: &str = "mail";
+
+/// The longest a mail is put off for a Retry-After (a proxy could ask for years).
+const MAX_RESCHEDULE: Duration = Duration::from_secs(24 * 3600);
 
 /// The send bucket's state file in the data folder.
 pub fn bucket_file(paths: &Paths) -> BucketFile {
@@ -136,12 +141,14 @@ pub fn params(config: &Config) -> Params {
     }
 }
 
-/// The day's sends as the queue tells them (to rebuild a lost bucket file); the whole
-/// cap when the queue cannot be read, so that a rebuild never allows more.
+/// The day's sends as the queue tells them (to rebuild a lost bucket file, or after an
+/// interrupted drain): mails whose send was requested since local midnight, confirmed
+/// or not; the whole cap when the queue cannot be read, so that a rebuild never allows
+/// more.
 fn sent_today(store: Option<&Store>, zone: &Zone, params: &Params, now: DateTime<Utc>) -> u32 {
     let since = stamp(zone.start_of_day(zone.date_of(now)));
     store
-        .and_then(|s| s.sent_since(&since).ok())
+        .and_then(|s| s.sends_requested_since(&since).ok())
         .unwrap_or(params.daily_cap)
 }
 
@@ -160,10 +167,6 @@ pub enum OutboxError {
     Bucket(#[from] BucketError),
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error(
-        "{0} mail(s) name no sender and the signed-in account has no address: set [mail] from, or give --from"
-    )]
-    NoSender(usize),
 }
 
 /// What one drain did.
@@ -185,6 +188,9 @@ pub struct DrainReport {
     pub bucket: Option<State>,
     /// The bucket file was unreadable and rebuilt.
     pub rebuilt: Option<String>,
+    /// Due mails that name no sender, left queued: the signed-in account has no address
+    /// and `[mail] from` is not set.
+    pub no_sender: u64,
 }
 
 impl DrainReport {
@@ -215,6 +221,12 @@ impl DrainReport {
         }
         if let Some(h) = &self.halted {
             s.push_str(&format!("; stopped early: {h}"));
+        }
+        if self.no_sender > 0 {
+            s.push_str(&format!(
+                "; {} name no sender and the signed-in account has no address: set [mail] from",
+                self.no_sender
+            ));
         }
         s
     }
@@ -317,39 +329,59 @@ pub async fn drain(
             .await
             .and_then(|r| r.account.and_then(|a| a.username)),
     };
-    let unsendable = due
-        .iter()
-        .filter(|m| m.sender.is_none() && default_sender.is_none())
-        .count();
-    if unsendable > 0 {
-        return Err(OutboxError::NoSender(unsendable));
+    // Mails that name no sender wait (and say so) when there is no default; the others
+    // go on.
+    let (due, unsendable): (Vec<QueuedMail>, Vec<QueuedMail>) = due
+        .into_iter()
+        .partition(|m| m.sender.is_some() || default_sender.is_some());
+    report.no_sender = unsendable.len() as u64;
+    if due.is_empty() {
+        return Ok(report);
     }
-    let ((state, reserved), rebuilt) = s.bucket.update(
+    let counts = store.borrow().queue_counts(&stamp(now))?;
+    let ((state, reserved, interrupted), rebuilt) = s.bucket.update(
         &s.params,
         &s.zone,
         now,
         || sent_today(Some(&store.borrow()), &s.zone, &s.params, now),
-        |st| {
+        |mut st| {
+            // A reservation never given back: the drain that made it was killed. What it
+            // sent is in the queue, so the day's count is taken from there.
+            let interrupted = st.reserved.take().is_some();
+            if interrupted {
+                st.sent_today = sent_today(Some(&store.borrow()), &s.zone, &s.params, now);
+            }
             let (after, n) = st.reserve(&s.params, &s.zone, now, due.len() as u32);
-            (after.clone(), (after, n))
+            (after.clone(), (after, n, interrupted))
         },
     )?;
+    // Nothing below returns before the reservation's unused part is given back.
+    let mut first_error: Option<OutboxError> = None;
+    if interrupted {
+        tracing::warn!(
+            sent_today = state.sent_today,
+            "the last drain was interrupted; the day's sends are counted from the queue"
+        );
+    }
     if let Some(w) = rebuilt {
         let why = crate::daemon::error_chain(&w);
         tracing::warn!(
             "{why}; rebuilt conservatively (no tokens now, the day's sends counted from the queue)"
         );
-        store.borrow_mut().audit(
+        if let Err(e) = store.borrow_mut().audit(
             &AuditEvent::new(Operation::Error)
                 .details(serde_json::json!({"what": "send_bucket_rebuilt", "sent_today": state.sent_today}))
                 .failed(why.clone()),
             Utc::now(),
-        )?;
+        ) {
+            first_error = Some(e.into());
+        }
         report.rebuilt = Some(why);
     }
     let day = state.day;
-    let counts = store.borrow().queue_counts(&stamp(now))?;
-    report.waiting = (counts.due + counts.sending).saturating_sub(u64::from(reserved));
+    report.waiting = (counts.due + counts.sending)
+        .saturating_sub(u64::from(reserved))
+        .saturating_sub(report.no_sender);
     let d = Drain {
         settings: s,
         graph: GraphMail::new(session.http().clone(), &s.graph_url),
@@ -375,7 +407,6 @@ pub async fn drain(
     .await;
     let mut unused_tokens = 0;
     let mut unused_sends = 0;
-    let mut first_error = None;
     for turn in turns {
         let turn = match turn {
             Ok(t) => t,
@@ -440,36 +471,39 @@ impl Drain<'_> {
     /// One mail's turn: up to `attempts_per_cycle` attempts.
     async fn turn(&self, mail: &QueuedMail, sender: &str) -> Result<Turn, OutboxError> {
         let s = self.settings;
-        let mut maybe_sent = false;
+        // A send of this mail was requested in this turn without a confirmed outcome: its
+        // day's send stays counted.
+        let mut issued = false;
+        // The last failure and the wait it asked for, for a mail put back mid-turn.
+        let mut last_failure: Option<(String, Duration)> = None;
+        let requeued = |issued| Turn {
+            outcome: Outcome::Requeued,
+            maybe_sent: issued,
+        };
         for attempt in 1..=s.attempts_per_cycle {
             if self.cancel.is_cancelled() || self.halted.borrow().is_some() {
-                let outcome = if attempt == 1 {
-                    Outcome::NotStarted
-                } else {
-                    Outcome::Requeued
+                let Some((text, wait)) = &last_failure else {
+                    return Ok(Turn::of(Outcome::NotStarted));
                 };
-                return Ok(Turn {
-                    outcome,
-                    maybe_sent,
-                });
+                // Stopped between attempts: back to the queue, due when Graph said.
+                self.requeue(mail.id, Utc::now() + *wait, text)?;
+                return Ok(requeued(issued));
             }
             if attempt > 1 && !self.take_token()? {
                 // No token for a repeat: the mail waits for the next cycle.
+                let wait = last_failure.as_ref().map_or(Duration::ZERO, |f| f.1);
                 self.requeue(
                     mail.id,
-                    Utc::now(),
+                    Utc::now() + wait,
                     "no send token left for a repeat in this cycle",
                 )?;
-                return Ok(Turn {
-                    outcome: Outcome::Requeued,
-                    maybe_sent,
-                });
+                return Ok(requeued(issued));
             }
             let fresh_id = super::graph::new_internet_message_id(sender);
             let begun = self
                 .store
                 .borrow_mut()
-                .write(|tx| tx.begin_attempt(mail.id, &fresh_id))?;
+                .write(|tx| tx.begin_attempt(mail.id, &fresh_id, sender))?;
             let Some(crate::store::Attempt {
                 attempts,
                 internet_message_id: imid,
@@ -477,36 +511,33 @@ impl Drain<'_> {
             }) = begun
             else {
                 // Cancelled since the drain listed it.
-                return Ok(Turn::of(if attempt == 1 {
-                    Outcome::NotStarted
+                return Ok(if last_failure.is_none() {
+                    Turn::of(Outcome::NotStarted)
                 } else {
-                    Outcome::Requeued
-                }));
+                    requeued(issued)
+                });
             };
-            // Every attempt after the very first asks Graph before sending: the earlier
-            // one may have sent the mail, or left its draft.
+            // A mail that had its id before this attempt is looked up before anything is
+            // sent: an earlier attempt (a crash, a lost answer, a retry after either) may
+            // have sent it or left its draft.
+            let known = imid != fresh_id;
             let requested = send_requested_at
                 .as_deref()
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&Utc));
-            let err = match self
-                .attempt(mail, sender, &imid, attempts > 1, requested)
-                .await
-            {
+            let err = match self.attempt(mail, sender, &imid, known, requested).await {
                 Ok(Settled::Sent) => return Ok(Turn::of(Outcome::Sent)),
-                // Sent by this turn's earlier attempt (its day's send stays counted), or
-                // by an earlier cycle's (counted then).
                 Ok(Settled::FoundSent) => {
                     return Ok(Turn {
                         outcome: Outcome::FoundSent,
-                        maybe_sent,
+                        maybe_sent: issued,
                     });
                 }
-                Ok(Settled::InTransit(requested)) => {
-                    let outcome = self.in_transit(mail, sender, attempts, requested)?;
+                Ok(Settled::InTransit(at)) => {
+                    let outcome = self.in_transit(mail, sender, attempts, at)?;
                     return Ok(Turn {
                         outcome,
-                        maybe_sent: true,
+                        maybe_sent: issued,
                     });
                 }
                 Err(Failure::Store(e)) => return Err(e.into()),
@@ -517,17 +548,16 @@ impl Drain<'_> {
                     );
                     self.requeue(mail.id, Utc::now(), &why)?;
                     self.halt(why);
-                    return Ok(Turn {
-                        outcome: Outcome::Requeued,
-                        maybe_sent,
-                    });
+                    return Ok(requeued(issued));
                 }
                 Err(Failure::Graph { err, at_send }) => {
-                    maybe_sent |= at_send;
+                    issued |= at_send;
                     err
                 }
             };
             let text = err.to_string();
+            // Its send was requested, in this turn or before, and never confirmed.
+            let may_have_gone = issued || requested.is_some();
             if err.kind == FailureKind::Unauthorized {
                 // Refused even after a refresh: the sign-in's permissions, or a
                 // Conditional Access policy. Every other mail would meet the same.
@@ -535,19 +565,16 @@ impl Drain<'_> {
                 self.halt(format!(
                     "Graph refuses the signed-in account's token: {text}"
                 ));
-                return Ok(Turn {
-                    outcome: Outcome::Requeued,
-                    maybe_sent,
-                });
+                return Ok(requeued(issued));
             }
             if err.kind == FailureKind::Permanent {
                 self.fail(mail, sender, attempts, &err)?;
                 return Ok(Turn {
                     outcome: Outcome::Failed,
-                    maybe_sent,
+                    maybe_sent: issued,
                 });
             }
-            let wait = retry_wait(attempt, err.retry_after);
+            let wait = retry_wait(attempt, err.retry_after).min(MAX_RESCHEDULE);
             let status = err.status.map_or("network".to_string(), |c| c.to_string());
             tracing::warn!(
                 mail = mail.id,
@@ -558,7 +585,6 @@ impl Drain<'_> {
                 error = %text,
                 "send attempt failed"
             );
-            let last = attempts >= i64::from(s.max_attempts_total);
             let too_long = wait > s.max_retry_wait;
             self.store.borrow_mut().audit(
                 &AuditEvent::new(Operation::RateLimited)
@@ -575,11 +601,16 @@ impl Drain<'_> {
                     .failed(text.clone()),
                 Utc::now(),
             )?;
-            if last {
-                self.fail(mail, sender, attempts, &err)?;
+            if attempts >= i64::from(s.max_attempts_total) {
+                if may_have_gone {
+                    // Out of attempts, but perhaps sent: a person must look first.
+                    self.unconfirmed(mail, sender, attempts, requested, &text)?;
+                } else {
+                    self.fail(mail, sender, attempts, &err)?;
+                }
                 return Ok(Turn {
                     outcome: Outcome::Failed,
-                    maybe_sent,
+                    maybe_sent: issued,
                 });
             }
             if too_long || attempt == s.attempts_per_cycle || self.cancel.is_cancelled() {
@@ -591,17 +622,15 @@ impl Drain<'_> {
                         humantime::format_duration(s.max_retry_wait)
                     ));
                 }
-                return Ok(Turn {
-                    outcome: Outcome::Requeued,
-                    maybe_sent,
-                });
+                return Ok(requeued(issued));
             }
+            last_failure = Some((text.clone(), wait));
             let started = Utc::now();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.cancel.cancelled() => {
                     self.requeue(mail.id, started + wait, &text)?;
-                    return Ok(Turn { outcome: Outcome::Requeued, maybe_sent });
+                    return Ok(requeued(issued));
                 }
             }
         }
@@ -622,21 +651,11 @@ impl Drain<'_> {
         let now = Utc::now();
         let deadline = requested + chrono::Duration::from_std(s.confirm_within).unwrap_or_default();
         if now >= deadline {
-            let err = GraphError {
-                what: "confirming the send",
-                kind: FailureKind::Permanent,
-                status: None,
-                code: Some("SendUnconfirmed".into()),
-                message: format!(
-                    "the send requested at {} got no answer, and the mail has been in neither Sent Items nor Drafts for {}: check the sender's Sent Items, then `imm-daemon queue retry {}` to send it again or `imm-daemon queue cancel {}`",
-                    stamp(requested),
-                    humantime::format_duration(s.confirm_within),
-                    mail.id,
-                    mail.id
-                ),
-                retry_after: None,
-            };
-            self.fail(mail, sender, attempts, &err)?;
+            let detail = format!(
+                "it has been in neither Sent Items nor Drafts for {}",
+                humantime::format_duration(s.confirm_within)
+            );
+            self.unconfirmed(mail, sender, attempts, Some(requested), &detail)?;
             return Ok(Outcome::Failed);
         }
         let next = deadline.min(now + chrono::Duration::seconds(60));
@@ -651,6 +670,32 @@ impl Drain<'_> {
             ),
         )?;
         Ok(Outcome::Requeued)
+    }
+
+    /// Fails a mail that may have been sent (its send was requested, no answer came, and
+    /// it cannot be found): a person must check the sender's Sent Items first.
+    fn unconfirmed(
+        &self,
+        mail: &QueuedMail,
+        sender: &str,
+        attempts: i64,
+        requested: Option<DateTime<Utc>>,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let err = GraphError {
+            what: "confirming the send",
+            kind: FailureKind::Permanent,
+            status: None,
+            code: Some("SendUnconfirmed".into()),
+            message: format!(
+                "the send requested at {} may have gone ({detail}): check {sender}'s Sent Items, then `imm-daemon queue retry {}` to send it again (it is looked up first) or `imm-daemon queue cancel {}`",
+                requested.map_or_else(|| "an earlier attempt".to_string(), stamp),
+                mail.id,
+                mail.id
+            ),
+            retry_after: None,
+        };
+        self.fail(mail, sender, attempts, &err)
     }
 
     /// Takes a token for a repeated attempt; false when the bucket has none.
@@ -774,6 +819,7 @@ impl Drain<'_> {
                 })
                 .await?;
         }
+        let found_draft = draft.is_some();
         let draft = match (draft, requested) {
             (Some(id), _) => id,
             (None, Some(at)) => return Ok(Settled::InTransit(at)),
@@ -801,12 +847,19 @@ impl Drain<'_> {
             .borrow_mut()
             .write(|tx| tx.record_send(mail.id, &draft, &stamp(Utc::now())))?;
         let draft = draft.as_str();
-        self.call(|t| async move { g.send_draft(&t, sender, draft, &request_id()).await })
+        match self
+            .call(|t| async move { g.send_draft(&t, sender, draft, &request_id()).await })
             .await
-            .map_err(|f| match f {
-                Failure::Graph { err, .. } => Failure::Graph { err, at_send: true },
-                other => other,
-            })?;
+        {
+            Ok(()) => {}
+            // A draft found again that is gone when sent: Exchange was submitting it
+            // (it leaves Drafts then), so it is on its way.
+            Err(Failure::Graph { err, .. }) if found_draft && err.status == Some(404) => {
+                return Ok(Settled::InTransit(requested.unwrap_or_else(Utc::now)));
+            }
+            Err(Failure::Graph { err, .. }) => return Err(Failure::Graph { err, at_send: true }),
+            Err(other) => return Err(other),
+        }
         self.mark_sent(mail, sender, imid, false)?;
         Ok(Settled::Sent)
     }
@@ -868,7 +921,7 @@ impl MailStep {
         }
         let Some(session) = self.session.get() else {
             return Ok(StepReport::idle(format!(
-                "{due} mail(s) due wait: sign-in is not configured (set client_id)"
+                "{due} mail(s) due wait: no sign-in session (sign-in is not configured, or its token store could not be opened: see the sign_in step)"
             )));
         };
         let settings = Settings::from_config(ctx.config, ctx.paths);
@@ -897,10 +950,6 @@ impl MailStep {
                     "{due} mail(s) due wait for a sign-in"
                 )))
             }
-            Err(e @ OutboxError::NoSender(_)) => Err(StepError {
-                message: e.to_string(),
-                needs_attention: true,
-            }),
             Err(e) => Err(StepError::transient(crate::daemon::error_chain(&e))),
         }
     }

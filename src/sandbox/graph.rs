@@ -124,6 +124,8 @@ pub enum GraphFailure {
     GatewayTimeoutAfterProcessing,
     /// 401 `InvalidAuthenticationToken`, as for a token that just expired.
     ExpiredToken,
+    /// 403 `ErrorAccessDenied`, as for a mailbox the account may not send as.
+    AccessDenied,
 }
 
 /// A message in a mailbox folder.
@@ -631,6 +633,11 @@ impl Shared {
             }
             Some(GraphFailure::ExpiredToken) => Err(GraphError::unauthorized(
                 "Lifetime validation failed, the token is expired.",
+            )),
+            Some(GraphFailure::AccessDenied) => Err(GraphError::new(
+                StatusCode::FORBIDDEN,
+                "ErrorAccessDenied",
+                "Access is denied. Check credentials and try again.",
             )),
         }
     }

@@ -173,7 +173,9 @@ impl Tx<'_> {
 
     /// Records that an attempt to send `id` begins: its internetMessageId (committed
     /// before any network call, so that a crash can always look the mail up; an id it
-    /// already has is kept) and one more attempt. A `queued` mail moves to `sending`; a
+    /// already has is kept), its sender (one it already has is kept: a later change of
+    /// `[mail] from` or of the signed-in account must not move a mail that may have
+    /// gone) and one more attempt. A `queued` mail moves to `sending`; a
     /// mail already `sending` (a repeated attempt, or one a crash interrupted) stays.
     /// Returns the attempt as it begins; `None` when the mail is in no state to send
     /// (cancelled meanwhile).
@@ -181,16 +183,18 @@ impl Tx<'_> {
         &mut self,
         id: i64,
         internet_message_id: &str,
+        sender: &str,
     ) -> Result<Option<Attempt>, StoreError> {
         Ok(self
             .tx
             .prepare_cached(
                 "UPDATE mail_queue SET state = 'sending', attempts = attempts + 1,
-                     internet_message_id = coalesce(internet_message_id, ?2)
+                     internet_message_id = coalesce(internet_message_id, ?2),
+                     sender = coalesce(sender, ?3)
                  WHERE id = ?1 AND state IN ('queued', 'sending')
                  RETURNING attempts, internet_message_id, send_requested_at",
             )?
-            .query_row(params![id, internet_message_id], |r| {
+            .query_row(params![id, internet_message_id, sender], |r| {
                 Ok(Attempt {
                     attempts: r.get(0)?,
                     internet_message_id: r.get(1)?,
@@ -395,7 +399,17 @@ impl Store {
         )?)
     }
 
-    /// Mails sent at or after `since` (to rebuild the day's send count).
+    /// Mails whose send was requested at or after `since`, confirmed or not (the day's
+    /// send count as the queue tells it).
+    pub fn sends_requested_since(&self, since: &str) -> Result<u32, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM mail_queue WHERE send_requested_at >= ?1",
+            [since],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Mails sent at or after `since`.
     pub fn sent_since(&self, since: &str) -> Result<u32, StoreError> {
         Ok(self.conn.query_row(
             "SELECT count(*) FROM mail_queue WHERE state = 'sent' AND sent_at >= ?1",
@@ -471,13 +485,18 @@ mod tests {
         assert_eq!(due.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a, b]);
         assert_eq!(
             store
-                .write(|tx| tx.begin_attempt(b, "<b@contoso.com>"))
+                .write(|tx| tx.begin_attempt(b, "<b@contoso.com>", "adele@contoso.com"))
                 .unwrap(),
             Some(Attempt {
                 attempts: 1,
                 internet_message_id: "<b@contoso.com>".into(),
                 send_requested_at: None
             })
+        );
+        // The sender is fixed at the first attempt; a later one keeps it.
+        assert_eq!(
+            store.mail(b).unwrap().unwrap().sender.as_deref(),
+            Some("adele@contoso.com")
         );
         // A mail caught sending (a crash) comes first, and keeps its internetMessageId.
         assert_eq!(
@@ -518,13 +537,17 @@ mod tests {
         );
         assert_eq!(
             store
-                .write(|tx| tx.begin_attempt(b, "<new@contoso.com>"))
+                .write(|tx| tx.begin_attempt(b, "<new@contoso.com>", "ben@contoso.com"))
                 .unwrap(),
             Some(Attempt {
                 attempts: 2,
                 internet_message_id: "<b@contoso.com>".into(),
                 send_requested_at: Some("2026-11-21T10:00:01Z".into())
             })
+        );
+        assert_eq!(
+            store.mail(b).unwrap().unwrap().sender.as_deref(),
+            Some("adele@contoso.com")
         );
         store
             .write(|tx| tx.mark_sent(b, "2026-11-21T10:06:00Z"))
@@ -542,7 +565,9 @@ mod tests {
         assert_eq!(store.mail_attachments(a).unwrap()[0].bytes, b"a,b\n");
         // A failed mail is not attempted again until revived.
         assert_eq!(
-            store.write(|tx| tx.begin_attempt(a, "<a@x>")).unwrap(),
+            store
+                .write(|tx| tx.begin_attempt(a, "<a@x>", "adele@contoso.com"))
+                .unwrap(),
             None
         );
         assert_eq!(store.next_mail_due().unwrap(), None);

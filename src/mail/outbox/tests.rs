@@ -316,11 +316,12 @@ async fn out_of_attempts_a_mail_fails_and_queue_retry_revives_it() {
         .borrow_mut()
         .write(|tx| tx.retry_mail(id, &now))
         .unwrap();
+    let lookups = h.graph.requests().lookup;
     let r = h.drain().await;
     assert_eq!(r.sent, 1);
     assert_eq!(h.mail(id).state, "sent");
-    // Attempts after the first looked the mail up before creating anything.
-    assert!(h.graph.requests().lookup >= 2);
+    // The revived mail was looked up (Sent Items, Drafts) before anything was created.
+    assert_eq!(h.graph.requests().lookup, lookups + 2);
     h.assert_no_duplicates();
 }
 
@@ -364,12 +365,12 @@ async fn a_mail_left_sending_by_a_crash_is_settled_by_a_lookup() {
     // A crash after the attempt began (nothing reached Graph) ...
     h.store
         .borrow_mut()
-        .write(|tx| tx.begin_attempt(ids[0], "<crash-1@contoso.onmicrosoft.com>"))
+        .write(|tx| tx.begin_attempt(ids[0], "<crash-1@contoso.onmicrosoft.com>", ME))
         .unwrap();
     // ... and one after the send went through, before it was marked sent.
     h.store
         .borrow_mut()
-        .write(|tx| tx.begin_attempt(ids[1], "<crash-2@contoso.onmicrosoft.com>"))
+        .write(|tx| tx.begin_attempt(ids[1], "<crash-2@contoso.onmicrosoft.com>", ME))
         .unwrap();
     let http = crate::http::client(&h.config.http).unwrap();
     let g = GraphMail::new(http, &h.graph.base_url());
@@ -418,6 +419,22 @@ async fn a_401_costs_one_silent_refresh_then_the_send_goes_through() {
         "the refresh repeat is part of the attempt"
     );
     assert!(h.audit(Operation::RateLimited).is_empty());
+    // Refused again after the refresh: one refresh only; the mail waits and the cycle
+    // stops sending.
+    let again = h.enqueue(1, "ben@contoso.com")[0];
+    h.graph.fail_next(2, GraphFailure::ExpiredToken);
+    let r = h.drain().await;
+    assert_eq!(h.idp.stats().refresh_grants, before + 2);
+    assert_eq!((r.sent, r.requeued), (0, 1), "{r:?}");
+    assert!(
+        r.halted
+            .as_deref()
+            .unwrap()
+            .contains("refuses the signed-in account's token")
+    );
+    let m = h.mail(again);
+    assert_eq!((m.state.as_str(), m.attempts), ("queued", 1));
+    assert!(m.last_error.unwrap().contains("HTTP 401"));
     h.assert_no_duplicates();
 }
 
@@ -461,6 +478,16 @@ async fn a_bad_recipient_fails_at_once_with_graphs_code() {
         .id;
     assert_eq!(h.drain().await.failed, 1);
     assert!(h.mail(other).last_error.unwrap().contains("HTTP 404"));
+    // No permission for the mailbox: 403, failed too.
+    let denied = h.enqueue(1, "ben@contoso.com")[0];
+    h.graph.fail_next(1, GraphFailure::AccessDenied);
+    assert_eq!(h.drain().await.failed, 1);
+    assert!(
+        h.mail(denied)
+            .last_error
+            .unwrap()
+            .contains("HTTP 403 ErrorAccessDenied")
+    );
 }
 
 #[tokio::test]
@@ -524,6 +551,7 @@ async fn a_bucket_file_from_an_earlier_day_starts_the_new_day_when_loaded() {
         last_refill: yesterday,
         day: h.settings().zone.date_of(yesterday),
         sent_today: 3,
+        reserved: None,
     };
     std::fs::write(file.path(), serde_json::to_vec(&old).unwrap()).unwrap();
     h.enqueue(4, "ben@contoso.com");
@@ -566,10 +594,11 @@ async fn a_send_without_an_answer_waits_for_sent_items_and_is_never_sent_blind()
     assert!(m.send_requested_at.is_some());
     assert_eq!(h.graph.requests().create_draft, 1, "no second draft");
     assert_eq!(r.bucket.unwrap().sent_today, 1, "it may have gone: counted");
-    // Due again when Sent Items must have it.
+    // Due again when Sent Items must have it; the re-check is no new send.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = h.drain().await;
     assert_eq!(r.found_sent, 1, "{r:?}");
+    assert_eq!(r.bucket.as_ref().unwrap().sent_today, 1);
     assert_eq!(h.mail(id).state, "sent");
     let imid = h.mail(id).internet_message_id.unwrap();
     assert_eq!(h.graph.deliveries().of(&imid), 1);
@@ -609,6 +638,7 @@ async fn a_clock_set_back_since_the_last_write_earns_no_tokens() {
         last_refill: later,
         day: h.settings().zone.date_of(Utc::now()),
         sent_today: 20,
+        reserved: None,
     };
     std::fs::write(file.path(), serde_json::to_vec(&written).unwrap()).unwrap();
     h.enqueue(1, "ben@contoso.com");
@@ -620,5 +650,80 @@ async fn a_clock_set_back_since_the_last_write_earns_no_tokens() {
     assert!(
         b.last_refill <= Utc::now(),
         "counting resumes from the clock's reading"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_an_unconfirmed_send_looks_first_and_finds_it_sent() {
+    let h = Home::new("confirm_within = \"1s\"").await;
+    // Exchange is slow to file it: 2.5 s in the Outbox.
+    h.graph.set_submission_delay(Duration::from_millis(2500));
+    let id = h.enqueue(1, "ben@contoso.com")[0];
+    h.graph.fail_next_on(
+        Endpoint::SendDraft,
+        1,
+        GraphFailure::GatewayTimeoutAfterProcessing,
+    );
+    // Not found a second later, past confirm_within: failed for a person.
+    let r = h.drain().await;
+    assert_eq!(r.failed, 1, "{r:?}");
+    let e = h.mail(id).last_error.unwrap();
+    assert!(
+        e.contains("SendUnconfirmed") && e.contains("may have gone"),
+        "{e}"
+    );
+    // A person retries it once Sent Items has it: it is looked up first, found, and not
+    // sent again.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let now = stamp(Utc::now());
+    h.store
+        .borrow_mut()
+        .write(|tx| tx.retry_mail(id, &now))
+        .unwrap();
+    let r = h.drain().await;
+    assert_eq!((r.sent, r.found_sent), (0, 1), "{r:?}");
+    assert_eq!(h.mail(id).state, "sent");
+    h.assert_no_duplicates();
+    assert_eq!(h.graph.requests().create_draft, 1);
+}
+
+#[tokio::test]
+async fn a_lost_answer_on_the_last_attempt_fails_as_unconfirmed_not_as_an_error() {
+    let h = Home::new("max_attempts_total = 1").await;
+    let id = h.enqueue(1, "ben@contoso.com")[0];
+    h.graph.fail_next_on(
+        Endpoint::SendDraft,
+        1,
+        GraphFailure::GatewayTimeoutAfterProcessing,
+    );
+    let r = h.drain().await;
+    assert_eq!(r.failed, 1);
+    let e = h.mail(id).last_error.unwrap();
+    assert!(
+        e.contains("SendUnconfirmed") && e.contains("HTTP 504"),
+        "{e}"
+    );
+    assert_eq!(r.bucket.unwrap().sent_today, 1, "it may have gone: counted");
+}
+
+#[tokio::test]
+async fn a_reservation_left_by_a_killed_drain_is_recounted_from_the_queue() {
+    let h = Home::new("").await;
+    h.enqueue(2, "ben@contoso.com");
+    assert_eq!(h.drain().await.sent, 2);
+    // A drain reserved 18 more sends and was killed before giving any back.
+    let file = bucket_file(&h.paths);
+    let mut st: State = serde_json::from_slice(&std::fs::read(file.path()).unwrap()).unwrap();
+    st.sent_today += 18;
+    st.reserved = Some(18);
+    std::fs::write(file.path(), serde_json::to_vec(&st).unwrap()).unwrap();
+    h.enqueue(1, "ben@contoso.com");
+    let r = h.drain().await;
+    assert_eq!(r.sent, 1);
+    let b = r.bucket.unwrap();
+    assert_eq!(
+        (b.sent_today, b.reserved),
+        (3, None),
+        "two sent before, one now"
     );
 }
