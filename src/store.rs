@@ -28,7 +28,7 @@ mod mail_queue;
 mod mailboxes;
 mod raw;
 mod sign_in;
-pub use mail_queue::{AttachmentInfo, Attempt, Enqueued, QueueCounts, QueuedMail};
+pub use mail_queue::{AttachmentInfo, Attempt, Enqueued, QueueCounts, QueuedMail, queue_time};
 pub use sign_in::SignInRow;
 
 use std::path::{Path, PathBuf};
@@ -479,10 +479,14 @@ CREATE TABLE mail_attachments (
 );
 ";
 
-/// When a mail's send was last requested: until it shows in Sent Items, a send whose
-/// answer was lost may still be on its way.
+/// When a mail's send was last requested (until it shows in Sent Items, a send whose
+/// answer was lost may still be on its way), and indexes for the day's counts of sent
+/// and requested mails, which `status` and the send bucket read.
 const MIGRATION_7: &str = "
 ALTER TABLE mail_queue ADD COLUMN send_requested_at TEXT;
+CREATE INDEX mail_queue_sent ON mail_queue (sent_at) WHERE state = 'sent';
+CREATE INDEX mail_queue_requested ON mail_queue (send_requested_at)
+    WHERE send_requested_at IS NOT NULL;
 ";
 
 #[cfg(test)]

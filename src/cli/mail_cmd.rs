@@ -14,10 +14,10 @@ use super::output::{self, Column, Format, opt};
 use super::{Context, SilentExit, exit, parse_duration};
 use crate::audit::{AuditEvent, Operation};
 use crate::daemon::control::{self, Command};
-use crate::daemon::cycle::stamp;
 use crate::daemon::lock::InstanceLock;
 use crate::mail::{Draft, MailError, NewMail};
 use crate::store::QueuedMail;
+use crate::store::queue_time;
 
 /// Options of `imm-daemon send`.
 #[derive(Debug, Args)]
@@ -194,7 +194,7 @@ pub fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
     let mails = read_mails(args)?;
     let mut store = ctx.store()?;
     let now = Utc::now();
-    let at = stamp(now);
+    let at = queue_time(now);
     let results = store.write(|tx| {
         let mut results = Vec::with_capacity(mails.len());
         for m in &mails {
@@ -367,7 +367,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                 Operation::QueueRetry,
                 &["failed", "cancelled"],
                 now,
-                |tx| tx.retry_mail(id, &stamp(now)),
+                |tx| tx.retry_mail(id, &queue_time(now)),
             )?;
             match before.as_deref() {
                 None => return Err(no_such_mail(id)),
@@ -414,10 +414,10 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                 .and_then(|d| now.checked_sub_signed(d))
                 .context("the duration reaches too far back")?;
             let purged = store.write(|tx| {
-                let n = tx.purge_sent(&stamp(cutoff))?;
+                let n = tx.purge_sent(&queue_time(cutoff))?;
                 tx.audit(
                     &AuditEvent::new(Operation::QueuePurge)
-                        .details(json!({"purged": n, "sent_before": stamp(cutoff)})),
+                        .details(json!({"purged": n, "sent_before": queue_time(cutoff)})),
                     now,
                 )?;
                 Ok::<_, crate::store::StoreError>(n)
@@ -425,7 +425,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
             writeln!(
                 out,
                 "purged {purged} sent mail(s) sent before {}",
-                stamp(cutoff)
+                queue_time(cutoff)
             )?;
         }
     }

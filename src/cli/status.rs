@@ -130,10 +130,10 @@ fn queue(
     };
     let settings = crate::mail::outbox::Settings::from_config(config, paths);
     let zone = settings.zone;
-    let since = crate::daemon::cycle::stamp(zone.start_of_day(zone.date_of(now)));
+    let since = crate::store::queue_time(zone.start_of_day(zone.date_of(now)));
     let read = || -> Result<_, crate::store::StoreError> {
         Ok((
-            store.queue_counts(&crate::daemon::cycle::stamp(now))?,
+            store.queue_counts(&crate::store::queue_time(now))?,
             store.sent_since(&since)?,
             store.next_mail_due()?,
         ))

@@ -53,10 +53,11 @@ use super::graph::{FailureKind, Folder, GraphError, GraphMail, Message};
 use crate::audit::{AuditEvent, Operation};
 use crate::auth::{AuthError, Resource, Session};
 use crate::config::Config;
-use crate::daemon::cycle::{CycleStep, StepContext, StepError, StepFuture, StepReport, stamp};
+use crate::daemon::cycle::{CycleStep, StepContext, StepError, StepFuture, StepReport};
 use crate::paths::Paths;
 use crate::ratelimit::{BucketError, BucketFile, Params, State};
 use crate::schedule::Zone;
+use crate::store::queue_time;
 use crate::store::{QueuedMail, Store, StoreError};
 
 /// The cycle step's name.
@@ -146,7 +147,7 @@ pub fn params(config: &Config) -> Params {
 /// or not; the whole cap when the queue cannot be read, so that a rebuild never allows
 /// more.
 fn sent_today(store: Option<&Store>, zone: &Zone, params: &Params, now: DateTime<Utc>) -> u32 {
-    let since = stamp(zone.start_of_day(zone.date_of(now)));
+    let since = queue_time(zone.start_of_day(zone.date_of(now)));
     store
         .and_then(|s| s.sends_requested_since(&since).ok())
         .unwrap_or(params.daily_cap)
@@ -215,7 +216,7 @@ impl DrainReport {
                 if b.daily_remaining(params) == 0 {
                     s.push_str(" for tomorrow (daily cap reached)");
                 } else if let Some(t) = b.next_token_at(params) {
-                    s.push_str(&format!(" for tokens (next at {})", stamp(t)));
+                    s.push_str(&format!(" for tokens (next at {})", queue_time(t)));
                 }
             }
         }
@@ -315,7 +316,9 @@ pub async fn drain(
 ) -> Result<DrainReport, OutboxError> {
     let now = Utc::now();
     let s = settings;
-    let due = store.borrow().due_mails(&stamp(now), s.params.capacity)?;
+    let due = store
+        .borrow()
+        .due_mails(&queue_time(now), s.params.capacity)?;
     let mut report = DrainReport::default();
     if due.is_empty() {
         return Ok(report);
@@ -338,7 +341,7 @@ pub async fn drain(
     if due.is_empty() {
         return Ok(report);
     }
-    let counts = store.borrow().queue_counts(&stamp(now))?;
+    let counts = store.borrow().queue_counts(&queue_time(now))?;
     let ((state, reserved, interrupted), rebuilt) = s.bucket.update(
         &s.params,
         &s.zone,
@@ -659,14 +662,14 @@ impl Drain<'_> {
             return Ok(Outcome::Failed);
         }
         let next = deadline.min(now + chrono::Duration::seconds(60));
-        tracing::info!(mail = mail.id, next = %stamp(next), "sent without an answer and not yet in Sent Items; looking again later");
+        tracing::info!(mail = mail.id, next = %queue_time(next), "sent without an answer and not yet in Sent Items; looking again later");
         self.requeue(
             mail.id,
             next,
             &format!(
                 "sent at {} without an answer; not yet in Sent Items (looking again until {})",
-                stamp(requested),
-                stamp(deadline)
+                queue_time(requested),
+                queue_time(deadline)
             ),
         )?;
         Ok(Outcome::Requeued)
@@ -689,7 +692,7 @@ impl Drain<'_> {
             code: Some("SendUnconfirmed".into()),
             message: format!(
                 "the send requested at {} may have gone ({detail}): check {sender}'s Sent Items, then `imm-daemon queue retry {}` to send it again (it is looked up first) or `imm-daemon queue cancel {}`",
-                requested.map_or_else(|| "an earlier attempt".to_string(), stamp),
+                requested.map_or_else(|| "an earlier attempt".to_string(), queue_time),
                 mail.id,
                 mail.id
             ),
@@ -718,7 +721,7 @@ impl Drain<'_> {
     fn requeue(&self, id: i64, at: DateTime<Utc>, why: &str) -> Result<(), StoreError> {
         self.store
             .borrow_mut()
-            .write(|tx| tx.requeue(id, &stamp(at), why))
+            .write(|tx| tx.requeue(id, &queue_time(at), why))
     }
 
     fn fail(
@@ -845,7 +848,7 @@ impl Drain<'_> {
         // From this commit on, the mail may be on its way.
         self.store
             .borrow_mut()
-            .write(|tx| tx.record_send(mail.id, &draft, &stamp(Utc::now())))?;
+            .write(|tx| tx.record_send(mail.id, &draft, &queue_time(Utc::now())))?;
         let draft = draft.as_str();
         match self
             .call(|t| async move { g.send_draft(&t, sender, draft, &request_id()).await })
@@ -873,7 +876,7 @@ impl Drain<'_> {
     ) -> Result<(), StoreError> {
         let now = Utc::now();
         self.store.borrow_mut().write(|tx| {
-            tx.mark_sent(mail.id, &stamp(now))?;
+            tx.mark_sent(mail.id, &queue_time(now))?;
             tx.audit(
                 &AuditEvent::new(Operation::SendEmail)
                     .identity(sender.to_string())
@@ -910,7 +913,7 @@ impl MailStep {
         let counts = ctx
             .store
             .borrow()
-            .queue_counts(&stamp(now))
+            .queue_counts(&queue_time(now))
             .map_err(|e| StepError::transient(crate::daemon::error_chain(&e)))?;
         let due = counts.due + counts.sending;
         if due == 0 {

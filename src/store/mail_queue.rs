@@ -6,6 +6,15 @@ use rusqlite::{OptionalExtension, params};
 use super::{Store, StoreError, Tx};
 use crate::mail::{BodyType, NewMail};
 
+/// A time as the queue stores and compares it: RFC 3339 in UTC, always with
+/// milliseconds, so that text order is time order (`…:05Z` would sort after
+/// `…:05.123Z`).
+pub fn queue_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    let mut s = String::with_capacity(24);
+    crate::inventory::push_rfc3339(&mut s, t, true);
+    s
+}
+
 /// The outcome of an enqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enqueued {
@@ -57,7 +66,6 @@ pub struct QueueCounts {
     /// Queued and due now.
     pub due: u64,
     pub sending: u64,
-    pub sent: u64,
     pub failed: u64,
     pub cancelled: u64,
 }
@@ -364,30 +372,28 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// How many mails are in each state, and how many queued ones are due at `now`.
+    /// How many mails are queued (and due at `now`), sending, failed and cancelled. Each
+    /// figure is a range of the due index: sent mails, however many, are not read.
     pub fn queue_counts(&self, now: &str) -> Result<QueueCounts, StoreError> {
-        let mut counts = QueueCounts::default();
-        let mut st = self.conn.prepare_cached(
-            "SELECT state, count(*), sum(state = 'queued' AND next_attempt_at <= ?1)
-             FROM mail_queue GROUP BY state",
-        )?;
-        let mut rows = st.query([now])?;
-        while let Some(r) = rows.next()? {
-            let state: String = r.get(0)?;
-            let n = r.get::<_, i64>(1)?.max(0) as u64;
-            match state.as_str() {
-                "queued" => {
-                    counts.queued = n;
-                    counts.due = r.get::<_, Option<i64>>(2)?.unwrap_or(0).max(0) as u64;
-                }
-                "sending" => counts.sending = n,
-                "sent" => counts.sent = n,
-                "failed" => counts.failed = n,
-                "cancelled" => counts.cancelled = n,
-                _ => {}
-            }
-        }
-        Ok(counts)
+        let n = |v: i64| v.max(0) as u64;
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT count(*) FROM mail_queue WHERE state = 'queued'),
+                        (SELECT count(*) FROM mail_queue WHERE state = 'queued' AND next_attempt_at <= ?1),
+                        (SELECT count(*) FROM mail_queue WHERE state = 'sending'),
+                        (SELECT count(*) FROM mail_queue WHERE state = 'failed'),
+                        (SELECT count(*) FROM mail_queue WHERE state = 'cancelled')",
+            )?
+            .query_row([now], |r| {
+                Ok(QueueCounts {
+                    queued: n(r.get(0)?),
+                    due: n(r.get(1)?),
+                    sending: n(r.get(2)?),
+                    failed: n(r.get(3)?),
+                    cancelled: n(r.get(4)?),
+                })
+            })?)
     }
 
     /// When the next queued mail falls due, if any is queued.
@@ -440,6 +446,24 @@ mod tests {
             }],
             key: key.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn queue_times_sort_as_the_times_they_stand_for() {
+        use chrono::TimeZone;
+        let whole = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 21, 10, 0, 5)
+            .unwrap();
+        let later = whole + chrono::Duration::milliseconds(123);
+        assert_eq!(queue_time(whole), "2026-11-21T10:00:05.000Z");
+        assert!(queue_time(whole) < queue_time(later));
+        // A mail queued on a whole second is due within that second.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("q.db")).unwrap();
+        store
+            .write(|tx| tx.enqueue(&mail(None), &queue_time(whole)))
+            .unwrap();
+        assert_eq!(store.due_mails(&queue_time(later), 10).unwrap().len(), 1);
     }
 
     #[test]

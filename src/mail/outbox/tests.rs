@@ -96,7 +96,7 @@ impl Home {
     }
 
     fn enqueue(&self, n: usize, to: &str) -> Vec<i64> {
-        let now = stamp(Utc::now());
+        let now = queue_time(Utc::now());
         self.store
             .borrow_mut()
             .write(|tx| {
@@ -311,7 +311,7 @@ async fn out_of_attempts_a_mail_fails_and_queue_retry_revives_it() {
     assert_eq!(failed[0]["status"].as_u64(), Some(503));
     // Not attempted again until revived.
     assert_eq!(h.drain().await, DrainReport::default());
-    let now = stamp(Utc::now());
+    let now = queue_time(Utc::now());
     h.store
         .borrow_mut()
         .write(|tx| tx.retry_mail(id, &now))
@@ -454,7 +454,7 @@ async fn a_bad_recipient_fails_at_once_with_graphs_code() {
     // Nothing was sent: the day's send goes back.
     assert_eq!(r.bucket.unwrap().sent_today, 0);
     // An unknown sending mailbox: 404, failed too.
-    let now = stamp(Utc::now());
+    let now = queue_time(Utc::now());
     let other = h
         .store
         .borrow_mut()
@@ -675,7 +675,7 @@ async fn a_retry_after_an_unconfirmed_send_looks_first_and_finds_it_sent() {
     // A person retries it once Sent Items has it: it is looked up first, found, and not
     // sent again.
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    let now = stamp(Utc::now());
+    let now = queue_time(Utc::now());
     h.store
         .borrow_mut()
         .write(|tx| tx.retry_mail(id, &now))
