@@ -5,13 +5,15 @@
 #   mailboxes search QUERY --format json    over 100,000 cached mailboxes  (target <  50 ms)
 #   mailboxes import FILE                   of a 10,000-record export      (target < 500 ms)
 #   status                                  with the daemon running        (target <  20 ms)
+#   send --batch FILE.jsonl                 of 10,000 mails, no daemon     (target < 1000 ms)
 #
 # and, through examples/daemon_footprint.rs, the daemon's start to READY=1 (target
 # < 100 ms), idle resident memory (target < 10 MB) and idle wakeups (target: none between
 # heartbeats).
 #
 # Fixtures come from examples/gen_export.rs (Windows PowerShell 5.1 ConvertTo-Json of
-# Get-Mailbox -InactiveMailboxOnly, about 140 properties per record). Every dataset gets
+# Get-Mailbox -InactiveMailboxOnly, about 140 properties per record) and, for send, from
+# gen_batch below (one mail per line, about 600 bytes, no attachments). Every dataset gets
 # its own IMM_HOME in a temporary directory, removed on exit. Output goes to /dev/null
 # (hyperfine's default). Run from anywhere: bash bench/whole-process.sh
 #
@@ -82,11 +84,37 @@ mkdir -p "$1/config"
 cp "$2" "$1/config/config.toml"
 EOF
 
+# The --prepare step of the send case into a filled queue: a copy of a home that already
+# holds the queued mails.
+cat >"$work/copy-home.sh" <<'EOF'
+set -eu
+rm -rf "$1"
+cp -a "$2" "$1"
+EOF
+
+# gen_batch N FILE: N mails as `send --batch` reads them (JSON Lines): one recipient, a
+# second on every fifth, a copy on every third, four domains, a subject naming a mailbox
+# and the same plain-text body of 436 bytes.
+gen_batch() {
+    awk -v n="$1" 'BEGIN {
+        split("contoso.com fabrikam.com northwindtraders.com woodgrovebank.com", domains, " ")
+        body = "Hello,\\n\\nthe inactive mailbox named in the subject is still on litigation hold and has been inactive for more than 180 days. Its holds cost the company a licence every month. Please review whether the hold is still needed and tell the compliance team by the end of the month; without an answer the hold stays in place.\\n\\nMailbox size and holds are in the inventory report in the admin portal.\\n\\nRegards,\\nIT Operations (sent by imm-daemon)\\n"
+        for (i = 0; i < n; i++) {
+            d = domains[i % 4 + 1]
+            to = "\"owner." (i % 997) "@" d "\""
+            if (i % 5 == 0) to = to ", \"deputy." (i % 331) "@" d "\""
+            cc = (i % 3 == 0) ? ", \"cc\": \"compliance@" d "\"" : ""
+            printf "{\"to\": [%s]%s, \"subject\": \"Inactive mailbox user.%d@%s: hold review due\", \"body\": \"%s\"}\n", to, cc, i, d, body
+        }
+    }' >"$2"
+}
+
 echo "== generating fixtures" >&2
 "$gen" 10000 "$work/export-10k.json"
 # The 100,000-record cache is only set up, not timed: Export-Csv is a third of the size.
 "$gen" 100000 "$work/export-100k.csv" --format csv
-ls -l "$work"/export-* >&2
+gen_batch 10000 "$work/batch-10k.jsonl"
+ls -l "$work"/export-* "$work"/batch-* >&2
 
 echo "== importing" >&2
 new_home "$work/home-10k"
@@ -128,6 +156,23 @@ IMM_HOME="$work/home-fresh" "${hf[@]}" --warmup "$warmup" \
     -n "import 10k JSON (into empty cache)" \
     "$bin mailboxes import $work/export-10k.json"
 
+echo "== send --batch 10k (no daemon running)" >&2
+# Into a new database (what a first send costs: the database is created), and into a
+# queue that already holds the same 10,000 mails. send finds no daemon to wake.
+IMM_HOME="$work/home-send" "${hf[@]}" --warmup "$warmup" \
+    --prepare "bash $work/fresh-home.sh $work/home-send $work/config.toml" \
+    --export-markdown "$work/send-fresh.md" \
+    -n "send --batch 10k mails (into a new database)" \
+    "$bin send --batch $work/batch-10k.jsonl"
+
+new_home "$work/home-queued"
+IMM_HOME="$work/home-queued" "$bin" send --batch "$work/batch-10k.jsonl" >/dev/null
+IMM_HOME="$work/home-send" "${hf[@]}" --warmup "$warmup" \
+    --prepare "bash $work/copy-home.sh $work/home-send $work/home-queued" \
+    --export-markdown "$work/send-queued.md" \
+    -n "send --batch 10k mails (10k already queued)" \
+    "$bin send --batch $work/batch-10k.jsonl"
+
 echo "== status of a running daemon (10k cached)" >&2
 IMM_HOME="$work/home-10k" "$bin" run 2>/dev/null &
 daemon=$!
@@ -149,7 +194,8 @@ echo "== daemon start and idle footprint" >&2
 summary="$work/summary.md"
 {
     head -n 2 "$work/list.md" | sed -e '1s/$/ Target [ms] |/' -e '2s/$/---:|/'
-    for part in list:100 search:50 import:500 import-fresh:500 status:20; do
+    for part in list:100 search:50 import:500 import-fresh:500 send-fresh:1000 \
+        send-queued:1000 status:20; do
         file="${part%%:*}" target="${part##*:}"
         tail -n +3 "$work/$file.md" | sed -e "s/\$/ < $target |/"
     done
