@@ -4,8 +4,9 @@
 //! - `mail_bookkeeping/per_sent_mail`: the store work one sent mail costs in a drain,
 //!   network excluded (target < 1 ms): the attempt begins (`Tx::begin_attempt`, its
 //!   internetMessageId committed), the attachments are read for the draft, the draft is
-//!   and the send request are recorded (`Tx::record_send`), and the mail is marked sent with its SEND_EMAIL audit
-//!   row in one transaction, as `Drain::mark_sent` writes it. Three commits, so three
+//!   and the send request are recorded (`Tx::record_send`), and the mail is marked sent
+//!   with its SEND_EMAIL audit row in one transaction (`outbox::record_sent`, as the
+//!   drain does it). Three commits, so three
 //!   WAL fsyncs.
 //! - `mail_bookkeeping/bucket_update`: one `BucketFile::update` of the send bucket (lock,
 //!   read, write the JSON atomically). A drain makes two, whatever it sends: the
@@ -36,11 +37,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
-use imm_daemon::audit::{AuditEvent, Operation};
 use imm_daemon::auth::{Resource, Session};
 use imm_daemon::config::Config;
 use imm_daemon::mail::graph::new_internet_message_id;
-use imm_daemon::mail::outbox::{Settings, drain};
+use imm_daemon::mail::outbox::{Settings, drain, record_sent};
 use imm_daemon::mail::{BodyType, NewMail};
 use imm_daemon::paths::Paths;
 use imm_daemon::ratelimit::{BucketFile, Params, State};
@@ -134,28 +134,7 @@ fn sent_mail(store: &mut Store, mail: &QueuedMail) {
     store
         .write(|tx| tx.record_send(mail.id, &draft, &queue_time(Utc::now())))
         .expect("record the send");
-    let now = Utc::now();
-    store
-        .write(|tx| {
-            tx.mark_sent(mail.id, &queue_time(now))?;
-            tx.audit(
-                &AuditEvent::new(Operation::SendEmail)
-                    .identity(sender.to_string())
-                    .details(serde_json::json!({
-                        "queue_id": mail.id,
-                        "sender": sender,
-                        "to": mail.to,
-                        "cc": mail.cc,
-                        "bcc": mail.bcc,
-                        "subject": mail.subject,
-                        "internet_message_id": imid,
-                        "found_sent": false,
-                    })),
-                now,
-            )?;
-            Ok::<_, imm_daemon::store::StoreError>(())
-        })
-        .expect("mark sent");
+    record_sent(store, mail, sender, &imid, false, Utc::now()).expect("mark sent");
 }
 
 /// A bucket that never runs dry, so every update does the same work.

@@ -874,27 +874,47 @@ impl Drain<'_> {
         imid: &str,
         found: bool,
     ) -> Result<(), StoreError> {
-        let now = Utc::now();
-        self.store.borrow_mut().write(|tx| {
-            tx.mark_sent(mail.id, &queue_time(now))?;
-            tx.audit(
-                &AuditEvent::new(Operation::SendEmail)
-                    .identity(sender.to_string())
-                    .details(serde_json::json!({
-                        "queue_id": mail.id,
-                        "sender": sender,
-                        "to": mail.to,
-                        "cc": mail.cc,
-                        "bcc": mail.bcc,
-                        "subject": mail.subject,
-                        "internet_message_id": imid,
-                        "found_sent": found,
-                    })),
-                now,
-            )?;
-            Ok(())
-        })
+        record_sent(
+            &mut self.store.borrow_mut(),
+            mail,
+            sender,
+            imid,
+            found,
+            Utc::now(),
+        )
     }
+}
+
+/// Marks `mail` sent at `now` with its SEND_EMAIL audit row (queue id, sender,
+/// recipients, subject, internetMessageId; never the body), in one transaction.
+/// `found`: an earlier attempt had sent it, a lookup found it.
+pub fn record_sent(
+    store: &mut Store,
+    mail: &QueuedMail,
+    sender: &str,
+    imid: &str,
+    found: bool,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    store.write(|tx| {
+        tx.mark_sent(mail.id, &queue_time(now))?;
+        tx.audit(
+            &AuditEvent::new(Operation::SendEmail)
+                .identity(sender.to_string())
+                .details(serde_json::json!({
+                    "queue_id": mail.id,
+                    "sender": sender,
+                    "to": mail.to,
+                    "cc": mail.cc,
+                    "bcc": mail.bcc,
+                    "subject": mail.subject,
+                    "internet_message_id": imid,
+                    "found_sent": found,
+                })),
+            now,
+        )?;
+        Ok(())
+    })
 }
 
 /// The mail queue's cycle step: drains what is due after the sign-in step refreshed the
