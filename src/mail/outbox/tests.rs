@@ -570,10 +570,10 @@ async fn a_bucket_file_from_an_earlier_day_starts_the_new_day_when_loaded() {
 
 #[tokio::test]
 async fn a_send_without_an_answer_waits_for_sent_items_and_is_never_sent_blind() {
-    let h = Home::new("confirm_within = \"2s\"").await;
-    // Exchange takes 1.5 s to file a sent mail: a lookup 1 s after the lost answer finds
+    let h = Home::new("confirm_within = \"3s\"").await;
+    // Exchange takes 2.5 s to file a sent mail: a lookup 1 s after the lost answer finds
     // it in neither Drafts nor Sent Items.
-    h.graph.set_submission_delay(Duration::from_millis(1500));
+    h.graph.set_submission_delay(Duration::from_millis(2500));
     let id = h.enqueue(1, "ben@contoso.com")[0];
     h.graph.fail_next_on(
         Endpoint::SendDraft,
@@ -595,7 +595,7 @@ async fn a_send_without_an_answer_waits_for_sent_items_and_is_never_sent_blind()
     assert_eq!(h.graph.requests().create_draft, 1, "no second draft");
     assert_eq!(r.bucket.unwrap().sent_today, 1, "it may have gone: counted");
     // Due again when Sent Items must have it; the re-check is no new send.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = h.drain().await;
     assert_eq!(r.found_sent, 1, "{r:?}");
     assert_eq!(r.bucket.as_ref().unwrap().sent_today, 1);
@@ -612,7 +612,7 @@ async fn a_send_without_an_answer_waits_for_sent_items_and_is_never_sent_blind()
         GraphFailure::GatewayTimeoutAfterProcessing,
     );
     assert_eq!(h.drain().await.requeued, 1);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = h.drain().await;
     assert_eq!(r.failed, 1, "{r:?}");
     let m = h.mail(id);
