@@ -14,6 +14,13 @@
 //!   only unsafe code.
 //! - [`secrets`] keeps the sign-in's one secret (the token cache) in the OS keychain or an
 //!   AES-256-GCM encrypted file.
+//! - [`auth`] signs in to Microsoft (device code flow, silent refresh) and hands out
+//!   access tokens; [`http`] is the one HTTP client every Microsoft call goes through.
+//! - [`mail`] checks outgoing mail and reads batches; [`mail::graph`] makes the Graph
+//!   mail calls; [`mail::outbox`] drains the queue each cycle without losing or doubling
+//!   a mail, paced by the token bucket in [`ratelimit`].
+//! - [`daemon`] runs the supervisor and its cycle steps (sign-in, mail, mailbox sync,
+//!   store upkeep); [`schedule`] plans the cron jobs; [`notify`] runs the hooks.
 //! - [`cli`] parses the command line, calls the above and formats the results.
 //! - [`sandbox`] emulates Microsoft's endpoints on loopback for the tests; production code
 //!   never depends on it.
