@@ -361,30 +361,55 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
             }
         }
         QueueCmd::Retry { id } => {
-            let before = change_state(
-                &mut store,
-                id,
-                Operation::QueueRetry,
-                &["failed", "cancelled"],
-                now,
-                |tx| tx.retry_mail(id, &queue_time(now)),
-            )?;
-            match before.as_deref() {
-                None => return Err(no_such_mail(id)),
-                Some("failed" | "cancelled") => {
+            // A mail whose send got no answer is not revived while it may still arrive.
+            let window = chrono::Duration::from_std(ctx.config()?.mail.confirm_within.get())
+                .unwrap_or_default();
+            let settled_before = queue_time(now - window);
+            let found = store.write(|tx| {
+                let found = tx.retry_mail(id, &queue_time(now), &settled_before)?;
+                if let Some((state, requested)) = &found
+                    && matches!(state.as_str(), "failed" | "cancelled")
+                    && requested
+                        .as_deref()
+                        .is_none_or(|r| r < settled_before.as_str())
+                {
+                    tx.audit(
+                        &AuditEvent::new(Operation::QueueRetry).details(json!({
+                            "queue_id": id,
+                            "was": state,
+                            "send_requested_at": requested,
+                        })),
+                        now,
+                    )?;
+                }
+                Ok::<_, crate::store::StoreError>(found)
+            })?;
+            let Some((state, requested)) = found else {
+                return Err(no_such_mail(id));
+            };
+            match state.as_str() {
+                "failed" | "cancelled" => {
+                    if let Some(r) = requested.filter(|r| *r >= settled_before) {
+                        anyhow::bail!(
+                            "mail {id} was sent at {r} without an answer and may still arrive; if it is not in the sender's Sent Items by {}, `imm-daemon queue retry {id}` sends it again",
+                            chrono::DateTime::parse_from_rfc3339(&r)
+                                .map(|t| queue_time(t.with_timezone(&Utc) + window))
+                                .unwrap_or_default()
+                        );
+                    }
                     let woke = wake_daemon(ctx);
                     writeln!(
                         out,
-                        "mail {id} is queued again, due now{}",
+                        "mail {id} is queued again, due now (it is looked up in Sent Items before anything is sent){}",
                         if woke {
                             ""
                         } else {
-                            " (the daemon is not running)"
+                            "; the daemon is not running"
                         }
                     )?;
                 }
-                Some("queued") => writeln!(out, "mail {id} is already queued")?,
-                Some(state) => anyhow::bail!(
+                "queued" => writeln!(out, "mail {id} is already queued")?,
+                state => anyhow::bail!(
                     "mail {id} is {state}; only failed or cancelled mails can be retried"
                 ),
             }
@@ -400,7 +425,15 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
             )?;
             match before.as_deref() {
                 None => return Err(no_such_mail(id)),
-                Some("queued" | "failed") => writeln!(out, "mail {id} is cancelled")?,
+                Some("queued" | "failed") => {
+                    writeln!(out, "mail {id} is cancelled")?;
+                    if let Some(r) = store.mail(id)?.and_then(|m| m.send_requested_at) {
+                        writeln!(
+                            out,
+                            "note: it was sent at {r} without an answer, so it may still arrive"
+                        )?;
+                    }
+                }
                 Some("cancelled") => writeln!(out, "mail {id} was already cancelled")?,
                 Some("sending") => anyhow::bail!(
                     "mail {id} is being sent now and cannot be cancelled; `imm-daemon queue show {id}` tells how it ended"
@@ -409,10 +442,14 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
             }
         }
         QueueCmd::Purge { sent_older_than } => {
+            // Mails sent today stay whatever the duration: the day's send count is
+            // rebuilt from them when the send bucket's file is lost.
+            let zone = ctx.config()?.schedule.timezone;
             let cutoff = chrono::Duration::from_std(sent_older_than)
                 .ok()
                 .and_then(|d| now.checked_sub_signed(d))
-                .context("the duration reaches too far back")?;
+                .context("the duration reaches too far back")?
+                .min(zone.start_of_day(zone.date_of(now)));
             let purged = store.write(|tx| {
                 let n = tx.purge_sent(&queue_time(cutoff))?;
                 tx.audit(

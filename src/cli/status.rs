@@ -100,6 +100,9 @@ pub struct QueueView {
     /// Sends left today under `[mail] daily_cap`.
     pub daily_remaining: u32,
     pub daily_cap: u32,
+    /// Sends a drain has reserved and not yet settled: one in progress, or one that was
+    /// interrupted (the next drain recounts the day from the queue).
+    pub reserved: Option<u32>,
     /// When the next token arrives, if the bucket lacks a whole one.
     pub next_token_at: Option<String>,
     /// When the next queued mail falls due.
@@ -156,6 +159,7 @@ fn queue(
             capacity: p.capacity,
             daily_remaining: loaded.state.daily_remaining(p),
             daily_cap: p.daily_cap,
+            reserved: loaded.state.reserved,
             next_token_at: loaded
                 .state
                 .next_token_at(p)
@@ -599,6 +603,11 @@ pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
             );
             if let Some(t) = &q.next_token_at {
                 b.push_str(&format!(", next token {t}"));
+            }
+            if let Some(r) = q.reserved {
+                b.push_str(&format!(
+                    " ({r} reserved by a drain in progress, or an interrupted one that the next drain recounts)"
+                ));
             }
             line(out, "send bucket", &b)?;
             if let Some(w) = &q.bucket_warning {

@@ -316,11 +316,9 @@ pub async fn drain(
 ) -> Result<DrainReport, OutboxError> {
     let now = Utc::now();
     let s = settings;
-    let due = store
-        .borrow()
-        .due_mails(&queue_time(now), s.params.capacity)?;
     let mut report = DrainReport::default();
-    if due.is_empty() {
+    let counts = store.borrow().queue_counts(&queue_time(now))?;
+    if counts.due + counts.sending == 0 {
         return Ok(report);
     }
     // A usable token first: without a sign-in nothing is reserved or begun.
@@ -332,16 +330,18 @@ pub async fn drain(
             .await
             .and_then(|r| r.account.and_then(|a| a.username)),
     };
-    // Mails that name no sender wait (and say so) when there is no default; the others
-    // go on.
-    let (due, unsendable): (Vec<QueuedMail>, Vec<QueuedMail>) = due
-        .into_iter()
-        .partition(|m| m.sender.is_some() || default_sender.is_some());
-    report.no_sender = unsendable.len() as u64;
+    // Without a default sender, mails that name none wait (and say so); the others go on.
+    if default_sender.is_none() {
+        report.no_sender = store.borrow().due_without_sender(&queue_time(now))?;
+    }
+    let due = store.borrow().due_mails(
+        &queue_time(now),
+        s.params.capacity,
+        default_sender.is_none(),
+    )?;
     if due.is_empty() {
         return Ok(report);
     }
-    let counts = store.borrow().queue_counts(&queue_time(now))?;
     let ((state, reserved, interrupted), rebuilt) = s.bucket.update(
         &s.params,
         &s.zone,
@@ -479,17 +479,20 @@ impl Drain<'_> {
         let mut issued = false;
         // The last failure and the wait it asked for, for a mail put back mid-turn.
         let mut last_failure: Option<(String, Duration)> = None;
+        // When this turn requested a send that got no answer.
+        let mut requested_here: Option<DateTime<Utc>> = None;
         let requeued = |issued| Turn {
             outcome: Outcome::Requeued,
             maybe_sent: issued,
         };
         for attempt in 1..=s.attempts_per_cycle {
             if self.cancel.is_cancelled() || self.halted.borrow().is_some() {
-                let Some((text, wait)) = &last_failure else {
+                let Some((text, _)) = &last_failure else {
                     return Ok(Turn::of(Outcome::NotStarted));
                 };
-                // Stopped between attempts: back to the queue, due when Graph said.
-                self.requeue(mail.id, Utc::now() + *wait, text)?;
+                // Stopped between attempts, after the wait Graph asked for: back to the
+                // queue, due now.
+                self.requeue(mail.id, Utc::now(), text)?;
                 return Ok(requeued(issued));
             }
             if attempt > 1 && !self.take_token()? {
@@ -537,7 +540,7 @@ impl Drain<'_> {
                     });
                 }
                 Ok(Settled::InTransit(at)) => {
-                    let outcome = self.in_transit(mail, sender, attempts, at)?;
+                    let outcome = self.in_transit(mail, sender, attempts, at, None)?;
                     return Ok(Turn {
                         outcome,
                         maybe_sent: issued,
@@ -554,13 +557,17 @@ impl Drain<'_> {
                     return Ok(requeued(issued));
                 }
                 Err(Failure::Graph { err, at_send }) => {
-                    issued |= at_send;
+                    if at_send {
+                        issued = true;
+                        requested_here = Some(Utc::now());
+                    }
                     err
                 }
             };
             let text = err.to_string();
-            // Its send was requested, in this turn or before, and never confirmed.
-            let may_have_gone = issued || requested.is_some();
+            // Its send was requested, in this turn or before, and never confirmed: it is
+            // given up on only through the in-transit rule, never as a plain failure.
+            let sent_at = requested_here.or(requested);
             if err.kind == FailureKind::Unauthorized {
                 // Refused even after a refresh: the sign-in's permissions, or a
                 // Conditional Access policy. Every other mail would meet the same.
@@ -571,9 +578,15 @@ impl Drain<'_> {
                 return Ok(requeued(issued));
             }
             if err.kind == FailureKind::Permanent {
-                self.fail(mail, sender, attempts, &err)?;
+                let outcome = match sent_at {
+                    Some(at) => self.in_transit(mail, sender, attempts, at, Some(&text))?,
+                    None => {
+                        self.fail(mail, sender, attempts, &err)?;
+                        Outcome::Failed
+                    }
+                };
                 return Ok(Turn {
-                    outcome: Outcome::Failed,
+                    outcome,
                     maybe_sent: issued,
                 });
             }
@@ -605,14 +618,17 @@ impl Drain<'_> {
                 Utc::now(),
             )?;
             if attempts >= i64::from(s.max_attempts_total) {
-                if may_have_gone {
-                    // Out of attempts, but perhaps sent: a person must look first.
-                    self.unconfirmed(mail, sender, attempts, requested, &text)?;
-                } else {
-                    self.fail(mail, sender, attempts, &err)?;
-                }
+                let outcome = match sent_at {
+                    // Out of attempts, but perhaps sent: it waits for Sent Items as any
+                    // mail in transit does, then a person must look.
+                    Some(at) => self.in_transit(mail, sender, attempts, at, Some(&text))?,
+                    None => {
+                        self.fail(mail, sender, attempts, &err)?;
+                        Outcome::Failed
+                    }
+                };
                 return Ok(Turn {
-                    outcome: Outcome::Failed,
+                    outcome,
                     maybe_sent: issued,
                 });
             }
@@ -649,16 +665,20 @@ impl Drain<'_> {
         sender: &str,
         attempts: i64,
         requested: DateTime<Utc>,
+        last_error: Option<&str>,
     ) -> Result<Outcome, StoreError> {
         let s = self.settings;
         let now = Utc::now();
         let deadline = requested + chrono::Duration::from_std(s.confirm_within).unwrap_or_default();
+        let also = last_error
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default();
         if now >= deadline {
             let detail = format!(
-                "it has been in neither Sent Items nor Drafts for {}",
+                "it has not been found in Sent Items within {} of the request{also}",
                 humantime::format_duration(s.confirm_within)
             );
-            self.unconfirmed(mail, sender, attempts, Some(requested), &detail)?;
+            self.unconfirmed(mail, sender, attempts, requested, &detail)?;
             return Ok(Outcome::Failed);
         }
         let next = deadline.min(now + chrono::Duration::seconds(60));
@@ -667,7 +687,7 @@ impl Drain<'_> {
             mail.id,
             next,
             &format!(
-                "sent at {} without an answer; not yet in Sent Items (looking again until {})",
+                "sent at {} without an answer; not yet in Sent Items (looking again until {}){also}",
                 queue_time(requested),
                 queue_time(deadline)
             ),
@@ -682,7 +702,7 @@ impl Drain<'_> {
         mail: &QueuedMail,
         sender: &str,
         attempts: i64,
-        requested: Option<DateTime<Utc>>,
+        requested: DateTime<Utc>,
         detail: &str,
     ) -> Result<(), StoreError> {
         let err = GraphError {
@@ -692,7 +712,7 @@ impl Drain<'_> {
             code: Some("SendUnconfirmed".into()),
             message: format!(
                 "the send requested at {} may have gone ({detail}): check {sender}'s Sent Items, then `imm-daemon queue retry {}` to send it again (it is looked up first) or `imm-daemon queue cancel {}`",
-                requested.map_or_else(|| "an earlier attempt".to_string(), queue_time),
+                queue_time(requested),
                 mail.id,
                 mail.id
             ),
@@ -857,8 +877,9 @@ impl Drain<'_> {
             Ok(()) => {}
             // A draft found again that is gone when sent: Exchange was submitting it
             // (it leaves Drafts then), so it is on its way.
+            // Seen leaving Drafts now: the wait for Sent Items starts now.
             Err(Failure::Graph { err, .. }) if found_draft && err.status == Some(404) => {
-                return Ok(Settled::InTransit(requested.unwrap_or_else(Utc::now)));
+                return Ok(Settled::InTransit(Utc::now()));
             }
             Err(Failure::Graph { err, .. }) => return Err(Failure::Graph { err, at_send: true }),
             Err(other) => return Err(other),

@@ -126,6 +126,8 @@ pub enum GraphFailure {
     ExpiredToken,
     /// 403 `ErrorAccessDenied`, as for a mailbox the account may not send as.
     AccessDenied,
+    /// 404 `ErrorItemNotFound`, as for a draft that has just left Drafts.
+    ItemNotFound,
 }
 
 /// A message in a mailbox folder.
@@ -633,6 +635,11 @@ impl Shared {
             }
             Some(GraphFailure::ExpiredToken) => Err(GraphError::unauthorized(
                 "Lifetime validation failed, the token is expired.",
+            )),
+            Some(GraphFailure::ItemNotFound) => Err(GraphError::new(
+                StatusCode::NOT_FOUND,
+                "ErrorItemNotFound",
+                "The specified object was not found in the store.",
             )),
             Some(GraphFailure::AccessDenied) => Err(GraphError::new(
                 StatusCode::FORBIDDEN,

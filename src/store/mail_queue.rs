@@ -155,11 +155,26 @@ impl Tx<'_> {
     }
 
     /// Queues a failed or cancelled mail again, due at `now` with its attempts counted
-    /// from zero and any earlier send request forgotten (a person decided: the next
-    /// attempt still looks the mail up in Sent Items first); returns its state before, or `None` when there is no such mail.
-    pub fn retry_mail(&mut self, id: i64, now: &str) -> Result<Option<String>, StoreError> {
-        let state = self.state_of(id)?;
-        if matches!(state.as_deref(), Some("failed" | "cancelled")) {
+    /// from zero and any earlier send request forgotten (a person's word that it did not
+    /// go; the next attempt still looks it up in Sent Items first). A mail whose send
+    /// was requested at or after `settled_before` is left as it is: it may still be on
+    /// its way. Returns its state before and when its send was last requested, or `None`
+    /// when there is no such mail.
+    pub fn retry_mail(
+        &mut self,
+        id: i64,
+        now: &str,
+        settled_before: &str,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let found: Option<(String, Option<String>)> = self
+            .tx
+            .prepare_cached("SELECT state, send_requested_at FROM mail_queue WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((state, requested)) = &found
+            && matches!(state.as_str(), "failed" | "cancelled")
+            && requested.as_deref().is_none_or(|r| r < settled_before)
+        {
             self.tx
                 .prepare_cached(
                     "UPDATE mail_queue SET state = 'queued', attempts = 0, next_attempt_at = ?2,
@@ -168,7 +183,7 @@ impl Tx<'_> {
                 )?
                 .execute(params![id, now])?;
         }
-        Ok(state)
+        Ok(found)
     }
 
     /// Deletes sent mails (with their attachments) sent before `before`; returns how many.
@@ -347,14 +362,35 @@ impl Store {
 
     /// Queued mails due at `now`, oldest first, at most `limit`; mails caught in
     /// `sending` (a crash mid-send) come first, since their outcome must be settled.
-    pub fn due_mails(&self, now: &str, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
+    /// `named_sender_only`: only mails that name their sender (there is no default).
+    pub fn due_mails(
+        &self,
+        now: &str,
+        limit: u32,
+        named_sender_only: bool,
+    ) -> Result<Vec<QueuedMail>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM mail_queue
-             WHERE state = 'sending' OR (state = 'queued' AND next_attempt_at <= ?1)
+             WHERE (state = 'sending' OR (state = 'queued' AND next_attempt_at <= ?1))
+               AND (NOT ?3 OR sender IS NOT NULL)
              ORDER BY state = 'queued', id LIMIT ?2"
         ))?;
-        let rows = st.query_map(params![now, limit], row)?;
+        let rows = st.query_map(params![now, limit, named_sender_only], row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Due mails that name no sender.
+    pub fn due_without_sender(&self, now: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM mail_queue
+             WHERE (state = 'sending' OR (state = 'queued' AND next_attempt_at <= ?1))
+               AND sender IS NULL",
+                [now],
+                |r| r.get::<_, i64>(0),
+            )?
+            .max(0) as u64)
     }
 
     /// A mail's attachments with their bytes, in order.
@@ -463,7 +499,25 @@ mod tests {
         store
             .write(|tx| tx.enqueue(&mail(None), &queue_time(whole)))
             .unwrap();
-        assert_eq!(store.due_mails(&queue_time(later), 10).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .due_mails(&queue_time(later), 10, false)
+                .unwrap()
+                .len(),
+            1
+        );
+        // Without a default sender, only mails that name theirs are taken.
+        let named = NewMail {
+            sender: Some("it-ops@contoso.com".into()),
+            ..mail(None)
+        };
+        let id = store
+            .write(|tx| tx.enqueue(&named, &queue_time(whole)))
+            .unwrap()
+            .id;
+        let only = store.due_mails(&queue_time(later), 1, true).unwrap();
+        assert_eq!(only.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+        assert_eq!(store.due_without_sender(&queue_time(later)).unwrap(), 1);
     }
 
     #[test]
@@ -505,7 +559,7 @@ mod tests {
         let t0 = "2026-11-21T10:00:00Z";
         let a = store.write(|tx| tx.enqueue(&mail(None), t0)).unwrap().id;
         let b = store.write(|tx| tx.enqueue(&mail(None), t0)).unwrap().id;
-        let due = store.due_mails(t0, 10).unwrap();
+        let due = store.due_mails(t0, 10, false).unwrap();
         assert_eq!(due.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a, b]);
         assert_eq!(
             store
@@ -532,7 +586,7 @@ mod tests {
                 ..QueueCounts::default()
             }
         );
-        assert_eq!(store.due_mails(t0, 1).unwrap()[0].id, b);
+        assert_eq!(store.due_mails(t0, 1, false).unwrap()[0].id, b);
         store
             .write(|tx| tx.record_send(b, "draft-1", "2026-11-21T10:00:01Z"))
             .unwrap();
@@ -552,7 +606,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .due_mails(t0, 10)
+                .due_mails(t0, 10, false)
                 .unwrap()
                 .iter()
                 .map(|m| m.id)
@@ -582,7 +636,7 @@ mod tests {
             .unwrap();
         assert!(
             store
-                .due_mails("2026-12-01T00:00:00Z", 10)
+                .due_mails("2026-12-01T00:00:00Z", 10, false)
                 .unwrap()
                 .is_empty()
         );
@@ -611,8 +665,9 @@ mod tests {
         let later = "2026-11-21T11:00:00Z";
         assert_eq!(
             store
-                .write(|tx| tx.retry_mail(id, later))
+                .write(|tx| tx.retry_mail(id, later, later))
                 .unwrap()
+                .map(|f| f.0)
                 .as_deref(),
             Some("cancelled")
         );
@@ -624,8 +679,9 @@ mod tests {
         // A queued mail is not "retried"; an unknown one is None.
         assert_eq!(
             store
-                .write(|tx| tx.retry_mail(id, later))
+                .write(|tx| tx.retry_mail(id, later, later))
                 .unwrap()
+                .map(|f| f.0)
                 .as_deref(),
             Some("queued")
         );

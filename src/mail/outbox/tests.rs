@@ -158,7 +158,7 @@ impl Home {
 
 #[tokio::test]
 async fn twenty_one_queued_one_cycle_sends_twenty_and_the_next_the_last() {
-    let h = Home::new("refill_every = \"1s\"").await;
+    let h = Home::new("").await;
     h.graph.set_latency(Duration::from_millis(20));
     let ids = h.enqueue(21, "ben@contoso.com");
     let r = h.drain().await;
@@ -197,8 +197,12 @@ async fn twenty_one_queued_one_cycle_sends_twenty_and_the_next_the_last() {
     // The bucket is empty: the same cycle again sends nothing.
     let again = h.drain().await;
     assert_eq!((again.sent, again.waiting), (0, 1));
-    // The next cycle, a token later, sends the last one.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The next cycle, a token (5 s) later, sends the last one. The bucket's clock is
+    // moved back rather than the test waiting.
+    let file = bucket_file(&h.paths);
+    let mut st: State = serde_json::from_slice(&std::fs::read(file.path()).unwrap()).unwrap();
+    st.last_refill -= chrono::Duration::seconds(5);
+    std::fs::write(file.path(), serde_json::to_vec(&st).unwrap()).unwrap();
     let next = h.drain().await;
     assert_eq!((next.sent, next.waiting), (1, 0));
     assert_eq!(h.mail(ids[20]).state, "sent");
@@ -314,7 +318,7 @@ async fn out_of_attempts_a_mail_fails_and_queue_retry_revives_it() {
     let now = queue_time(Utc::now());
     h.store
         .borrow_mut()
-        .write(|tx| tx.retry_mail(id, &now))
+        .write(|tx| tx.retry_mail(id, &now, &now))
         .unwrap();
     let lookups = h.graph.requests().lookup;
     let r = h.drain().await;
@@ -676,9 +680,10 @@ async fn a_retry_after_an_unconfirmed_send_looks_first_and_finds_it_sent() {
     // sent again.
     tokio::time::sleep(Duration::from_millis(1700)).await;
     let now = queue_time(Utc::now());
+    let settled = queue_time(Utc::now() - chrono::Duration::seconds(1));
     h.store
         .borrow_mut()
-        .write(|tx| tx.retry_mail(id, &now))
+        .write(|tx| tx.retry_mail(id, &now, &settled))
         .unwrap();
     let r = h.drain().await;
     assert_eq!((r.sent, r.found_sent), (0, 1), "{r:?}");
@@ -688,22 +693,109 @@ async fn a_retry_after_an_unconfirmed_send_looks_first_and_finds_it_sent() {
 }
 
 #[tokio::test]
-async fn a_lost_answer_on_the_last_attempt_fails_as_unconfirmed_not_as_an_error() {
-    let h = Home::new("max_attempts_total = 1").await;
+async fn a_lost_answer_on_the_last_attempt_waits_in_transit_then_needs_a_person() {
+    let h = Home::new("max_attempts_total = 1\nconfirm_within = \"1s\"").await;
+    // The mail never shows in Sent Items within the window.
+    h.graph.set_submission_delay(Duration::from_secs(3600));
     let id = h.enqueue(1, "ben@contoso.com")[0];
     h.graph.fail_next_on(
         Endpoint::SendDraft,
         1,
         GraphFailure::GatewayTimeoutAfterProcessing,
     );
+    // Out of attempts, but perhaps sent: it waits like any mail in transit.
     let r = h.drain().await;
-    assert_eq!(r.failed, 1);
+    assert_eq!(r.requeued, 1, "{r:?}");
     let e = h.mail(id).last_error.unwrap();
     assert!(
-        e.contains("SendUnconfirmed") && e.contains("HTTP 504"),
+        e.contains("not yet in Sent Items") && e.contains("HTTP 504"),
         "{e}"
     );
     assert_eq!(r.bucket.unwrap().sent_today, 1, "it may have gone: counted");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = h.drain().await;
+    assert_eq!(r.failed, 1, "{r:?}");
+    let m = h.mail(id);
+    assert!(
+        m.last_error.as_deref().unwrap().contains("SendUnconfirmed"),
+        "{m:?}"
+    );
+    // Within a day of the request, a retry is refused: it may still arrive.
+    let now = queue_time(Utc::now());
+    let settled = queue_time(Utc::now() - chrono::Duration::days(1));
+    let found = h
+        .store
+        .borrow_mut()
+        .write(|tx| tx.retry_mail(id, &now, &settled))
+        .unwrap()
+        .unwrap();
+    assert_eq!((found.0.as_str(), found.1.is_some()), ("failed", true));
+    assert_eq!(h.mail(id).state, "failed");
+    assert_eq!(h.graph.requests().create_draft, 1);
+}
+
+#[tokio::test]
+async fn a_draft_found_again_that_is_gone_when_sent_is_in_transit() {
+    let h = Home::new("").await;
+    let id = h.enqueue(1, "ben@contoso.com")[0];
+    // The send's answer is lost; a second later the draft is still listed, but Exchange
+    // is submitting it: its send answers 404.
+    h.graph
+        .fail_next_on(Endpoint::SendDraft, 1, GraphFailure::GatewayTimeout);
+    h.graph
+        .fail_next_on(Endpoint::SendDraft, 1, GraphFailure::ItemNotFound);
+    let r = h.drain().await;
+    assert_eq!((r.requeued, r.failed), (1, 0), "{r:?}");
+    let m = h.mail(id);
+    assert_eq!(m.state, "queued");
+    assert!(m.last_error.unwrap().contains("not yet in Sent Items"));
+    assert_eq!(h.graph.requests().create_draft, 1);
+}
+
+#[tokio::test]
+async fn a_drain_stopped_by_another_mails_long_retry_after_puts_back_the_mail_between_attempts() {
+    let h = Home::new("max_in_flight = 2").await;
+    let ids = h.enqueue(2, "ben@contoso.com");
+    // The first waits a second before its repeat; meanwhile the second is told to wait
+    // two minutes, which stops the drain.
+    h.graph.fail_next(
+        1,
+        GraphFailure::ServiceUnavailable {
+            retry_after: Some("1".into()),
+        },
+    );
+    h.graph.fail_next(
+        1,
+        GraphFailure::Throttled {
+            retry_after: Some("120".into()),
+        },
+    );
+    let r = h.drain().await;
+    assert_eq!((r.sent, r.requeued), (0, 2), "{r:?}");
+    assert!(r.halted.is_some());
+    let first = h.mail(ids[0]);
+    assert_eq!((first.state.as_str(), first.attempts), ("queued", 1));
+    assert!(first.last_error.unwrap().contains("HTTP 503"));
+    let second = h.mail(ids[1]);
+    let due = chrono::DateTime::parse_from_rfc3339(&second.next_attempt_at).unwrap();
+    assert!((due.with_timezone(&Utc) - Utc::now()).num_seconds() > 100);
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_puts_a_mail_off_a_day_at_most() {
+    let h = Home::new("").await;
+    let id = h.enqueue(1, "ben@contoso.com")[0];
+    h.graph.fail_next(
+        1,
+        GraphFailure::Throttled {
+            retry_after: Some("999999999".into()),
+        },
+    );
+    let r = h.drain().await;
+    assert_eq!(r.requeued, 1);
+    let due = chrono::DateTime::parse_from_rfc3339(&h.mail(id).next_attempt_at).unwrap();
+    let ahead = (due.with_timezone(&Utc) - Utc::now()).num_seconds();
+    assert!((86_000..=86_400).contains(&ahead), "{ahead}");
 }
 
 #[tokio::test]
