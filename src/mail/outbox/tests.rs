@@ -151,6 +151,25 @@ impl Home {
             .collect()
     }
 
+    /// The next send goes through, but its answer is lost (a 504 from the gateway).
+    fn lose_next_send_answer(&self) {
+        self.graph.fail_next_on(
+            Endpoint::SendDraft,
+            1,
+            GraphFailure::GatewayTimeoutAfterProcessing,
+        );
+    }
+
+    /// `queue retry` of `id`, taking sends requested more than `settled` ago as settled;
+    /// returns the mail's state before and its send request's time.
+    fn retry(&self, id: i64, settled: chrono::Duration) -> Option<(String, Option<String>)> {
+        let now = Utc::now();
+        self.store
+            .borrow_mut()
+            .write(|tx| tx.retry_mail(id, &queue_time(now), &queue_time(now - settled)))
+            .unwrap()
+    }
+
     fn assert_no_duplicates(&self) {
         assert_eq!(self.graph.deliveries().duplicates(), Vec::<String>::new());
     }
@@ -315,11 +334,7 @@ async fn out_of_attempts_a_mail_fails_and_queue_retry_revives_it() {
     assert_eq!(failed[0]["status"].as_u64(), Some(503));
     // Not attempted again until revived.
     assert_eq!(h.drain().await, DrainReport::default());
-    let now = queue_time(Utc::now());
-    h.store
-        .borrow_mut()
-        .write(|tx| tx.retry_mail(id, &now, &now))
-        .unwrap();
+    h.retry(id, chrono::Duration::zero());
     let lookups = h.graph.requests().lookup;
     let r = h.drain().await;
     assert_eq!(r.sent, 1);
@@ -333,11 +348,7 @@ async fn out_of_attempts_a_mail_fails_and_queue_retry_revives_it() {
 async fn an_ambiguous_504_after_the_send_went_through_is_not_sent_again() {
     let h = Home::new("").await;
     let id = h.enqueue(1, "ben@contoso.com")[0];
-    h.graph.fail_next_on(
-        Endpoint::SendDraft,
-        1,
-        GraphFailure::GatewayTimeoutAfterProcessing,
-    );
+    h.lose_next_send_answer();
     let r = h.drain().await;
     assert_eq!((r.sent, r.found_sent), (0, 1), "{r:?}");
     let m = h.mail(id);
@@ -579,11 +590,7 @@ async fn a_send_without_an_answer_waits_for_sent_items_and_is_never_sent_blind()
     // it in neither Drafts nor Sent Items.
     h.graph.set_submission_delay(Duration::from_millis(2500));
     let id = h.enqueue(1, "ben@contoso.com")[0];
-    h.graph.fail_next_on(
-        Endpoint::SendDraft,
-        1,
-        GraphFailure::GatewayTimeoutAfterProcessing,
-    );
+    h.lose_next_send_answer();
     let r = h.drain().await;
     assert_eq!((r.sent, r.requeued), (0, 1), "{r:?}");
     let m = h.mail(id);
@@ -610,11 +617,7 @@ async fn a_send_without_an_answer_waits_for_sent_items_and_is_never_sent_blind()
     // A mail that never shows up: failed for a person, not sent again.
     h.graph.set_submission_delay(Duration::from_secs(3600));
     let id = h.enqueue(1, "ben@contoso.com")[0];
-    h.graph.fail_next_on(
-        Endpoint::SendDraft,
-        1,
-        GraphFailure::GatewayTimeoutAfterProcessing,
-    );
+    h.lose_next_send_answer();
     assert_eq!(h.drain().await.requeued, 1);
     tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = h.drain().await;
@@ -663,11 +666,7 @@ async fn a_retry_after_an_unconfirmed_send_looks_first_and_finds_it_sent() {
     // Exchange is slow to file it: 2.5 s in the Outbox.
     h.graph.set_submission_delay(Duration::from_millis(2500));
     let id = h.enqueue(1, "ben@contoso.com")[0];
-    h.graph.fail_next_on(
-        Endpoint::SendDraft,
-        1,
-        GraphFailure::GatewayTimeoutAfterProcessing,
-    );
+    h.lose_next_send_answer();
     // Not found a second later, past confirm_within: failed for a person.
     let r = h.drain().await;
     assert_eq!(r.failed, 1, "{r:?}");
@@ -679,12 +678,7 @@ async fn a_retry_after_an_unconfirmed_send_looks_first_and_finds_it_sent() {
     // A person retries it once Sent Items has it: it is looked up first, found, and not
     // sent again.
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    let now = queue_time(Utc::now());
-    let settled = queue_time(Utc::now() - chrono::Duration::seconds(1));
-    h.store
-        .borrow_mut()
-        .write(|tx| tx.retry_mail(id, &now, &settled))
-        .unwrap();
+    h.retry(id, chrono::Duration::seconds(1));
     let r = h.drain().await;
     assert_eq!((r.sent, r.found_sent), (0, 1), "{r:?}");
     assert_eq!(h.mail(id).state, "sent");
@@ -698,11 +692,7 @@ async fn a_lost_answer_on_the_last_attempt_waits_in_transit_then_needs_a_person(
     // The mail never shows in Sent Items within the window.
     h.graph.set_submission_delay(Duration::from_secs(3600));
     let id = h.enqueue(1, "ben@contoso.com")[0];
-    h.graph.fail_next_on(
-        Endpoint::SendDraft,
-        1,
-        GraphFailure::GatewayTimeoutAfterProcessing,
-    );
+    h.lose_next_send_answer();
     // Out of attempts, but perhaps sent: it waits like any mail in transit.
     let r = h.drain().await;
     assert_eq!(r.requeued, 1, "{r:?}");
@@ -721,14 +711,7 @@ async fn a_lost_answer_on_the_last_attempt_waits_in_transit_then_needs_a_person(
         "{m:?}"
     );
     // Within a day of the request, a retry is refused: it may still arrive.
-    let now = queue_time(Utc::now());
-    let settled = queue_time(Utc::now() - chrono::Duration::days(1));
-    let found = h
-        .store
-        .borrow_mut()
-        .write(|tx| tx.retry_mail(id, &now, &settled))
-        .unwrap()
-        .unwrap();
+    let found = h.retry(id, chrono::Duration::days(1)).unwrap();
     assert_eq!((found.0.as_str(), found.1.is_some()), ("failed", true));
     assert_eq!(h.mail(id).state, "failed");
     assert_eq!(h.graph.requests().create_draft, 1);
