@@ -415,14 +415,17 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
             }
         }
         QueueCmd::Cancel { id } => {
-            let before = change_state(
-                &mut store,
-                id,
-                Operation::QueueCancel,
-                &["queued", "failed"],
-                now,
-                |tx| tx.cancel_mail(id),
-            )?;
+            let before = store.write(|tx| {
+                let before = tx.cancel_mail(id)?;
+                if matches!(before.as_deref(), Some("queued" | "failed")) {
+                    tx.audit(
+                        &AuditEvent::new(Operation::QueueCancel)
+                            .details(json!({"queue_id": id, "was": before})),
+                        now,
+                    )?;
+                }
+                Ok::<_, crate::store::StoreError>(before)
+            })?;
             match before.as_deref() {
                 None => return Err(no_such_mail(id)),
                 Some("queued" | "failed") => {
@@ -468,29 +471,6 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-/// Runs a state change of mail `id` (`change` returns the state before) and, when the
-/// mail was in one of the states `from` that it changes, its audit row `op`, in one
-/// transaction. Returns the state before; `None`: no such mail.
-fn change_state(
-    store: &mut crate::store::Store,
-    id: i64,
-    op: Operation,
-    from: &[&str],
-    now: chrono::DateTime<Utc>,
-    change: impl FnOnce(&mut crate::store::Tx<'_>) -> Result<Option<String>, crate::store::StoreError>,
-) -> Result<Option<String>, crate::store::StoreError> {
-    store.write(|tx| {
-        let before = change(tx)?;
-        if before.as_deref().is_some_and(|b| from.contains(&b)) {
-            tx.audit(
-                &AuditEvent::new(op).details(json!({"queue_id": id, "was": before})),
-                now,
-            )?;
-        }
-        Ok(before)
-    })
 }
 
 fn no_such_mail(id: i64) -> anyhow::Error {

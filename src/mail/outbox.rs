@@ -565,8 +565,7 @@ impl Drain<'_> {
                 }
             };
             let text = err.to_string();
-            // Its send was requested, in this turn or before, and never confirmed: it is
-            // given up on only through the in-transit rule, never as a plain failure.
+            // Its send was requested, in this turn or before, and never confirmed.
             let sent_at = requested_here.or(requested);
             if err.kind == FailureKind::Unauthorized {
                 // Refused even after a refresh: the sign-in's permissions, or a
@@ -578,13 +577,7 @@ impl Drain<'_> {
                 return Ok(requeued(issued));
             }
             if err.kind == FailureKind::Permanent {
-                let outcome = match sent_at {
-                    Some(at) => self.in_transit(mail, sender, attempts, at, Some(&text))?,
-                    None => {
-                        self.fail(mail, sender, attempts, &err)?;
-                        Outcome::Failed
-                    }
-                };
+                let outcome = self.give_up(mail, sender, attempts, sent_at, &err)?;
                 return Ok(Turn {
                     outcome,
                     maybe_sent: issued,
@@ -618,15 +611,7 @@ impl Drain<'_> {
                 Utc::now(),
             )?;
             if attempts >= i64::from(s.max_attempts_total) {
-                let outcome = match sent_at {
-                    // Out of attempts, but perhaps sent: it waits for Sent Items as any
-                    // mail in transit does, then a person must look.
-                    Some(at) => self.in_transit(mail, sender, attempts, at, Some(&text))?,
-                    None => {
-                        self.fail(mail, sender, attempts, &err)?;
-                        Outcome::Failed
-                    }
-                };
+                let outcome = self.give_up(mail, sender, attempts, sent_at, &err)?;
                 return Ok(Turn {
                     outcome,
                     maybe_sent: issued,
@@ -654,6 +639,26 @@ impl Drain<'_> {
             }
         }
         unreachable!("the last attempt always returns")
+    }
+
+    /// Gives up on a mail after `err`: failed at once, unless a send of it was requested
+    /// at `sent_at` without an answer; then it may have gone, and it waits for Sent Items
+    /// as any mail in transit does before a person is asked to look.
+    fn give_up(
+        &self,
+        mail: &QueuedMail,
+        sender: &str,
+        attempts: i64,
+        sent_at: Option<DateTime<Utc>>,
+        err: &GraphError,
+    ) -> Result<Outcome, StoreError> {
+        match sent_at {
+            Some(at) => self.in_transit(mail, sender, attempts, at, Some(&err.to_string())),
+            None => {
+                self.fail(mail, sender, attempts, err)?;
+                Ok(Outcome::Failed)
+            }
+        }
     }
 
     /// A mail whose send was requested at `requested` without an answer, and which is in
