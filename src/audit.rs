@@ -52,8 +52,15 @@ operations! {
     Error => "ERROR",
     /// Mailboxes were imported from a PowerShell export.
     ImportMailboxes => "IMPORT_MAILBOXES",
-    /// A mailbox left the cache because a snapshot import no longer had it.
+    /// A mailbox left the cache because a snapshot (an import, a sync) no longer had it.
     MailboxRemoved => "MAILBOX_REMOVED",
+    /// A sync found a new inactive mailbox.
+    MailboxAdded => "MAILBOX_ADDED",
+    /// A sync found a mailbox's holds or recovery eligibility changed.
+    MailboxChanged => "MAILBOX_CHANGED",
+    /// The inactive mailboxes were read from Exchange Online (source, counts, pages,
+    /// statistics calls, throttled waits, duration).
+    SyncMailboxes => "SYNC_MAILBOXES",
     /// The mailbox cache was emptied.
     ClearCache => "CLEAR_CACHE",
     /// The audit log was read.

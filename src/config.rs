@@ -105,6 +105,25 @@ pub struct ScheduleConfig {
     pub timezone: Zone,
 }
 
+/// Where the mailbox sync reads the tenant's inactive mailboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncSource {
+    /// Exchange Online's admin REST endpoint, with the sign-in's Exchange token.
+    Exchange,
+    /// A PowerShell export that a scheduled task keeps current (`[sync] export`).
+    Export,
+}
+
+impl SyncSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncSource::Exchange => "exchange",
+            SyncSource::Export => "export",
+        }
+    }
+}
+
 /// The `[sync]` section: refreshing the inactive-mailbox cache.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -112,24 +131,66 @@ pub struct SyncConfig {
     /// When the cache is refreshed (cron), or `never`.
     #[serde(default = "default_sync_schedule")]
     pub schedule: When,
+    /// `exchange` or `export`; when not set, `export` if `export` names a file, else
+    /// `exchange` (see [`SyncConfig::source`]).
+    pub source: Option<SyncSource>,
     /// A PowerShell export of the tenant's inactive mailboxes, refreshed by a scheduled
-    /// task; each sync loads it as a snapshot. Without it the sync is off.
+    /// task; each sync loads it as a snapshot.
     pub export: Option<AbsolutePath>,
     /// `status` calls the cache stale when its last sync is older than this.
     #[serde(default = "default_stale_after")]
     pub stale_after: BoundedDuration<60, 31_536_000>,
-    /// How long reading the source may take before the sync counts as failed.
+    /// How long reading the export may take before the sync counts as failed.
     #[serde(default = "default_sync_timeout")]
     pub timeout: BoundedDuration<1, 3_600>,
+    /// Mailboxes per page of an Exchange listing (`Prefer: odata.maxpagesize`).
+    #[serde(default = "default_page_size")]
+    pub page_size: Bounded<10, 1_000>,
+    /// Statistics (size, item count) older than this are fetched again.
+    #[serde(default = "default_statistics_max_age")]
+    pub statistics_max_age: BoundedDuration<3_600, 31_536_000>,
+    /// Statistics calls per cycle at most, so a large tenant's first sync spreads over
+    /// several cycles; 0 never fetches statistics.
+    #[serde(default = "default_statistics_per_cycle")]
+    pub statistics_per_cycle: Bounded<0, 1_000_000>,
+    /// Exchange calls in flight at once (halved while throttled).
+    #[serde(default = "default_sync_concurrency")]
+    pub concurrency: Bounded<1, 8>,
+    /// Tries per Exchange request before the sync fails (throttling, 5xx, the network).
+    #[serde(default = "default_request_attempts")]
+    pub request_attempts: Bounded<1, 20>,
+    /// Time one sync may spend waiting on throttling and retries in all; a longer wait
+    /// fails the sync, which is tried again with the step's backoff.
+    #[serde(default = "default_max_wait")]
+    pub max_wait: BoundedDuration<1, 86_400>,
 }
 
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             schedule: default_sync_schedule(),
+            source: None,
             export: None,
             stale_after: default_stale_after(),
             timeout: default_sync_timeout(),
+            page_size: default_page_size(),
+            statistics_max_age: default_statistics_max_age(),
+            statistics_per_cycle: default_statistics_per_cycle(),
+            concurrency: default_sync_concurrency(),
+            request_attempts: default_request_attempts(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+impl SyncConfig {
+    /// The source in effect: as configured, else `export` when an export file is named
+    /// (configurations from before the live sync), else `exchange`.
+    pub fn source(&self) -> SyncSource {
+        match (self.source, &self.export) {
+            (Some(s), _) => s,
+            (None, Some(_)) => SyncSource::Export,
+            (None, None) => SyncSource::Exchange,
         }
     }
 }
@@ -144,6 +205,30 @@ fn default_sync_timeout() -> BoundedDuration<1, 3_600> {
 
 fn default_stale_after() -> BoundedDuration<60, 31_536_000> {
     BoundedDuration(std::time::Duration::from_secs(86_400))
+}
+
+fn default_page_size() -> Bounded<10, 1_000> {
+    Bounded(1_000)
+}
+
+fn default_statistics_max_age() -> BoundedDuration<3_600, 31_536_000> {
+    BoundedDuration(std::time::Duration::from_secs(7 * 86_400))
+}
+
+fn default_statistics_per_cycle() -> Bounded<0, 1_000_000> {
+    Bounded(500)
+}
+
+fn default_sync_concurrency() -> Bounded<1, 8> {
+    Bounded(3)
+}
+
+fn default_request_attempts() -> Bounded<1, 20> {
+    Bounded(6)
+}
+
+fn default_max_wait() -> BoundedDuration<1, 86_400> {
+    BoundedDuration(std::time::Duration::from_secs(900))
 }
 
 /// The `[audit]` section: how long audit rows are kept.
@@ -637,6 +722,12 @@ pub struct InventoryConfig {
     pub license_attribute: AttributeName,
     /// License type assumed when a mailbox carries none.
     pub default_license: Option<String>,
+    /// Licence by Exchange plan, for mailboxes whose licence attribute is empty: keys
+    /// are a `MailboxPlan` name (without its `-GUID` suffix), a `PersistedCapabilities`
+    /// entry, or `SKUAssigned` (any licence assigned); values are licence names as in
+    /// `prices`. Replaces the default table when given.
+    #[serde(default = "default_license_map")]
+    pub license_map: BTreeMap<String, String>,
     /// Monthly cost per license type.
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
@@ -652,6 +743,7 @@ impl Default for InventoryConfig {
             department_attribute: None,
             license_attribute: default_license_attribute(),
             default_license: None,
+            license_map: default_license_map(),
             prices: BTreeMap::new(),
             company_domains: BTreeMap::new(),
         }
@@ -660,6 +752,27 @@ impl Default for InventoryConfig {
 
 fn default_license_attribute() -> AttributeName {
     AttributeName("LicenseType".into())
+}
+
+/// The licence attribute of PowerShell exports that Get-Mailbox does not have: the live
+/// sync never asks Exchange for it.
+pub const EXPORT_ONLY_LICENSE_ATTRIBUTE: &str = "LicenseType";
+
+/// Exchange's plans and capabilities by the suite that usually carries them. Exchange
+/// cannot tell E3 from E5 (both carry Exchange Online Plan 2): a tenant that prices them
+/// apart sets `license_attribute` or its own `license_map`.
+fn default_license_map() -> BTreeMap<String, String> {
+    [
+        ("ExchangeOnlineEnterprise", "E3"),
+        ("BPOS_S_Enterprise", "E3"),
+        ("ExchangeOnline", "E1"),
+        ("BPOS_S_Standard", "E1"),
+        ("ExchangeOnlineDeskless", "F3"),
+        ("BPOS_S_Deskless", "F3"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// Errors loading the configuration file.
@@ -809,6 +922,22 @@ impl Config {
         }
     }
 
+    /// Why the mailbox sync cannot run with this configuration, if it cannot.
+    pub fn sync_unavailable(&self) -> Option<String> {
+        match self.sync.source() {
+            SyncSource::Export if self.sync.export.is_none() => Some(
+                "[sync] source = \"export\" needs [sync] export, the export file's path".into(),
+            ),
+            SyncSource::Exchange if self.client_id.is_none() || self.discovery_url().is_none() => {
+                Some(
+                    "the sync reads Exchange Online with the daemon's sign-in, which is not configured: set `tenant` and `client_id` (or [sync] export for a PowerShell export)"
+                        .into(),
+                )
+            }
+            _ => None,
+        }
+    }
+
     /// Notes about settings that are valid but incomplete for later capabilities.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
@@ -820,6 +949,9 @@ impl Config {
         }
         if self.authority.is_some() && self.oidc_authority.is_some() {
             w.push("both `authority` and `oidc_authority` are set: `oidc_authority` wins".into());
+        }
+        if self.sync.source == Some(SyncSource::Exchange) && self.sync.export.is_some() {
+            w.push("[sync] source is \"exchange\": [sync] export is not read".into());
         }
         w
     }
@@ -1071,8 +1203,23 @@ cloud = "global"
 # department_attribute = "CustomAttribute2"
 
 # The attribute holding the license type, and the license assumed when it is empty.
+# Get-Mailbox has no LicenseType property: with the live sync, name an attribute your
+# tenant fills (such as "CustomAttribute7"), or leave LicenseType and the licence is
+# taken from Exchange's plan through license_map below.
 license_attribute = "LicenseType"
 # default_license = "E3"
+
+# Licence by Exchange plan, for mailboxes whose licence attribute is empty: a
+# MailboxPlan name (without its -GUID suffix), a PersistedCapabilities entry, or
+# "SKUAssigned" (any licence assigned). Exchange cannot tell E3 from E5. Giving the
+# table replaces this default.
+[inventory.license_map]
+ExchangeOnlineEnterprise = "E3"
+BPOS_S_Enterprise = "E3"
+ExchangeOnline = "E1"
+BPOS_S_Standard = "E1"
+ExchangeOnlineDeskless = "F3"
+BPOS_S_Deskless = "F3"
 
 # Monthly cost per license type; a license missing here is priced 0 and listed as
 # unpriced by `imm-daemon mailboxes stats`.
@@ -1104,14 +1251,32 @@ timezone = "local"
 # weekday, optionally with seconds first), or "never". A daemon that was down at a
 # scheduled time syncs once when it starts.
 schedule = "0 */6 * * *"
-# The source: a PowerShell export of the inactive mailboxes that a scheduled task keeps
-# current (Get-Mailbox -InactiveMailboxOnly ... | ConvertTo-Json, or Export-Csv). Each
-# sync loads it as a snapshot: mailboxes no longer in it leave the cache.
+# Where the inactive mailboxes come from: "exchange" (Exchange Online's admin endpoint,
+# with the daemon's sign-in) or "export" (a PowerShell export, below). When not set:
+# "export" if `export` names a file, else "exchange".
+# source = "exchange"
+# A PowerShell export of the inactive mailboxes that a scheduled task keeps current
+# (Get-Mailbox -InactiveMailboxOnly ... | ConvertTo-Json, or Export-Csv). Each sync loads
+# it as a snapshot: mailboxes no longer in it leave the cache.
 # export = "/srv/exports/inactive-mailboxes.json"
-# `status` calls the cache stale when its last sync is older than this.
+# `status` calls the cache stale when its last sync is older than this, and needs
+# attention when the sync has failed for longer.
 stale_after = "1d"
 # How long reading the export may take (a hung network share) before the sync fails.
 timeout = "2m"
+# The live sync: mailboxes per page of a listing (at most 1000).
+page_size = 1000
+# Size and item count take one call per mailbox: fetched for new and changed mailboxes
+# and when older than statistics_max_age, at most statistics_per_cycle each cycle (so a
+# large tenant's first sync spreads over several cycles; 0 turns statistics off).
+statistics_max_age = "7d"
+statistics_per_cycle = 500
+# Exchange calls in flight at once (at most 8), halved while Exchange throttles.
+concurrency = 3
+# Tries per request when Exchange throttles or fails for a moment, and the most time one
+# sync waits in all before it gives up until the next cycle.
+request_attempts = 6
+max_wait = "15m"
 
 [audit]
 # Audit rows older than this are pruned; the chain stays verifiable from its new start.
@@ -1197,6 +1362,59 @@ mod tests {
         assert_eq!(c.inventory.license_attribute.as_str(), "LicenseType");
         assert_eq!(c.heartbeat, HeartbeatConfig::default());
         assert_eq!(c.daemon, DaemonConfig::default());
+        assert_eq!(c.sync, SyncConfig::default());
+        assert_eq!(c.inventory, InventoryConfig::default());
+    }
+
+    #[test]
+    fn the_sync_source_and_its_keys_are_checked_where_written() {
+        // No source: an export file keeps the configurations from before the live sync
+        // working; without one the sync reads Exchange.
+        assert_eq!(parse("").unwrap().sync.source(), SyncSource::Exchange);
+        let c = parse("[sync]\nexport = \"/srv/x.json\"").unwrap();
+        assert_eq!(c.sync.source(), SyncSource::Export);
+        let c = parse("[sync]\nsource = \"exchange\"\nexport = \"/srv/x.json\"").unwrap();
+        assert_eq!(c.sync.source(), SyncSource::Exchange);
+        assert!(c.warnings().iter().any(|w| w.contains("not read")));
+        let c = parse("[sync]\nsource = \"export\"").unwrap();
+        assert!(c.sync_unavailable().unwrap().contains("[sync] export"));
+        let c = parse("").unwrap();
+        assert!(c.sync_unavailable().unwrap().contains("client_id"));
+        let c = parse(
+            "tenant = \"contoso.onmicrosoft.com\"\nclient_id = \"00000000-0000-0000-0000-000000000001\"",
+        )
+        .unwrap();
+        assert_eq!(c.sync_unavailable(), None);
+        let c = parse(
+            "[sync]\npage_size = 250\nstatistics_max_age = \"3d\"\nstatistics_per_cycle = 0\n\
+             concurrency = 8\nrequest_attempts = 3\nmax_wait = \"2m\"\n\
+             [inventory]\nlicense_attribute = \"CustomAttribute7\"\n\
+             [inventory.license_map]\nExchangeOnlineEnterprise = \"E5\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sync.page_size.get(), 250);
+        assert_eq!(c.sync.statistics_per_cycle.get(), 0);
+        assert_eq!(c.sync.concurrency.get(), 8);
+        assert_eq!(
+            c.inventory.license_map.len(),
+            1,
+            "a given table replaces the default"
+        );
+        assert_eq!(parse(&toml::to_string(&c).unwrap()).unwrap(), c);
+        for (bad, why) in [
+            ("[sync]\nsource = \"powershell\"", "unknown variant"),
+            ("[sync]\nconcurrency = 9", "between 1 and 8"),
+            ("[sync]\nconcurrency = 0", "between 1 and 8"),
+            ("[sync]\npage_size = 5000", "between 10 and 1000"),
+            ("[sync]\nstatistics_max_age = \"1m\"", "out of range"),
+            ("[sync]\nrequest_attempts = 0", "between 1 and 20"),
+            ("[sync]\nmax_wait = \"soon\"", "not a duration"),
+            ("[sync]\nstatistics_per_cycles = 5", "unknown field"),
+            ("[inventory.license_map]\nE3 = 36", "invalid type"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

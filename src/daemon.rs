@@ -57,11 +57,14 @@ fn status_response(
     state: &DaemonState,
     cycle_running: bool,
     jobs: &[crate::schedule::JobView],
+    sync: &crate::exchange::sync::ProgressSlot,
 ) -> control::Response {
+    let sync = sync.lock().expect("not poisoned").clone();
     control::Response::ok(serde_json::json!({
         "state": state,
         "cycle_running": cycle_running,
         "jobs": jobs,
+        "sync": sync,
     }))
 }
 
@@ -72,10 +75,10 @@ fn sign_in_response(hub: &crate::auth::step::Hub) -> control::Response {
 }
 
 fn sync_refusal(config: &Config) -> Option<control::Response> {
-    config.sync.export.is_none().then(|| {
-        control::Response::error(
-            "no mailbox source is configured: set [sync] export in the configuration and reload",
-        )
+    config.sync_unavailable().map(|why| {
+        control::Response::error(format!(
+            "cannot sync: {why} in the configuration and reload"
+        ))
     })
 }
 
@@ -134,12 +137,13 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 /// database's upkeep.
 pub fn default_steps(
     hub: std::sync::Arc<crate::auth::step::Hub>,
+    progress: crate::exchange::sync::ProgressSlot,
 ) -> Vec<Box<dyn cycle::CycleStep>> {
     let session = crate::auth::step::SessionSlot::default();
     vec![
         Box::new(crate::auth::step::SignInStep::new(hub, session.clone())),
-        Box::new(crate::mail::outbox::MailStep::new(session)),
-        Box::new(crate::sync::MailboxSync::default()),
+        Box::new(crate::mail::outbox::MailStep::new(session.clone())),
+        Box::new(crate::sync::MailboxSync::new(session, progress)),
         Box::new(cycle::StoreMaintenance),
     ]
 }
@@ -259,6 +263,8 @@ struct Supervisor<'a> {
     sync_pending: bool,
     /// Where the sign-in step's background device flow posts its news.
     hub: std::sync::Arc<crate::auth::step::Hub>,
+    /// A running mailbox sync's progress.
+    sync_progress: crate::exchange::sync::ProgressSlot,
 }
 
 impl<'a> Supervisor<'a> {
@@ -267,12 +273,17 @@ impl<'a> Supervisor<'a> {
         let jobs = plan_jobs(&config, &store);
         let now = stamp(Utc::now());
         let hub = crate::auth::step::Hub::new();
+        let sync_progress = crate::exchange::sync::ProgressSlot::default();
         Supervisor {
             jobs,
             hub: hub.clone(),
             sync_pending: false,
             paths,
-            steps: Steps::new(default_steps(hub), Backoff::for_heartbeat(interval)),
+            steps: Steps::new(
+                default_steps(hub, sync_progress.clone()),
+                Backoff::for_heartbeat(interval),
+            ),
+            sync_progress,
             state: DaemonState {
                 version: STATE_VERSION,
                 pid: std::process::id(),
@@ -415,7 +426,7 @@ impl<'a> Supervisor<'a> {
                         Some(control::Incoming { command, reply }) => match command {
                             control::Command::Status => {
                                 let views = job_views(&self.store, &self.jobs, &self.config);
-                                let _ = reply.send(status_response(&self.state, false, &views));
+                                let _ = reply.send(status_response(&self.state, false, &views, &self.sync_progress));
                                 continue;
                             }
                             control::Command::SignIn => {
@@ -479,6 +490,7 @@ impl<'a> Supervisor<'a> {
                 let state = &self.state;
                 let config = &self.config;
                 let (store, jobs, hub) = (&self.store, &self.jobs, &self.hub);
+                let sync_progress = &self.sync_progress;
                 let sync_asked = &mut sync_asked_mid_cycle;
                 let begin_stop = |deadline: &mut Option<tokio::time::Instant>| {
                     shutdown.cancel();
@@ -514,7 +526,7 @@ impl<'a> Supervisor<'a> {
                             match command {
                                 control::Command::Status => {
                                     let views = job_views(store, jobs, config);
-                                    let _ = reply.send(status_response(state, true, &views));
+                                    let _ = reply.send(status_response(state, true, &views, sync_progress));
                                 }
                                 control::Command::SignIn => {
                                     let _ = reply.send(sign_in_response(hub));
@@ -562,7 +574,7 @@ impl<'a> Supervisor<'a> {
                     .any(|s| s.step == crate::sync::STEP_NAME && s.status == cycle::StepStatus::Ok);
                 // A sync asked for while this cycle ran is still owed, even if this cycle
                 // synced (the export may have changed since).
-                if synced || self.config.sync.export.is_none() {
+                if synced || self.config.sync_unavailable().is_some() {
                     self.sync_pending = false;
                 }
                 if std::mem::take(&mut sync_asked_mid_cycle) {

@@ -30,9 +30,16 @@ pub const FIELDS: &[&str] = &[
     "AutoExpandingArchiveEnabled",
     "ArchiveStatus",
     "ExternalDirectoryObjectId",
+    "WhenChangedUTC",
+    "MailboxPlan",
+    "PersistedCapabilities",
+    "SKUAssigned",
     "TotalItemSize",
     "ItemCount",
 ];
+
+/// The fields of [`FIELDS`] that come from Get-MailboxStatistics, not Get-Mailbox.
+pub const STATISTICS_FIELDS: &[&str] = &["TotalItemSize", "ItemCount"];
 
 /// A field that could not be read, named for the error message.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -397,9 +404,46 @@ pub struct ExoMailbox {
     pub external_directory_object_id: Option<String>,
     pub total_item_size_bytes: Option<u64>,
     pub item_count: Option<u64>,
+    /// WhenChangedUTC: the live sync fetches statistics again when it moves.
+    pub when_changed: Option<DateTime<Utc>>,
     pub company: Option<String>,
     pub department: Option<String>,
     pub license: Option<String>,
+}
+
+/// The licence of a mailbox whose licence attribute is empty, from Exchange's own
+/// fields through `[inventory] license_map` (names compared without regard to case):
+/// the `MailboxPlan` (its `-GUID` suffix dropped), else the first mapped
+/// `PersistedCapabilities` entry, else `SKUAssigned` when a licence is assigned.
+pub fn mapped_license(
+    cfg: &InventoryConfig,
+    mailbox_plan: Option<&str>,
+    capabilities: &[String],
+    sku_assigned: bool,
+) -> Option<String> {
+    let lookup = |key: &str| {
+        cfg.license_map
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.clone())
+    };
+    let plan = mailbox_plan.map(plan_name);
+    plan.and_then(lookup)
+        .or_else(|| capabilities.iter().find_map(|c| lookup(c)))
+        .or_else(|| sku_assigned.then(|| lookup("SKUAssigned")).flatten())
+}
+
+/// A MailboxPlan without the `-GUID` Exchange appends (`ExchangeOnlineEnterprise-bd4b…`).
+fn plan_name(plan: &str) -> &str {
+    let plan = plan.trim();
+    match plan.len().checked_sub(37) {
+        Some(cut)
+            if plan.as_bytes()[cut] == b'-' && uuid::Uuid::try_parse(&plan[cut + 1..]).is_ok() =>
+        {
+            &plan[..cut]
+        }
+        _ => plan,
+    }
 }
 
 impl ExoMailbox {
@@ -447,6 +491,18 @@ impl ExoMailbox {
         };
         let attr =
             |a: &Option<crate::config::AttributeName>| a.as_ref().and_then(|a| text(a.as_str()));
+        let when_changed = match f("WhenChangedUTC") {
+            Value::String(s) => parse_ps_date(s).map_err(|m| field_err("WhenChangedUTC", m))?,
+            _ => None,
+        };
+        let license = text(cfg.license_attribute.as_str()).or_else(|| {
+            let plan = text("MailboxPlan");
+            let capabilities =
+                parse_string_list("PersistedCapabilities", f("PersistedCapabilities"))
+                    .unwrap_or_default();
+            let sku = parse_bool("SKUAssigned", f("SKUAssigned")).unwrap_or(false);
+            mapped_license(cfg, plan.as_deref(), &capabilities, sku)
+        });
         Ok(ExoMailbox {
             exchange_guid,
             display_name: text("DisplayName"),
@@ -474,9 +530,10 @@ impl ExoMailbox {
             total_item_size_bytes: parse_item_size(f("TotalItemSize"))
                 .map_err(|m| field_err("TotalItemSize", m))?,
             item_count: parse_count("ItemCount", f("ItemCount"))?,
+            when_changed,
             company: attr(&cfg.company_attribute),
             department: attr(&cfg.department_attribute),
-            license: text(cfg.license_attribute.as_str()),
+            license,
         })
     }
 }
@@ -774,6 +831,9 @@ pub struct Summary {
     /// License types missing from the price table, priced 0.
     pub unpriced_licenses: Vec<Group>,
     pub without_license: u64,
+    /// Mailboxes whose size is not known yet (the live sync has not fetched their
+    /// statistics): they count as 0 MB in the sizes above.
+    pub size_unknown: u64,
 }
 
 /// Age bands of `mailboxes stats`, as (label, first day, last day).
@@ -821,12 +881,14 @@ pub fn summarize(ms: &[InactiveMailbox], cfg: &InventoryConfig) -> Summary {
         by_age_band: Vec::new(),
         unpriced_licenses: Vec::new(),
         without_license: 0,
+        size_unknown: 0,
     };
     for m in ms {
         s.count += 1;
         s.recovery_eligible += u64::from(m.recovery_eligible);
         s.monthly_cost += m.monthly_cost;
         s.size_mb += m.size_mb.unwrap_or(0.0);
+        s.size_unknown += u64::from(m.size_mb.is_none());
         add(
             &mut company,
             m.operating_company.as_deref().unwrap_or("(none)"),
@@ -870,6 +932,56 @@ pub fn summarize(ms: &[InactiveMailbox], cfg: &InventoryConfig) -> Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn licences_come_from_the_attribute_else_exchange_s_plan() {
+        let cfg = InventoryConfig::default();
+        let caps = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let plan = "ExchangeOnlineEnterprise-bd4b2f6b-2e37-4a45-8e63-c4e7ea2a9c8f";
+        assert_eq!(
+            mapped_license(&cfg, Some(plan), &[], false).as_deref(),
+            Some("E3")
+        );
+        assert_eq!(
+            mapped_license(&cfg, Some("exchangeonline"), &[], false).as_deref(),
+            Some("E1")
+        );
+        assert_eq!(
+            mapped_license(
+                &cfg,
+                None,
+                &caps(&["BPOS_S_ArchiveAddOn", "BPOS_S_Deskless"]),
+                false
+            )
+            .as_deref(),
+            Some("F3")
+        );
+        assert_eq!(mapped_license(&cfg, Some("Unknown-Plan"), &[], true), None);
+        let mut custom = cfg.clone();
+        custom.license_map = [("SKUAssigned".to_string(), "Licensed".to_string())].into();
+        assert_eq!(
+            mapped_license(&custom, None, &[], true).as_deref(),
+            Some("Licensed")
+        );
+        assert_eq!(mapped_license(&custom, None, &[], false), None);
+        assert_eq!(plan_name(plan), "ExchangeOnlineEnterprise");
+        assert_eq!(plan_name("ExchangeOnline"), "ExchangeOnline");
+        // The attribute wins over the plan when set; an empty one falls through.
+        let rec = serde_json::json!({
+            "ExchangeGuid": "4a3b2c1d-5e6f-47a8-b9c0-d1e2f3a4b5c6",
+            "LicenseType": "E5",
+            "MailboxPlan": plan,
+        });
+        let m = ExoMailbox::from_fields(&cfg, |k| rec.get(k)).unwrap();
+        assert_eq!(m.license.as_deref(), Some("E5"));
+        let rec = serde_json::json!({
+            "ExchangeGuid": "4a3b2c1d-5e6f-47a8-b9c0-d1e2f3a4b5c6",
+            "LicenseType": "",
+            "PersistedCapabilities": ["BPOS_S_Standard"],
+        });
+        let m = ExoMailbox::from_fields(&cfg, |k| rec.get(k)).unwrap();
+        assert_eq!(m.license.as_deref(), Some("E1"));
+    }
     use serde_json::json;
 
     fn dt(s: &str) -> DateTime<Utc> {

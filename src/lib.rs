@@ -7,7 +7,11 @@
 //!   where every file lives and writes files atomically and owner-only.
 //! - [`import`] reads PowerShell exports into raw Exchange facts; [`inventory`] applies
 //!   the inventory rules to them (holds, age, size, cost, company, recovery eligibility)
-//!   as pure functions, which the live sync will reuse.
+//!   as pure functions, which the live sync reuses.
+//! - [`exchange`] is the client of Exchange Online's admin REST endpoint and the live
+//!   sync built on it: listings staged page by page, applied as one snapshot with a
+//!   change history, statistics fetched a bounded batch per cycle; [`sync`] is the cycle
+//!   step that runs it (or loads an export).
 //! - [`store`] owns the SQLite database and every SQL statement; [`audit`] defines audit
 //!   events and the hash chain that makes the log tamper-evident. The store's upsert binds
 //!   parameters through SQLite's C API without copying them; that module is the crate's
@@ -28,6 +32,10 @@
 //! Data flow of an import: file bytes → [`import::parse_export`] →
 //! [`inventory::ExoMailbox`] → [`inventory::InactiveMailbox::build`] →
 //! [`store::Store::write`] (upserts, removals and their audit rows in one transaction).
+//! A live sync: Exchange pages → [`exchange::Exchange::list_inactive_mailboxes`] → the
+//! same [`inventory::ExoMailbox`] → staged in a temporary table →
+//! [`store::Tx::apply_snapshot`] (cache, change history and audit rows in one
+//! transaction) → statistics per mailbox, committed in batches.
 //! Reads refresh clock- and price-dependent figures with
 //! [`inventory::InactiveMailbox::refresh`] before anything is shown.
 
@@ -36,6 +44,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod exchange;
 pub mod http;
 pub mod import;
 pub mod inventory;

@@ -27,7 +27,7 @@ const PIPE_GRACE: Duration = Duration::from_millis(200);
 
 /// Every variable an event can set. Inherited ones are removed first, so a hook never
 /// sees a stale value for a field the event does not have.
-const EVENT_VARS: [&str; 10] = [
+const EVENT_VARS: [&str; 12] = [
     "IMM_EVENT",
     "IMM_USER_CODE",
     "IMM_VERIFICATION_URI",
@@ -38,6 +38,8 @@ const EVENT_VARS: [&str; 10] = [
     "IMM_REASON",
     "IMM_RESOURCE",
     "IMM_ERROR",
+    "IMM_MAILBOXES",
+    "IMM_COUNT",
 ];
 
 /// Inherited variables a hook command never receives: the token file's passphrase.
@@ -68,7 +70,13 @@ pub enum Event {
         error: String,
         account: Option<String>,
     },
+    /// Inactive mailboxes lost their last hold in a sync: Exchange purges them after the
+    /// retention period. Each entry names one (`Name <address> (ExchangeGuid)`).
+    HoldsReleased { mailboxes: Vec<String> },
 }
+
+/// Mailboxes a `holds_released` event names at most; the count says how many there were.
+const RELEASED_LISTED: usize = 50;
 
 impl Event {
     /// `login_required`, `login_succeeded` or `token_refresh_failed`.
@@ -77,6 +85,7 @@ impl Event {
             Event::LoginRequired { .. } => "login_required",
             Event::LoginSucceeded { .. } => "login_succeeded",
             Event::TokenRefreshFailed { .. } => "token_refresh_failed",
+            Event::HoldsReleased { .. } => "holds_released",
         }
     }
 
@@ -113,6 +122,21 @@ impl Event {
                 ("error", Some(error.clone())),
                 ("account", account.clone()),
             ],
+            Event::HoldsReleased { mailboxes } => {
+                let mut listed = mailboxes
+                    .iter()
+                    .take(RELEASED_LISTED)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if mailboxes.len() > RELEASED_LISTED {
+                    listed.push_str(&format!("; and {} more", mailboxes.len() - RELEASED_LISTED));
+                }
+                vec![
+                    ("count", Some(mailboxes.len().to_string())),
+                    ("mailboxes", Some(listed)),
+                ]
+            }
         }
     }
 
@@ -179,6 +203,21 @@ impl Event {
                     format!("The sign-in{whose} for {resource} could not be refreshed: {error}"),
                 )
             }
+            Event::HoldsReleased { mailboxes } => (
+                format!(
+                    "{} inactive mailbox(es) lost their last hold",
+                    mailboxes.len()
+                ),
+                format!(
+                    "Exchange will purge them after the retention period: {}",
+                    mailboxes
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            ),
         }
     }
 }

@@ -9,9 +9,18 @@
 //! - [`graph`]: Microsoft Graph v1.0 mail (draft, send, sendMail, lookup by
 //!   `internetMessageId`), with throttling and ambiguous failures on demand and a count of
 //!   deliveries per message.
+//! - [`exchange`]: the Exchange Online admin REST endpoint (`InvokeCommand`: `Get-Mailbox`
+//!   and `Get-MailboxStatistics`) over a synthetic tenant of inactive mailboxes, with strict
+//!   paging, throttling and broken answers on demand.
 
+pub mod exchange;
 pub mod graph;
 pub mod identity;
+
+pub use exchange::{
+    Cmdlet, ExchangeFailure, ExchangeOptions, ExchangeServer, ExchangeStats, MailboxKind,
+    TenantMailbox, synthetic_others, synthetic_tenant,
+};
 
 pub use graph::{
     Deliveries, Endpoint, GraphFailure, GraphOptions, GraphServer, GraphStats, StoredMessage,

@@ -250,7 +250,7 @@ impl Job {
     /// The job's schedule; `Never` also when the job has nothing to work on.
     pub fn when(self, config: &Config) -> &When {
         match self {
-            Job::MailboxSync if config.sync.export.is_none() => &When::Never,
+            Job::MailboxSync if config.sync_unavailable().is_some() => &When::Never,
             Job::MailboxSync => &config.sync.schedule,
             Job::AuditPrune => &config.audit.prune_schedule,
             Job::SendDayReset => &MIDNIGHT,
@@ -260,8 +260,15 @@ impl Job {
     /// Why the job is off, when its schedule is `never`.
     pub fn off_reason(self, config: &Config) -> Option<&'static str> {
         match self {
-            Job::MailboxSync if config.sync.export.is_none() => {
-                Some("no mailbox source configured: set [sync] export")
+            Job::MailboxSync if config.sync_unavailable().is_some() => {
+                Some(match config.sync.source() {
+                    crate::config::SyncSource::Export => {
+                        "no mailbox source configured: set [sync] export"
+                    }
+                    crate::config::SyncSource::Exchange => {
+                        "sign-in is not configured: set tenant and client_id"
+                    }
+                })
             }
             Job::MailboxSync if config.sync.schedule == When::Never => {
                 Some("[sync] schedule is \"never\"")

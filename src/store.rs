@@ -28,6 +28,7 @@ mod mail_queue;
 mod mailboxes;
 mod raw;
 mod sign_in;
+mod sync;
 pub use mail_queue::{AttachmentInfo, Attempt, Enqueued, QueueCounts, QueuedMail, queue_time};
 pub use sign_in::SignInRow;
 
@@ -40,9 +41,13 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 pub use audit_log::{AuditFilter, PruneOutcome};
 pub use cycles::CycleRow;
 pub use mailboxes::{MailboxFilter, StoreStats};
+pub use sync::{
+    ChangeKind, MailboxChange, Snapshot, Staged, StatisticsDue, StatisticsResult, SyncRun,
+    SyncRunRow,
+};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// `PRAGMA application_id` of an imm-daemon database ("IMMD").
 const APPLICATION_ID: i64 = 0x494d_4d44;
@@ -281,6 +286,7 @@ impl Store {
                 5 => tx.execute_batch(MIGRATION_5).map_err(fail)?,
                 6 => tx.execute_batch(MIGRATION_6).map_err(fail)?,
                 7 => tx.execute_batch(MIGRATION_7).map_err(fail)?,
+                8 => tx.execute_batch(MIGRATION_8).map_err(fail)?,
                 _ => unreachable!("no migration to version {version}"),
             }
             tx.execute_batch(&format!(
@@ -487,6 +493,35 @@ ALTER TABLE mail_queue ADD COLUMN send_requested_at TEXT;
 CREATE INDEX mail_queue_sent ON mail_queue (sent_at) WHERE state = 'sent';
 CREATE INDEX mail_queue_requested ON mail_queue (send_requested_at)
     WHERE send_requested_at IS NOT NULL;
+";
+
+/// The live sync: when each mailbox last changed in Exchange and when its statistics were
+/// fetched, the change history, and each sync's record.
+const MIGRATION_8: &str = "
+ALTER TABLE inactive_mailboxes ADD COLUMN when_changed TEXT;
+ALTER TABLE inactive_mailboxes ADD COLUMN stats_at TEXT;
+ALTER TABLE inactive_mailboxes ADD COLUMN stats_stale INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE mailbox_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sync_id INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    change TEXT NOT NULL CHECK (change IN
+        ('added', 'removed', 'holds_added', 'holds_removed', 'eligibility_changed')),
+    display_name TEXT,
+    primary_smtp TEXT,
+    details TEXT NOT NULL
+);
+CREATE INDEX mailbox_changes_at ON mailbox_changes (at);
+CREATE TABLE syncs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    figures TEXT NOT NULL,
+    error TEXT
+);
 ";
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! The mailbox sync: loading the tenant's inactive mailboxes into the cache, from the
 //! CLI (`mailboxes import`) and from the daemon's `mailbox_sync` cycle step.
 //!
-//! Today's source is a PowerShell export that a scheduled task keeps current (`[sync]
-//! export`); each sync loads it as a snapshot, so mailboxes that were recovered or purged
-//! leave the cache. Every load is one transaction with its audit rows: it lands whole or
-//! not at all, and a failure is audited apart after the rollback.
+//! The source is Exchange Online itself (`[sync] source = "exchange"`, the live sync of
+//! [`crate::exchange::sync`], through the sign-in step's session), or a PowerShell export
+//! that a scheduled task keeps current (`[sync] export`). Either is loaded as a snapshot,
+//! so mailboxes that were recovered or purged leave the cache. Every load is one
+//! transaction with its audit rows: it lands whole or not at all, and a failure is
+//! audited apart after the rollback.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -192,11 +194,121 @@ async fn read_off_runtime(
 
 /// The `mailbox_sync` cycle step: when the sync is due (its schedule fired, or someone
 /// asked), loads the configured source into the cache and records the run for the
-/// scheduler; otherwise it is idle. A failure keeps the sync due, so the heartbeat
-/// retries it with the step's backoff.
-#[derive(Default)]
+/// scheduler. With Exchange as the source it also fetches, every cycle, a batch of the
+/// mailbox statistics still due. A failure keeps the sync due, so the heartbeat retries
+/// it with the step's backoff.
 pub struct MailboxSync {
     stuck: Option<StuckRead>,
+    session: crate::auth::step::SessionSlot,
+    progress: crate::exchange::sync::ProgressSlot,
+}
+
+impl MailboxSync {
+    /// The step, calling Exchange through the sign-in step's `session` and publishing a
+    /// running sync's progress in `progress`.
+    pub fn new(
+        session: crate::auth::step::SessionSlot,
+        progress: crate::exchange::sync::ProgressSlot,
+    ) -> MailboxSync {
+        MailboxSync {
+            stuck: None,
+            session,
+            progress,
+        }
+    }
+
+    async fn run_exchange(&mut self, ctx: &StepContext<'_>) -> Result<StepReport, StepError> {
+        let cfg = &ctx.config.sync;
+        if let Some(why) = ctx.config.sync_unavailable() {
+            return if ctx.sync_due {
+                Err(StepError {
+                    message: why,
+                    needs_attention: true,
+                })
+            } else {
+                Ok(StepReport::idle("not due"))
+            };
+        }
+        let started = Utc::now();
+        let statistics_due = cfg.statistics_per_cycle.get() > 0 && {
+            let cutoff = started
+                - chrono::Duration::from_std(cfg.statistics_max_age.get()).unwrap_or_default();
+            ctx.store
+                .borrow()
+                .statistics_due_count(cutoff)
+                .map(|d| d.total() > 0)
+                .unwrap_or(false)
+        };
+        if !ctx.sync_due && !statistics_due {
+            return Ok(StepReport::idle("not due"));
+        }
+        let Some(session) = self.session.get() else {
+            return Ok(StepReport::idle(
+                "the sync waits for a sign-in session (see the sign_in step)",
+            ));
+        };
+        let run = crate::exchange::sync::Run {
+            config: ctx.config,
+            session: &session,
+            store: ctx.store,
+            cancel: ctx.cancel,
+            progress: &self.progress,
+        };
+        let result = crate::exchange::sync::run(&run, ctx.sync_due).await;
+        if ctx.sync_due {
+            let finished = stamp(Utc::now());
+            let (ok, text) = match &result {
+                Ok(o) => (true, o.summary()),
+                Err(e) => (false, crate::daemon::error_chain(e)),
+            };
+            if !matches!(result, Err(crate::exchange::ExchangeError::Cancelled)) {
+                let recorded = ctx.store.borrow_mut().write(|tx| {
+                    tx.record_job_run(Job::MailboxSync, &stamp(started), &finished, ok, &text)
+                });
+                if let Err(e) = recorded {
+                    tracing::error!(
+                        "cannot record the mailbox sync's run: {}",
+                        crate::daemon::error_chain(&e)
+                    );
+                }
+            }
+        }
+        match result {
+            Ok(o) => {
+                let mut counts = BTreeMap::new();
+                if let Some(s) = &o.snapshot {
+                    counts.insert("mailboxes".to_string(), s.listed);
+                    counts.insert("added".to_string(), s.added);
+                    counts.insert("removed".to_string(), s.removed);
+                    counts.insert("changed".to_string(), s.changed);
+                    counts.insert("pages".to_string(), u64::from(o.pages));
+                }
+                counts.insert("statistics".to_string(), o.statistics_fetched);
+                counts.insert("statistics_due".to_string(), o.statistics_due);
+                counts.insert("throttled_waits".to_string(), o.throttled_waits);
+                Ok(StepReport {
+                    summary: o.summary(),
+                    counts,
+                    idle: false,
+                })
+            }
+            Err(crate::exchange::ExchangeError::Cancelled) => Ok(StepReport::idle(
+                "stopped before the sync finished; nothing it listed was applied, statistics fetched are kept",
+            )),
+            Err(crate::exchange::ExchangeError::Auth(e))
+                if e.needs_sign_in() || matches!(e, crate::auth::AuthError::NotSignedIn) =>
+            {
+                Ok(StepReport::idle(format!(
+                    "the sync waits for a sign-in: {}",
+                    crate::daemon::error_chain(&e)
+                )))
+            }
+            Err(e) => Err(StepError {
+                message: crate::daemon::error_chain(&e),
+                needs_attention: e.needs_attention(),
+            }),
+        }
+    }
 }
 
 /// The step's name, as cycle summaries show it.
@@ -209,6 +321,9 @@ impl CycleStep for MailboxSync {
 
     fn run<'a>(&'a mut self, ctx: &'a StepContext<'a>) -> StepFuture<'a> {
         Box::pin(async move {
+            if ctx.config.sync.source() == crate::config::SyncSource::Exchange {
+                return self.run_exchange(ctx).await;
+            }
             if !ctx.sync_due {
                 return Ok(StepReport::idle("not due"));
             }

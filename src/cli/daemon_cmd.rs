@@ -1,7 +1,7 @@
 //! `imm-daemon cycle`, `imm-daemon sync` and `imm-daemon stop`: asking the running
 //! daemon over its control socket (a cycle runs in this process when no daemon runs).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -35,11 +35,8 @@ pub fn cycle(ctx: &Context, args: CycleArgs) -> anyhow::Result<()> {
 
 /// Runs one cycle now with the mailbox sync due, wherever `cycle` would run it.
 pub fn sync(ctx: &Context, args: CycleArgs) -> anyhow::Result<()> {
-    if ctx.config()?.sync.export.is_none() {
-        anyhow::bail!(
-            "no mailbox source is configured: set [sync] export in {}",
-            ctx.paths.config_file.display()
-        );
+    if let Some(why) = ctx.config()?.sync_unavailable() {
+        anyhow::bail!("cannot sync: {why} in {}", ctx.paths.config_file.display());
     }
     run_cycle(ctx, args, true)
 }
@@ -50,16 +47,32 @@ fn run_cycle(ctx: &Context, args: CycleArgs, sync: bool) -> anyhow::Result<()> {
     } else {
         Command::CycleNow
     };
+    let show = sync && !args.json && std::io::stderr().is_terminal();
     let summary = loop {
         if InstanceLock::is_held(&ctx.paths.lock_file) {
-            let data = control::request(&ctx.paths.socket, command, CYCLE_TIMEOUT)?;
-            break serde_json::from_value::<CycleSummary>(data)?;
+            let socket = ctx.paths.socket.clone();
+            let bar = show.then(|| {
+                ProgressBar::start(move || {
+                    control::request(&socket, Command::Status, ANSWER_TIMEOUT)
+                        .ok()
+                        .and_then(|v| serde_json::from_value(v.get("sync")?.clone()).ok())
+                })
+            });
+            let data = control::request(&ctx.paths.socket, command, CYCLE_TIMEOUT);
+            drop(bar);
+            break serde_json::from_value::<CycleSummary>(data?)?;
         }
         match InstanceLock::acquire(&ctx.paths.lock_file) {
             Ok(lock) => {
-                let summary = cycle_here(ctx, sync)?;
+                let progress = crate::exchange::sync::ProgressSlot::default();
+                let bar = show.then(|| {
+                    let progress = progress.clone();
+                    ProgressBar::start(move || progress.lock().ok()?.clone())
+                });
+                let summary = cycle_here(ctx, sync, progress);
+                drop(bar);
                 drop(lock);
-                break summary;
+                break summary?;
             }
             // A daemon started in between: ask it.
             Err(LockError::Held { .. }) => continue,
@@ -82,7 +95,79 @@ fn run_cycle(ctx: &Context, args: CycleArgs, sync: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cycle_here(ctx: &Context, sync: bool) -> anyhow::Result<CycleSummary> {
+/// A sync's progress on the terminal (stderr), redrawn from `read` until dropped.
+struct ProgressBar {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressBar {
+    fn start(
+        read: impl Fn() -> Option<crate::exchange::sync::Progress> + Send + 'static,
+    ) -> ProgressBar {
+        use crate::exchange::sync::Phase;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg}")
+                    .expect("the template parses"),
+            );
+            let started = Instant::now();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(p) = read() {
+                    let waits = match p.throttled_waits {
+                        0 => String::new(),
+                        n => format!(", {n} throttled wait(s)"),
+                    };
+                    bar.set_message(match p.phase {
+                        Phase::Listing => format!(
+                            "listing: {} page(s), {} mailbox(es) seen{}{waits}",
+                            p.pages,
+                            p.mailboxes_seen,
+                            match p.restarts {
+                                0 => String::new(),
+                                n => format!(", restarted {n}x"),
+                            }
+                        ),
+                        Phase::Applying => {
+                            format!("applying {} mailbox(es) to the cache", p.mailboxes_seen)
+                        }
+                        Phase::Statistics => format!(
+                            "statistics: {} of {} due fetched{waits}",
+                            p.statistics_done, p.statistics_target
+                        ),
+                    });
+                } else if started.elapsed() > Duration::from_millis(300) {
+                    bar.set_message("waiting for the sync to start");
+                }
+                bar.tick();
+                std::thread::sleep(Duration::from_millis(120));
+            }
+            bar.finish_and_clear();
+        });
+        ProgressBar {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ProgressBar {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn cycle_here(
+    ctx: &Context,
+    sync: bool,
+    progress: crate::exchange::sync::ProgressSlot,
+) -> anyhow::Result<CycleSummary> {
     let config = ctx.config()?;
     let store = ctx.store()?;
     let now = Utc::now();
@@ -96,7 +181,7 @@ fn cycle_here(ctx: &Context, sync: bool) -> anyhow::Result<CycleSummary> {
         .build()?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut steps = Steps::new(
-        crate::daemon::default_steps(crate::auth::step::Hub::new()),
+        crate::daemon::default_steps(crate::auth::step::Hub::new(), progress.clone()),
         Backoff::for_heartbeat(config.heartbeat.interval.get()),
     );
     let summary = runtime.block_on(async {

@@ -65,6 +65,18 @@ pub enum MailboxesCmd {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// What the live sync found changed, oldest first: mailboxes added, removed
+    /// (recovered, restored or purged), holds added or removed, recovery eligibility.
+    Changes {
+        /// From this time: RFC 3339, a date (2025-01-31) or a duration ago (7d).
+        #[arg(long, value_parser = super::parse_when)]
+        since: Option<DateTime<Utc>>,
+        /// At most this many of the newest changes.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
     /// Remove every mailbox from the cache.
     Clear {
         /// Confirm.
@@ -280,8 +292,9 @@ fn write_list(out: &mut impl Write, ms: &[InactiveMailbox], format: Format) -> a
                             .map(|d| d.format("%Y-%m-%d").to_string())
                             .unwrap_or_default(),
                         opt(&m.age_days),
-                        m.size_mb.map(fixed2).unwrap_or_default(),
-                        opt(&m.item_count),
+                        m.size_mb.map_or_else(|| "unknown".into(), fixed2),
+                        m.item_count
+                            .map_or_else(|| "unknown".into(), |c| c.to_string()),
                         opt(&m.license_type),
                         fixed2(m.monthly_cost),
                         holds_text(m, ","),
@@ -372,6 +385,22 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
                 ms.len(),
                 path.display()
             )?;
+        }
+        MailboxesCmd::Changes {
+            since,
+            limit,
+            format,
+        } => {
+            let changes = store.mailbox_changes(since, limit)?;
+            store.audit(
+                &AuditEvent::new(Operation::ListMailboxes).details(json!({
+                    "changes": true,
+                    "since": since.map(crate::inventory::rfc3339),
+                    "count": changes.len(),
+                })),
+                now,
+            )?;
+            write_changes(&mut out, &changes, Format::resolve(format))?;
         }
         MailboxesCmd::Clear { yes } => {
             if !yes {
@@ -482,10 +511,15 @@ fn show(
                     "Size",
                     match (m.size_mb, m.size_bytes) {
                         (Some(mb), Some(b)) => format!("{mb:.2} MB ({b} bytes)"),
-                        _ => String::new(),
+                        (Some(mb), None) => format!("{mb:.2} MB"),
+                        _ => "unknown (statistics not fetched yet)".into(),
                     },
                 ),
-                ("Items", opt(&m.item_count)),
+                (
+                    "Items",
+                    m.item_count
+                        .map_or_else(|| "unknown".into(), |c| c.to_string()),
+                ),
                 ("License", opt(&m.license_type)),
                 ("Monthly cost", fixed2(m.monthly_cost)),
                 ("Holds", holds_text(&m, ", ")),
@@ -506,6 +540,101 @@ fn show(
         }
     }
     Ok(())
+}
+
+/// What a change's details say, in a few words.
+fn change_text(c: &crate::store::MailboxChange) -> String {
+    let list = |key: &str| {
+        c.details
+            .get(key)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    use crate::store::ChangeKind;
+    match c.change {
+        ChangeKind::Added | ChangeKind::Removed => format!("holds: {}", list("holds")),
+        ChangeKind::HoldsAdded => format!("+{} (now {})", list("added"), list("holds")),
+        ChangeKind::HoldsRemoved => {
+            let now = list("holds");
+            if now.is_empty() {
+                format!(
+                    "-{} (no hold left: Exchange will purge it)",
+                    list("removed")
+                )
+            } else {
+                format!("-{} (now {now})", list("removed"))
+            }
+        }
+        ChangeKind::EligibilityChanged => {
+            let to = c.details.get("to").and_then(|v| v.as_bool());
+            match to {
+                Some(true) => "now recoverable".into(),
+                _ => format!("no longer recoverable: {}", list("blockers")),
+            }
+        }
+    }
+}
+
+fn write_changes(
+    out: &mut impl Write,
+    changes: &[crate::store::MailboxChange],
+    format: Format,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => output::write_json(out, changes),
+        Format::Csv => output::write_csv(
+            out,
+            &[
+                "at",
+                "sync_id",
+                "change",
+                "identity",
+                "display_name",
+                "primary_smtp",
+                "details",
+            ],
+            changes.iter().map(|c| {
+                vec![
+                    c.at.clone(),
+                    c.sync_id.to_string(),
+                    c.change.as_str().to_string(),
+                    c.identity.clone(),
+                    opt(&c.display_name),
+                    opt(&c.primary_smtp),
+                    c.details.to_string(),
+                ]
+            }),
+        ),
+        Format::Table => {
+            let t = output::table(
+                &[
+                    Column::new("When", false, 10),
+                    Column::new("Change", false, 8),
+                    Column::new("Name", false, 10),
+                    Column::new("SMTP", false, 9),
+                    Column::new("What", false, 10),
+                ],
+                changes.iter().map(|c| {
+                    vec![
+                        c.at.get(..19).unwrap_or(&c.at).replace('T', " "),
+                        c.change.as_str().to_string(),
+                        opt(&c.display_name),
+                        opt(&c.primary_smtp),
+                        change_text(c),
+                    ]
+                }),
+            );
+            writeln!(out, "{t}")?;
+            writeln!(out, "{} change(s)", changes.len())?;
+            Ok(())
+        }
+    }
 }
 
 fn write_stats(
@@ -584,6 +713,13 @@ fn write_stats(
                     }),
                 );
                 writeln!(out, "\n{t}")?;
+            }
+            if s.size_unknown > 0 {
+                writeln!(
+                    out,
+                    "\n{} mailbox(es) have no statistics yet: their size is unknown and counted as 0 above",
+                    s.size_unknown
+                )?;
             }
             if s.without_license > 0 {
                 writeln!(

@@ -74,6 +74,8 @@ pub struct Status {
     pub cache: Option<Cache>,
     /// Why the cache figures could not be read, if they could not.
     pub cache_error: Option<String>,
+    /// The mailbox sync: its source, a sync in progress, the last one, statistics due.
+    pub sync: Option<SyncView>,
     /// The outgoing mail queue and its send bucket (none before the database exists).
     pub queue: Option<QueueView>,
     /// Why the queue figures could not be read, if they could not.
@@ -265,6 +267,29 @@ fn sign_in(
     s
 }
 
+/// The mailbox sync.
+#[derive(Debug, Serialize)]
+pub struct SyncView {
+    /// `exchange` or `export`.
+    pub source: &'static str,
+    /// Why the sync cannot run, if it cannot.
+    pub unavailable: Option<String>,
+    /// A sync running now in the daemon.
+    pub in_progress: Option<crate::exchange::sync::Progress>,
+    /// The last listing (when, source, counts, duration, result).
+    pub last: Option<crate::store::SyncRunRow>,
+    /// When a listing last succeeded.
+    pub last_ok_at: Option<String>,
+    /// Mailboxes whose statistics are still due (never fetched, changed, or old).
+    pub statistics_due: Option<u64>,
+    /// Mailboxes whose size is unknown (statistics never fetched).
+    pub statistics_unknown: Option<u64>,
+    /// When the sync runs next, by its schedule.
+    pub next_run_at: Option<String>,
+    /// The sync has failed for longer than `[sync] stale_after` (or never succeeded).
+    pub failing: bool,
+}
+
 /// The inventory cache.
 #[derive(Debug, Serialize)]
 pub struct Cache {
@@ -310,6 +335,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
     let mut control_error = None;
     let mut live = None;
     let mut live_jobs = None;
+    let mut live_sync = None;
     if running {
         match crate::daemon::control::request(
             &p.socket,
@@ -319,6 +345,11 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
             Ok(data) => {
                 cycle_running = data["cycle_running"].as_bool();
                 live_jobs = serde_json::from_value::<Vec<JobView>>(data["jobs"].clone()).ok();
+                live_sync = serde_json::from_value::<Option<crate::exchange::sync::Progress>>(
+                    data["sync"].clone(),
+                )
+                .ok()
+                .flatten();
                 match serde_json::from_value::<DaemonState>(data["state"].clone()) {
                     Ok(s) => live = Some(s),
                     Err(e) => control_error = Some(format!("unreadable answer: {e}")),
@@ -358,9 +389,30 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         (None, Err(e), _) => (Vec::new(), Some(e.brief())),
         (None, _, Err(e)) => (Vec::new(), Some(e.clone())),
     };
-    let job_failed = jobs
-        .iter()
-        .any(|j| j.enabled && j.last_run.as_ref().is_some_and(|r| !r.ok));
+    let stale_after = config
+        .as_ref()
+        .map(|c| c.sync.stale_after)
+        .unwrap_or_else(|_| crate::config::SyncConfig::default().stale_after)
+        .get();
+    // A failing sync needs a person once it has failed for longer than `stale_after`
+    // (or when it never succeeded); other jobs as soon as they fail.
+    let sync_failing = |r: &JobRun| {
+        !r.ok
+            && r.last_ok_at
+                .as_deref()
+                .and_then(parse_time)
+                .is_none_or(|t| (now - t).num_seconds().max(0) as u64 > stale_after.as_secs())
+    };
+    let job_failed = jobs.iter().any(|j| {
+        j.enabled
+            && j.last_run.as_ref().is_some_and(|r| {
+                if j.name == Job::MailboxSync.name() {
+                    sync_failing(r)
+                } else {
+                    !r.ok
+                }
+            })
+    });
     let config_ref = config.as_ref().ok();
     let mut signin = sign_in(config_ref, db.as_ref(), now);
     if !running {
@@ -402,17 +454,14 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
     };
     let started_at = live_state.map(|s| s.started_at.clone());
     let config = config.ok();
-    let stale_after = config
-        .as_ref()
-        .map(|c| c.sync.stale_after)
-        .unwrap_or_else(|| crate::config::SyncConfig::default().stale_after)
-        .get();
     let last_sync = runs
         .as_ref()
         .ok()
         .and_then(|r| r.iter().find(|(j, _)| *j == Job::MailboxSync))
         .and_then(|(_, r)| r.last_ok_at.clone());
-    let sync_on = config.as_ref().is_some_and(|c| c.sync.export.is_some());
+    let sync_on = config
+        .as_ref()
+        .is_some_and(|c| c.sync_unavailable().is_none());
     let (cache, cache_error) = match &db {
         Some(Ok(store)) => match store.mailbox_stats() {
             Ok(s) => (Some(cache(s, last_sync, sync_on, stale_after, now)), None),
@@ -421,6 +470,34 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         Some(Err(e)) => (None, Some(crate::daemon::error_chain(e))),
         None => (None, None),
     };
+    let sync = config.as_ref().map(|c| {
+        let store = db.as_ref().and_then(|d| d.as_ref().ok());
+        let (last, last_ok) = store
+            .and_then(|s| s.last_syncs().ok())
+            .unwrap_or((None, None));
+        let cutoff =
+            now - chrono::Duration::from_std(c.sync.statistics_max_age.get()).unwrap_or_default();
+        let due = store.and_then(|s| s.statistics_due_count(cutoff).ok());
+        let job = jobs.iter().find(|j| j.name == Job::MailboxSync.name());
+        let exchange = c.sync.source() == crate::config::SyncSource::Exchange;
+        SyncView {
+            source: c.sync.source().as_str(),
+            unavailable: c.sync_unavailable(),
+            in_progress: live_sync.clone(),
+            last_ok_at: last_ok
+                .map(|r| r.finished_at)
+                .or_else(|| job.and_then(|j| j.last_run.as_ref()?.last_ok_at.clone())),
+            last,
+            statistics_due: due.filter(|_| exchange).map(|d| d.total()),
+            statistics_unknown: due.map(|d| d.unknown),
+            next_run_at: job
+                .filter(|j| j.enabled)
+                .and_then(|j| j.next_run_at.clone()),
+            failing: job
+                .and_then(|j| j.last_run.as_ref())
+                .is_some_and(sync_failing),
+        }
+    });
     Status {
         status_version: 1,
         health,
@@ -457,6 +534,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         jobs_error,
         cache,
         cache_error,
+        sync,
         queue,
         queue_error,
         paths: Paths {
@@ -467,6 +545,81 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
             lock_file: p.lock_file.display().to_string(),
         },
     }
+}
+
+fn write_sync(
+    out: &mut dyn Write,
+    y: &SyncView,
+    line: fn(&mut dyn Write, &str, &str) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut v = format!("from {}", y.source);
+    if let Some(why) = &y.unavailable {
+        v.push_str(&format!(", off: {why}"));
+    } else if let Some(t) = &y.next_run_at {
+        v.push_str(&format!(", next {t}"));
+    }
+    if y.failing {
+        v.push_str("; FAILING for longer than [sync] stale_after");
+    }
+    line(out, "sync", &v)?;
+    if let Some(p) = &y.in_progress {
+        let what = match p.phase {
+            crate::exchange::sync::Phase::Listing => format!(
+                "listing: {} page(s), {} mailbox(es) seen",
+                p.pages, p.mailboxes_seen
+            ),
+            crate::exchange::sync::Phase::Applying => {
+                format!("applying {} mailbox(es)", p.mailboxes_seen)
+            }
+            crate::exchange::sync::Phase::Statistics => format!(
+                "statistics: {} of {} fetched",
+                p.statistics_done, p.statistics_target
+            ),
+        };
+        line(
+            out,
+            "",
+            &format!(
+                "in progress since {}: {what}, {} throttled wait(s)",
+                p.started_at, p.throttled_waits
+            ),
+        )?;
+    }
+    if let Some(l) = &y.last {
+        let f = &l.figures;
+        let n = |k: &str| f.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let result = match (&l.ok, &l.error) {
+            (true, None) => "ok".to_string(),
+            (true, Some(e)) => format!("ok, statistics stopped: {e}"),
+            (false, e) => format!("FAILED: {}", e.as_deref().unwrap_or("unknown error")),
+        };
+        line(
+            out,
+            "",
+            &format!(
+                "last {} ({}): {} mailboxes, {} added, {} removed, {} changed, {} page(s), {} statistics call(s), {} throttled wait(s), {} ms: {result}",
+                l.finished_at,
+                l.source,
+                n("mailboxes"),
+                n("added"),
+                n("removed"),
+                n("changed"),
+                n("pages"),
+                n("statistics_fetched") + n("statistics_missing"),
+                n("throttled_waits"),
+                n("duration_ms"),
+            ),
+        )?;
+    }
+    if let Some(d) = y.statistics_due {
+        let unknown = y.statistics_unknown.unwrap_or(0);
+        line(
+            out,
+            "",
+            &format!("statistics: {d} mailbox(es) due, {unknown} with size unknown"),
+        )?;
+    }
+    Ok(())
 }
 
 fn cache(
@@ -586,6 +739,9 @@ pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
             Some(e) => line(out, "cache", &format!("unreadable: {e}"))?,
             None => line(out, "cache", "no database yet")?,
         },
+    }
+    if let Some(y) = &s.sync {
+        write_sync(out, y, line)?;
     }
     match &s.queue {
         Some(q) => {

@@ -45,7 +45,34 @@ fn search_key(out: &mut String, display_name: Option<&str>) {
 const BULK_ROWS: usize = 50_000;
 
 /// Columns written by an upsert, in parameter order.
-const UPSERT_COLUMNS: usize = 23;
+pub(super) const UPSERT_COLUMN_NAMES: [&str; UPSERT_COLUMNS] = [
+    "identity",
+    "display_name",
+    "primary_smtp",
+    "when_soft_deleted",
+    "age_days",
+    "size_mb",
+    "item_count",
+    "license_type",
+    "monthly_cost",
+    "hold_types",
+    "recovery_eligible",
+    "recovery_blockers",
+    "operating_company",
+    "department",
+    "last_updated",
+    "user_principal_name",
+    "size_bytes",
+    "in_place_holds",
+    "is_inactive",
+    "auto_expanding_archive",
+    "archive_status",
+    "external_directory_object_id",
+    "search_key",
+];
+
+/// How many columns an upsert writes.
+pub(super) const UPSERT_COLUMNS: usize = 23;
 
 /// Rows per statement on the bulk path.
 const BULK_CHUNK: usize = 64;
@@ -94,7 +121,7 @@ ON CONFLICT(identity) DO UPDATE SET
 /// The text columns of one row, rendered before binding; the buffers are reused from row
 /// to row because this is the hot path of an import.
 #[derive(Default)]
-struct RowText {
+pub(super) struct RowText {
     holds: String,
     blockers: String,
     in_place: String,
@@ -131,7 +158,7 @@ fn push_json_list<'a>(out: &mut String, items: impl IntoIterator<Item = &'a str>
 }
 
 impl RowText {
-    fn fill(&mut self, m: &InactiveMailbox) {
+    pub(super) fn fill(&mut self, m: &InactiveMailbox) {
         push_json_list(&mut self.holds, m.hold_types.iter().map(|h| h.as_str()));
         // Only the codes are stored: the sentences follow from them, and the row stays
         // narrow, which is what bulk upserts pay for.
@@ -156,7 +183,7 @@ impl RowText {
     }
 
     /// One row's parameters, in the order of [`UPSERT`].
-    fn params<'a>(&'a self, m: &'a InactiveMailbox) -> [Param<'a>; UPSERT_COLUMNS] {
+    pub(super) fn params<'a>(&'a self, m: &'a InactiveMailbox) -> [Param<'a>; UPSERT_COLUMNS] {
         [
             Param::Text(&m.identity),
             (&m.display_name).into(),

@@ -28,7 +28,7 @@ fn signed_in(p: &IdentityProvider, g: &GraphServer, mail: &str) -> Env {
         &env,
         &format!(
             "client_id = \"{TEST_CLIENT_ID}\"\nauthority = \"{}\"\ngraph_url = \"{}\"\n\
-             [heartbeat]\ninterval = \"1h\"\n[auth]\ntoken_store = \"file\"\n[mail]\n{mail}",
+             [heartbeat]\ninterval = \"1h\"\n[sync]\nschedule = \"never\"\n[auth]\ntoken_store = \"file\"\n[mail]\n{mail}",
             p.authority(),
             g.base_url()
         ),

@@ -4,6 +4,7 @@
 mod audit;
 mod config;
 mod daemon;
+mod exchange;
 mod import;
 mod mail;
 mod mailboxes;

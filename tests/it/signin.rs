@@ -49,7 +49,7 @@ fn signed_in(p: &IdentityProvider, extra: &str) -> Env {
 fn sign_in_config(p: &IdentityProvider, extra: &str) -> String {
     format!(
         "client_id = \"{TEST_CLIENT_ID}\"\nauthority = \"{}\"\n[heartbeat]\ninterval = \"1h\"\n\
-         [auth]\ntoken_store = \"file\"\n{extra}",
+         [sync]\nschedule = \"never\"\n[auth]\ntoken_store = \"file\"\n{extra}",
         p.authority()
     )
 }
@@ -494,7 +494,7 @@ fn a_generic_openid_provider_works_through_oidc_authority() {
     config(
         &env,
         &format!(
-            "client_id = \"{TEST_CLIENT_ID}\"\noidc_authority = \"{}\"\n[auth]\ntoken_store = \"file\"\n\
+            "client_id = \"{TEST_CLIENT_ID}\"\noidc_authority = \"{}\"\n[sync]\nschedule = \"never\"\n[auth]\ntoken_store = \"file\"\n\
              graph_scopes = [\"mail.send\"]\nexchange_scopes = [\"mail.send\"]\n",
             p.authority()
         ),

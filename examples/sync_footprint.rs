@@ -1,0 +1,167 @@
+//! Whole-process figures of the live sync (Linux): `imm-daemon sync` against the emulated
+//! identity provider and Exchange admin endpoint on loopback, served from this process so
+//! that the measured process is the daemon's binary alone.
+//!
+//! `cargo run --release --example sync_footprint [BINARY]` (default
+//! target/release/imm-daemon). For each tenant size it signs in with a device code (approved
+//! here), then times, with `/usr/bin/time`, a first sync with every statistic fetched
+//! (`statistics_per_cycle` large), an unchanged resync, and, for the largest tenant, the
+//! peak memory of a first sync with the default statistics batch; last it measures the
+//! running daemon's resident memory idle, after a sync of that tenant, and idle again.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imm_daemon::sandbox::exchange::{ExchangeOptions, ExchangeServer, synthetic_tenant};
+use imm_daemon::sandbox::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
+
+struct Tenant {
+    idp: IdentityProvider,
+    exo: ExchangeServer,
+}
+
+fn tenant(n: usize) -> Tenant {
+    let idp = IdentityProvider::start_in_background(IdentityOptions {
+        interval: Some(1),
+        ..IdentityOptions::default()
+    })
+    .expect("the identity emulator starts");
+    let exo = ExchangeServer::start_in_background(
+        ExchangeOptions {
+            token_checker: Some(idp.token_checker()),
+            ..ExchangeOptions::default()
+        },
+        synthetic_tenant(n, 42),
+    )
+    .expect("the Exchange emulator starts");
+    Tenant { idp, exo }
+}
+
+fn home(t: &Tenant, bin: &str, sync: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    std::fs::write(
+        dir.path().join("config/config.toml"),
+        format!(
+            "client_id = \"{TEST_CLIENT_ID}\"\nauthority = \"{}\"\nexchange_url = \"{}\"\n\
+             [heartbeat]\ninterval = \"1h\"\n[auth]\ntoken_store = \"file\"\n\
+             [sync]\nsource = \"exchange\"\nschedule = \"never\"\n{sync}",
+            t.idp.authority(),
+            t.exo.base_url()
+        ),
+    )
+    .unwrap();
+    let mut login = Command::new(bin)
+        .arg("login")
+        .env("IMM_HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let code = t
+        .idp
+        .wait_for_user_code(Duration::from_secs(10))
+        .expect("a device code");
+    assert!(t.idp.approve(&code));
+    assert!(login.wait().unwrap().success(), "login failed");
+    dir
+}
+
+/// Runs `imm-daemon ARGS` under /usr/bin/time: (seconds, peak RSS in KiB).
+fn timed(bin: &str, home: &Path, args: &[&str]) -> (f64, u64) {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%e %M"])
+        .arg(bin)
+        .args(args)
+        .env("IMM_HOME", home)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default().to_string();
+    let mut f = last.split_whitespace();
+    (
+        f.next().unwrap().parse().unwrap(),
+        f.next().unwrap().parse().unwrap(),
+    )
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn main() {
+    let bin = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "target/release/imm-daemon".into());
+    let runs = 3;
+    for n in [10_000usize, 100_000] {
+        let t = tenant(n);
+        let full = home(&t, &bin, "statistics_per_cycle = 1000000\n");
+        let (secs, kib) = timed(&bin, full.path(), &["sync"]);
+        println!(
+            "{n} mailboxes: first sync with every statistic: {secs:.2} s, peak RSS {:.1} MB",
+            kib as f64 / 1024.0
+        );
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            times.push(timed(&bin, full.path(), &["sync"]));
+        }
+        times.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (secs, kib) = times[runs / 2];
+        println!(
+            "{n} mailboxes: unchanged resync (median of {runs}): {secs:.2} s, peak RSS {:.1} MB",
+            kib as f64 / 1024.0
+        );
+        let default = home(&t, &bin, "");
+        let (secs, kib) = timed(&bin, default.path(), &["sync"]);
+        println!(
+            "{n} mailboxes: first sync, default statistics batch (500): {secs:.2} s, peak RSS {:.1} MB",
+            kib as f64 / 1024.0
+        );
+        if n == 100_000 {
+            let home = home(&t, &bin, "statistics_per_cycle = 0\n");
+            let mut daemon = Command::new(&bin)
+                .arg("run")
+                .env("IMM_HOME", home.path())
+                .env_remove("NOTIFY_SOCKET")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_secs(3));
+            let idle = rss_kib(daemon.id());
+            let t0 = Instant::now();
+            let ok = Command::new(&bin)
+                .arg("sync")
+                .env("IMM_HOME", home.path())
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            let synced = t0.elapsed();
+            std::thread::sleep(Duration::from_secs(3));
+            let after = rss_kib(daemon.id());
+            println!(
+                "daemon: idle {:.1} MB; after a sync of {n} ({:.1} s) {:.1} MB",
+                idle as f64 / 1024.0,
+                synced.as_secs_f64(),
+                after as f64 / 1024.0
+            );
+            let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+            let _ = daemon.wait();
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The live sync end to end: `sync`, `status`, `mailboxes changes`, `list` and `stats` on
+//! the real binary against the emulated identity provider and Exchange admin endpoint,
+//! and a daemon killed (-9) in the middle of a sync.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use imm_daemon::sandbox::exchange::{ExchangeOptions, ExchangeServer, synthetic_tenant};
+use imm_daemon::sandbox::identity::{IdentityProvider, TEST_CLIENT_ID};
+use serde_json::Value;
+
+use crate::daemon::{Daemon, config};
+use crate::signin::{assert_no_secret_on_disk, fast, login, provider, status};
+use crate::support::Env;
+
+fn exchange(p: &IdentityProvider, n: usize, latency: Duration) -> ExchangeServer {
+    ExchangeServer::start_in_background(
+        ExchangeOptions {
+            token_checker: Some(p.token_checker()),
+            latency,
+            ..ExchangeOptions::default()
+        },
+        synthetic_tenant(n, 17),
+    )
+    .expect("the emulated Exchange starts")
+}
+
+/// A home signed in against `p`, syncing from `x`, with `sync` in `[sync]`.
+fn signed_in(p: &IdentityProvider, x: &ExchangeServer, sync: &str, extra: &str) -> Env {
+    let env = Env::new();
+    config(
+        &env,
+        &format!(
+            "client_id = \"{TEST_CLIENT_ID}\"\nauthority = \"{}\"\nexchange_url = \"{}\"\n\
+             [heartbeat]\ninterval = \"1h\"\n[auth]\ntoken_store = \"file\"\n{extra}\n\
+             [sync]\n{sync}",
+            p.authority(),
+            x.base_url()
+        ),
+    );
+    login(&env, p);
+    env
+}
+
+fn identities(env: &Env) -> BTreeSet<String> {
+    env.json(&["mailboxes", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["identity"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn tenant(x: &ExchangeServer) -> BTreeSet<String> {
+    x.inactive().into_iter().map(|m| m.exchange_guid).collect()
+}
+
+#[test]
+fn sync_lists_the_tenant_and_reports_changes_status_and_unknown_sizes() {
+    let p = provider(fast());
+    let x = exchange(&p, 300, Duration::ZERO);
+    let env = signed_in(
+        &p,
+        &x,
+        "schedule = \"never\"\nstatistics_per_cycle = 100\n",
+        "",
+    );
+    let summary: Value = serde_json::from_str(&env.ok(&["sync", "--json"])).unwrap();
+    let step = summary["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "mailbox_sync")
+        .unwrap()
+        .clone();
+    assert_eq!(step["status"], "ok", "{step}");
+    assert_eq!(step["counts"]["mailboxes"], 300);
+    assert_eq!(step["counts"]["statistics"], 100);
+    assert_eq!(step["counts"]["statistics_due"], 200);
+    assert_eq!(identities(&env), tenant(&x));
+
+    // Sizes not fetched yet are unknown, not 0, everywhere.
+    let list = env.json(&["mailboxes", "list"]);
+    let unknown = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["size_mb"].is_null() && m["item_count"].is_null())
+        .count();
+    assert_eq!(unknown, 200);
+    let table = env.ok(&["mailboxes", "list", "--format", "table"]);
+    assert!(table.contains("unknown"), "{table}");
+    let stats = env.json(&["mailboxes", "stats"]);
+    assert_eq!(stats["size_unknown"], 200);
+    let text = env.ok(&["mailboxes", "stats", "--format", "table"]);
+    assert!(
+        text.contains("200 mailbox(es) have no statistics yet"),
+        "{text}"
+    );
+
+    let s = status(&env);
+    assert_eq!(s["sync"]["source"], "exchange");
+    assert_eq!(s["sync"]["statistics_due"], 200);
+    assert_eq!(s["sync"]["last"]["ok"], true);
+    assert_eq!(s["sync"]["last"]["figures"]["mailboxes"], 300);
+    assert_eq!(s["sync"]["last"]["figures"]["added"], 300);
+    // Not running (exit 3), but the sync's figures come from the database.
+    let out = env.cmd().arg("status").output().unwrap();
+    let human = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(human.contains("from exchange"), "{human}");
+    assert!(human.contains("statistics: 200 mailbox(es) due"), "{human}");
+
+    // The tenant changes; the next sync records it.
+    let gone = x.inactive()[0].exchange_guid.clone();
+    assert!(x.remove(&gone));
+    let released = x.inactive()[0].exchange_guid.clone();
+    assert!(x.release_holds(&released));
+    env.ok(&["sync"]);
+    let changes = env.json(&["mailboxes", "changes", "--since", "1h"]);
+    let kinds: Vec<(String, String)> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["identity"].as_str().unwrap().to_string(),
+                c["change"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&(gone.clone(), "removed".into())),
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&(released.clone(), "holds_removed".into())));
+    assert_eq!(kinds.iter().filter(|(_, k)| k == "added").count(), 300);
+    let table = env.ok(&["mailboxes", "changes", "--format", "table"]);
+    assert!(table.contains("no hold left"), "{table}");
+    let csv = env.ok(&["mailboxes", "changes", "--format", "csv"]);
+    assert!(csv.starts_with("at,sync_id,change,identity"), "{csv}");
+    assert!(!identities(&env).contains(&gone));
+    assert_no_secret_on_disk(&env, &p);
+}
+
+#[test]
+fn a_daemon_killed_mid_sync_leaves_a_consistent_cache_and_the_next_sync_keeps_its_statistics() {
+    let p = provider(fast());
+    let x = exchange(&p, 400, Duration::from_millis(15));
+    let env = signed_in(
+        &p,
+        &x,
+        "schedule = \"0 0 1 1 *\"\npage_size = 50\nstatistics_per_cycle = 1000\nconcurrency = 2\n",
+        "",
+    );
+    let db = env.db();
+    let mut rng = fastrand::Rng::with_seed(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    for round in 0..3 {
+        let daemon = Daemon::start(&env);
+        // The listing takes about 8 pages x 15 ms, the statistics about 3 s: a kill lands
+        // in either.
+        let wait = Duration::from_millis(rng.u64(50..2_500));
+        std::thread::sleep(wait);
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &daemon.pid().to_string()])
+            .status();
+        drop(daemon);
+        // Whatever was committed is whole: the cache is empty or the whole listing.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM inactive_mailboxes", [], |r| r.get(0))
+            .unwrap_or(0);
+        assert!(
+            n == 0 || n == 400,
+            "round {round}: {n} mailboxes half-written"
+        );
+        drop(conn);
+    }
+    let fetched_before: BTreeSet<String> = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut st = conn
+            .prepare("SELECT identity FROM inactive_mailboxes WHERE stats_at IS NOT NULL")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let calls_before = x.requests().statistics_per_mailbox;
+    env.ok(&["sync"]);
+    assert_eq!(identities(&env), tenant(&x));
+    let calls_after = x.requests().statistics_per_mailbox;
+    for id in &fetched_before {
+        assert_eq!(
+            calls_after.get(id),
+            calls_before.get(id),
+            "statistics already stored for {id} were fetched again"
+        );
+    }
+    let list = env.json(&["mailboxes", "list"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|m| !m["size_mb"].is_null())
+    );
+    let verify = env.ok(&["audit", "verify"]);
+    assert!(verify.contains("intact"), "{verify}");
+    assert_no_secret_on_disk(&env, &p);
+}
