@@ -226,22 +226,22 @@ const FAST: &str = "page_size = 10\nstatistics_per_cycle = 100000\nconcurrency =
 #[tokio::test(flavor = "current_thread")]
 async fn a_first_sync_equals_the_tenant_and_an_unchanged_one_changes_nothing() {
     let home = Home::new(
-        synthetic_tenant(2_500, 7),
+        synthetic_tenant(10_000, 7),
         "statistics_per_cycle = 100000\nconcurrency = 4\n",
     )
     .await;
     let out = home.sync(true).await.unwrap();
     let snap = out.snapshot.clone().unwrap();
-    assert_eq!((snap.listed, snap.added, snap.removed), (2_500, 2_500, 0));
-    assert_eq!(out.pages, 3, "1,000 a page");
-    assert_eq!(out.statistics_fetched, 2_500);
+    assert_eq!((snap.listed, snap.added, snap.removed), (10_000, 10_000, 0));
+    assert_eq!(out.pages, 10, "1,000 a page");
+    assert_eq!(out.statistics_fetched, 10_000);
     assert_eq!(out.statistics_due, 0);
     assert_eq!(home.cache(), home.tenant());
-    assert_eq!(home.changes().len(), 2_500);
-    assert_eq!(home.audit_count(Operation::MailboxAdded), 2_500);
+    assert_eq!(home.changes().len(), 10_000);
+    assert_eq!(home.audit_count(Operation::MailboxAdded), 10_000);
     assert_eq!(home.audit_count(Operation::SyncMailboxes), 1);
     let stats = home.exo.requests();
-    assert_eq!(stats.statistics_calls, 2_500);
+    assert_eq!(stats.statistics_calls, 10_000);
     assert!(stats.max_in_flight <= 4, "{}", stats.max_in_flight);
     // The listing asked for exactly the inventory's properties, with the admin as anchor
     // on every page, and sent the listing's cookie back.
@@ -255,7 +255,7 @@ async fn a_first_sync_equals_the_tenant_and_an_unchanged_one_changes_nothing() {
         stats.anchors
     );
     assert_eq!(stats.continuations_without_cookie, 0);
-    assert_eq!(stats.continuations_with_cookie, 2);
+    assert_eq!(stats.continuations_with_cookie, 9);
     // Shared UPNs stay apart: the ExchangeGuid is the key.
     let upns: Vec<_> = home
         .exo
@@ -272,10 +272,10 @@ async fn a_first_sync_equals_the_tenant_and_an_unchanged_one_changes_nothing() {
     assert_eq!(again.statistics_fetched, 0);
     assert_eq!(
         home.exo.requests().statistics_calls,
-        2_500,
+        10_000,
         "no statistics asked again"
     );
-    assert_eq!(home.changes().len(), 2_500);
+    assert_eq!(home.changes().len(), 10_000);
     assert_eq!(home.cache(), home.tenant());
 }
 
