@@ -2,8 +2,8 @@
 //! identity provider and Exchange admin endpoint on loopback, served from this process so
 //! that the measured process is the daemon's binary alone.
 //!
-//! `cargo run --release --example sync_footprint [BINARY]` (default
-//! target/release/imm-daemon). For each tenant size it signs in with a device code (approved
+//! `cargo run --release --example sync_footprint [BINARY [SIZE...]]` (default
+//! target/release/imm-daemon, sizes 10000 and 100000). For each tenant size it signs in with a device code (approved
 //! here), then times, with `/usr/bin/time`, a first sync with every statistic fetched
 //! (`statistics_per_cycle` large), an unchanged resync, and, for the largest tenant, the
 //! peak memory of a first sync with the default statistics batch; last it measures the
@@ -107,7 +107,14 @@ fn main() {
         .nth(1)
         .unwrap_or_else(|| "target/release/imm-daemon".into());
     let runs = 3;
-    for n in [10_000usize, 100_000] {
+    let mut sizes: Vec<usize> = std::env::args()
+        .skip(2)
+        .map(|a| a.parse().expect("a tenant size"))
+        .collect();
+    if sizes.is_empty() {
+        sizes = vec![10_000, 100_000];
+    }
+    for n in sizes {
         let t = tenant(n);
         let full = home(&t, &bin, "statistics_per_cycle = 1000000\n");
         let (secs, kib) = timed(&bin, full.path(), &["sync"]);
