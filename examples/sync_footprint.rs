@@ -68,10 +68,11 @@ fn home(t: &Tenant, bin: &str, sync: &str) -> tempfile::TempDir {
     dir
 }
 
-/// Runs `imm-daemon ARGS` under /usr/bin/time: (seconds, peak RSS in KiB).
+/// Runs `imm-daemon ARGS` under /usr/bin/time: (seconds, peak RSS in KiB), and prints
+/// the CPU time it used when IMM_BENCH_CPU is set.
 fn timed(bin: &str, home: &Path, args: &[&str]) -> (f64, u64) {
     let out = Command::new("/usr/bin/time")
-        .args(["-f", "%e %M"])
+        .args(["-f", "%e %M %U %S"])
         .arg(bin)
         .args(args)
         .env("IMM_HOME", home)
@@ -86,10 +87,18 @@ fn timed(bin: &str, home: &Path, args: &[&str]) -> (f64, u64) {
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or_default().to_string();
     let mut f = last.split_whitespace();
-    (
+    let figures = (
         f.next().unwrap().parse().unwrap(),
         f.next().unwrap().parse().unwrap(),
-    )
+    );
+    if std::env::var_os("IMM_BENCH_CPU").is_some() {
+        eprintln!(
+            "  {args:?}: user {} s, system {} s",
+            f.next().unwrap_or("?"),
+            f.next().unwrap_or("?")
+        );
+    }
+    figures
 }
 
 fn rss_kib(pid: u32) -> u64 {

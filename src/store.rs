@@ -59,6 +59,13 @@ const PAGE_SIZE: i64 = 16_384;
 /// truncates the WAL file.
 const WAL_BOUND: i64 = 64 << 20;
 
+/// What queries run with: sorts in memory, a 64 MiB page cache, reads through a 256 MiB
+/// memory map. A sync trades them for bounded memory while it runs
+/// ([`Store::begin_bulk`]).
+const READ_SETTINGS: &str = "PRAGMA temp_store = MEMORY;
+     PRAGMA cache_size = -65536;
+     PRAGMA mmap_size = 268435456;";
+
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -228,13 +235,11 @@ impl Store {
         }
         self.conn
             .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
-        self.conn.execute_batch(
+        self.conn.execute_batch(&format!(
             "PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
-             PRAGMA temp_store = MEMORY;
-             PRAGMA cache_size = -65536;
-             PRAGMA mmap_size = 268435456;",
-        )?;
+             {READ_SETTINGS}"
+        ))?;
         // The automatic checkpoint's threshold is counted in pages.
         let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         self.conn.execute_batch(&format!(

@@ -140,6 +140,16 @@ pub struct SyncRunRow {
 /// A change found by a snapshot: kind, identity, display name, address, details.
 type Change = (ChangeKind, String, Option<String>, Option<String>, Value);
 
+/// Mailboxes whose changes a snapshot reads and writes at a time.
+const CHANGE_CHUNK: usize = 2_000;
+
+/// One chunk of changes, and the identity to continue after.
+#[derive(Default)]
+struct Chunk {
+    changes: Vec<Change>,
+    last_identity: Option<String>,
+}
+
 fn stamp(t: DateTime<Utc>) -> String {
     let mut s = String::with_capacity(24);
     crate::inventory::push_rfc3339(&mut s, t, true);
@@ -159,6 +169,31 @@ fn holds_of(text: Option<&str>) -> BTreeSet<String> {
 }
 
 impl Store {
+    /// Sets the connection up for a sync: temporary tables in a file (the listing is
+    /// staged there, not in memory), an 8 MiB page cache and no memory-mapped reads, so
+    /// the process holds a page of mailboxes and the cache, not the tenant. Changing
+    /// `temp_store` drops temporary tables, so this comes before the staging table.
+    pub fn begin_bulk(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch(
+            "PRAGMA temp_store = FILE;
+             PRAGMA cache_size = -8192;
+             PRAGMA mmap_size = 0;",
+        )?;
+        Ok(())
+    }
+
+    /// Ends [`Store::begin_bulk`]: drops the staging table, restores the settings queries
+    /// run with and hands SQLite's cached pages back.
+    pub fn end_bulk(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch(&format!(
+            "DROP TABLE IF EXISTS temp.sync_stage;
+             {}
+             PRAGMA shrink_memory;",
+            super::READ_SETTINGS
+        ))?;
+        Ok(())
+    }
+
     /// Starts a listing: creates the staging table, or empties one left by a listing that
     /// was restarted.
     pub fn stage_reset(&mut self) -> Result<(), StoreError> {
@@ -358,7 +393,9 @@ impl Tx<'_> {
     /// Makes the cache the staged listing: mailboxes it lacks are removed, new ones added,
     /// the rest updated except for their statistics (a changed `when_changed` marks them
     /// due); every change goes to the change history and the audit log, tagged with
-    /// `sync_id` (a row of [`Tx::record_sync`] in this transaction).
+    /// `sync_id` (a row of [`Tx::record_sync`] in this transaction). Changes are found and
+    /// written [`CHANGE_CHUNK`] mailboxes at a time, so a first sync of a large tenant
+    /// never holds all its changes in memory.
     pub fn apply_snapshot(
         &mut self,
         sync_id: i64,
@@ -374,127 +411,161 @@ impl Tx<'_> {
                 })? as u64,
             ..Snapshot::default()
         };
-        let mut changes: Vec<Change> = Vec::new();
-        {
-            let mut st = self.tx.prepare(
+        let mut after = String::new();
+        loop {
+            let chunk = self.chunk(
                 "SELECT s.identity, s.display_name, s.primary_smtp, s.hold_types,
                         s.recovery_eligible
                  FROM temp.sync_stage s
-                 WHERE NOT EXISTS (SELECT 1 FROM inactive_mailboxes m WHERE m.identity = s.identity)
-                 ORDER BY s.identity",
+                 WHERE s.identity > ?1
+                   AND NOT EXISTS (SELECT 1 FROM inactive_mailboxes m WHERE m.identity = s.identity)
+                 ORDER BY s.identity LIMIT ?2",
+                &after,
+                |r, changes| {
+                    let holds = holds_of(r.get::<_, Option<String>>(3)?.as_deref());
+                    let eligible: Option<bool> = r.get(4)?;
+                    changes.push((
+                        ChangeKind::Added,
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        json!({"holds": holds, "recovery_eligible": eligible}),
+                    ));
+                    Ok(())
+                },
             )?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                let holds = holds_of(r.get::<_, Option<String>>(3)?.as_deref());
-                let eligible: Option<bool> = r.get(4)?;
-                changes.push((
-                    ChangeKind::Added,
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    json!({"holds": holds, "recovery_eligible": eligible}),
-                ));
-            }
+            let Some(last) = chunk.last_identity else {
+                break;
+            };
+            out.added += chunk.changes.len() as u64;
+            self.record_changes(&chunk.changes, sync_id, &at, now)?;
+            after = last;
         }
-        out.added = changes.len() as u64;
-        {
-            let mut st = self.tx.prepare(
+        after.clear();
+        loop {
+            let chunk = self.chunk(
                 "SELECT m.identity, m.display_name, m.primary_smtp, m.hold_types
                  FROM inactive_mailboxes m
-                 WHERE NOT EXISTS (SELECT 1 FROM temp.sync_stage s WHERE s.identity = m.identity)
-                 ORDER BY m.identity",
+                 WHERE m.identity > ?1
+                   AND NOT EXISTS (SELECT 1 FROM temp.sync_stage s WHERE s.identity = m.identity)
+                 ORDER BY m.identity LIMIT ?2",
+                &after,
+                |r, changes| {
+                    let holds = holds_of(r.get::<_, Option<String>>(3)?.as_deref());
+                    changes.push((
+                        ChangeKind::Removed,
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        json!({
+                            "holds": holds,
+                            "reason": "no longer listed as inactive: recovered, restored, or purged",
+                        }),
+                    ));
+                    Ok(())
+                },
             )?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                let holds = holds_of(r.get::<_, Option<String>>(3)?.as_deref());
-                changes.push((
-                    ChangeKind::Removed,
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    json!({
-                        "holds": holds,
-                        "reason": "no longer listed as inactive: recovered, restored, or purged",
-                    }),
-                ));
-                out.removed += 1;
-            }
+            let Some(last) = chunk.last_identity else {
+                break;
+            };
+            out.removed += chunk.changes.len() as u64;
+            self.record_changes(&chunk.changes, sync_id, &at, now)?;
+            after = last;
         }
-        {
-            let mut st = self.tx.prepare(
+        after.clear();
+        loop {
+            let mut changed = 0u64;
+            let mut released = Vec::new();
+            let chunk = self.chunk(
                 "SELECT s.identity, s.display_name, s.primary_smtp, m.hold_types, s.hold_types,
                         m.recovery_eligible, s.recovery_eligible, s.recovery_blockers
                  FROM temp.sync_stage s JOIN inactive_mailboxes m ON m.identity = s.identity
-                 WHERE m.hold_types IS NOT s.hold_types
-                    OR m.recovery_eligible IS NOT s.recovery_eligible
-                 ORDER BY s.identity",
-            )?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                let identity: String = r.get(0)?;
-                let name: Option<String> = r.get(1)?;
-                let smtp: Option<String> = r.get(2)?;
-                let before = holds_of(r.get::<_, Option<String>>(3)?.as_deref());
-                let after = holds_of(r.get::<_, Option<String>>(4)?.as_deref());
-                let (was, is): (Option<bool>, Option<bool>) = (r.get(5)?, r.get(6)?);
-                let mut any = false;
-                let added: Vec<&String> = after.difference(&before).collect();
-                let removed: Vec<&String> = before.difference(&after).collect();
-                if !added.is_empty() {
-                    any = true;
-                    changes.push((
-                        ChangeKind::HoldsAdded,
-                        identity.clone(),
-                        name.clone(),
-                        smtp.clone(),
-                        json!({"added": added, "holds": after}),
-                    ));
-                }
-                if !removed.is_empty() {
-                    any = true;
-                    let released = after.is_empty();
-                    if released {
-                        out.holds_released
-                            .push((identity.clone(), name.clone(), smtp.clone()));
+                 WHERE s.identity > ?1
+                   AND (m.hold_types IS NOT s.hold_types
+                        OR m.recovery_eligible IS NOT s.recovery_eligible)
+                 ORDER BY s.identity LIMIT ?2",
+                &after,
+                |r, changes| {
+                    let identity: String = r.get(0)?;
+                    let name: Option<String> = r.get(1)?;
+                    let smtp: Option<String> = r.get(2)?;
+                    let before = holds_of(r.get::<_, Option<String>>(3)?.as_deref());
+                    let now_held = holds_of(r.get::<_, Option<String>>(4)?.as_deref());
+                    let (was, is): (Option<bool>, Option<bool>) = (r.get(5)?, r.get(6)?);
+                    let n = changes.len();
+                    let added: Vec<&String> = now_held.difference(&before).collect();
+                    let removed: Vec<&String> = before.difference(&now_held).collect();
+                    if !added.is_empty() {
+                        changes.push((
+                            ChangeKind::HoldsAdded,
+                            identity.clone(),
+                            name.clone(),
+                            smtp.clone(),
+                            json!({"added": added, "holds": now_held}),
+                        ));
                     }
-                    changes.push((
-                        ChangeKind::HoldsRemoved,
-                        identity.clone(),
-                        name.clone(),
-                        smtp.clone(),
-                        json!({"removed": removed, "holds": after, "last_hold_released": released}),
-                    ));
-                }
-                if was != is {
-                    any = true;
-                    let blockers: Value = r
-                        .get::<_, Option<String>>(7)?
-                        .as_deref()
-                        .and_then(|t| serde_json::from_str(t).ok())
-                        .unwrap_or(Value::Null);
-                    changes.push((
-                        ChangeKind::EligibilityChanged,
-                        identity.clone(),
-                        name.clone(),
-                        smtp.clone(),
-                        json!({"from": was, "to": is, "blockers": blockers}),
-                    ));
-                }
-                if any {
-                    out.changed += 1;
-                }
-            }
+                    if !removed.is_empty() {
+                        let last = now_held.is_empty();
+                        if last {
+                            released.push((identity.clone(), name.clone(), smtp.clone()));
+                        }
+                        changes.push((
+                            ChangeKind::HoldsRemoved,
+                            identity.clone(),
+                            name.clone(),
+                            smtp.clone(),
+                            json!({"removed": removed, "holds": now_held, "last_hold_released": last}),
+                        ));
+                    }
+                    if was != is {
+                        let blockers: Value = r
+                            .get::<_, Option<String>>(7)?
+                            .as_deref()
+                            .and_then(|t| serde_json::from_str(t).ok())
+                            .unwrap_or(Value::Null);
+                        changes.push((
+                            ChangeKind::EligibilityChanged,
+                            identity.clone(),
+                            name.clone(),
+                            smtp.clone(),
+                            json!({"from": was, "to": is, "blockers": blockers}),
+                        ));
+                    }
+                    if changes.len() > n {
+                        changed += 1;
+                    }
+                    Ok(())
+                },
+            )?;
+            let Some(last) = chunk.last_identity else {
+                break;
+            };
+            out.changed += changed;
+            out.holds_released.extend(released);
+            self.record_changes(&chunk.changes, sync_id, &at, now)?;
+            after = last;
         }
-        self.tx.execute(
-            "DELETE FROM inactive_mailboxes
-             WHERE identity NOT IN (SELECT identity FROM temp.sync_stage)",
-            [],
-        )?;
+        if out.removed > 0 {
+            self.tx.execute(
+                "DELETE FROM inactive_mailboxes WHERE NOT EXISTS
+                 (SELECT 1 FROM temp.sync_stage s WHERE s.identity = inactive_mailboxes.identity)",
+                [],
+            )?;
+        }
+        // Statistics are the statistics phase's; the clock's figures (age, last update)
+        // alone do not make a row changed, so an unchanged listing rewrites nothing.
         let keep = ["size_mb", "size_bytes", "item_count"];
+        let clock = ["age_days", "last_updated", "search_key"];
         let updates: Vec<String> = UPSERT_COLUMN_NAMES
             .iter()
             .filter(|c| **c != "identity" && !keep.contains(c))
             .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        let differs: Vec<String> = UPSERT_COLUMN_NAMES
+            .iter()
+            .chain(["when_changed"].iter())
+            .filter(|c| **c != "identity" && !keep.contains(c) && !clock.contains(c))
+            .map(|c| format!("inactive_mailboxes.{c} IS NOT excluded.{c}"))
             .collect();
         self.tx.execute(
             &format!(
@@ -504,19 +575,50 @@ impl Tx<'_> {
                      stats_stale = inactive_mailboxes.stats_stale
                          OR (inactive_mailboxes.stats_at IS NOT NULL
                              AND inactive_mailboxes.when_changed IS NOT excluded.when_changed),
-                     when_changed = excluded.when_changed",
+                     when_changed = excluded.when_changed
+                 WHERE {differs}",
                 cols = UPSERT_COLUMN_NAMES.join(", "),
-                updates = updates.join(", ")
+                updates = updates.join(", "),
+                differs = differs.join(" OR ")
             ),
             [],
         )?;
+        Ok(out)
+    }
+
+    /// Up to [`CHANGE_CHUNK`] rows of `sql` (which takes the identity to continue after
+    /// and a limit), each read into changes by `read`; the last identity read, if any.
+    fn chunk(
+        &mut self,
+        sql: &str,
+        after: &str,
+        mut read: impl FnMut(&rusqlite::Row<'_>, &mut Vec<Change>) -> rusqlite::Result<()>,
+    ) -> Result<Chunk, StoreError> {
+        let mut st = self.tx.prepare_cached(sql)?;
+        let mut rows = st.query(params![after, CHANGE_CHUNK as i64])?;
+        let mut chunk = Chunk::default();
+        while let Some(r) = rows.next()? {
+            read(r, &mut chunk.changes)?;
+            chunk.last_identity = Some(r.get(0)?);
+        }
+        Ok(chunk)
+    }
+
+    /// Writes changes to the history and the audit log.
+    fn record_changes(
+        &mut self,
+        changes: &[Change],
+        sync_id: i64,
+        at: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         {
             let mut insert = self.tx.prepare_cached(
                 "INSERT INTO mailbox_changes
                  (sync_id, at, identity, change, display_name, primary_smtp, details)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for (kind, identity, name, smtp, details) in &changes {
+            for (kind, identity, name, smtp, details) in changes {
                 insert.execute(params![
                     sync_id,
                     at,
@@ -536,16 +638,18 @@ impl Tx<'_> {
             };
             let mut d = json!({"sync_id": sync_id, "change": kind.as_str()});
             if let (Value::Object(map), Value::Object(extra)) = (&mut d, details) {
-                map.extend(extra);
-                map.insert("display_name".into(), name.into());
-                map.insert("primary_smtp".into(), smtp.into());
+                map.extend(extra.clone());
+                map.insert("display_name".into(), name.clone().into());
+                map.insert("primary_smtp".into(), smtp.clone().into());
             }
             self.audit(
-                &AuditEvent::new(operation).identity(identity).details(d),
+                &AuditEvent::new(operation)
+                    .identity(identity.clone())
+                    .details(d),
                 now,
             )?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Stores fetched statistics; they are current as of `now`.
