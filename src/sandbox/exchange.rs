@@ -1718,7 +1718,7 @@ impl Shared {
         let include_deleted = switch(params, "IncludeSoftDeletedRecipients")?;
         let found = {
             let mut st = self.lock();
-            st.position(&identity)
+            st.position(identity)
                 .and_then(|i| st.mailboxes.get(i).cloned())
         };
         let mailbox = match found {
