@@ -212,3 +212,66 @@ fn a_daemon_killed_mid_sync_leaves_a_consistent_cache_and_the_next_sync_keeps_it
     assert!(verify.contains("intact"), "{verify}");
     assert_no_secret_on_disk(&env, &p);
 }
+
+#[test]
+fn status_shows_a_sync_in_progress_and_sync_draws_its_progress_on_a_terminal() {
+    let p = provider(fast());
+    let x = exchange(&p, 200, Duration::from_millis(25));
+    let env = signed_in(
+        &p,
+        &x,
+        "schedule = \"0 0 1 1 *\"\npage_size = 20\nstatistics_per_cycle = 1000\nconcurrency = 1\n",
+        "",
+    );
+    // The daemon syncs at its start (the sync never ran): 10 pages and 200 statistics
+    // calls at 25 ms each keep it busy for seconds.
+    let mut daemon = Daemon::start(&env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let seen = loop {
+        let s = status(&env);
+        if let Some(p) = s["sync"]["in_progress"].as_object()
+            && p["phase"] == "statistics"
+            && p["statistics_done"].as_u64().unwrap_or(0) > 0
+        {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sync in progress seen: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let progress = &seen["sync"]["in_progress"];
+    assert_eq!(progress["pages"], 10, "{progress}");
+    assert_eq!(progress["mailboxes_seen"], 200);
+    assert_eq!(progress["statistics_target"], 200);
+    let out = env.cmd().arg("status").output().unwrap();
+    let human = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(human.contains("in progress since"), "{human}");
+    daemon.signal("TERM");
+    let (code, _) = daemon.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0));
+
+    // `sync` on a terminal (a pseudo-terminal from script(1)) draws its progress on
+    // stderr; piped, it draws nothing.
+    x.remove(&x.inactive()[0].exchange_guid.clone());
+    let bin = env!("CARGO_BIN_EXE_imm-daemon");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &format!("{bin} sync"), "/dev/null"])
+        .env("IMM_HOME", env.home.path())
+        .env_remove("IMM_CONFIG")
+        .output()
+        .expect("script(1) runs");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("listing:") && screen.contains("mailbox(es) seen"),
+        "{screen}"
+    );
+    let piped = env.cmd().arg("sync").output().unwrap();
+    assert!(piped.status.success());
+    assert!(
+        !String::from_utf8_lossy(&piped.stderr).contains("listing:"),
+        "no progress when not on a terminal"
+    );
+}
