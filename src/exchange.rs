@@ -49,6 +49,25 @@ const MORE_RESULTS_TEXT: &str = "There are more results available";
 /// Restarts of a listing from its first page after an expired link, per sync.
 pub const MAX_RESTARTS: u32 = 2;
 
+/// The largest answer read: a page of 1,000 full Get-Mailbox records is about 5 MiB.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// Pages one listing may take: 1,000,000 mailboxes in pages of 10.
+pub const MAX_PAGES: u32 = 100_000;
+
+/// Words in an `@adminapi.warnings` entry that say results were left out; such a warning
+/// makes the listing incomplete (it would otherwise remove the mailboxes left out).
+const INCOMPLETE_WORDS: &[&str] = &[
+    "more results",
+    "not all",
+    "incomplete",
+    "partial",
+    "truncat",
+    "unavailable",
+    "could not be",
+    "couldn't be",
+];
+
 /// The Exchange role the sync needs, named in 403 errors.
 const ROLE_HINT: &str = "the signed-in admin needs an Exchange role that may run Get-Mailbox and Get-MailboxStatistics, such as View-Only Recipients (in the View-Only Organization Management role group) or Mail Recipients";
 
@@ -76,6 +95,12 @@ pub enum ExchangeError {
     },
     #[error("{what}: the answer is not what Exchange sends: {detail}")]
     Malformed { what: &'static str, detail: String },
+    /// The answer was larger than [`MAX_ANSWER_BYTES`]: not retried.
+    #[error("{what}: the answer is larger than {} MiB; no page of Exchange's is", MAX_ANSWER_BYTES >> 20)]
+    TooLarge { what: &'static str },
+    /// The sync cannot be set up (no tenant known, a bad URL): a person must act.
+    #[error("{0}")]
+    Setup(String),
     #[error("{what}: Exchange refused the access token (HTTP 401){}", if *claims { "; it asks for a claims challenge (a conditional access or MFA policy): sign in again with `imm-daemon login`; answering claims challenges silently is not supported yet" } else { "" })]
     Unauthorized { what: &'static str, claims: bool },
     #[error("{what}: Exchange denied it (HTTP 403): {reason}; {ROLE_HINT}")]
@@ -102,14 +127,18 @@ pub enum ExchangeError {
     },
     #[error("{what}: Exchange said the listing is incomplete: {warning}")]
     Incomplete { what: &'static str, warning: String },
-    #[error("{what}: gave up after {attempts} attempt(s): {last}")]
+    #[error(
+        "{what}: the listing did not end after {pages} pages (a next-page link repeated, or more pages than any tenant has)"
+    )]
+    Endless { what: &'static str, pages: u32 },
+    #[error("{what}: gave up after {attempts} attempt(s)")]
     GaveUp {
         what: &'static str,
         attempts: u32,
         #[source]
         last: Box<ExchangeError>,
     },
-    #[error("{what}: waiting {} more would pass the sync's limit of {} ([sync] max_wait): {last}", humantime::format_duration(*wait), humantime::format_duration(*budget))]
+    #[error("{what}: waiting {} more would pass the sync's limit of {} ([sync] max_wait)", humantime::format_duration(*wait), humantime::format_duration(*budget))]
     OutOfTime {
         what: &'static str,
         wait: Duration,
@@ -117,7 +146,7 @@ pub enum ExchangeError {
         #[source]
         last: Box<ExchangeError>,
     },
-    #[error("mailbox record {record} of page {page}: {source}")]
+    #[error("mailbox record {record} of page {page}")]
     Record {
         page: u32,
         record: usize,
@@ -151,7 +180,9 @@ impl ExchangeError {
     pub fn needs_attention(&self) -> bool {
         match self {
             ExchangeError::Auth(e) => e.needs_sign_in(),
-            ExchangeError::Unauthorized { .. } | ExchangeError::Forbidden { .. } => true,
+            ExchangeError::Unauthorized { .. }
+            | ExchangeError::Forbidden { .. }
+            | ExchangeError::Setup(_) => true,
             ExchangeError::GaveUp { last, .. } | ExchangeError::OutOfTime { last, .. } => {
                 last.needs_attention()
             }
@@ -368,9 +399,8 @@ impl<'a> Exchange<'a> {
             exchange_url.trim_end_matches('/')
         );
         let origin = url::Url::parse(&base)
-            .map_err(|e| ExchangeError::Malformed {
-                what: "the Exchange URL",
-                detail: e.to_string(),
+            .map_err(|e| {
+                ExchangeError::Setup(format!("the Exchange URL {base} is not a URL: {e}"))
             })?
             .origin();
         Ok(Exchange {
@@ -453,15 +483,36 @@ impl<'a> Exchange<'a> {
         }
         if status == StatusCode::FORBIDDEN {
             // The body is NUL bytes, sometimes labelled gzip: never read it.
-            return Err(ExchangeError::Forbidden {
-                what,
-                reason: diagnostics_reason(&headers),
-            });
+            let reason = diagnostics_reason(&headers);
+            if reason.contains(CONCURRENCY_TEXT) {
+                return Err(ExchangeError::Throttled {
+                    what,
+                    status: 403,
+                    message: Some(reason),
+                    retry_after,
+                });
+            }
+            return Err(ExchangeError::Forbidden { what, reason });
         }
-        let bytes = resp.bytes().await.map_err(|e| ExchangeError::Transport {
-            what,
-            detail: format!("the answer was cut off: {}", crate::http::describe(&e)),
-        })?;
+        let mut resp = resp;
+        let mut bytes: Vec<u8> = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                        return Err(ExchangeError::TooLarge { what });
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(ExchangeError::Transport {
+                        what,
+                        detail: format!("the answer was cut off: {}", crate::http::describe(&e)),
+                    });
+                }
+            }
+        }
         let message = error_text(&bytes);
         let said = |text: &str| {
             message.as_deref().is_some_and(|m| m.contains(text))
@@ -664,6 +715,7 @@ impl<'a> Exchange<'a> {
             let cookies = RefCell::new(Cookies::default());
             let mut url = first.clone();
             let mut page = 0u32;
+            let mut links = std::collections::HashSet::new();
             loop {
                 page += 1;
                 let answer = match self.invoke(&url, &body, Some(&cookies), WHAT).await {
@@ -685,10 +737,19 @@ impl<'a> Exchange<'a> {
                     other => other?,
                 };
                 listing.pages += 1;
-                let next = answer
-                    .get("@odata.nextLink")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
+                let next = match answer.get("@odata.nextLink") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(other) => {
+                        return Err(ExchangeError::Malformed {
+                            what: WHAT,
+                            detail: format!(
+                                "a next-page link that is not text: {}",
+                                excerpt(&other.to_string())
+                            ),
+                        });
+                    }
+                };
                 let warnings: Vec<String> = answer
                     .get("@adminapi.warnings")
                     .and_then(Value::as_array)
@@ -699,14 +760,17 @@ impl<'a> Exchange<'a> {
                     })
                     .unwrap_or_default();
                 for w in &warnings {
-                    if next.is_none() && w.contains(MORE_RESULTS_TEXT) {
+                    // "More results available" is expected on a page that has a next one.
+                    let expected = next.is_some() && w.contains(MORE_RESULTS_TEXT);
+                    let lower = w.to_lowercase();
+                    if !expected && INCOMPLETE_WORDS.iter().any(|x| lower.contains(x)) {
                         return Err(ExchangeError::Incomplete {
                             what: WHAT,
-                            warning: w.clone(),
+                            warning: excerpt(w),
                         });
                     }
-                    if !w.contains(MORE_RESULTS_TEXT) {
-                        tracing::warn!(page, "{WHAT}: Exchange warns: {w}");
+                    if !expected {
+                        tracing::warn!(page, "{WHAT}: Exchange warns: {}", excerpt(w));
                     }
                 }
                 let records: Vec<Map<String, Value>> = match answer.get("value") {
@@ -739,6 +803,12 @@ impl<'a> Exchange<'a> {
                 match next {
                     None => return Ok(listing),
                     Some(link) => {
+                        if page >= MAX_PAGES || !links.insert(link.clone()) {
+                            return Err(ExchangeError::Endless {
+                                what: WHAT,
+                                pages: page,
+                            });
+                        }
                         let same = url::Url::parse(&link)
                             .map(|u| u.origin() == self.origin)
                             .unwrap_or(false);
@@ -770,7 +840,13 @@ impl<'a> Exchange<'a> {
         let url = format!("{}/InvokeCommand", self.base);
         let answer = match self.invoke(&url, &body, None, WHAT).await {
             Ok(a) => a,
-            Err(ExchangeError::NotFound { .. }) => return Ok(None),
+            // Only Exchange's own "no such object" means the mailbox is gone; any other
+            // 404 (a proxy's page, a wrong path) is an error.
+            Err(ExchangeError::NotFound { message, .. })
+                if message.contains("ManagementObjectNotFoundException") =>
+            {
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         let Some(record) = answer
@@ -779,7 +855,10 @@ impl<'a> Exchange<'a> {
             .and_then(|v| v.first())
             .and_then(Value::as_object)
         else {
-            return Ok(None);
+            return Err(ExchangeError::Malformed {
+                what: WHAT,
+                detail: "no statistics record in the answer".into(),
+            });
         };
         let get = |name: &str| {
             record
@@ -797,10 +876,23 @@ impl<'a> Exchange<'a> {
             None => None,
         };
         let items = match get("ItemCount") {
+            None | Some(Value::Null) => None,
             Some(Value::Number(n)) => n.as_u64(),
             Some(Value::String(s)) => s.trim().replace(',', "").parse().ok(),
-            _ => None,
+            Some(_) => None,
         };
+        if items.is_none() && get("ItemCount").is_some_and(|v| !v.is_null()) {
+            return Err(ExchangeError::Malformed {
+                what: WHAT,
+                detail: "ItemCount is not a count".into(),
+            });
+        }
+        if size.is_none() && items.is_none() {
+            return Err(ExchangeError::Malformed {
+                what: WHAT,
+                detail: "the record has neither TotalItemSize nor ItemCount".into(),
+            });
+        }
         Ok(Some((size, items)))
     }
 }

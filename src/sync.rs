@@ -274,6 +274,15 @@ impl MailboxSync {
             }
         }
         match result {
+            // The listing was applied; the statistics need a person (a role, a sign-in).
+            Ok(o) if o.statistics_needs_attention => Err(StepError {
+                message: format!(
+                    "{}; statistics: {}",
+                    o.summary(),
+                    o.statistics_error.as_deref().unwrap_or("failed")
+                ),
+                needs_attention: true,
+            }),
             Ok(o) => {
                 let mut counts = BTreeMap::new();
                 if let Some(s) = &o.snapshot {

@@ -58,7 +58,13 @@ fn run_cycle(ctx: &Context, args: CycleArgs, sync: bool) -> anyhow::Result<()> {
                         .and_then(|v| serde_json::from_value(v.get("sync")?.clone()).ok())
                 })
             });
-            let data = control::request(&ctx.paths.socket, command, CYCLE_TIMEOUT);
+            // A sync may wait out throttling for up to [sync] max_wait on top of its work.
+            let timeout = if sync {
+                CYCLE_TIMEOUT + ctx.config()?.sync.max_wait.get()
+            } else {
+                CYCLE_TIMEOUT
+            };
+            let data = control::request(&ctx.paths.socket, command, timeout);
             drop(bar);
             break serde_json::from_value::<CycleSummary>(data?)?;
         }

@@ -559,16 +559,25 @@ fn change_text(c: &crate::store::MailboxChange) -> String {
     use crate::store::ChangeKind;
     match c.change {
         ChangeKind::Added | ChangeKind::Removed => format!("holds: {}", list("holds")),
-        ChangeKind::HoldsAdded => format!("+{} (now {})", list("added"), list("holds")),
+        ChangeKind::HoldsAdded => {
+            let what = [list("added"), list("added_holds")]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            format!("+{what} (now {})", list("holds"))
+        }
         ChangeKind::HoldsRemoved => {
+            let what = [list("removed"), list("removed_holds")]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
             let now = list("holds");
             if now.is_empty() {
-                format!(
-                    "-{} (no hold left: Exchange will purge it)",
-                    list("removed")
-                )
+                format!("-{what} (no hold left: Exchange will purge it)")
             } else {
-                format!("-{} (now {now})", list("removed"))
+                format!("-{what} (now {now})")
             }
         }
         ChangeKind::EligibilityChanged => {

@@ -282,7 +282,7 @@ pub struct SyncView {
     pub last_ok_at: Option<String>,
     /// Mailboxes whose statistics are still due (never fetched, changed, or old).
     pub statistics_due: Option<u64>,
-    /// Mailboxes whose size is unknown (statistics never fetched).
+    /// Mailboxes whose size is unknown (statistics never fetched, or set aside).
     pub statistics_unknown: Option<u64>,
     /// When the sync runs next, by its schedule.
     pub next_run_at: Option<String>,
@@ -489,7 +489,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
                 .or_else(|| job.and_then(|j| j.last_run.as_ref()?.last_ok_at.clone())),
             last,
             statistics_due: due.filter(|_| exchange).map(|d| d.total()),
-            statistics_unknown: due.map(|d| d.unknown),
+            statistics_unknown: due.map(|d| d.size_unknown),
             next_run_at: job
                 .filter(|j| j.enabled)
                 .and_then(|j| j.next_run_at.clone()),

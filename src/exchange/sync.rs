@@ -79,6 +79,11 @@ pub struct Outcome {
     pub statistics_fetched: u64,
     /// Mailboxes Exchange no longer knew when their statistics were asked for.
     pub statistics_missing: u64,
+    /// Mailboxes whose statistics call failed for that mailbox alone: set aside until
+    /// their figures are due again.
+    pub statistics_failed: u64,
+    /// The statistics stopped for a reason only a person can mend (sign-in, role).
+    pub statistics_needs_attention: bool,
     /// Why the statistics stopped early, if they did; they go on next cycle.
     pub statistics_error: Option<String>,
     /// Mailboxes still needing statistics after this run.
@@ -222,9 +227,10 @@ async fn tenant_and_anchor(run: &Run<'_>) -> Result<(String, String), ExchangeEr
     }
     let tenant = tenant
         .or_else(|| run.config.tenant.as_ref().map(|t| t.as_str().to_string()))
-        .ok_or_else(|| ExchangeError::Malformed {
-            what: "finding the tenant",
-            detail: "neither the sign-in nor the configuration names the tenant".into(),
+        .ok_or_else(|| {
+            ExchangeError::Setup(
+                "neither the sign-in nor the configuration names the tenant: set `tenant` to the tenant's GUID".into(),
+            )
         })?;
     let anchor = match account.and_then(|a| a.username).filter(|u| u.contains('@')) {
         Some(upn) => format!("UPN:{upn}"),
@@ -346,7 +352,9 @@ async fn run_inner(
                 out.requests = c.requests;
                 out.throttled_waits = c.waits;
                 out.waited_ms = c.waited.as_millis() as u64;
-                record_failure(r, started, clock, &out, &e);
+                if !matches!(e, ExchangeError::Cancelled) {
+                    record_failure(r, started, clock, &out, &e);
+                }
                 return Err(e);
             }
         }
@@ -357,6 +365,9 @@ async fn run_inner(
     let per_cycle = cfg.statistics_per_cycle.get() as usize;
     if per_cycle > 0 && !r.cancel.is_cancelled() {
         statistics(r, &client, cutoff, per_cycle, &mut out).await?;
+    }
+    if !out.listed && r.cancel.is_cancelled() && out.statistics_fetched == 0 {
+        return Err(ExchangeError::Cancelled);
     }
     out.statistics_due = r.store.borrow().statistics_due_count(cutoff)?.total();
     let c = client.counters();
@@ -468,20 +479,58 @@ async fn listing(
             figures: &figures,
             error: None,
         })?;
-        tx.apply_snapshot(id, now)
+        let snapshot = tx.apply_snapshot(id, now)?;
+        let figures = json!({
+            "pages": listing.pages,
+            "restarts": listing.restarts,
+            "mailboxes": snapshot.listed,
+            "added": snapshot.added,
+            "removed": snapshot.removed,
+            "changed": snapshot.changed,
+            "holds_released": snapshot.holds_released.len(),
+        });
+        tx.update_sync(
+            id,
+            &SyncRun {
+                source: "exchange",
+                started_at: started,
+                finished_at: now,
+                ok: true,
+                figures: &figures,
+                error: None,
+            },
+        )?;
+        Ok::<_, crate::store::StoreError>(snapshot)
     });
     let _ = r.store.borrow_mut().stage_drop();
     Ok((listing, applied?))
 }
 
-/// Fetches up to `per_cycle` of the statistics due, committing them in batches.
+/// Whether a failed statistics call says something about the whole tenant (the sign-in,
+/// a role, throttling past the sync's patience, the network), which stops the batch, or
+/// only about that mailbox, which is set aside until its figures are due again.
+fn tenant_wide(e: &ExchangeError) -> bool {
+    match e {
+        ExchangeError::Refused { .. }
+        | ExchangeError::NotFound { .. }
+        | ExchangeError::Malformed { .. }
+        | ExchangeError::Server { .. } => false,
+        ExchangeError::GaveUp { last, .. } => tenant_wide(last) || last.is_throttling(),
+        _ => true,
+    }
+}
+
+/// Fetches up to `per_cycle` of the statistics due, committing them in batches. A call
+/// that fails for its mailbox alone sets that mailbox aside (until its figures are due
+/// again) and the batch goes on; one that fails for the tenant stops the batch. Either is
+/// reported in `out`; only the store's failure is an error.
 async fn statistics(
     r: &Run<'_>,
     client: &Exchange<'_>,
     cutoff: DateTime<Utc>,
     per_cycle: usize,
     out: &mut Outcome,
-) -> Result<(), ExchangeError> {
+) -> Result<(), crate::store::StoreError> {
     let due = r.store.borrow().statistics_due(cutoff, per_cycle)?;
     if due.is_empty() {
         return Ok(());
@@ -493,29 +542,30 @@ async fn statistics(
     let mut pending = due.into_iter();
     let mut in_flight = FuturesUnordered::new();
     let mut batch: Vec<StatisticsResult> = Vec::new();
-    let mut missing: Vec<String> = Vec::new();
+    let mut set_aside: Vec<String> = Vec::new();
     let mut last_commit = Instant::now();
-    let mut error: Option<ExchangeError> = None;
+    let mut stop: Option<ExchangeError> = None;
+    let mut first_failure: Option<String> = None;
     let commit = |batch: &mut Vec<StatisticsResult>,
-                  missing: &mut Vec<String>|
-     -> Result<(), ExchangeError> {
-        if batch.is_empty() && missing.is_empty() {
+                  set_aside: &mut Vec<String>|
+     -> Result<(), crate::store::StoreError> {
+        if batch.is_empty() && set_aside.is_empty() {
             return Ok(());
         }
         let now = Utc::now();
         r.store.borrow_mut().write(|tx| {
             tx.store_statistics(batch, now)?;
-            for id in missing.iter() {
+            for id in set_aside.iter() {
                 tx.mark_statistics_missing(id, now)?;
             }
             Ok::<_, crate::store::StoreError>(())
         })?;
         batch.clear();
-        missing.clear();
+        set_aside.clear();
         Ok(())
     };
     loop {
-        while error.is_none() && !r.cancel.is_cancelled() && in_flight.len() < client.limit() {
+        while stop.is_none() && !r.cancel.is_cancelled() && in_flight.len() < client.limit() {
             let Some(id) = pending.next() else { break };
             in_flight.push(async move {
                 let result = client.mailbox_statistics(&id).await;
@@ -536,36 +586,45 @@ async fn statistics(
             }
             Ok(None) => {
                 out.statistics_missing += 1;
-                missing.push(id);
+                set_aside.push(id);
+            }
+            Err(e) if !tenant_wide(&e) => {
+                out.statistics_failed += 1;
+                let text = crate::daemon::error_chain(&e);
+                tracing::warn!(mailbox = %id, "statistics set aside until due again: {text}");
+                first_failure.get_or_insert(format!("{id}: {text}"));
+                set_aside.push(id);
             }
             Err(e) => {
-                if error.is_none() {
-                    error = Some(e);
+                if stop.is_none() {
+                    stop = Some(e);
                 }
             }
         }
         publish(r.progress, |p| {
-            p.statistics_done = out.statistics_fetched + out.statistics_missing;
+            p.statistics_done =
+                out.statistics_fetched + out.statistics_missing + out.statistics_failed;
         });
-        if batch.len() + missing.len() >= COMMIT_EVERY || last_commit.elapsed() >= COMMIT_AFTER {
-            commit(&mut batch, &mut missing)?;
+        if batch.len() + set_aside.len() >= COMMIT_EVERY || last_commit.elapsed() >= COMMIT_AFTER {
+            commit(&mut batch, &mut set_aside)?;
             last_commit = Instant::now();
         }
     }
-    commit(&mut batch, &mut missing)?;
-    match error {
-        None => Ok(()),
-        Some(ExchangeError::Cancelled) => Err(ExchangeError::Cancelled),
-        Some(e) if matches!(e, ExchangeError::Auth(_)) => Err(e),
-        Some(e) => {
-            tracing::warn!(
-                "mailbox statistics stopped for this cycle: {}",
-                crate::daemon::error_chain(&e)
-            );
-            out.statistics_error = Some(crate::daemon::error_chain(&e));
-            Ok(())
+    commit(&mut batch, &mut set_aside)?;
+    if let Some(e) = stop.or_else(|| r.cancel.is_cancelled().then_some(ExchangeError::Cancelled)) {
+        let text = crate::daemon::error_chain(&e);
+        if !matches!(e, ExchangeError::Cancelled) {
+            tracing::warn!("mailbox statistics stopped for this cycle: {text}");
         }
+        out.statistics_needs_attention = e.needs_attention();
+        out.statistics_error = Some(text);
+    } else if let Some(f) = first_failure {
+        out.statistics_error = Some(format!(
+            "{} mailbox(es) set aside until their figures are due again, the first {f}",
+            out.statistics_failed
+        ));
     }
+    Ok(())
 }
 
 /// Records a listing that failed: its sync row and its audit row, nothing else.

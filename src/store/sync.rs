@@ -106,6 +106,9 @@ pub struct StatisticsDue {
     pub unknown: u64,
     /// Fetched, but the mailbox changed since or the figures are older than the limit.
     pub stale: u64,
+    /// Mailboxes whose size is unknown: never fetched, or set aside after a failed or
+    /// empty statistics call.
+    pub size_unknown: u64,
 }
 
 impl StatisticsDue {
@@ -165,6 +168,15 @@ fn holds_of(text: Option<&str>) -> BTreeSet<String> {
                 .map(|h| h.as_str().to_string())
                 .unwrap_or(h)
         })
+        .collect()
+}
+
+/// The InPlaceHolds entries that are holds (not `-mbx` exclusions), from stored JSON.
+fn hold_entries(text: Option<&str>) -> BTreeSet<String> {
+    text.and_then(|t| serde_json::from_str::<Vec<String>>(t).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| crate::inventory::classify_in_place_hold(e).is_some())
         .collect()
 }
 
@@ -265,16 +277,18 @@ impl Store {
     /// How many mailboxes need statistics: never fetched, changed since, or fetched
     /// before `cutoff`.
     pub fn statistics_due_count(&self, cutoff: DateTime<Utc>) -> Result<StatisticsDue, StoreError> {
-        let (unknown, stale): (i64, i64) = self.conn.query_row(
+        let (unknown, stale, size_unknown): (i64, i64, i64) = self.conn.query_row(
             "SELECT coalesce(sum(stats_at IS NULL), 0),
-                    coalesce(sum(stats_at IS NOT NULL AND (stats_stale = 1 OR stats_at < ?1)), 0)
+                    coalesce(sum(stats_at IS NOT NULL AND (stats_stale = 1 OR stats_at < ?1)), 0),
+                    coalesce(sum(size_bytes IS NULL), 0)
              FROM inactive_mailboxes",
             [stamp(cutoff)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         Ok(StatisticsDue {
             unknown: unknown as u64,
             stale: stale as u64,
+            size_unknown: size_unknown as u64,
         })
     }
 
@@ -478,10 +492,12 @@ impl Tx<'_> {
             let mut released = Vec::new();
             let chunk = self.chunk(
                 "SELECT s.identity, s.display_name, s.primary_smtp, m.hold_types, s.hold_types,
-                        m.recovery_eligible, s.recovery_eligible, s.recovery_blockers
+                        m.recovery_eligible, s.recovery_eligible, s.recovery_blockers,
+                        m.in_place_holds, s.in_place_holds
                  FROM temp.sync_stage s JOIN inactive_mailboxes m ON m.identity = s.identity
                  WHERE s.identity > ?1
                    AND (m.hold_types IS NOT s.hold_types
+                        OR m.in_place_holds IS NOT s.in_place_holds
                         OR m.recovery_eligible IS NOT s.recovery_eligible)
                  ORDER BY s.identity LIMIT ?2",
                 &after,
@@ -495,16 +511,24 @@ impl Tx<'_> {
                     let n = changes.len();
                     let added: Vec<&String> = now_held.difference(&before).collect();
                     let removed: Vec<&String> = before.difference(&now_held).collect();
-                    if !added.is_empty() {
+                    // Holds of a kind the mailbox already had (a second eDiscovery case,
+                    // one retention policy for another) change the entries, not the kinds.
+                    let entries_before = hold_entries(r.get::<_, Option<String>>(8)?.as_deref());
+                    let entries_after = hold_entries(r.get::<_, Option<String>>(9)?.as_deref());
+                    let added_entries: Vec<&String> =
+                        entries_after.difference(&entries_before).collect();
+                    let removed_entries: Vec<&String> =
+                        entries_before.difference(&entries_after).collect();
+                    if !added.is_empty() || !added_entries.is_empty() {
                         changes.push((
                             ChangeKind::HoldsAdded,
                             identity.clone(),
                             name.clone(),
                             smtp.clone(),
-                            json!({"added": added, "holds": now_held}),
+                            json!({"added": added, "added_holds": added_entries, "holds": now_held}),
                         ));
                     }
-                    if !removed.is_empty() {
+                    if !removed.is_empty() || !removed_entries.is_empty() {
                         let last = now_held.is_empty();
                         if last {
                             released.push((identity.clone(), name.clone(), smtp.clone()));
@@ -514,7 +538,12 @@ impl Tx<'_> {
                             identity.clone(),
                             name.clone(),
                             smtp.clone(),
-                            json!({"removed": removed, "holds": now_held, "last_hold_released": last}),
+                            json!({
+                                "removed": removed,
+                                "removed_holds": removed_entries,
+                                "holds": now_held,
+                                "last_hold_released": last,
+                            }),
                         ));
                     }
                     if was != is {
@@ -676,8 +705,9 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Marks statistics as fetched without figures (Exchange no longer knows the
-    /// mailbox): it is not asked again until the figures age.
+    /// Sets a mailbox's statistics aside until they are due again by age (Exchange no
+    /// longer knows the mailbox, or its call failed for it alone), keeping any figures it
+    /// had.
     pub fn mark_statistics_missing(
         &mut self,
         identity: &str,

@@ -126,6 +126,24 @@ impl Home {
         .await
     }
 
+    /// A sync against another admin endpoint (a one-off server), expected to fail.
+    async fn sync_against(&self, url: &str) -> ExchangeError {
+        let mut config = self.config.clone();
+        config.exchange_url = Some(url.to_string().try_into().unwrap());
+        run(
+            &Run {
+                config: &config,
+                session: &self.session,
+                store: &self.store,
+                cancel: &CancellationToken::new(),
+                progress: &self.progress,
+            },
+            true,
+        )
+        .await
+        .unwrap_err()
+    }
+
     /// The cache as identity → (name, address, holds, size, items).
     #[allow(clippy::type_complexity)]
     fn cache(
@@ -573,7 +591,10 @@ async fn a_stopped_sync_keeps_the_statistics_it_fetched() {
         cancel.cancel();
     };
     let (result, ()) = tokio::join!(home.sync_with(true, &cancel), stopper);
-    assert!(matches!(result, Err(ExchangeError::Cancelled)));
+    // The listing was applied; the statistics stopped.
+    let out = result.unwrap();
+    assert_eq!(out.snapshot.unwrap().listed, 200);
+    assert!(out.statistics_error.unwrap().contains("stopped"));
     let known = home.cache().values().filter(|m| m.3.is_some()).count();
     assert!(known >= 50, "{known}");
     home.sync(false).await.unwrap();
@@ -618,4 +639,135 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_mailbox_whose_statistics_fail_is_set_aside_and_the_batch_goes_on() {
+    use crate::sandbox::exchange::Cmdlet;
+    let home = Home::new(
+        synthetic_tenant(30, 12),
+        "page_size = 10\nstatistics_per_cycle = 1000\nconcurrency = 1\nrequest_attempts = 1\n",
+    )
+    .await;
+    home.exo.fail_next_on(
+        Cmdlet::GetMailboxStatistics,
+        1,
+        ExchangeFailure::ServerException("MapiExceptionNotFound".into()),
+    );
+    let out = home.sync(true).await.unwrap();
+    assert_eq!(
+        (out.statistics_fetched, out.statistics_failed),
+        (29, 1),
+        "{:?}",
+        out.statistics_error
+    );
+    assert!(!out.statistics_needs_attention);
+    assert!(out.statistics_error.unwrap().contains("set aside"));
+    let due = home
+        .store
+        .borrow()
+        .statistics_due_count(Utc::now() - chrono::Duration::days(7))
+        .unwrap();
+    assert_eq!((due.total(), due.size_unknown), (0, 1));
+
+    // A refusal for the whole tenant stops the batch and needs a person; the listing
+    // stays applied.
+    let home = Home::new(synthetic_tenant(30, 13), FAST).await;
+    home.exo.fail_next_on(
+        Cmdlet::GetMailboxStatistics,
+        100,
+        ExchangeFailure::Forbidden,
+    );
+    let out = home.sync(true).await.unwrap();
+    assert_eq!(out.snapshot.unwrap().listed, 30);
+    assert!(out.statistics_needs_attention);
+    assert!(out.statistics_error.unwrap().contains("HTTP 403"));
+    assert!(out.statistics_fetched < 30);
+}
+
+/// Answers that Exchange would not give, from a one-off server: a listing that warns it
+/// is incomplete, a next-page link that is not text, a link that repeats. Each fails the
+/// sync and leaves the cache alone.
+#[tokio::test(flavor = "current_thread")]
+async fn listings_exchange_calls_incomplete_or_endless_change_nothing() {
+    use wiremock::matchers::{method, path_regex};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let home = Home::new(synthetic_tenant(12, 14), FAST).await;
+    home.sync(true).await.unwrap();
+    let before = home.cache();
+    let record = serde_json::json!({
+        "ExchangeGuid": "4a3b2c1d-5e6f-47a8-b9c0-d1e2f3a4b5c6",
+        "DisplayName": "Only One",
+        "PrimarySmtpAddress": "only.one@contoso.com",
+        "LitigationHoldEnabled": true,
+    });
+    for (answer, want) in [
+        (
+            serde_json::json!({"value": [record.clone()], "@adminapi.warnings": [
+                "Some results are unavailable because a domain controller could not be reached."
+            ]}),
+            "incomplete",
+        ),
+        (
+            serde_json::json!({"value": [record.clone()], "@adminapi.warnings": [],
+                "@odata.nextLink": 42}),
+            "not text",
+        ),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path_regex("^/adminapi/beta/.*/InvokeCommand$"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+            .mount(&server)
+            .await;
+        let e = home.sync_against(&server.uri()).await;
+        assert!(e.to_string().contains(want), "{e}");
+        assert_eq!(home.cache(), before);
+    }
+    // A next-page link that leads back to itself.
+    let server = MockServer::start().await;
+    let link = format!(
+        "{}/adminapi/beta/{}/InvokeCommand?$skiptoken=again",
+        server.uri(),
+        home.exo.tenant_id()
+    );
+    Mock::given(method("POST"))
+        .and(path_regex("^/adminapi/beta/.*/InvokeCommand$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "value": [record.clone()], "@adminapi.warnings": [], "@odata.nextLink": link,
+        })))
+        .mount(&server)
+        .await;
+    let e = home.sync_against(&server.uri()).await;
+    assert!(matches!(e, ExchangeError::Endless { .. }), "{e}");
+    assert_eq!(home.cache(), before);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_second_hold_of_a_kind_the_mailbox_has_is_a_change() {
+    let tenant = synthetic_tenant(10, 15);
+    let home = Home::new(tenant.clone(), FAST).await;
+    home.sync(true).await.unwrap();
+    let guid = tenant
+        .iter()
+        .find(|m| m.in_place_holds.iter().any(|h| h.starts_with("UniH")))
+        .or_else(|| tenant.first())
+        .unwrap()
+        .exchange_guid
+        .clone();
+    home.exo.update(&guid, |m| {
+        m.in_place_holds
+            .push("UniH7d3e1f2a-0000-4000-8000-0000000000bb".into());
+    });
+    let out = home.sync(true).await.unwrap();
+    assert_eq!(out.snapshot.unwrap().changed, 1);
+    let last = home.changes().pop().unwrap();
+    assert_eq!(
+        (last.identity.as_str(), last.change.as_str()),
+        (guid.as_str(), "holds_added")
+    );
+    assert_eq!(
+        last.details["added_holds"],
+        serde_json::json!(["UniH7d3e1f2a-0000-4000-8000-0000000000bb"])
+    );
 }
