@@ -275,3 +275,46 @@ fn status_shows_a_sync_in_progress_and_sync_draws_its_progress_on_a_terminal() {
         "no progress when not on a terminal"
     );
 }
+
+#[test]
+fn a_failing_sync_needs_attention_only_once_it_has_failed_for_longer_than_stale_after() {
+    use imm_daemon::sandbox::exchange::ExchangeFailure;
+    let p = provider(fast());
+    let x = exchange(&p, 20, Duration::ZERO);
+    let env = signed_in(&p, &x, "schedule = \"never\"\nstale_after = \"1h\"\n", "");
+    env.ok(&["sync"]);
+    assert_eq!(status(&env)["sync"]["failing"], false);
+    // Exchange refuses (a role was taken away): the sync fails, the cache stays, and a
+    // sync that worked an hour ago is not yet a person's problem.
+    for _ in 0..10 {
+        x.fail_page(1, ExchangeFailure::Forbidden);
+    }
+    let out = env.cmd().arg("sync").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed step fails the command"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("HTTP 403") && text.contains("View-Only Recipients"),
+        "{text}"
+    );
+    let s = status(&env);
+    assert_eq!(s["sync"]["failing"], false);
+    assert_eq!(s["sync"]["last"]["ok"], false);
+    assert_eq!(identities(&env), tenant(&x));
+    // The last success is now two hours old: past stale_after, the failure needs a person.
+    env.open_db()
+        .execute(
+            "UPDATE job_runs SET last_ok_at = ?1 WHERE job = 'mailbox_sync'",
+            [imm_daemon::inventory::rfc3339(
+                chrono::Utc::now() - chrono::Duration::hours(2),
+            )],
+        )
+        .unwrap();
+    let s = status(&env);
+    assert_eq!(s["sync"]["failing"], true, "{}", s["sync"]);
+    let out = env.cmd().arg("status").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILING"));
+}
