@@ -10,7 +10,7 @@ use imm_daemon::sandbox::identity::{IdentityProvider, TEST_CLIENT_ID};
 use serde_json::Value;
 
 use crate::daemon::{Daemon, config};
-use crate::signin::{assert_no_secret_on_disk, fast, login, provider, status};
+use crate::signin::{assert_no_secret_on_disk, fast, login, provider, status, take_both_tokens};
 use crate::support::Env;
 
 fn exchange(p: &IdentityProvider, n: usize, latency: Duration) -> ExchangeServer {
@@ -152,6 +152,7 @@ fn a_daemon_killed_mid_sync_leaves_a_consistent_cache_and_the_next_sync_keeps_it
         "schedule = \"0 0 1 1 *\"\npage_size = 50\nstatistics_per_cycle = 1000\nconcurrency = 2\n",
         "",
     );
+    take_both_tokens(&env);
     let db = env.db();
     let mut rng = fastrand::Rng::with_seed(
         std::time::SystemTime::now()

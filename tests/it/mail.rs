@@ -10,7 +10,7 @@ use imm_daemon::sandbox::{Endpoint, GraphFailure, GraphOptions, GraphServer};
 use serde_json::Value;
 
 use crate::daemon::{Daemon, config, operations, wait_for_state};
-use crate::signin::{assert_no_secret_on_disk, fast, login, provider, status};
+use crate::signin::{assert_no_secret_on_disk, fast, login, provider, status, take_both_tokens};
 use crate::support::Env;
 
 fn graph(p: &IdentityProvider) -> GraphServer {
@@ -472,6 +472,7 @@ fn kill_9_at_random_moments_never_loses_or_doubles_a_mail() {
         3,
         GraphFailure::GatewayTimeoutAfterProcessing,
     );
+    take_both_tokens(&env);
     let n = 60;
     let file = batch(&env, "mails.jsonl", n);
     send_json(&env, &["--batch", &file]);

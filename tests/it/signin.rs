@@ -100,6 +100,15 @@ pub(crate) fn login(env: &Env, p: &IdentityProvider) {
     );
 }
 
+/// Takes the Exchange access token too, as the daemon's first sign-in step would, so
+/// that a test which kills the daemon at random moments never kills it mid-refresh.
+/// The emulated provider, stricter than Entra, refuses a rotated refresh token at once,
+/// so a kill between its answer and the save would end the sign-in: a loss no client
+/// can prevent, and not what those tests are about.
+pub(crate) fn take_both_tokens(env: &Env) {
+    env.ok(&["token", "--resource", "exchange", "--show"]);
+}
+
 pub(crate) fn status(env: &Env) -> Value {
     let out = env.cmd().args(["status", "--json"]).output().unwrap();
     serde_json::from_slice(&out.stdout).unwrap()
