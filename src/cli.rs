@@ -38,6 +38,8 @@ pub mod exit {
     pub const DATABASE: i32 = 69;
     /// `run`: another imm-daemon already runs for this IMM_HOME (it holds the lock).
     pub const ALREADY_RUNNING: i32 = 75;
+    /// A file or folder another local user could change (EX_NOPERM).
+    pub const NO_PERM: i32 = 77;
     /// The configuration file is invalid, or missing where one is required.
     pub const CONFIG: i32 = 78;
 }
@@ -129,11 +131,23 @@ pub struct Context {
 impl Context {
     /// The configuration; a missing file at the default location means the defaults,
     /// a missing file that was named explicitly is an error.
+    /// The file, its folders and any `key_file` are checked first (see
+    /// [`crate::paths::strict`]), at every load, so a reload in the daemon is checked too.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        match self.paths.config_source {
+        #[cfg(unix)]
+        self.paths
+            .check_config_file()
+            .map_err(|e| ConfigError::Unsafe(Box::new(e)))?;
+        let config = match self.paths.config_source {
             crate::paths::ConfigSource::Default => Config::load_or_default(&self.paths.config_file),
             _ => Config::load(&self.paths.config_file),
+        }?;
+        #[cfg(unix)]
+        if let Some(key) = &config.auth.key_file {
+            crate::paths::strict::check(key.as_path())
+                .map_err(|e| ConfigError::Unsafe(Box::new(e)))?;
         }
+        Ok(config)
     }
 
     /// Opens (and migrates) the database.
@@ -156,6 +170,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
+    #[cfg(unix)]
+    if !matches!(cli.command, Command::Completions { .. } | Command::Man)
+        && let Err(e) = paths.check_private()
+    {
+        if matches!(cli.command, Command::Status(_)) {
+            // What cannot be looked at safely is "unknown" to monitoring, as above.
+            eprintln!("error: {e}");
+            return Err(SilentExit {
+                code: status::code::UNKNOWN,
+            }
+            .into());
+        }
+        return Err(e.into());
+    }
     let ctx = Context { paths };
     match cli.command {
         Command::Config(c) => config_cmd::run(&ctx, c),
@@ -191,8 +219,15 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if let Some(s) = cause.downcast_ref::<SilentExit>() {
             return s.code;
         }
+        #[cfg(unix)]
+        if cause
+            .downcast_ref::<crate::paths::strict::StrictError>()
+            .is_some()
+        {
+            return exit::NO_PERM;
+        }
         match cause.downcast_ref::<crate::daemon::DaemonError>() {
-            Some(crate::daemon::DaemonError::Config(_)) => return exit::CONFIG,
+            Some(crate::daemon::DaemonError::Config(e)) => return config_exit(e),
             Some(crate::daemon::DaemonError::Lock(crate::daemon::lock::LockError::Held {
                 ..
             })) => return exit::ALREADY_RUNNING,
@@ -208,8 +243,8 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if let Some(crate::auth::AuthError::NotConfigured(_)) = cause.downcast_ref() {
             return exit::CONFIG;
         }
-        if cause.downcast_ref::<ConfigError>().is_some() {
-            return exit::CONFIG;
+        if let Some(e) = cause.downcast_ref::<ConfigError>() {
+            return config_exit(e);
         }
         if let Some(e) = cause.downcast_ref::<mail_cmd::SendError>() {
             return e.exit_code();
@@ -232,6 +267,14 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
     }
     exit::FAILURE
+}
+
+fn config_exit(e: &ConfigError) -> i32 {
+    match e {
+        #[cfg(unix)]
+        ConfigError::Unsafe(_) => exit::NO_PERM,
+        _ => exit::CONFIG,
+    }
 }
 
 /// Writes an export file with its audit row: the file is written and flushed beside its

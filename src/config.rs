@@ -794,6 +794,10 @@ pub enum ConfigError {
         /// toml's report, which quotes the offending line.
         detail: Box<toml::de::Error>,
     },
+    /// Another local user could change the file, the key file or a folder above them.
+    #[cfg(unix)]
+    #[error(transparent)]
+    Unsafe(Box<crate::paths::strict::StrictError>),
 }
 
 impl ConfigError {

@@ -8,6 +8,9 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+#[cfg(unix)]
+pub mod strict;
+
 /// Environment variable that relocates every file under one folder.
 pub const ENV_HOME: &str = "IMM_HOME";
 /// Environment variable naming the configuration file.
@@ -127,6 +130,32 @@ impl Paths {
             state_dir,
             runtime_dir,
         })
+    }
+}
+
+impl Paths {
+    /// Refuses to go on when another local user could change what the program reads,
+    /// writes or runs: the configuration file, every folder of the program's and what is
+    /// in them, and the folders above them (see [`strict`]). Run before anything is read.
+    #[cfg(unix)]
+    pub fn check_private(&self) -> Result<(), strict::StrictError> {
+        self.check_config_file()?;
+        for dir in [
+            &self.config_dir,
+            &self.data_dir,
+            &self.state_dir,
+            &self.runtime_dir,
+        ] {
+            strict::check(dir)?;
+            strict::check_contents(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The configuration file's part of [`Paths::check_private`], run again at each load.
+    #[cfg(unix)]
+    pub fn check_config_file(&self) -> Result<(), strict::StrictError> {
+        strict::check(&self.config_file)
     }
 }
 

@@ -18,6 +18,10 @@ const CYCLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long a plain question to the daemon may take.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// While `cycle` or `sync` waits for the daemon, it checks this often that the daemon
+/// still answers, so a frozen daemon is given up on within this plus [`ANSWER_TIMEOUT`].
+pub const LIVENESS_EVERY: Duration = Duration::from_secs(5);
+
 /// Options of `imm-daemon cycle`.
 #[derive(Debug, clap::Args)]
 pub struct CycleArgs {
@@ -64,7 +68,13 @@ fn run_cycle(ctx: &Context, args: CycleArgs, sync: bool) -> anyhow::Result<()> {
             } else {
                 CYCLE_TIMEOUT
             };
-            let data = control::request(&ctx.paths.socket, command, timeout);
+            let data = control::request_watched(
+                &ctx.paths.socket,
+                command,
+                timeout,
+                LIVENESS_EVERY,
+                ANSWER_TIMEOUT,
+            );
             drop(bar);
             break serde_json::from_value::<CycleSummary>(data?)?;
         }
@@ -98,7 +108,38 @@ fn run_cycle(ctx: &Context, args: CycleArgs, sync: bool) -> anyhow::Result<()> {
         }
         .into());
     }
+    if sync && let Some(why) = sync_not_run(&summary) {
+        anyhow::bail!("the sync did not run: {why}");
+    }
     Ok(())
+}
+
+/// Why the cycle `sync` asked for did not sync, if it did not.
+fn sync_not_run(summary: &CycleSummary) -> Option<String> {
+    use crate::daemon::cycle::StepStatus;
+    let Some(step) = summary
+        .steps
+        .iter()
+        .find(|s| s.step == crate::sync::STEP_NAME)
+    else {
+        return Some("the cycle had no mailbox sync step".into());
+    };
+    let detail = step
+        .summary
+        .as_deref()
+        .or(step.error.as_deref())
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default();
+    match step.status {
+        StepStatus::Ok | StepStatus::Failed => None,
+        StepStatus::Skipped => Some(format!("the daemon was stopping{detail}")),
+        StepStatus::BackingOff => Some(format!("it is backing off after failures{detail}")),
+        StepStatus::Idle => Some(
+            step.summary
+                .clone()
+                .unwrap_or_else(|| "the step did nothing".into()),
+        ),
+    }
 }
 
 /// A sync's progress on the terminal (stderr), redrawn from `read` until dropped.

@@ -7,7 +7,8 @@
 //! writes no audit row, so monitoring may call it as often as it likes.
 //!
 //! Exit codes, which monitoring relies on: 0 running and healthy; 1 running but needs
-//! attention (the last cycle failed, or a step asks for a person); 3 not running; 4 the
+//! attention (the last cycle failed, a step asks for a person, or the daemon does not
+//! answer on its control socket within 5 s: frozen or hung); 3 not running; 4 the
 //! status cannot be told (the state file is damaged or unreadable while the lock is
 //! held, or the lock file cannot be read).
 
@@ -44,7 +45,8 @@ pub struct StatusArgs {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub status_version: u32,
-    /// `healthy`, `attention`, `not_running` or `unknown`.
+    /// `healthy`, `attention`, `not_answering` (running, but its control socket did not
+    /// answer in time: stopped with SIGSTOP or hung; exit 1), `not_running` or `unknown`.
     pub health: &'static str,
     pub exit_code: i32,
     pub running: bool,
@@ -65,6 +67,9 @@ pub struct Status {
     /// Why the daemon did not answer on its control socket, if it did not (the figures
     /// then come from its state file).
     pub control_error: Option<String>,
+    /// When the daemon was last heard from (its state file's last write), when it does
+    /// not answer.
+    pub last_heard_at: Option<String>,
     pub signin: SignIn,
     /// The scheduled jobs, with their next and last runs (from the daemon when it
     /// answers, else planned from the configuration and the database).
@@ -333,6 +338,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
     // The running daemon answers for itself; its state file is the fallback.
     let mut cycle_running = None;
     let mut control_error = None;
+    let mut not_answering = false;
     let mut live = None;
     let mut live_jobs = None;
     let mut live_sync = None;
@@ -355,7 +361,10 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
                     Err(e) => control_error = Some(format!("unreadable answer: {e}")),
                 }
             }
-            Err(e) => control_error = Some(crate::daemon::error_chain(&e)),
+            Err(e) => {
+                not_answering = e.is_timeout();
+                control_error = Some(crate::daemon::error_chain(&e));
+            }
         }
     }
     let (state, mut state_error) = match live {
@@ -432,6 +441,8 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         ("unknown", code::UNKNOWN)
     } else if !running {
         ("not_running", code::NOT_RUNNING)
+    } else if not_answering {
+        ("not_answering", code::ATTENTION)
     } else if state_error.is_some() || live_state.is_none() {
         // Running, but what it last did cannot be read (or the file is another run's).
         if state_error.is_none() {
@@ -529,6 +540,9 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         state_error,
         cycle_running,
         control_error,
+        last_heard_at: not_answering
+            .then(|| state.as_ref().map(|s| s.updated_at.clone()))
+            .flatten(),
         signin,
         jobs,
         jobs_error,
@@ -682,6 +696,13 @@ pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
             out,
             "control",
             &format!("no answer ({e}); figures from the state file"),
+        )?;
+    }
+    if let Some(t) = &s.last_heard_at {
+        line(
+            out,
+            "last heard",
+            &format!("{t} (its state file's last write)"),
         )?;
     }
     if s.cycle_running == Some(true) {

@@ -121,6 +121,11 @@ pub enum ControlError {
     Version { theirs: u32, daemon_version: String },
     #[error("the daemon refused: {0}")]
     Refused(String),
+    #[error(
+        "the daemon is not answering: it holds its lock but did not answer a status request on {path} within {}s (stopped with SIGSTOP, or hung); what was asked may still run when it resumes",
+        timeout.as_secs()
+    )]
+    NotAnswering { path: PathBuf, timeout: Duration },
     #[error(transparent)]
     Paths(#[from] crate::paths::PathsError),
 }
@@ -250,6 +255,97 @@ pub fn request(path: &Path, command: Command, timeout: Duration) -> Result<Value
         .read_line(&mut answer)
         .map_err(connect)?;
     parse_response(path, &answer)
+}
+
+/// Like [`request`] for a command whose answer may take long (a cycle, a sync): waits up
+/// to `timeout` for it, but gives up with [`ControlError::NotAnswering`] as soon as the
+/// daemon stops answering status requests on a second connection (asked every
+/// `check_every`, each allowed `answer_timeout`), so a frozen daemon costs a bounded
+/// wait, not the whole timeout. A closed connection is an error, never success.
+pub fn request_watched(
+    path: &Path,
+    command: Command,
+    timeout: Duration,
+    check_every: Duration,
+    answer_timeout: Duration,
+) -> Result<Value, ControlError> {
+    let connect = |source| ControlError::Connect {
+        path: path.to_path_buf(),
+        source,
+    };
+    let started = std::time::Instant::now();
+    let mut stream = StdUnixStream::connect(path).map_err(connect)?;
+    stream
+        .set_write_timeout(Some(answer_timeout))
+        .map_err(connect)?;
+    let step = check_every.min(timeout).max(Duration::from_millis(10));
+    stream.set_read_timeout(Some(step)).map_err(connect)?;
+    let mut line = serde_json::to_vec(&Request {
+        v: PROTOCOL_VERSION,
+        cmd: command,
+    })
+    .expect("requests serialize");
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .map_err(|e| not_answering(path, answer_timeout, e))?;
+    let mut reader = BufReader::new(&stream);
+    let mut answer = Vec::new();
+    loop {
+        match reader.read_until(b'\n', &mut answer) {
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if started.elapsed() >= timeout {
+                    return Err(connect(e));
+                }
+                // Still working, or frozen? A live daemon answers status during a cycle.
+                request(path, Command::Status, answer_timeout).map_err(|e| match e {
+                    ControlError::Connect { source, .. } => {
+                        not_answering(path, answer_timeout, source)
+                    }
+                    other => other,
+                })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(connect(e)),
+        }
+    }
+    parse_response(path, &String::from_utf8_lossy(&answer))
+}
+
+fn not_answering(path: &Path, timeout: Duration, source: std::io::Error) -> ControlError {
+    match source.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            ControlError::NotAnswering {
+                path: path.to_path_buf(),
+                timeout,
+            }
+        }
+        _ => ControlError::Connect {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+impl ControlError {
+    /// Whether the daemon was reached but did not answer in time (frozen or hung), as
+    /// opposed to absent or refusing.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            ControlError::NotAnswering { .. } => true,
+            ControlError::Connect { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            _ => false,
+        }
+    }
 }
 
 fn parse_response(path: &Path, answer: &str) -> Result<Value, ControlError> {

@@ -22,7 +22,8 @@ impl Daemon {
             .home
             .path()
             .join(format!("daemon-{}.log", unique_suffix()));
-        let child = Command::new(env!("CARGO_BIN_EXE_imm-daemon"))
+        let child = env
+            .std_cmd()
             .arg("run")
             .env("IMM_HOME", env.home.path())
             .env_remove("IMM_CONFIG")
@@ -354,7 +355,8 @@ fn an_invalid_configuration_at_start_is_fatal() {
 #[test]
 fn logs_can_be_json() {
     let env = Env::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imm-daemon"))
+    let mut child = env
+        .std_cmd()
         .args(["run", "--log-format", "json"])
         .env("IMM_HOME", env.home.path())
         .env_remove("IMM_LOG")
@@ -396,7 +398,8 @@ fn tells_systemd_ready_status_and_stopping() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imm-daemon"))
+    let mut child = env
+        .std_cmd()
         .arg("run")
         .env("IMM_HOME", env.home.path())
         .env("NOTIFY_SOCKET", &sock_path)
@@ -843,7 +846,8 @@ fn a_stop_blocked_in_the_database_still_ends_and_a_second_signal_ends_it_at_once
         });
         let conn = env.open_db();
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let client = Command::new(env!("CARGO_BIN_EXE_imm-daemon"))
+        let client = env
+            .std_cmd()
             .arg("sync")
             .env("IMM_HOME", env.home.path())
             .env_remove("IMM_CONFIG")

@@ -13,7 +13,7 @@ use crate::daemon::{Daemon, config};
 use crate::signin::{assert_no_secret_on_disk, fast, login, provider, status, take_both_tokens};
 use crate::support::Env;
 
-fn exchange(p: &IdentityProvider, n: usize, latency: Duration) -> ExchangeServer {
+pub(crate) fn exchange(p: &IdentityProvider, n: usize, latency: Duration) -> ExchangeServer {
     ExchangeServer::start_in_background(
         ExchangeOptions {
             token_checker: Some(p.token_checker()),
@@ -26,7 +26,7 @@ fn exchange(p: &IdentityProvider, n: usize, latency: Duration) -> ExchangeServer
 }
 
 /// A home signed in against `p`, syncing from `x`, with `sync` in `[sync]`.
-fn signed_in(p: &IdentityProvider, x: &ExchangeServer, sync: &str, extra: &str) -> Env {
+pub(crate) fn signed_in(p: &IdentityProvider, x: &ExchangeServer, sync: &str, extra: &str) -> Env {
     let env = Env::new();
     config(
         &env,

@@ -13,7 +13,7 @@ use crate::daemon::{Daemon, config, operations, wait_for_state};
 use crate::signin::{assert_no_secret_on_disk, fast, login, provider, status, take_both_tokens};
 use crate::support::Env;
 
-fn graph(p: &IdentityProvider) -> GraphServer {
+pub(crate) fn graph(p: &IdentityProvider) -> GraphServer {
     GraphServer::start_in_background(GraphOptions {
         token_checker: Some(p.token_checker()),
         ..GraphOptions::default()
@@ -22,7 +22,7 @@ fn graph(p: &IdentityProvider) -> GraphServer {
 }
 
 /// A home signed in against `p`, sending through `g`, with `mail` in `[mail]`.
-fn signed_in(p: &IdentityProvider, g: &GraphServer, mail: &str) -> Env {
+pub(crate) fn signed_in(p: &IdentityProvider, g: &GraphServer, mail: &str) -> Env {
     let env = Env::new();
     config(
         &env,

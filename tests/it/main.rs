@@ -5,6 +5,7 @@ mod audit;
 mod config;
 mod daemon;
 mod exchange;
+mod hardening;
 mod import;
 mod mail;
 mod mailboxes;

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use imm_daemon::auth::{self, AuthError};
@@ -56,7 +56,8 @@ fn sign_in_config(p: &IdentityProvider, extra: &str) -> String {
 
 /// `imm-daemon login` in the background; returns it with the first line it printed.
 fn start_login(env: &Env, args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imm-daemon"))
+    let mut child = env
+        .std_cmd()
         .arg("login")
         .args(args)
         .env("IMM_HOME", env.home.path())
@@ -239,7 +240,7 @@ fn concurrent_processes_never_present_a_rotated_refresh_token() {
     let children: Vec<Child> = (0..4)
         .map(|i| {
             let resource = if i % 2 == 0 { "graph" } else { "exchange" };
-            Command::new(env!("CARGO_BIN_EXE_imm-daemon"))
+            env.std_cmd()
                 .args(["token", "--resource", resource, "--show"])
                 .env("IMM_HOME", env.home.path())
                 .env_remove("IMM_CONFIG")

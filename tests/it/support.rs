@@ -25,6 +25,19 @@ pub const ORIGINAL_COLUMNS: [&str; 15] = [
     "last_updated",
 ];
 
+/// Says on the real stderr (which the test harness does not capture) that a test was
+/// skipped and why, so a skip never passes unseen as "ok".
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// Whether this process runs as root (tests of another local user need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// A temporary home for one test; every file the program touches lives below it.
 pub struct Env {
     pub home: tempfile::TempDir,
@@ -39,7 +52,12 @@ impl Env {
 
     /// The real binary, confined to this home.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_imm-daemon"));
+        Command::from_std(self.std_cmd())
+    }
+
+    /// [`Env::cmd`] as a standard command, for a test that spawns it and goes on.
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_imm-daemon"));
         c.env("IMM_HOME", self.home.path())
             .env_remove("IMM_CONFIG")
             .env_remove("IMM_LOG")
@@ -47,6 +65,22 @@ impl Env {
             .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("RUST_LOG")
             .env_remove("COLUMNS");
+        // The machine's proxy and certificate settings must not reach the loopback
+        // emulators (a proxy would see the tokens; a bundle could fail every call).
+        for var in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "NO_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "no_proxy",
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+        ] {
+            c.env_remove(var);
+        }
         c
     }
 

@@ -1,0 +1,277 @@
+//! Hostile surroundings: folders another local user can write, another user's daemon, a
+//! frozen daemon, a daemon that stops before the sync it was asked for.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::daemon::{Daemon, running, wait_for_state};
+use crate::mail::{graph, signed_in};
+use crate::signin::{fast, provider, status};
+use crate::support::{Env, is_root, skip};
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A listener standing in for another user's server: counts connections made to it.
+struct Trap {
+    addr: std::net::SocketAddr,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Trap {
+    fn start() -> Trap {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counting = hits.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                counting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut c = c;
+                let mut buf = [0u8; 4096];
+                let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                let _ = c.read(&mut buf);
+            }
+        });
+        Trap { addr, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_folder_others_can_write_is_refused_before_the_config_is_read() {
+    let p = provider(fast());
+    let g = graph(&p);
+    let env = signed_in(&p, &g, "");
+    env.ok(&[
+        "send",
+        "--to",
+        "a@contoso.com",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ]);
+    // Another user, able to write IMM_HOME, swaps the configuration for one that sends
+    // the Graph token to their own listener.
+    let trap = Trap::start();
+    chmod(env.home.path(), 0o777);
+    let config = std::fs::read_to_string(env.config_file()).unwrap();
+    let hostile = config.replace(&g.base_url(), &format!("http://{}", trap.addr));
+    assert_ne!(hostile, config);
+    std::fs::write(env.config_file(), hostile).unwrap();
+    for args in [
+        &["cycle"][..],
+        &["run"],
+        &["queue", "list"],
+        &["mailboxes", "list"],
+        &["token", "--resource", "graph", "--show"],
+        &["config", "check"],
+    ] {
+        let err = env.fails(args, 77);
+        let home = std::fs::canonicalize(env.home.path()).unwrap();
+        assert!(
+            err.contains(&home.display().to_string()) && err.contains("mode 0777"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("chmod go-w"), "{args:?}: {err}");
+    }
+    // Monitoring reads "unknown", not "not running".
+    let out = env.cmd().args(["status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(trap.hits(), 0, "the hostile listener was reached");
+
+    // Put right, the same home works again (with the genuine configuration).
+    chmod(env.home.path(), 0o700);
+    std::fs::write(env.config_file(), config).unwrap();
+    env.ok(&["cycle"]);
+    assert_eq!(g.deliveries().total, 1);
+}
+
+#[test]
+fn a_config_file_or_a_folder_inside_others_can_write_is_refused() {
+    let env = Env::new();
+    env.ok(&["config", "init"]);
+    let file = env.config_file();
+    chmod(&file, 0o666);
+    let err = env.fails(&["config", "check"], 77);
+    assert!(
+        err.contains("config.toml") && err.contains("mode 0666"),
+        "{err}"
+    );
+    chmod(&file, 0o600);
+    env.ok(&["config", "check"]);
+
+    // A world-writable file inside a folder of the program's (the database, here).
+    env.ok(&["mailboxes", "list"]);
+    chmod(&env.db(), 0o666);
+    let err = env.fails(&["mailboxes", "list"], 77);
+    assert!(err.contains("imm-daemon.db"), "{err}");
+    chmod(&env.db(), 0o600);
+
+    // A group-writable folder whose group is shared (not the user's private group).
+    if !is_root() {
+        skip(
+            "a_config_file_or_a_folder_inside_others_can_write_is_refused (group part)",
+            "giving a folder another group needs root",
+        );
+        return;
+    }
+    let data = env.home.path().join("data");
+    std::os::unix::fs::chown(&data, None, Some(100)).unwrap();
+    chmod(&data, 0o770);
+    let err = env.fails(&["mailboxes", "list"], 77);
+    assert!(err.contains("written by other users"), "{err}");
+    chmod(&data, 0o700);
+    env.ok(&["mailboxes", "list"]);
+}
+
+#[test]
+fn a_folder_of_another_users_is_refused_naming_chown() {
+    if !is_root() {
+        skip(
+            "a_folder_of_another_users_is_refused_naming_chown",
+            "giving a folder to another user needs root",
+        );
+        return;
+    }
+    let env = Env::new();
+    env.ok(&["mailboxes", "list"]);
+    let data = env.home.path().join("data");
+    std::os::unix::fs::chown(&data, Some(65534), None).unwrap();
+    let err = env.fails(&["mailboxes", "list"], 77);
+    assert!(err.contains("belongs to another user"), "{err}");
+    assert!(err.contains("chown root"), "{err}");
+}
+
+#[test]
+fn another_user_asking_about_this_daemon_gets_unknown_not_not_running() {
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !is_root() || !setpriv.exists() {
+        skip(
+            "another_user_asking_about_this_daemon_gets_unknown_not_not_running",
+            "needs root and setpriv(1) to run as another user",
+        );
+        return;
+    }
+    let env = Env::new();
+    crate::daemon::config(
+        &env,
+        "[heartbeat]\ninterval = \"1h\"\n[sync]\nschedule = \"never\"\n",
+    );
+    let _daemon = Daemon::start(&env);
+    wait_for_state(&env, "running", running);
+    // The binary must be reachable by the other user.
+    let bin = Path::new(env!("CARGO_BIN_EXE_imm-daemon"));
+    let out = std::process::Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin)
+        .args(["status", "--json"])
+        .env("IMM_HOME", env.home.path())
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("Permission denied") && out.status.code() == Some(126) {
+        skip(
+            "another_user_asking_about_this_daemon_gets_unknown_not_not_running",
+            "the test binary is not readable by another user here",
+        );
+        return;
+    }
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("cannot inspect"), "{stderr}");
+    // And the owner still sees it running.
+    assert_eq!(status(&env)["health"], "healthy");
+}
+
+#[test]
+fn a_frozen_daemon_is_not_answering_and_cycle_gives_up_within_a_bounded_wait() {
+    let env = Env::new();
+    crate::daemon::config(
+        &env,
+        "[heartbeat]\ninterval = \"1h\"\n[sync]\nschedule = \"never\"\n",
+    );
+    let daemon = Daemon::start(&env);
+    wait_for_state(&env, "running", running);
+    assert_eq!(status(&env)["health"], "healthy");
+    daemon.signal("STOP");
+    let out = env.cmd().args(["status", "--json"]).output().unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert_eq!(s["health"], "not_answering", "{s}");
+    assert!(s["last_heard_at"].is_string(), "{s}");
+    let human = env.cmd().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("not answering") && text.contains("last heard"),
+        "{text}"
+    );
+
+    // `cycle` notices within its documented bound (a liveness check every 5 s, 5 s for
+    // the answer), not after its 15-minute cycle timeout.
+    let started = Instant::now();
+    let err = env.fails(&["cycle"], 1);
+    assert!(err.contains("not answering"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    daemon.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&env)["health"] != "healthy" {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed daemon answers again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sync_fails_when_the_daemon_stops_before_the_sync_it_asked_for_ran() {
+    let p = provider(fast());
+    // 2,000 mailboxes, 20 a page, 25 ms a page: a listing takes seconds.
+    let x = crate::exchange::exchange(&p, 2_000, Duration::from_millis(25));
+    let env = crate::exchange::signed_in(
+        &p,
+        &x,
+        "schedule = \"0 0 1 1 *\"\npage_size = 20\nstatistics_per_cycle = 0\n",
+        "",
+    );
+    // The first sync, here; the daemon then has nothing due.
+    env.ok(&["sync"]);
+    let mut daemon = Daemon::start(&env);
+    wait_for_state(&env, "running", running);
+    let sync = env
+        .std_cmd()
+        .arg("sync")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&env);
+        if s["sync"]["in_progress"].is_object() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sync in progress: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.signal("TERM");
+    let out = sync.wait_with_output().unwrap();
+    let (code, _) = daemon.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the sync did not run"), "{stderr}");
+}
