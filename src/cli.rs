@@ -152,7 +152,7 @@ impl Context {
 
     /// Opens (and migrates) the database.
     pub fn store(&self) -> Result<Store, StoreError> {
-        Store::open(&self.paths.database)
+        Store::open_audited(&self.paths.database, &self.paths.audit_head)
     }
 }
 
@@ -260,10 +260,21 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 StoreError::TooNew { .. }
                 | StoreError::Foreign { .. }
                 | StoreError::Open { .. }
+                | StoreError::Damaged { .. }
+                | StoreError::AuditHead { .. }
                 | StoreError::Migrate { .. },
             ) => return exit::DATABASE,
             Some(StoreError::AuditBroken { .. }) => return exit::AUDIT_BROKEN,
             _ => {}
+        }
+        // SQLite finding the file damaged part-way through a command.
+        if let Some(rusqlite::Error::SqliteFailure(e, _)) = cause.downcast_ref::<rusqlite::Error>()
+            && matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            )
+        {
+            return exit::DATABASE;
         }
     }
     exit::FAILURE

@@ -65,6 +65,8 @@ pub struct Paths {
     pub socket: PathBuf,
     /// What the daemon last reported about itself, for `status` when it is down.
     pub state_file: PathBuf,
+    /// The audit chain's head, kept outside the database.
+    pub audit_head: PathBuf,
 }
 
 impl Paths {
@@ -123,6 +125,7 @@ impl Paths {
             lock_file: runtime_dir.join("imm-daemon.lock"),
             socket: runtime_dir.join("imm-daemon.sock"),
             state_file: state_dir.join("daemon-state.json"),
+            audit_head: state_dir.join("audit-head.json"),
             config_file,
             config_source,
             config_dir,

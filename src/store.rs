@@ -21,6 +21,7 @@
 //! Repeated syncs that rewrite the same pages then copy each page once per checkpoint
 //! rather than once per sync. `journal_size_limit` truncates a WAL that grew past 64 MiB.
 
+pub mod audit_head;
 mod audit_log;
 mod cycles;
 mod jobs;
@@ -51,6 +52,10 @@ pub const SCHEMA_VERSION: i64 = 8;
 
 /// `PRAGMA application_id` of an imm-daemon database ("IMMD").
 const APPLICATION_ID: i64 = 0x494d_4d44;
+
+/// How far beyond this build's schema version a newer imm-daemon's can plausibly be;
+/// a header claiming more is damaged, not newer.
+const MAX_NEWER: i64 = 1_000;
 
 /// The page size of new databases.
 const PAGE_SIZE: i64 = 16_384;
@@ -107,18 +112,30 @@ pub enum StoreError {
     Paths(#[from] crate::paths::PathsError),
     #[error("the audit chain is broken at row {id}: {reason}; nothing was pruned")]
     AuditBroken { id: i64, reason: String },
+    #[error(
+        "database {path} is damaged: {why}; move it aside and restore a backup, or remove it to start an empty one (the mail queue and the audit log are in it)"
+    )]
+    Damaged { path: PathBuf, why: String },
+    #[error(
+        "the audit head file {path} cannot be used: {message}; restore it, or remove it (the next audit row writes a new one)"
+    )]
+    AuditHead { path: PathBuf, message: String },
 }
 
 /// An open database.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Where the audit chain's head is kept outside the database, if anywhere.
+    audit_head: Option<PathBuf>,
 }
 
 /// A write transaction; commits when the closure given to [`Store::write`] succeeds.
 pub struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
     user: &'a str,
+    /// The newest audit row this transaction added: id and hash.
+    last_audit: Option<(i64, String)>,
 }
 
 impl Store {
@@ -149,6 +166,7 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            audit_head: None,
         })
     }
 
@@ -158,6 +176,7 @@ impl Store {
             crate::paths::ensure_private_dir(dir)?;
         }
         crate::paths::ensure_private_file(path)?;
+        check_header(path)?;
         #[cfg(unix)]
         {
             // A database adopted from elsewhere (the original tool) may be readable by others.
@@ -182,6 +201,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            audit_head: None,
         };
         store.prepare().map_err(|e| match e {
             StoreError::Sql(source) => open_err(source),
@@ -214,6 +234,27 @@ impl Store {
                 path: self.path.clone(),
                 found: app_id,
             });
+        }
+        // Versions no imm-daemon writes: below zero, far beyond this one, or none at all
+        // on a database that carries imm-daemon's application id.
+        let damaged = |why: String| StoreError::Damaged {
+            path: self.path.clone(),
+            why,
+        };
+        if version < 0 {
+            return Err(damaged(format!(
+                "its header's schema version is {version}, which no imm-daemon writes"
+            )));
+        }
+        if version > SCHEMA_VERSION + MAX_NEWER {
+            return Err(damaged(format!(
+                "its header's schema version is {version}, far beyond any imm-daemon (this one writes {SCHEMA_VERSION})"
+            )));
+        }
+        if version == 0 && app_id == APPLICATION_ID {
+            return Err(damaged(
+                "its header carries imm-daemon's application id but no schema version".into(),
+            ));
         }
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
@@ -292,7 +333,12 @@ impl Store {
                 6 => tx.execute_batch(MIGRATION_6).map_err(fail)?,
                 7 => tx.execute_batch(MIGRATION_7).map_err(fail)?,
                 8 => tx.execute_batch(MIGRATION_8).map_err(fail)?,
-                _ => unreachable!("no migration to version {version}"),
+                _ => {
+                    return Err(StoreError::Damaged {
+                        path: self.path.clone(),
+                        why: format!("no migration leads to schema version {version}"),
+                    });
+                }
             }
             tx.execute_batch(&format!(
                 "PRAGMA user_version = {version}; PRAGMA application_id = {APPLICATION_ID};"
@@ -309,13 +355,24 @@ impl Store {
         E: From<StoreError>,
     {
         let user = crate::audit::os_user();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        let mut tx = Tx { tx, user: &user };
-        let value = f(&mut tx)?;
-        tx.tx.commit().map_err(StoreError::from)?;
+        let (value, last_audit) = {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::from)?;
+            let mut tx = Tx {
+                tx,
+                user: &user,
+                last_audit: None,
+            };
+            let value = f(&mut tx)?;
+            let last_audit = tx.last_audit.take();
+            tx.tx.commit().map_err(StoreError::from)?;
+            (value, last_audit)
+        };
+        if let Some((id, hash)) = last_audit {
+            self.advance_audit_head(id, &hash);
+        }
         Ok(value)
     }
 
@@ -350,6 +407,30 @@ impl Store {
                 source,
             })
     }
+}
+
+/// Refuses a file whose SQLite header SQLite would open in a way nobody wants: file
+/// format version bytes it only reads (so every write fails later as "read-only"). What
+/// else a header can say wrong, SQLite reports itself as "not a database" or corrupt.
+fn check_header(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let mut header = [0u8; 100];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    if f.read_exact(&mut header).is_err() || &header[..16] != b"SQLite format 3\0" {
+        return Ok(());
+    }
+    let (write, read) = (header[18], header[19]);
+    if !(1..=2).contains(&write) || !(1..=2).contains(&read) {
+        return Err(StoreError::Damaged {
+            path: path.to_path_buf(),
+            why: format!(
+                "its header's file format versions are {write} (write) and {read} (read), where SQLite writes 1 or 2"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The original design's indexes on `inactive_mailboxes` (also rebuilt by bulk upserts).

@@ -43,6 +43,10 @@ pub enum AuditCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Clear a recorded truncation or replacement of the log once you have looked
+        /// into it (audited); the chain is then verified as usual.
+        #[arg(long)]
+        acknowledge: bool,
     },
     /// Delete rows older than a duration, keeping the rest verifiable.
     Prune {
@@ -200,39 +204,62 @@ pub fn run(ctx: &Context, cmd: AuditCmd) -> anyhow::Result<()> {
                 path.display()
             )?;
         }
-        AuditCmd::Verify { json } => {
+        AuditCmd::Verify { json, acknowledge } => {
+            let acknowledged = if acknowledge {
+                store.acknowledge_audit_incident(now)?
+            } else {
+                None
+            };
+            // The head kept outside the database: a log cut off or replaced is never
+            // reported intact.
+            let incident = store.audit_incident()?;
             let v = store.verify_audit()?;
             let head = v.head_hash().to_string();
             let event = AuditEvent::new(Operation::AuditVerify)
                 .details(json!({"rows_checked": v.rows_checked, "head_hash": head}));
-            let event = match &v.first_break {
-                Some(b) => event.failed(format!("chain broken at row {}: {}", b.id, b.reason)),
-                None => event,
+            let event = match (&v.first_break, &incident) {
+                (Some(b), _) => event.failed(format!("chain broken at row {}: {}", b.id, b.reason)),
+                (None, Some(i)) => event.failed(i.describe()),
+                (None, None) => event,
             };
             store.audit(&event, now)?;
+            let intact = v.first_break.is_none() && incident.is_none();
             if json {
                 output::write_json(
                     &mut out,
                     &json!({
-                        "intact": v.first_break.is_none(),
+                        "intact": intact,
                         "rows_checked": v.rows_checked,
                         "first_break": v.first_break,
+                        "incident": incident,
+                        "acknowledged": acknowledged,
                         "head_hash": head,
                         "anchor": v.anchor,
                     }),
                 )?;
             } else {
-                match &v.first_break {
-                    None => writeln!(
+                if let Some(i) = &acknowledged {
+                    writeln!(out, "acknowledged: {}", i.describe())?;
+                }
+                match (&v.first_break, &incident) {
+                    (Some(b), _) => {
+                        writeln!(out, "audit chain broken at row {}: {}", b.id, b.reason)?
+                    }
+                    (None, Some(i)) => writeln!(
+                        out,
+                        "audit log NOT intact: {}; the {} row(s) there chain correctly",
+                        i.describe(),
+                        v.rows_checked
+                    )?,
+                    (None, None) => writeln!(
                         out,
                         "audit chain intact: {} row(s) verified, head {head}",
                         v.rows_checked
                     )?,
-                    Some(b) => writeln!(out, "audit chain broken at row {}: {}", b.id, b.reason)?,
                 }
             }
             out.flush()?;
-            if v.first_break.is_some() {
+            if !intact {
                 return Err(SilentExit {
                     code: exit::AUDIT_BROKEN,
                 }

@@ -67,6 +67,8 @@ pub struct Status {
     /// Why the daemon did not answer on its control socket, if it did not (the figures
     /// then come from its state file).
     pub control_error: Option<String>,
+    /// The audit log was found cut off or replaced (until `audit verify --acknowledge`).
+    pub audit_incident: Option<String>,
     /// When the daemon was last heard from (its state file's last write), when it does
     /// not answer.
     pub last_heard_at: Option<String>,
@@ -429,7 +431,14 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         signin.pending = None;
     }
     let (queue, queue_error) = queue(config_ref, p, db.as_ref(), now);
+    // The audit log found cut off or replaced, until a person acknowledges it; a head
+    // file that cannot be read is reported the same way.
+    let audit_incident = match crate::store::audit_head::read(&p.audit_head) {
+        Ok(h) => h.and_then(|h| h.incident).map(|i| i.describe()),
+        Err(e) => Some(e.to_string()),
+    };
     let attention = job_failed
+        || audit_incident.is_some()
         || queue.as_ref().is_some_and(|q| q.failed > 0)
         || signin.state == crate::auth::SignInState::SignInRequired.as_str()
         || last_cycle
@@ -540,6 +549,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         state_error,
         cycle_running,
         control_error,
+        audit_incident,
         last_heard_at: not_answering
             .then(|| state.as_ref().map(|s| s.updated_at.clone()))
             .flatten(),
@@ -697,6 +707,9 @@ pub fn render(out: &mut impl Write, s: &Status) -> std::io::Result<()> {
             "control",
             &format!("no answer ({e}); figures from the state file"),
         )?;
+    }
+    if let Some(i) = &s.audit_incident {
+        line(out, "audit", &format!("NEEDS ATTENTION: {i}"))?;
     }
     if let Some(t) = &s.last_heard_at {
         line(

@@ -162,6 +162,7 @@ impl Tx<'_> {
             prev,
             hash
         ])?;
+        self.last_audit = Some((id, hash));
         Ok(id)
     }
 

@@ -275,3 +275,150 @@ fn sync_fails_when_the_daemon_stops_before_the_sync_it_asked_for_ran() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the sync did not run"), "{stderr}");
 }
+
+/// Sets the database header's schema version, as a damaged or tampered file would.
+fn set_user_version(env: &Env, v: i64) {
+    let conn = env.open_db();
+    conn.execute_batch(&format!("PRAGMA user_version = {v}"))
+        .unwrap();
+}
+
+#[test]
+fn any_schema_version_in_the_header_gives_the_damaged_error_never_a_panic() {
+    let env = Env::new();
+    env.ok(&["mailboxes", "list"]);
+    for v in [-1, i64::from(i32::MIN), i64::from(i32::MAX), 1_500] {
+        set_user_version(&env, v);
+        let err = env.fails(&["mailboxes", "list"], 69);
+        assert!(
+            err.contains("is damaged") && err.contains("restore a backup"),
+            "{v}: {err}"
+        );
+        let err = env.fails(&["queue", "list"], 69);
+        assert!(err.contains(&v.to_string()), "{v}: {err}");
+    }
+    // A version a little beyond this build's is a newer imm-daemon's, not damage.
+    set_user_version(&env, 12);
+    let err = env.fails(&["mailboxes", "list"], 69);
+    assert!(err.contains("newer imm-daemon"), "{err}");
+}
+
+#[test]
+fn byte_changes_in_the_database_header_never_panic() {
+    let env = Env::new();
+    env.import(&[crate::support::record(
+        crate::support::G1,
+        "A",
+        "a@contoso.com",
+        crate::support::days_ago_ms(40),
+    )]);
+    let pristine = std::fs::read(env.db()).unwrap();
+    assert!(!env.db().with_extension("db-wal").exists());
+    let head = env.home.path().join("state/audit-head.json");
+    let mut seen = std::collections::BTreeMap::new();
+    for offset in 0..100 {
+        for value in [0x00u8, 0x80, 0xff] {
+            if pristine[offset] == value {
+                continue;
+            }
+            let mut bytes = pristine.clone();
+            bytes[offset] = value;
+            std::fs::write(env.db(), &bytes).unwrap();
+            for extra in ["db-wal", "db-shm"] {
+                let _ = std::fs::remove_file(env.db().with_extension(extra));
+            }
+            let _ = std::fs::remove_file(&head);
+            let out = env.cmd().args(["mailboxes", "list"]).output().unwrap();
+            let code = out.status.code();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                matches!(code, Some(0) | Some(69)),
+                "offset {offset} = {value:#x}: exit {code:?}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            *seen.entry(code).or_insert(0) += 1;
+        }
+    }
+    // Most header bytes matter: the damaged error was seen, not only successes.
+    assert!(seen.get(&Some(69)).copied().unwrap_or(0) > 10, "{seen:?}");
+}
+
+#[test]
+fn a_database_replaced_by_an_empty_one_or_cut_off_is_never_reported_intact() {
+    let env = Env::new();
+    for i in 0..5 {
+        env.ok(&["mailboxes", "list"]);
+        let _ = i;
+    }
+    env.ok(&["audit", "verify"]);
+    // Cut off: the newest rows deleted (a chain's prefix still chains).
+    let newest: i64 = env.count("SELECT max(id) FROM audit_log");
+    env.open_db()
+        .execute("DELETE FROM audit_log WHERE id > ?1", [newest - 3])
+        .unwrap();
+    let out = env.fails(&["audit", "verify"], 5);
+    let _ = out;
+    let shown = env.cmd().args(["audit", "verify"]).output().unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("NOT intact") && text.contains("cut off"),
+        "{text}"
+    );
+    let errors = env.count(
+        "SELECT count(*) FROM audit_log WHERE operation = 'ERROR' AND details LIKE '%audit_head%'",
+    );
+    assert_eq!(errors, 1);
+    let v: serde_json::Value = serde_json::from_slice(
+        &env.cmd()
+            .args(["audit", "verify", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(v["intact"], false);
+    assert_eq!(v["incident"]["kind"], "truncated");
+
+    // Acknowledged, it verifies again; the acknowledgement is audited.
+    let ack = env.ok(&["audit", "verify", "--acknowledge"]);
+    assert!(
+        ack.contains("acknowledged") && ack.contains("intact"),
+        "{ack}"
+    );
+    env.ok(&["audit", "verify"]);
+
+    // A zero-byte database (what a crash of a careless copy leaves) is a new database:
+    // the mail queue and the chain are gone, and that is said, not "intact".
+    env.ok(&[
+        "send",
+        "--to",
+        "a@contoso.com",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ]);
+    std::fs::write(env.db(), b"").unwrap();
+    for extra in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(env.db().with_extension(extra));
+    }
+    let text =
+        String::from_utf8_lossy(&env.cmd().args(["audit", "verify"]).output().unwrap().stdout)
+            .to_string();
+    assert!(text.contains("new, empty database"), "{text}");
+    env.fails(&["audit", "verify"], 5);
+    // The daemon needs attention for it.
+    crate::daemon::config(
+        &env,
+        "[heartbeat]\ninterval = \"1h\"\n[sync]\nschedule = \"never\"\n",
+    );
+    let _daemon = Daemon::start(&env);
+    wait_for_state(&env, "running", running);
+    let out = env.cmd().args(["status"]).output().unwrap();
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{human}");
+    assert!(
+        human.contains("audit") && human.contains("new, empty database"),
+        "{human}"
+    );
+}
