@@ -206,6 +206,8 @@ pub enum BucketError {
     },
     #[error("the send-rate state {path} is unreadable: {detail}")]
     Unreadable { path: PathBuf, detail: String },
+    #[error("the send-rate state {path} cannot be right: {detail}")]
+    Implausible { path: PathBuf, detail: String },
     #[error(transparent)]
     Write(#[from] crate::paths::PathsError),
 }
@@ -294,6 +296,8 @@ impl BucketFile {
             path: self.path.clone(),
             detail,
         };
+        let mut sent_today = Some(sent_today);
+        let mut queue_count = || sent_today.take().map_or(0, |f| f());
         let problem = match std::fs::read(&self.path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Loaded {
@@ -309,6 +313,34 @@ impl BucketFile {
                 Ok(s) if !s.tokens.is_finite() || s.tokens < 0.0 => {
                     unreadable(format!("{} tokens", s.tokens))
                 }
+                // Today's count beyond the daily cap, which no drain writes (it reserves
+                // within the cap), and beyond what the queue shows: it would hold sending
+                // back until midnight for nothing. A count within the cap is believed even
+                // above the queue's, since a mail retried by hand leaves no trace in the
+                // queue of its earlier send.
+                Ok(s)
+                    if s.reserved.is_none()
+                        && s.day == zone.date_of(now)
+                        && s.sent_today > params.daily_cap =>
+                {
+                    let queued = queue_count();
+                    if s.sent_today <= queued {
+                        return Loaded {
+                            state: s,
+                            rebuilt: None,
+                        };
+                    }
+                    return Loaded {
+                        state: State::conservative(zone, now, queued),
+                        rebuilt: Some(BucketError::Implausible {
+                            path: self.path.clone(),
+                            detail: format!(
+                                "it counts {} sends today where the queue shows {queued}",
+                                s.sent_today
+                            ),
+                        }),
+                    };
+                }
                 Ok(s) => {
                     return Loaded {
                         state: s,
@@ -319,7 +351,7 @@ impl BucketFile {
             },
         };
         Loaded {
-            state: State::conservative(zone, now, sent_today()),
+            state: State::conservative(zone, now, queue_count()),
             rebuilt: Some(problem),
         }
     }
@@ -452,15 +484,18 @@ mod tests {
             Some(n) => (n, true),
             None => (s, false),
         };
+        // What the queue shows: one more send requested after each token taken.
+        let queue = std::cell::Cell::new(0);
         for _ in 0..20 {
-            let (ok, warn) = f.update(&p, &z, t(10, 0, 0), || 0, take).unwrap();
+            let (ok, warn) = f.update(&p, &z, t(10, 0, 0), || queue.get(), take).unwrap();
             assert!(ok && warn.is_none());
+            queue.set(queue.get() + 1);
         }
         // Another process (a restart) sees the same bucket: empty, 20 sent.
-        let (ok, _) = f.update(&p, &z, t(10, 0, 0), || 0, take).unwrap();
+        let (ok, _) = f.update(&p, &z, t(10, 0, 0), || 20, take).unwrap();
         assert!(!ok);
         // Thirty seconds later, six tokens were earned meanwhile.
-        let seen = f.peek(&p, &z, t(10, 0, 30), || 0);
+        let seen = f.peek(&p, &z, t(10, 0, 30), || 20);
         assert_eq!(seen.state.available(&p), 6);
         assert_eq!(seen.state.sent_today, 20);
         #[cfg(unix)]
@@ -481,6 +516,44 @@ mod tests {
         // The rebuilt state is written back by the next update.
         let (_, warn) = f.update(&p, &z, t(10, 1, 0), || 17, |s| (s, ())).unwrap();
         assert!(warn.is_some());
-        assert!(f.peek(&p, &z, t(10, 1, 0), || 0).rebuilt.is_none());
+        assert!(f.peek(&p, &z, t(10, 1, 0), || 17).rebuilt.is_none());
+    }
+
+    #[test]
+    fn a_days_count_beyond_the_queues_is_recounted_from_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = BucketFile::new(&dir.path().join("send-bucket.json"));
+        let p = Params::default();
+        let z = berlin();
+        std::fs::write(
+            f.path(),
+            br#"{"version":1,"tokens":20,"last_refill":"2026-11-21T10:00:00Z","day":"2026-11-21","sent_today":4294967295}"#,
+        )
+        .unwrap();
+        let loaded = f.peek(&p, &z, t(10, 0, 0), || 3);
+        assert_eq!(loaded.state.sent_today, 3);
+        assert_eq!(loaded.state.daily_remaining(&p), 97);
+        let warning = loaded.rebuilt.unwrap().to_string();
+        assert!(
+            warning.contains("4294967295") && warning.contains("queue shows 3"),
+            "{warning}"
+        );
+        // Written back by the next update, after which it is believed again.
+        let (_, warn) = f.update(&p, &z, t(10, 0, 0), || 3, |s| (s, ())).unwrap();
+        assert!(warn.is_some());
+        assert!(f.peek(&p, &z, t(10, 0, 0), || 3).rebuilt.is_none());
+        // A drain holding a reservation counts sends the queue does not show yet.
+        let (reserved, n) = State::full(&p, &z, t(10, 0, 0)).reserve(&p, &z, t(10, 0, 0), 5);
+        assert_eq!(n, 5);
+        std::fs::write(f.path(), serde_json::to_vec(&reserved).unwrap()).unwrap();
+        let loaded = f.peek(&p, &z, t(10, 0, 0), || 0);
+        assert!(loaded.rebuilt.is_none());
+        assert_eq!(loaded.state.sent_today, 5);
+        // Within the cap, a count above the queue's is believed (a mail retried by hand
+        // was counted when first sent, and the queue no longer shows that send).
+        let (mut within, _) = State::full(&p, &z, t(10, 0, 0)).reserve(&p, &z, t(10, 0, 0), 5);
+        within.reserved = None;
+        std::fs::write(f.path(), serde_json::to_vec(&within).unwrap()).unwrap();
+        assert!(f.peek(&p, &z, t(10, 0, 0), || 2).rebuilt.is_none());
     }
 }

@@ -315,7 +315,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                             opt(&m.sender),
                             m.to.join(";"),
                             m.subject.clone(),
-                            opt(&m.last_error),
+                            problem(m),
                         ]
                     }),
                 )?,
@@ -344,7 +344,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                                 }),
                                 recipients(m),
                                 m.subject.clone(),
-                                opt(&m.last_error),
+                                problem(m),
                             ]
                         }),
                     );
@@ -537,6 +537,9 @@ fn write_mail(out: &mut impl Write, m: &QueuedMail) -> std::io::Result<()> {
     if let Some(e) = &m.last_error {
         line(out, "last error", e)?;
     }
+    if let Some(d) = &m.damage {
+        line(out, "DAMAGED", d)?;
+    }
     if let Some(i) = &m.internet_message_id {
         line(out, "internetMessageId", i)?;
     }
@@ -544,4 +547,14 @@ fn write_mail(out: &mut impl Write, m: &QueuedMail) -> std::io::Result<()> {
         line(out, "Graph message id", g)?;
     }
     Ok(())
+}
+
+/// The error a listing shows for a mail: the damage of its stored row, else its last
+/// error.
+fn problem(m: &crate::store::QueuedMail) -> String {
+    m.damage
+        .as_deref()
+        .or(m.last_error.as_deref())
+        .unwrap_or_default()
+        .to_string()
 }

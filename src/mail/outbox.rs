@@ -307,6 +307,30 @@ struct Drain<'a> {
     halted: RefCell<Option<String>>,
 }
 
+/// Fails the damaged mails among `mails` (never sent: a damaged row could go out with
+/// the wrong recipients or none), each with its reason and a SEND_FAILED row; returns how
+/// many.
+fn fail_damaged(store: &RefCell<Store>, mails: &[QueuedMail]) -> Result<u32, OutboxError> {
+    let mut n = 0;
+    for mail in mails {
+        let Some(why) = &mail.damage else { continue };
+        tracing::error!(queue_id = mail.id, "{why}; the mail is failed, not sent");
+        store.borrow_mut().write(|tx| {
+            tx.mark_failed(mail.id, why)?;
+            tx.audit(
+                &AuditEvent::new(Operation::SendFailed)
+                    .identity(mail.sender.clone().unwrap_or_default())
+                    .details(serde_json::json!({"queue_id": mail.id, "damaged": true}))
+                    .failed(why.clone()),
+                Utc::now(),
+            )?;
+            Ok::<_, StoreError>(())
+        })?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Sends what is due now, within the bucket; see the module's documentation.
 pub async fn drain(
     settings: &Settings,
@@ -317,6 +341,9 @@ pub async fn drain(
     let now = Utc::now();
     let s = settings;
     let mut report = DrainReport::default();
+    // Rows damaged on disk are failed with their reason; the rest of the queue goes on.
+    let bad_times = store.borrow().mails_with_bad_due_times(1_000)?;
+    report.failed += fail_damaged(store, &bad_times)?;
     let counts = store.borrow().queue_counts(&queue_time(now))?;
     if counts.due + counts.sending == 0 {
         return Ok(report);
@@ -339,6 +366,8 @@ pub async fn drain(
         s.params.capacity,
         default_sender.is_none(),
     )?;
+    report.failed += fail_damaged(store, &due)?;
+    let due: Vec<QueuedMail> = due.into_iter().filter(|m| m.damage.is_none()).collect();
     if due.is_empty() {
         return Ok(report);
     }

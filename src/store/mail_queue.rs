@@ -46,6 +46,11 @@ pub struct QueuedMail {
     /// When its send was last requested from Graph.
     pub send_requested_at: Option<String>,
     pub attachments: Vec<AttachmentInfo>,
+    /// What is wrong with the stored row (a body that is not text, recipients that are
+    /// not a list of addresses, a due time that is not a time): such a mail is never sent
+    /// but failed with this reason, and the rest of the queue goes on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
 }
 
 /// An attempt to send a mail, as it begins.
@@ -82,8 +87,91 @@ fn list(v: &[String]) -> String {
     serde_json::to_string(v).expect("lists serialize")
 }
 
-fn unlist(text: String) -> Vec<String> {
-    serde_json::from_str(&text).unwrap_or_default()
+/// Reads a stored row whatever its cells hold: what cannot be what it should be is
+/// described in `damage` (and stands in as empty or lossy text), so one damaged row never
+/// stops the queue or its listing.
+struct Lenient<'r, 's> {
+    row: &'r rusqlite::Row<'s>,
+    damage: Vec<String>,
+}
+
+impl Lenient<'_, '_> {
+    fn text(&mut self, i: usize, what: &str) -> rusqlite::Result<String> {
+        Ok(self.opt_text(i, what)?.unwrap_or_else(|| {
+            self.damage.push(format!("its {what} is missing"));
+            String::new()
+        }))
+    }
+
+    fn opt_text(&mut self, i: usize, what: &str) -> rusqlite::Result<Option<String>> {
+        use rusqlite::types::ValueRef;
+        Ok(match self.row.get_ref(i)? {
+            ValueRef::Null => None,
+            ValueRef::Text(b) => Some(match std::str::from_utf8(b) {
+                Ok(s) => s.to_string(),
+                Err(_) => {
+                    self.damage.push(format!("its {what} is not valid UTF-8"));
+                    String::from_utf8_lossy(b).into_owned()
+                }
+            }),
+            ValueRef::Blob(b) => {
+                self.damage.push(format!(
+                    "its {what} is binary data ({} bytes), not text",
+                    b.len()
+                ));
+                Some(String::new())
+            }
+            ValueRef::Integer(n) => {
+                self.damage
+                    .push(format!("its {what} is a number ({n}), not text"));
+                Some(n.to_string())
+            }
+            ValueRef::Real(f) => {
+                self.damage
+                    .push(format!("its {what} is a number ({f}), not text"));
+                Some(f.to_string())
+            }
+        })
+    }
+
+    fn addresses(&mut self, i: usize, what: &str) -> rusqlite::Result<Vec<String>> {
+        let text = self.text(i, what)?;
+        match serde_json::from_str::<Vec<String>>(&text) {
+            Ok(v) => {
+                if let Some(bad) = v.iter().find(|a| crate::mail::check_address(a).is_err()) {
+                    let shown: String = bad.chars().take(40).collect();
+                    self.damage
+                        .push(format!("its {what} list holds `{shown}`, not an address"));
+                }
+                Ok(v)
+            }
+            Err(_) => {
+                self.damage
+                    .push(format!("its {what} list is not a list of addresses"));
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn integer(&mut self, i: usize, what: &str) -> rusqlite::Result<i64> {
+        match self.row.get_ref(i)? {
+            rusqlite::types::ValueRef::Integer(n) => Ok(n),
+            _ => {
+                self.damage.push(format!("its {what} is not a number"));
+                Ok(0)
+            }
+        }
+    }
+
+    fn time(&mut self, i: usize, what: &str) -> rusqlite::Result<String> {
+        let t = self.text(i, what)?;
+        if crate::inventory::parse_rfc3339(&t).is_none() {
+            let shown: String = t.chars().take(40).collect();
+            self.damage
+                .push(format!("its {what} `{shown}` is not a time"));
+        }
+        Ok(t)
+    }
 }
 
 impl Tx<'_> {
@@ -295,32 +383,52 @@ const COLUMNS: &str = "id, created_at, sender, to_addrs, cc_addrs, bcc_addrs, su
     graph_message_id, internet_message_id, sent_at, send_requested_at";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMail> {
-    let body_type: String = r.get(8)?;
-    Ok(QueuedMail {
+    let mut l = Lenient {
+        row: r,
+        damage: Vec::new(),
+    };
+    let body_type = l.text(8, "body type")?;
+    let mut mail = QueuedMail {
         id: r.get(0)?,
-        created_at: r.get(1)?,
-        sender: r.get(2)?,
-        to: unlist(r.get(3)?),
-        cc: unlist(r.get(4)?),
-        bcc: unlist(r.get(5)?),
-        subject: r.get(6)?,
-        body: r.get(7)?,
-        body_type: if body_type == "html" {
-            BodyType::Html
-        } else {
-            BodyType::Text
+        created_at: l.text(1, "creation time")?,
+        sender: l.opt_text(2, "sender")?,
+        to: l.addresses(3, "To")?,
+        cc: l.addresses(4, "Cc")?,
+        bcc: l.addresses(5, "Bcc")?,
+        subject: l.text(6, "subject")?,
+        body: l.text(7, "body")?,
+        body_type: match body_type.as_str() {
+            "html" => BodyType::Html,
+            "text" => BodyType::Text,
+            other => {
+                let shown: String = other.chars().take(20).collect();
+                l.damage
+                    .push(format!("its body type `{shown}` is neither text nor html"));
+                BodyType::Text
+            }
         },
-        idempotency_key: r.get(9)?,
-        state: r.get(10)?,
-        attempts: r.get(11)?,
-        next_attempt_at: r.get(12)?,
-        last_error: r.get(13)?,
-        graph_message_id: r.get(14)?,
-        internet_message_id: r.get(15)?,
-        sent_at: r.get(16)?,
-        send_requested_at: r.get(17)?,
+        idempotency_key: l.opt_text(9, "idempotency key")?,
+        state: l.text(10, "state")?,
+        attempts: l.integer(11, "attempt count")?,
+        next_attempt_at: l.time(12, "due time")?,
+        last_error: l.opt_text(13, "last error")?,
+        graph_message_id: l.opt_text(14, "Graph message id")?,
+        internet_message_id: l.opt_text(15, "internetMessageId")?,
+        sent_at: l.opt_text(16, "sent time")?,
+        send_requested_at: l.opt_text(17, "send request time")?,
         attachments: Vec::new(),
-    })
+        damage: None,
+    };
+    if mail.to.is_empty() && mail.cc.is_empty() && mail.bcc.is_empty() {
+        l.damage.push("it has no recipients".into());
+    }
+    if !l.damage.is_empty() {
+        mail.damage = Some(format!(
+            "the stored mail is damaged: {}",
+            l.damage.join("; ")
+        ));
+    }
+    Ok(mail)
 }
 
 impl Store {
@@ -376,6 +484,20 @@ impl Store {
              ORDER BY state = 'queued', id LIMIT ?2"
         ))?;
         let rows = st.query_map(params![now, limit, named_sender_only], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Queued mails whose due time is not a time as the queue writes them (a damaged
+    /// row): they would never come due, so the drain fails them instead. At most `limit`.
+    pub fn mails_with_bad_due_times(&self, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM mail_queue
+             WHERE state = 'queued'
+               AND NOT (typeof(next_attempt_at) = 'text' AND length(next_attempt_at) = 24
+                        AND next_attempt_at GLOB '[0-9][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9].[0-9][0-9][0-9]Z')
+             ORDER BY id LIMIT ?1"
+        ))?;
+        let rows = st.query_map([limit], row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

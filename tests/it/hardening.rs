@@ -422,3 +422,108 @@ fn a_database_replaced_by_an_empty_one_or_cut_off_is_never_reported_intact() {
         "{human}"
     );
 }
+
+#[test]
+fn a_send_bucket_claiming_an_absurd_count_is_recounted_and_mail_goes_out() {
+    let p = provider(fast());
+    let g = graph(&p);
+    let env = signed_in(&p, &g, "refill_every = \"1s\"");
+    let today = chrono::Local::now().date_naive();
+    std::fs::create_dir_all(env.home.path().join("data")).unwrap();
+    std::fs::write(
+        env.home.path().join("data/send-bucket.json"),
+        format!(
+            r#"{{"version":1,"tokens":20,"last_refill":"{}","day":"{today}","sent_today":4294967295}}"#,
+            chrono::Utc::now().to_rfc3339()
+        ),
+    )
+    .unwrap();
+    env.ok(&[
+        "send",
+        "--to",
+        "a@contoso.com",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while g.deliveries().total == 0 {
+        assert!(Instant::now() < deadline, "the mail never went out");
+        let _ = env.cmd().arg("cycle").output().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let rebuilt = env.count(
+        "SELECT count(*) FROM audit_log WHERE operation = 'ERROR' AND details LIKE '%send_bucket_rebuilt%' AND error_message LIKE '%4294967295%'",
+    );
+    assert_eq!(rebuilt, 1);
+}
+
+#[test]
+fn damaged_mail_rows_are_failed_with_their_reason_and_the_rest_of_the_queue_goes_on() {
+    let p = provider(fast());
+    let g = graph(&p);
+    let env = signed_in(&p, &g, "");
+    for i in 0..5 {
+        env.ok(&[
+            "send",
+            "--to",
+            "a@contoso.com",
+            "--subject",
+            &format!("mail {i}"),
+            "--body",
+            "b",
+        ]);
+    }
+    let db = env.open_db();
+    for sql in [
+        "UPDATE mail_queue SET body = X'00FF10' WHERE subject = 'mail 0'",
+        "UPDATE mail_queue SET to_addrs = 'garbage' WHERE subject = 'mail 1'",
+        "UPDATE mail_queue SET next_attempt_at = 'not a time' WHERE subject = 'mail 2'",
+        "UPDATE mail_queue SET to_addrs = '[]' WHERE subject = 'mail 3'",
+    ] {
+        db.execute(sql, []).unwrap();
+    }
+    drop(db);
+    // Listing still works and says what is wrong.
+    let list: serde_json::Value =
+        serde_json::from_str(&env.ok(&["queue", "list", "--format", "json"])).unwrap();
+    let damage = |subject: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["subject"] == subject)
+            .unwrap()["damage"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(damage("mail 0").contains("body is binary"), "{list}");
+    assert!(damage("mail 1").contains("To list is not a list"), "{list}");
+    assert!(damage("mail 2").contains("due time `not a time`"), "{list}");
+    assert!(damage("mail 3").contains("no recipients"), "{list}");
+    assert_eq!(damage("mail 4"), "");
+    env.ok(&["cycle"]);
+    let d = g.deliveries();
+    assert_eq!(d.total, 1, "only the intact mail goes out");
+    let list: serde_json::Value =
+        serde_json::from_str(&env.ok(&["queue", "list", "--format", "json"])).unwrap();
+    for m in list.as_array().unwrap() {
+        if m["subject"] == "mail 4" {
+            assert_eq!(m["state"], "sent", "{m}");
+        } else {
+            assert_eq!(m["state"], "failed", "{m}");
+            assert!(
+                m["last_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("the stored mail is damaged"),
+                "{m}"
+            );
+        }
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_log WHERE operation = 'SEND_FAILED'"),
+        4
+    );
+}
