@@ -151,8 +151,14 @@ impl Context {
     }
 
     /// Opens (and migrates) the database.
+    /// Commands wait `[database] busy_timeout` for other processes' writes (the
+    /// default when the configuration cannot be read; the command reports that itself).
     pub fn store(&self) -> Result<Store, StoreError> {
-        Store::open_audited(&self.paths.database, &self.paths.audit_head)
+        let wait = self
+            .config()
+            .map(|c| c.database.busy_timeout.get())
+            .unwrap_or(crate::store::CLI_BUSY_TIMEOUT);
+        Store::open_audited(&self.paths.database, &self.paths.audit_head, wait)
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Config {
     #[serde(default)]
     pub daemon: DaemonConfig,
     #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
     pub schedule: ScheduleConfig,
     #[serde(default)]
     pub sync: SyncConfig,
@@ -94,6 +96,28 @@ impl Default for DaemonConfig {
 
 fn default_grace() -> BoundedDuration<1, 300> {
     BoundedDuration(std::time::Duration::from_secs(10))
+}
+
+/// The `[database]` section: how commands share the database with other processes.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// How long a command waits for another process's write (an import of a large
+    /// snapshot holds the write lock for seconds) before it gives up.
+    #[serde(default = "default_busy_timeout")]
+    pub busy_timeout: BoundedDuration<1, 3_600>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            busy_timeout: default_busy_timeout(),
+        }
+    }
+}
+
+fn default_busy_timeout() -> BoundedDuration<1, 3_600> {
+    BoundedDuration(crate::store::CLI_BUSY_TIMEOUT)
 }
 
 /// The `[schedule]` section: what every scheduled job's cron expression is read in.
@@ -1244,6 +1268,12 @@ interval = "5m"
 # How long a stop (SIGTERM, SIGINT, `imm-daemon stop`) waits for the step in progress to
 # reach a safe point before the daemon exits anyway.
 shutdown_grace = "10s"
+
+[database]
+# How long a command waits for another process's write to the database (a large import
+# holds it for seconds) before it fails. The daemon waits at most 10s and tries again in
+# its next cycle.
+busy_timeout = "2m"
 
 [schedule]
 # The time zone the cron expressions below are read in: an IANA name such as

@@ -161,7 +161,11 @@ pub fn run(
 ) -> Result<(), DaemonError> {
     let config = load_config()?;
     let lock = InstanceLock::acquire(&paths.lock_file)?;
-    let store = Store::open_audited(&paths.database, &paths.audit_head)?;
+    let store = Store::open_audited(
+        &paths.database,
+        &paths.audit_head,
+        crate::store::BUSY_TIMEOUT,
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

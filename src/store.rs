@@ -71,8 +71,15 @@ const READ_SETTINGS: &str = "PRAGMA temp_store = MEMORY;
      PRAGMA cache_size = -65536;
      PRAGMA mmap_size = 268435456;";
 
-/// How long a statement waits for another process's write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a statement waits for another process's write lock, in the daemon (which
+/// must not stall its control socket for long; a step that gives up runs again next
+/// cycle) and wherever nothing else was set.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default wait of commands (`[database] busy_timeout`): four imports of 50,000
+/// mailboxes queued behind each other hold the write lock for tens of seconds, and a
+/// command should wait that out rather than fail.
+pub const CLI_BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +179,12 @@ impl Store {
 
     /// Opens (creating it 0600 when missing) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_waiting(path, BUSY_TIMEOUT)
+    }
+
+    /// [`Store::open`], waiting up to `busy` for other processes' writes (from the open
+    /// on: a migration waits too).
+    pub fn open_waiting(path: &Path, busy: Duration) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::paths::ensure_private_dir(dir)?;
         }
@@ -203,7 +216,7 @@ impl Store {
             path: path.to_path_buf(),
             audit_head: None,
         };
-        store.prepare().map_err(|e| match e {
+        store.prepare(busy).map_err(|e| match e {
             StoreError::Sql(source) => open_err(source),
             other => other,
         })?;
@@ -215,8 +228,8 @@ impl Store {
         &self.path
     }
 
-    fn prepare(&mut self) -> Result<(), StoreError> {
-        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+    fn prepare(&mut self, busy: Duration) -> Result<(), StoreError> {
+        self.conn.busy_timeout(busy)?;
         // Closing a connection checkpoints the WAL into the main file; a database that is
         // about to be refused must not be changed even that way.
         self.conn

@@ -111,8 +111,12 @@ impl Store {
     /// Opens the database as [`Store::open`] does, then keeps its audit head in
     /// `head_path`: compares it with the database now (recording an incident on a
     /// mismatch) and writes it after every commit that adds audit rows.
-    pub fn open_audited(path: &Path, head_path: &Path) -> Result<Store, StoreError> {
-        let mut store = Store::open(path)?;
+    pub fn open_audited(
+        path: &Path,
+        head_path: &Path,
+        busy: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        let mut store = Store::open_waiting(path, busy)?;
         store.audit_head = Some(head_path.to_path_buf());
         store.check_audit_head(Utc::now())?;
         Ok(store)

@@ -117,21 +117,30 @@ impl Tx<'_> {
     /// Appends an audit row chained to the previous one; returns its id.
     pub fn audit(&mut self, event: &AuditEvent, now: DateTime<Utc>) -> Result<i64, StoreError> {
         let tx = &self.tx;
-        let prev = head_hash(tx)?;
-        // AUTOINCREMENT never reuses an id, so the next one is the sequence plus one; the
-        // id is part of the hash, so it is chosen before the insert.
-        let seq: i64 = tx
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
-        let max_id: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM audit_log", [], |r| {
-            r.get(0)
-        })?;
-        let id = seq.max(max_id) + 1;
+        // Within one transaction the write lock is held: after its first row, the next
+        // row chains to the one this transaction wrote last (a removal of thousands of
+        // mailboxes writes thousands of rows, and looked the head up for each).
+        let (id, prev) = match self.last_audit.take() {
+            Some((last, hash)) => (last + 1, hash),
+            None => {
+                let prev = head_hash(tx)?;
+                // AUTOINCREMENT never reuses an id, so the next one is the sequence plus
+                // one; the id is part of the hash, so it is chosen before the insert.
+                let seq: i64 = tx
+                    .query_row(
+                        "SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                let max_id: i64 =
+                    tx.query_row("SELECT coalesce(max(id), 0) FROM audit_log", [], |r| {
+                        r.get(0)
+                    })?;
+                (seq.max(max_id) + 1, prev)
+            }
+        };
         let timestamp = audit::format_timestamp(now);
         let details = event.details.to_string();
         let hash = audit::chain_hash(

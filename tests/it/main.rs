@@ -3,6 +3,7 @@
 
 mod audit;
 mod config;
+mod contention;
 mod daemon;
 mod exchange;
 mod hardening;
