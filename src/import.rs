@@ -30,12 +30,14 @@ pub enum ImportError {
     },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("{path}: record {record}{}: {source}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    // The field error is part of this message, not a cause of its own: `{:#}` would
+    // otherwise print it twice.
+    #[error("{path}: record {record}{}: {error}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
     Record {
         path: PathBuf,
         record: usize,
         line: Option<u64>,
-        source: FieldError,
+        error: FieldError,
     },
 }
 
@@ -98,7 +100,7 @@ impl ParseError {
                 path,
                 record,
                 line,
-                source,
+                error: source,
             },
         }
     }

@@ -8,6 +8,7 @@ mod exchange;
 mod import;
 mod mail;
 mod mailboxes;
+mod refusals;
 mod secrets;
 mod service;
 mod signin;
