@@ -62,3 +62,133 @@ fn counts_and_sizes_beyond_the_cache_are_refused_naming_record_and_field() {
     assert_eq!(ben["item_count"], json!(i64::MAX));
     assert_eq!(ben["size_bytes"], json!(i64::MAX));
 }
+
+/// The identities in the inventory.
+fn identities(env: &Env) -> Vec<String> {
+    listed(env)
+        .iter()
+        .map(|m| m["identity"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_csv_cut_inside_a_quoted_cell_is_refused_naming_line_and_column() {
+    let env = Env::new();
+    env.import(&[record(G1, "Ann", "ann@contoso.com", days_ago_ms(40))]);
+    let head = "#TYPE Deserialized.Microsoft.Exchange.Data.Directory.Management.Mailbox\r\n\
+                \"ExchangeGuid\",\"DisplayName\",\"InPlaceHolds\"\r\n";
+    let g3 = crate::support::G3;
+    for (tail, line, column) in [
+        // Cut in the last cell: the record has all its cells, the last one short.
+        (
+            format!("\"{G2}\",\"Ben\",\"UniHabc\"\r\n\"{g3}\",\"Cem\",\"UniHa"),
+            4,
+            "column 3 (InPlaceHolds)",
+        ),
+        // Cut in a cell that had run over a line break: named where the cell starts.
+        (
+            format!("\"{G2}\",\"Ben\",\"UniHabc\"\r\n\"{g3}\",\"Cem\",\"UniHa\r\nmbx"),
+            4,
+            "column 3 (InPlaceHolds)",
+        ),
+        // Cut in a middle cell: fewer cells than columns, and the cut is the reason.
+        (
+            format!("\"{G2}\",\"Ben\",\"UniHabc\"\r\n\"{g3}\",\"Ce"),
+            4,
+            "column 2 (DisplayName)",
+        ),
+    ] {
+        let p = env.write("cut.csv", format!("{head}{tail}"));
+        let err = env.fails(&["mailboxes", "import", p.to_str().unwrap()], 65);
+        assert!(
+            err.contains(&format!("line {line}")) && err.contains(column),
+            "{tail:?}: {err}"
+        );
+        assert!(err.contains("quoted"), "{err}");
+    }
+    // A quote closed at the very end, and a doubled quote inside a cell, are fine.
+    let p = env.write(
+        "whole.csv",
+        format!("{head}\"{G2}\",\"Ben \"\"B\"\"\",\"UniHabc\""),
+    );
+    env.ok(&["mailboxes", "import", p.to_str().unwrap()]);
+    assert_eq!(
+        env.json(&["mailboxes", "show", G2])["display_name"],
+        "Ben \"B\""
+    );
+}
+
+#[test]
+fn a_column_named_twice_is_refused_naming_line_and_both_columns() {
+    let env = Env::new();
+    env.import(&[
+        record(G1, "Ann", "ann@contoso.com", days_ago_ms(40)),
+        record(G2, "Ben", "ben@contoso.com", days_ago_ms(40)),
+    ]);
+    let before = identities(&env);
+    let g3 = crate::support::G3;
+    for (text, line, columns) in [
+        // The second ExchangeGuid column used to win, replacing every mailbox.
+        (
+            format!(
+                "\"ExchangeGuid\",\"DisplayName\",\"ExchangeGuid\"\r\n\"{G1}\",\"Ann\",\"{g3}\"\r\n"
+            ),
+            1,
+            "columns 1 and 3",
+        ),
+        // Compared as the importer matches names: without case, around spaces.
+        (
+            format!("#TYPE Mailbox\r\nExchangeGuid,DisplayName, displayname \r\n{G1},Ann,Anne\r\n"),
+            2,
+            "columns 2 and 3",
+        ),
+        // Columns the importer does not read count too.
+        (
+            format!("ExchangeGuid,Notes,NOTES\r\n{G1},a,b\r\n"),
+            1,
+            "columns 2 and 3",
+        ),
+    ] {
+        let p = env.write("twice.csv", &text);
+        let err = env.fails(&["mailboxes", "import", p.to_str().unwrap()], 65);
+        assert!(
+            err.contains(&format!("line {line}")) && err.contains(columns),
+            "{text:?}: {err}"
+        );
+    }
+    // The same in JSON: a record with one property twice, named where it repeats.
+    let text = format!("[\n {{\"ExchangeGuid\": \"{G1}\",\n  \"exchangeGuid\": \"{g3}\"}}\n]");
+    let p = env.write("twice.json", text);
+    let err = env.fails(&["mailboxes", "import", p.to_str().unwrap()], 65);
+    assert!(
+        err.contains("ExchangeGuid") && err.contains("twice") && err.contains("line 3"),
+        "{err}"
+    );
+    assert_eq!(identities(&env), before, "nothing was replaced");
+}
+
+#[test]
+fn csv_errors_name_the_right_line_with_windows_line_ends() {
+    let env = Env::new();
+    for end in ["\r\n", "\n"] {
+        let text = [
+            "#TYPE Mailbox".to_string(),
+            "\"ExchangeGuid\",\"WhenSoftDeleted\"".to_string(),
+            format!("\"{G1}\",\"2023-01-01\""),
+            format!("\"{G2}\",\"someday\""),
+        ]
+        .join(end);
+        let p = env.write("lines.csv", text);
+        let err = env.fails(&["mailboxes", "import", p.to_str().unwrap()], 65);
+        assert!(err.contains("record 2 (line 4)"), "{end:?}: {err}");
+        let text = [
+            "\"ExchangeGuid\",\"WhenSoftDeleted\"".to_string(),
+            format!("\"{G1}\",\"2023-01-01\""),
+            format!("\"{G2}\",\"2023-01-01\",\"extra\""),
+        ]
+        .join(end);
+        let p = env.write("lines.csv", text);
+        let err = env.fails(&["mailboxes", "import", p.to_str().unwrap()], 65);
+        assert!(err.contains("line 3"), "{end:?}: {err}");
+    }
+}
