@@ -5,10 +5,8 @@
 //!
 //! JSON is streamed through serde, keeping only the fields the inventory reads, so a
 //! full Get-Mailbox object of two hundred properties costs little more than skipping it.
-//! The text decoding is written here (a BOM check and `char::decode_utf16`): the three
-//! encodings PowerShell writes need no general-purpose encoding crate.
+//! The text decoding is the [`text`](crate::text) module's, shared with `send`.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,6 +16,8 @@ use serde_json::Value;
 
 use crate::config::InventoryConfig;
 use crate::inventory::{ExoMailbox, FIELDS, FieldError};
+pub use crate::text::Encoding;
+use crate::text::decode;
 
 /// Why an export could not be read. Nothing is imported when any record is bad.
 #[derive(Debug, thiserror::Error)]
@@ -47,16 +47,6 @@ pub enum ImportError {
 pub enum ExportShape {
     Json,
     Csv,
-}
-
-/// The text encoding an export was found in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Encoding {
-    Utf8,
-    Utf8Bom,
-    Utf16Le,
-    Utf16Be,
 }
 
 /// The mailboxes of an export, in file order.
@@ -144,43 +134,6 @@ pub fn parse_export(bytes: &[u8], cfg: &InventoryConfig) -> Result<Export, Parse
         encoding,
         mailboxes,
     })
-}
-
-/// The text of an export; UTF-8 is borrowed, not copied (exports run to 100 MB).
-fn decode(bytes: &[u8]) -> Result<(Cow<'_, str>, Encoding), String> {
-    let utf16 = |body: &[u8], le: bool| -> Result<String, String> {
-        if !body.len().is_multiple_of(2) {
-            return Err("UTF-16 text with an odd number of bytes (the file is cut short)".into());
-        }
-        let units = body.chunks_exact(2).map(|c| {
-            if le {
-                u16::from_le_bytes([c[0], c[1]])
-            } else {
-                u16::from_be_bytes([c[0], c[1]])
-            }
-        });
-        char::decode_utf16(units)
-            .collect::<Result<String, _>>()
-            .map_err(|e| format!("invalid UTF-16 text: {e}"))
-    };
-    let not_utf8 = |e: std::str::Utf8Error| {
-        format!(
-            "not UTF-8 text (byte {}); PowerShell exports are UTF-8 or UTF-16 with a byte order mark",
-            e.valid_up_to()
-        )
-    };
-    match bytes {
-        [0xEF, 0xBB, 0xBF, rest @ ..] => std::str::from_utf8(rest)
-            .map(|s| (Cow::Borrowed(s), Encoding::Utf8Bom))
-            .map_err(not_utf8),
-        [0xFF, 0xFE, rest @ ..] => Ok((Cow::Owned(utf16(rest, true)?), Encoding::Utf16Le)),
-        [0xFE, 0xFF, rest @ ..] => Ok((Cow::Owned(utf16(rest, false)?), Encoding::Utf16Be)),
-        // UTF-16 LE without a byte order mark: ASCII text with every second byte zero.
-        [a, 0, ..] if *a != 0 => Ok((Cow::Owned(utf16(bytes, true)?), Encoding::Utf16Le)),
-        _ => std::str::from_utf8(bytes)
-            .map(|s| (Cow::Borrowed(s), Encoding::Utf8))
-            .map_err(not_utf8),
-    }
 }
 
 /// The fields kept from each record: the inventory's plus the configured attributes
