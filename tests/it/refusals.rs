@@ -192,3 +192,291 @@ fn csv_errors_name_the_right_line_with_windows_line_ends() {
         assert!(err.contains("line 3"), "{end:?}: {err}");
     }
 }
+
+fn utf16(s: &str, little_endian: bool) -> Vec<u8> {
+    let mut v = if little_endian {
+        vec![0xFF, 0xFE]
+    } else {
+        vec![0xFE, 0xFF]
+    };
+    for u in s.encode_utf16() {
+        v.extend(if little_endian {
+            u.to_le_bytes()
+        } else {
+            u.to_be_bytes()
+        });
+    }
+    v
+}
+
+/// The queued mails, oldest first, as `queue list` shows them.
+fn queued(env: &Env) -> Vec<serde_json::Value> {
+    env.json(&["queue", "list"]).as_array().unwrap().clone()
+}
+
+#[test]
+fn send_reads_batches_and_bodies_in_powershell_s_encodings() {
+    let env = Env::new();
+    let line = |i: usize| format!("{{\"to\": \"zoe@contoso.com\", \"subject\": \"Zoë {i}\"}}\r\n");
+    let files = [
+        (
+            "bom.jsonl",
+            [&[0xEF, 0xBB, 0xBF][..], line(1).as_bytes()].concat(),
+        ),
+        ("le.jsonl", utf16(&line(2), true)),
+        ("be.jsonl", utf16(&line(3), false)),
+    ];
+    for (name, bytes) in files {
+        let p = env.write(name, bytes);
+        env.ok(&["send", "--batch", p.to_str().unwrap()]);
+    }
+    let out = env
+        .cmd()
+        .args(["send", "--batch", "-"])
+        .write_stdin(utf16(&line(4), true))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let subjects: Vec<_> = queued(&env)
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(subjects, ["Zoë 1", "Zoë 2", "Zoë 3", "Zoë 4"]);
+    // A body file from Out-File (UTF-16 LE with a byte order mark), alone and in a batch.
+    let body = env.write("body.txt", utf16("Grüße\r\n", true));
+    env.ok(&[
+        "send",
+        "--to",
+        "zoe@contoso.com",
+        "--subject",
+        "body",
+        "--body-file",
+        body.to_str().unwrap(),
+    ]);
+    let p = env.write(
+        "body.jsonl",
+        "{\"to\": \"zoe@contoso.com\", \"subject\": \"batch body\", \"body_file\": \"body.txt\"}\n",
+    );
+    env.ok(&["send", "--batch", p.to_str().unwrap()]);
+    for id in ["5", "6"] {
+        let shown: serde_json::Value =
+            serde_json::from_str(&env.ok(&["queue", "show", id, "--json"])).unwrap();
+        assert_eq!(shown["body"], "Grüße\r\n", "{shown}");
+    }
+}
+
+/// `send` with a time limit: a refusal must come at once, not after a read that blocks.
+fn send_fails(env: &Env, args: &[&str], code: i32) -> String {
+    let out = env
+        .cmd()
+        .arg("send")
+        .args(args)
+        .timeout(std::time::Duration::from_secs(20))
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    let short: Vec<String> = args.iter().map(|a| a.chars().take(80).collect()).collect();
+    assert_eq!(out.status.code(), Some(code), "{short:?}: {err}");
+    err
+}
+
+#[test]
+fn send_refuses_a_fifo_a_device_or_a_folder_as_attachment_or_body() {
+    let env = Env::new();
+    let fifo = env.home.path().join("pipe");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let fifo = fifo.to_str().unwrap();
+    let folder = env.home.path().to_str().unwrap();
+    for (option, path) in [
+        ("--attach", fifo),
+        ("--body-file", fifo),
+        ("--attach", "/dev/zero"),
+        ("--body-file", "/dev/null"),
+        ("--attach", folder),
+    ] {
+        let err = send_fails(
+            &env,
+            &["--to", "ada@contoso.com", "--subject", "s", option, path],
+            66,
+        );
+        assert!(
+            err.contains(path) && err.contains("not a regular file"),
+            "{option} {path}: {err}"
+        );
+    }
+    let p = env.write(
+        "fifo.jsonl",
+        format!("{{\"to\": \"ada@contoso.com\", \"subject\": \"s\", \"attach\": \"{fifo}\"}}\n"),
+    );
+    let err = send_fails(&env, &["--batch", p.to_str().unwrap()], 66);
+    assert!(
+        err.contains("line 1") && err.contains("not a regular file"),
+        "{err}"
+    );
+    assert!(queued(&env).is_empty());
+}
+
+#[test]
+fn a_batch_with_one_key_twice_is_refused_naming_both_lines() {
+    let env = Env::new();
+    let p = env.write(
+        "keys.jsonl",
+        "{\"to\": \"a@contoso.com\", \"subject\": \"one\", \"key\": \"k1\"}\n\
+         {\"to\": \"b@contoso.com\", \"subject\": \"two\", \"key\": \"k2\"}\n\
+         \n\
+         {\"to\": \"c@contoso.com\", \"subject\": \"three\", \"key\": \"k1\"}\n",
+    );
+    let err = send_fails(&env, &["--batch", p.to_str().unwrap()], 65);
+    assert!(
+        err.contains("lines 1 and 4") && err.contains("`k1`"),
+        "{err}"
+    );
+    assert!(queued(&env).is_empty());
+    // A key already queued by an earlier send is the idempotency the key is for.
+    env.ok(&[
+        "send",
+        "--to",
+        "a@contoso.com",
+        "--subject",
+        "one",
+        "--key",
+        "k1",
+    ]);
+    let p = env.write(
+        "again.jsonl",
+        "{\"to\": \"a@contoso.com\", \"subject\": \"one\", \"key\": \"k1\"}\n",
+    );
+    env.ok(&["send", "--batch", p.to_str().unwrap()]);
+    assert_eq!(queued(&env).len(), 1);
+}
+
+#[test]
+fn send_refuses_a_mail_graph_would_not_take() {
+    let env = Env::new();
+    // Under Graph's 3 MB of attachments, but base64 and the body take the request past
+    // its 4 MB: counted from what would be sent, JSON escapes included.
+    let attachment = env.write("report.bin", vec![7u8; 3_140_000]);
+    let attachment = attachment.to_str().unwrap();
+    let plain = "a".repeat(5_000);
+    let quotes = "\"".repeat(5_000);
+    env.ok(&[
+        "send",
+        "--to",
+        "ada@contoso.com",
+        "--subject",
+        "fits",
+        "--body",
+        &plain,
+        "--attach",
+        attachment,
+    ]);
+    let err = send_fails(
+        &env,
+        &[
+            "--to",
+            "ada@contoso.com",
+            "--subject",
+            "too big",
+            "--body",
+            &quotes,
+            "--attach",
+            attachment,
+        ],
+        65,
+    );
+    assert!(err.contains("4194304"), "{err}");
+    // The same in a batch, naming the line.
+    let p = env.write(
+        "big.jsonl",
+        format!(
+            "{{\"to\": \"a@contoso.com\", \"subject\": \"ok\"}}\n{}\n",
+            json!({"to": "b@contoso.com", "subject": "big", "body": quotes, "attach": attachment})
+        ),
+    );
+    let err = send_fails(&env, &["--batch", p.to_str().unwrap()], 65);
+    assert!(err.contains("line 2") && err.contains("4194304"), "{err}");
+    // A subject of 255 characters is taken, one of 256 is not.
+    let subject = "é".repeat(255);
+    env.ok(&["send", "--to", "ada@contoso.com", "--subject", &subject]);
+    let long = format!("{subject}x");
+    let err = send_fails(&env, &["--to", "ada@contoso.com", "--subject", &long], 65);
+    assert!(err.contains("256") && err.contains("255"), "{err}");
+    assert!(
+        !err.contains(&long),
+        "the subject is not echoed whole: {err}"
+    );
+    assert_eq!(queued(&env).len(), 2);
+}
+
+#[test]
+fn send_never_attaches_the_token_file_or_its_key() {
+    let env = Env::new();
+    let home = env.home.path();
+    let key_file = home.join("elsewhere.key");
+    crate::daemon::config(
+        &env,
+        &format!("[auth]\nkey_file = \"{}\"\n", key_file.display()),
+    );
+    std::fs::create_dir_all(home.join("data")).unwrap();
+    let token_file = env.write("data/tokens.enc", b"IMMTOK\x01\x04 encrypted");
+    let generated = env.write("config/token.key", [1u8; 32]);
+    std::fs::write(&key_file, [2u8; 32]).unwrap();
+    let set_aside = env.write("data/tokens.enc.unreadable-20250101T000000Z", b"IMMTOK");
+    let credentials = home.join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::write(credentials.join("imm-token-key"), [3u8; 32]).unwrap();
+    std::os::unix::fs::symlink(&token_file, home.join("innocent.pdf")).unwrap();
+    std::fs::hard_link(&generated, home.join("copy.bin")).unwrap();
+    let dotted = home.join("config/../data/tokens.enc");
+    let named = [
+        token_file.clone(),
+        generated.clone(),
+        key_file.clone(),
+        set_aside,
+        credentials.join("imm-token-key"),
+        home.join("innocent.pdf"),
+        home.join("copy.bin"),
+        dotted,
+    ];
+    for path in &named {
+        let path = path.to_str().unwrap();
+        for option in ["--attach", "--body-file"] {
+            let out = env
+                .cmd()
+                .env("CREDENTIALS_DIRECTORY", &credentials)
+                .args([
+                    "send",
+                    "--to",
+                    "ada@contoso.com",
+                    "--subject",
+                    "s",
+                    option,
+                    path,
+                ])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(65), "{option} {path}: {err}");
+            assert!(err.contains(path) && err.contains("secret"), "{err}");
+        }
+    }
+    let p = env.write(
+        "leak.jsonl",
+        "{\"to\": \"a@contoso.com\", \"subject\": \"s\", \"attach\": \"innocent.pdf\"}\n",
+    );
+    let err = send_fails(&env, &["--batch", p.to_str().unwrap()], 65);
+    assert!(err.contains("line 1") && err.contains("secret"), "{err}");
+    assert!(queued(&env).is_empty());
+    // Other files in the same folders are fine.
+    let ok = env.write("data/report.csv", "a,b\n");
+    env.ok(&[
+        "send",
+        "--to",
+        "ada@contoso.com",
+        "--subject",
+        "s",
+        "--attach",
+        ok.to_str().unwrap(),
+    ]);
+}
