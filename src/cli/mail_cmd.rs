@@ -31,18 +31,20 @@ pub struct SendArgs {
     /// A hidden recipient (repeat for more).
     #[arg(long, value_name = "ADDR")]
     pub bcc: Vec<String>,
+    /// The subject (255 characters at most).
     #[arg(long, value_name = "TEXT")]
     pub subject: Option<String>,
     /// The body as text.
     #[arg(long, value_name = "TEXT", conflicts_with = "body_file")]
     pub body: Option<String>,
-    /// The body from a file (UTF-8).
+    /// The body from a file (UTF-8, or UTF-16 with a byte order mark).
     #[arg(long, value_name = "FILE")]
     pub body_file: Option<PathBuf>,
     /// The body is HTML.
     #[arg(long)]
     pub html: bool,
-    /// A file to attach (repeat for more; 3 MB in all).
+    /// A file to attach (repeat for more; 3 MB in all, and the whole mail within Graph's
+    /// 4 MB request once base64-encoded).
     #[arg(long, value_name = "FILE")]
     pub attach: Vec<PathBuf>,
     /// The mailbox to send from (default: `[mail] from`, else the signed-in account).
@@ -51,8 +53,8 @@ pub struct SendArgs {
     /// An idempotency key: a mail with a key already queued is not queued again.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
-    /// Queue every mail of a JSON Lines file (one mail object per line, `-` for stdin),
-    /// all or none.
+    /// Queue every mail of a JSON Lines file (one mail object per line, `-` for stdin;
+    /// UTF-8, or UTF-16 with a byte order mark), all or none; a key may appear once.
     #[arg(
         long,
         value_name = "FILE.jsonl",
