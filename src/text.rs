@@ -1,6 +1,7 @@
 //! Text files as administrators' tools write them: UTF-8 with or without a byte order
 //! mark, and UTF-16 (LE or BE) with one, the encodings PowerShell writes (`Export-Csv`,
-//! `ConvertTo-Json | Out-File`, `>`). Read by `mailboxes import` and `send`.
+//! `ConvertTo-Json | Out-File`, `>`). Read by `mailboxes import` and `send`. And values
+//! from those files quoted in error messages: never more than a short prefix of one.
 //!
 //! The decoding is written here (a BOM check and `char::decode_utf16`): the three
 //! encodings need no general-purpose encoding crate.
@@ -56,9 +57,116 @@ pub fn decode(bytes: &[u8]) -> Result<(Cow<'_, str>, Encoding), String> {
     }
 }
 
+/// How many characters of a value an error message quotes.
+pub const QUOTE_CHARS: usize = 60;
+
+/// A value quoted for an error message: `` `value` ``, or for a long one its first
+/// [`QUOTE_CHARS`] characters, `…` and its length: a 1.6 MB value must not make a 1.6 MB
+/// message (or three copies of it).
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_CHARS) {
+        None => format!("`{value}`"),
+        Some((cut, _)) => format!(
+            "`{}…` ({} characters)",
+            &value[..cut],
+            value.chars().count()
+        ),
+    }
+}
+
+/// Shortens the values quoted in a message it did not write (a parser's, serde's):
+/// spans between backticks, or between double quotes with backslash escapes, longer
+/// than [`quote`] leaves them are cut as it cuts them; an unclosed span runs to the end.
+pub fn shorten_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let delim = rest[open..].chars().next().expect("found");
+        out.push_str(&rest[..=open]);
+        let inner = &rest[open + 1..];
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in inner.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if delim == '"' => escaped = true,
+                c if c == delim => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let span = &inner[..end.unwrap_or(inner.len())];
+        let length = span.chars().count();
+        let long = length > QUOTE_CHARS + 1;
+        if long {
+            let cut = span.char_indices().nth(QUOTE_CHARS).map_or(0, |(i, _)| i);
+            out.push_str(&span[..cut]);
+            out.push('…');
+        } else {
+            out.push_str(span);
+        }
+        if let Some(e) = end {
+            out.push(delim);
+            rest = &inner[e + delim.len_utf8()..];
+        } else {
+            rest = "";
+        }
+        if long {
+            out.push_str(&format!(" ({length} characters)"));
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_values_are_quoted_short() {
+        assert_eq!(quote("abc"), "`abc`");
+        let exact = "é".repeat(QUOTE_CHARS);
+        assert_eq!(quote(&exact), format!("`{exact}`"));
+        let long = "é".repeat(1_600_000);
+        let q = quote(&long);
+        assert_eq!(q, format!("`{}…` (1600000 characters)", "é".repeat(60)));
+        // What `quote` made is left alone; what it would cut is cut the same way.
+        let msg = format!("expected a GUID, found {q}");
+        assert_eq!(shorten_quoted(&msg), msg);
+        let raw = format!("unknown field `{long}`, expected `tenant` or \"{long}\" here");
+        assert_eq!(
+            shorten_quoted(&raw),
+            format!(
+                "unknown field {q}, expected `tenant` or \"{}…\" (1600000 characters) here",
+                "é".repeat(60)
+            )
+        );
+        // Escaped quotes stay inside their span; an unclosed span runs to the end.
+        let escaped = format!(
+            "string \"{}\\\"{}\", expected f64",
+            "a".repeat(40),
+            "b".repeat(40)
+        );
+        assert_eq!(
+            shorten_quoted(&escaped),
+            format!(
+                "string \"{}\\\"{}…\" (82 characters), expected f64",
+                "a".repeat(40),
+                "b".repeat(18)
+            )
+        );
+        assert_eq!(
+            shorten_quoted(&format!("unclosed `{}", "x".repeat(100))),
+            format!("unclosed `{}… (100 characters)", "x".repeat(60))
+        );
+        assert_eq!(
+            shorten_quoted("plain, `short` and \"short\""),
+            "plain, `short` and \"short\""
+        );
+    }
 
     #[test]
     fn every_encoding_powershell_writes() {

@@ -480,3 +480,77 @@ fn send_never_attaches_the_token_file_or_its_key() {
         ok.to_str().unwrap(),
     ]);
 }
+
+#[test]
+fn a_huge_configuration_value_is_quoted_short_with_its_key_and_line() {
+    let env = Env::new();
+    let huge = "a".repeat(1_600_000);
+    let digits = "1".repeat(1_600_000);
+    let cases = [
+        (format!("client_id = \"{huge}\"\n"), "line 1", "`client_id`"),
+        (
+            format!("[mail]\nfrom = \"{huge}\"\n"),
+            "line 2",
+            "`mail.from`",
+        ),
+        (
+            format!("[heartbeat]\ninterval = \"{huge}\"\n"),
+            "line 2",
+            "`heartbeat.interval`",
+        ),
+        (
+            format!("[inventory]\nprices = {{ E3 = \"{huge}\" }}\n"),
+            "line 2",
+            "`inventory.prices.E3`",
+        ),
+        (format!("client_id = {digits}\n"), "line 1", "client_id"),
+        // A name that would be valid but for its length: it is stored with every mailbox,
+        // and `config check` would print it back whole.
+        (
+            format!("[inventory]\ndefault_license = \"{huge}\"\n"),
+            "line 2",
+            "`inventory.default_license`",
+        ),
+        // (A name in a table is checked with the whole table, placed at its header.)
+        (
+            format!("[inventory.company_domains]\n\"contoso.com\" = \"{huge}\"\n"),
+            "line 1",
+            "`inventory.company_domains`",
+        ),
+        (
+            format!("unknown_{huge} = 1\n"),
+            "line 1",
+            "unknown field `unknown_aaa",
+        ),
+        (
+            format!("[mail]\nfrom = \"{huge}\n"),
+            "line 2",
+            "from = \"aaa",
+        ),
+    ];
+    for (text, line, key) in cases {
+        let p = env.write("huge.toml", &text);
+        for args in [
+            &["--config", p.to_str().unwrap(), "config", "check"][..],
+            &["--config", p.to_str().unwrap(), "mailboxes", "list"][..],
+        ] {
+            let out = env.cmd().args(args).output().unwrap();
+            assert_eq!(out.status.code(), Some(78));
+            let err = String::from_utf8_lossy(&out.stderr);
+            let size = out.stdout.len() + out.stderr.len();
+            assert!(size < 2048, "{size} bytes for {}: {err:.3000}", &text[..40]);
+            assert!(
+                err.contains("huge.toml") && err.contains(line) && err.contains(key),
+                "{}: {err}",
+                &text[..40]
+            );
+        }
+    }
+    // What is short is still quoted whole.
+    let p = env.write("short.toml", "[mail]\nfrom = \"not-an-address\"\n");
+    let err = env.fails(&["--config", p.to_str().unwrap(), "config", "check"], 78);
+    assert!(
+        err.contains("`not-an-address`") && err.contains("`mail.from`") && err.contains("line 2"),
+        "{err}"
+    );
+}
