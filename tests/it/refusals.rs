@@ -554,3 +554,214 @@ fn a_huge_configuration_value_is_quoted_short_with_its_key_and_line() {
         "{err}"
     );
 }
+
+/// A refresh token and an id token the emulated provider issued, as a Python MSAL
+/// prototype signed in against it would hold them.
+fn msal_tokens(p: &imm_daemon::sandbox::identity::IdentityProvider) -> (String, String) {
+    use imm_daemon::auth;
+    use imm_daemon::sandbox::identity::TEST_CLIENT_ID;
+    use secrecy::ExposeSecret;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = imm_daemon::http::client(&Default::default()).unwrap();
+        let url = format!("{}/v2.0/.well-known/openid-configuration", p.authority());
+        let ep = auth::discover(&http, &url).await.unwrap();
+        let code = auth::device::request_code(
+            &http,
+            &ep,
+            TEST_CLIENT_ID,
+            "openid offline_access https://graph.microsoft.com/User.Read",
+        )
+        .await
+        .unwrap();
+        assert!(p.approve(&code.user_code));
+        let t = auth::device::poll_for_tokens(
+            &http,
+            &ep,
+            TEST_CLIENT_ID,
+            &code,
+            std::time::Duration::from_secs(30),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        (
+            t.refresh_token.unwrap().expose_secret().to_string(),
+            t.id_token.unwrap().expose_secret().to_string(),
+        )
+    })
+}
+
+/// An MSAL cache of one account of `client` at `environment` and `realm`, with an id
+/// token and an account entry whose username is `username`.
+fn msal_account(
+    home: &str,
+    environment: &str,
+    realm: &str,
+    client: &str,
+    refresh_token: &str,
+    id_token: &str,
+    username: &str,
+) -> serde_json::Value {
+    json!({
+        "RefreshToken": {
+            format!("{home}-{environment}-refreshtoken-{client}--"): {
+                "credential_type": "RefreshToken", "secret": refresh_token,
+                "home_account_id": home, "environment": environment, "client_id": client,
+                "target": "openid offline_access https://graph.microsoft.com/User.Read",
+                "last_modification_time": "1763700000"
+            }
+        },
+        "IdToken": {
+            format!("{home}-{environment}-idtoken-{client}-{realm}-"): {
+                "credential_type": "IdToken", "secret": id_token, "home_account_id": home,
+                "environment": environment, "realm": realm, "client_id": client
+            }
+        },
+        "Account": {
+            format!("{home}-{environment}-{realm}"): {
+                "home_account_id": home, "environment": environment, "realm": realm,
+                "local_account_id": "oid", "username": username, "authority_type": "MSSTS"
+            }
+        }
+    })
+}
+
+/// Two caches in one, as MSAL keeps several accounts.
+fn merged(a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+    let mut out = a;
+    for (kind, entries) in b.as_object().unwrap() {
+        let slot = out[kind.as_str()].as_object_mut().unwrap();
+        for (k, v) in entries.as_object().unwrap() {
+            slot.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+fn msal_env(p: &imm_daemon::sandbox::identity::IdentityProvider) -> Env {
+    let env = Env::new();
+    crate::daemon::config(
+        &env,
+        &format!(
+            "client_id = \"{}\"\nauthority = \"{}\"\n[auth]\ntoken_store = \"file\"\n",
+            imm_daemon::sandbox::identity::TEST_CLIENT_ID,
+            p.authority()
+        ),
+    );
+    env
+}
+
+#[test]
+fn an_msal_cache_of_another_provider_or_tenant_is_refused_naming_both() {
+    use imm_daemon::sandbox::identity::{TEST_CLIENT_ID, TestUser};
+    let p = crate::signin::provider(crate::signin::fast());
+    let (rt, idt) = msal_tokens(&p);
+    let user = TestUser::default();
+    let home = format!("{}.{}", user.uid, user.tid);
+    let env = msal_env(&p);
+    let other_tenant = "0c0ffee0-1111-4222-8333-444455556666";
+    for (environment, realm, names) in [
+        // A cache from Microsoft's cloud, imported where the configured authority is
+        // another provider: its refresh token would go to the wrong party.
+        (
+            "login.microsoftonline.com",
+            user.tid.as_str(),
+            ["login.microsoftonline.com", "127.0.0.1"],
+        ),
+        // The right provider, another tenant.
+        ("127.0.0.1", other_tenant, [other_tenant, user.tid.as_str()]),
+    ] {
+        let cache = msal_account(&home, environment, realm, TEST_CLIENT_ID, &rt, &idt, "");
+        let file = env.write("msal.json", serde_json::to_vec(&cache).unwrap());
+        let out = env
+            .cmd()
+            .args(["login", "--import-msal-cache", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{environment} {realm}: {err}");
+        for name in names {
+            assert!(err.contains(name), "{name}: {err}");
+        }
+        assert!(!err.contains(&rt) && !err.contains(&idt));
+    }
+    assert_eq!(p.stats().refresh_requests, 0, "no refresh token was sent");
+    let s = crate::signin::status(&env);
+    assert_ne!(s["signin"]["state"], "signed_in", "{s}");
+}
+
+#[test]
+fn msal_import_takes_the_account_by_the_names_imm_daemon_shows() {
+    use imm_daemon::sandbox::identity::{TEST_CLIENT_ID, TestUser};
+    let p = crate::signin::provider(crate::signin::fast());
+    let (rt, idt) = msal_tokens(&p);
+    let user = TestUser::default();
+    let home = format!("{}.{}", user.uid, user.tid);
+    // MSAL's `username` left empty, as some providers leave it; another account beside.
+    let other = msal_account(
+        "other.home",
+        "127.0.0.1",
+        &user.tid,
+        TEST_CLIENT_ID,
+        "other-refresh-token",
+        "not-a-jwt",
+        "someone@contoso.onmicrosoft.com",
+    );
+    let cache = merged(
+        msal_account(&home, "127.0.0.1", &user.tid, TEST_CLIENT_ID, &rt, &idt, ""),
+        other,
+    );
+    for name in [user.username.as_str(), home.as_str(), user.sub.as_str()] {
+        let env = msal_env(&p);
+        let file = env.write("msal.json", serde_json::to_vec(&cache).unwrap());
+        let out = env.ok(&[
+            "login",
+            "--import-msal-cache",
+            file.to_str().unwrap(),
+            "--account",
+            name,
+        ]);
+        assert!(
+            out.contains(&format!("Signed in as {}", user.username)),
+            "{name}: {out}"
+        );
+    }
+    // Without --account the choice is refused, naming each account as imm-daemon shows it.
+    let env = msal_env(&p);
+    let file = env.write("msal.json", serde_json::to_vec(&cache).unwrap());
+    let err = env.fails(&["login", "--import-msal-cache", file.to_str().unwrap()], 1);
+    assert!(
+        err.contains(&user.username) && err.contains("someone@contoso.onmicrosoft.com"),
+        "{err}"
+    );
+    let err = env.fails(
+        &[
+            "login",
+            "--import-msal-cache",
+            file.to_str().unwrap(),
+            "--account",
+            "nobody",
+        ],
+        1,
+    );
+    assert!(
+        err.contains("nobody") && err.contains(&user.username),
+        "{err}"
+    );
+    // The refresh token imported is the one the provider issued, and it works.
+    let env = msal_env(&p);
+    let file = env.write("msal.json", serde_json::to_vec(&cache).unwrap());
+    env.ok(&[
+        "login",
+        "--import-msal-cache",
+        file.to_str().unwrap(),
+        "--account",
+        &user.username,
+    ]);
+    let token = env.ok(&["token", "--resource", "graph", "--show"]);
+    assert!(p.access_token_info(token.trim()).is_some());
+}
