@@ -839,7 +839,7 @@ pub enum ConfigError {
         key: Option<String>,
         /// What is wrong, its quoted values shortened ([`crate::text::shorten_quoted`]).
         message: String,
-        /// The line at fault, at most [`EXCERPT_CHARS`] characters of it around the place,
+        /// The line at fault, at most 80 characters of it around the place,
         /// with carets under the value.
         excerpt: Option<String>,
     },
