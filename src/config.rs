@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub use crate::schedule::{When, Zone};
 
@@ -745,19 +745,61 @@ pub struct InventoryConfig {
     #[serde(default = "default_license_attribute")]
     pub license_attribute: AttributeName,
     /// License type assumed when a mailbox carries none.
+    #[serde(default, deserialize_with = "opt_name")]
     pub default_license: Option<String>,
     /// Licence by Exchange plan, for mailboxes whose licence attribute is empty: keys
     /// are a `MailboxPlan` name (without its `-GUID` suffix), a `PersistedCapabilities`
     /// entry, or `SKUAssigned` (any licence assigned); values are licence names as in
     /// `prices`. Replaces the default table when given.
-    #[serde(default = "default_license_map")]
+    #[serde(default = "default_license_map", deserialize_with = "name_map")]
     pub license_map: BTreeMap<String, String>,
     /// Monthly cost per license type.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "name_keys")]
     pub prices: BTreeMap<String, Price>,
     /// Operating company by e-mail domain, used when the company attribute is empty.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "name_values")]
     pub company_domains: BTreeMap<Domain, String>,
+}
+
+/// The longest licence or company name taken: one is stored with every mailbox.
+pub const MAX_NAME_CHARS: usize = 256;
+
+fn check_name<E: serde::de::Error>(name: &str) -> Result<(), E> {
+    let length = name.chars().count();
+    if length > MAX_NAME_CHARS {
+        return Err(E::custom(format!(
+            "{} is {length} characters long; a licence or company name has at most {MAX_NAME_CHARS}",
+            crate::text::quote(name)
+        )));
+    }
+    Ok(())
+}
+
+fn opt_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let name = Option::<String>::deserialize(d)?;
+    name.as_deref().map(check_name).transpose()?;
+    Ok(name)
+}
+
+fn name_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let map = BTreeMap::<String, String>::deserialize(d)?;
+    for (k, v) in &map {
+        check_name(k)?;
+        check_name(v)?;
+    }
+    Ok(map)
+}
+
+fn name_keys<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Price>, D::Error> {
+    let map = BTreeMap::<String, Price>::deserialize(d)?;
+    map.keys().try_for_each(|k| check_name(k))?;
+    Ok(map)
+}
+
+fn name_values<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Domain, String>, D::Error> {
+    let map = BTreeMap::<Domain, String>::deserialize(d)?;
+    map.values().try_for_each(|v| check_name(v))?;
+    Ok(map)
 }
 
 impl Default for InventoryConfig {
@@ -810,13 +852,20 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid configuration file {path}: {detail}")]
+    /// toml's own report is not used: it prints the whole line at fault and a caret
+    /// under every character of the value, so a 1.6 MB value made 4.8 MB of error.
+    #[error("{}{}", self.brief(), excerpt.as_deref().map(|e| format!("\n{e}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
         /// Line and column (1-based) of the error, when known.
         at: Option<(usize, usize)>,
-        /// toml's report, which quotes the offending line.
-        detail: Box<toml::de::Error>,
+        /// The dotted key at fault (`mail.from`), when toml knows it.
+        key: Option<String>,
+        /// What is wrong, its quoted values shortened ([`crate::text::shorten_quoted`]).
+        message: String,
+        /// The line at fault, at most 80 characters of it around the place,
+        /// with carets under the value.
+        excerpt: Option<String>,
     },
     /// Another local user could change the file, the key file or a folder above them.
     #[cfg(unix)]
@@ -824,23 +873,32 @@ pub enum ConfigError {
     Unsafe(Box<crate::paths::strict::StrictError>),
 }
 
+/// How much of the line at fault an error shows.
+const EXCERPT_CHARS: usize = 80;
+
 impl ConfigError {
-    /// The error on one line, without the excerpt of the file toml adds: for logs and
-    /// audit rows.
+    /// The error on one line, without the excerpt of the file: for logs and audit rows.
     pub fn brief(&self) -> String {
         match self {
-            ConfigError::Invalid { path, at, detail } => match at {
-                Some((line, col)) => format!(
-                    "invalid configuration file {}, line {line} column {col}: {}",
-                    path.display(),
-                    detail.message().trim()
-                ),
-                None => format!(
-                    "invalid configuration file {}: {}",
-                    path.display(),
-                    detail.message().trim()
-                ),
-            },
+            ConfigError::Invalid {
+                path,
+                at,
+                key,
+                message,
+                ..
+            } => {
+                let mut place = String::new();
+                if let Some((line, col)) = at {
+                    place.push_str(&format!(", line {line} column {col}"));
+                }
+                if let Some(k) = key {
+                    place.push_str(&format!(", in {}", crate::text::quote(k)));
+                }
+                format!(
+                    "invalid configuration file {}{place}: {message}",
+                    path.display()
+                )
+            }
             ConfigError::Read { path, source } => {
                 format!(
                     "cannot read configuration file {}: {source}",
@@ -852,6 +910,56 @@ impl ConfigError {
     }
 }
 
+/// The dotted key toml names in its report when it has no input to quote.
+fn toml_key(e: &toml::de::Error) -> Option<String> {
+    let mut bare = e.clone();
+    bare.set_input(None);
+    let report = bare.to_string();
+    let key = report
+        .lines()
+        .last()?
+        .strip_prefix("in `")?
+        .strip_suffix('`')?;
+    Some(key.to_string())
+}
+
+/// The line holding `span`, at most [`EXCERPT_CHARS`] characters of it, with carets
+/// under the span's part. Far along a long line, the line's start (its key) is kept before
+/// a `…` and the place itself.
+fn excerpt(text: &str, span: std::ops::Range<usize>) -> String {
+    const HEAD: usize = EXCERPT_CHARS / 2;
+    const BEFORE: usize = EXCERPT_CHARS / 4;
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[line_start..line_end].trim_end_matches('\r');
+    let number = text[..line_start].matches('\n').count() + 1;
+    let col = text[line_start..start].chars().count();
+    let span_chars = text[start..span.end.clamp(start, line_end)]
+        .chars()
+        .count()
+        .max(1);
+    let (mut shown, from) = if col < EXCERPT_CHARS - BEFORE {
+        (String::new(), 0)
+    } else {
+        let head: String = line.chars().take(HEAD).collect();
+        (format!("{head}…"), col - BEFORE)
+    };
+    let width = EXCERPT_CHARS - shown.chars().count();
+    let pad = shown.chars().count() + col - from;
+    shown.extend(line.chars().skip(from).take(width));
+    if line.chars().count() > from + width {
+        shown.push('…');
+    }
+    let carets = span_chars.min(width - (col - from)).max(1);
+    let gutter = " ".repeat(number.to_string().len());
+    format!(
+        "{gutter} |\n{number} | {shown}\n{gutter} | {}{}",
+        " ".repeat(pad),
+        "^".repeat(carets)
+    )
+}
+
 impl Config {
     /// Parses configuration text; `path` only labels errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -859,13 +967,19 @@ impl Config {
             let at = e.span().map(|span| {
                 let before = &text[..span.start.min(text.len())];
                 let line = before.matches('\n').count() + 1;
-                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                let col = before.chars().count()
+                    - before
+                        .rfind('\n')
+                        .map_or(0, |i| before[..=i].chars().count())
+                    + 1;
                 (line, col)
             });
             ConfigError::Invalid {
                 path: path.to_path_buf(),
                 at,
-                detail: Box::new(e),
+                key: toml_key(&e),
+                message: crate::text::shorten_quoted(e.message().trim()),
+                excerpt: e.span().map(|span| excerpt(text, span)),
             }
         })
     }
@@ -1581,6 +1695,32 @@ mod tests {
     }
 
     #[test]
+    fn names_stored_with_every_mailbox_are_bounded() {
+        let name = |n: usize| "N".repeat(n);
+        for text in [
+            format!("[inventory]\ndefault_license = \"{}\"", name(256)),
+            format!("[inventory.license_map]\n{} = \"E3\"", name(256)),
+            format!("[inventory.prices]\n{} = 1", name(256)),
+        ] {
+            assert!(parse(&text).is_ok(), "{text}");
+        }
+        for text in [
+            format!("[inventory]\ndefault_license = \"{}\"", name(257)),
+            format!("[inventory.license_map]\nE3 = \"{}\"", name(257)),
+            format!("[inventory.license_map]\n{} = \"E3\"", name(257)),
+            format!("[inventory.prices]\n{} = 1", name(257)),
+            format!(
+                "[inventory.company_domains]\n\"contoso.com\" = \"{}\"",
+                name(257)
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains("257 characters long"), "{e}");
+            assert!(e.len() < 1000, "{e}");
+        }
+    }
+
+    #[test]
     fn the_brief_form_is_one_line_naming_the_place() {
         let text = "tenant = \"contoso.com\"\n[heartbeat]\ninterval = \"soon-ish\"\n";
         let e = Config::parse(text, Path::new("c.toml")).unwrap_err();
@@ -1589,7 +1729,9 @@ mod tests {
         assert_eq!(std::error::Error::source(&e).map(|s| s.to_string()), None);
         let brief = e.brief();
         assert!(
-            brief.starts_with("invalid configuration file c.toml, line 3 column 12: "),
+            brief.starts_with(
+                "invalid configuration file c.toml, line 3 column 12, in `heartbeat.interval`: "
+            ),
             "{brief}"
         );
         assert!(!brief.contains('\n'), "{brief}");

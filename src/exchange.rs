@@ -876,17 +876,14 @@ impl<'a> Exchange<'a> {
             None => None,
         };
         let items = match get("ItemCount") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => n.as_u64(),
-            Some(Value::String(s)) => s.trim().replace(',', "").parse().ok(),
-            Some(_) => None,
+            Some(v) => {
+                crate::inventory::parse_item_count(v).map_err(|m| ExchangeError::Malformed {
+                    what: WHAT,
+                    detail: format!("ItemCount: {m}"),
+                })?
+            }
+            None => None,
         };
-        if items.is_none() && get("ItemCount").is_some_and(|v| !v.is_null()) {
-            return Err(ExchangeError::Malformed {
-                what: WHAT,
-                detail: "ItemCount is not a count".into(),
-            });
-        }
         if size.is_none() && items.is_none() {
             return Err(ExchangeError::Malformed {
                 what: WHAT,

@@ -5,10 +5,8 @@
 //!
 //! JSON is streamed through serde, keeping only the fields the inventory reads, so a
 //! full Get-Mailbox object of two hundred properties costs little more than skipping it.
-//! The text decoding is written here (a BOM check and `char::decode_utf16`): the three
-//! encodings PowerShell writes need no general-purpose encoding crate.
+//! The text decoding is the [`text`](crate::text) module's, shared with `send`.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,6 +16,8 @@ use serde_json::Value;
 
 use crate::config::InventoryConfig;
 use crate::inventory::{ExoMailbox, FIELDS, FieldError};
+pub use crate::text::Encoding;
+use crate::text::decode;
 
 /// Why an export could not be read. Nothing is imported when any record is bad.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +30,14 @@ pub enum ImportError {
     },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("{path}: record {record}{}: {source}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    // The field error is part of this message, not a cause of its own: `{:#}` would
+    // otherwise print it twice.
+    #[error("{path}: record {record}{}: {error}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
     Record {
         path: PathBuf,
         record: usize,
         line: Option<u64>,
-        source: FieldError,
+        error: FieldError,
     },
 }
 
@@ -45,16 +47,6 @@ pub enum ImportError {
 pub enum ExportShape {
     Json,
     Csv,
-}
-
-/// The text encoding an export was found in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Encoding {
-    Utf8,
-    Utf8Bom,
-    Utf16Le,
-    Utf16Be,
 }
 
 /// The mailboxes of an export, in file order.
@@ -98,7 +90,7 @@ impl ParseError {
                 path,
                 record,
                 line,
-                source,
+                error: source,
             },
         }
     }
@@ -144,44 +136,8 @@ pub fn parse_export(bytes: &[u8], cfg: &InventoryConfig) -> Result<Export, Parse
     })
 }
 
-/// The text of an export; UTF-8 is borrowed, not copied (exports run to 100 MB).
-fn decode(bytes: &[u8]) -> Result<(Cow<'_, str>, Encoding), String> {
-    let utf16 = |body: &[u8], le: bool| -> Result<String, String> {
-        if !body.len().is_multiple_of(2) {
-            return Err("UTF-16 text with an odd number of bytes (the file is cut short)".into());
-        }
-        let units = body.chunks_exact(2).map(|c| {
-            if le {
-                u16::from_le_bytes([c[0], c[1]])
-            } else {
-                u16::from_be_bytes([c[0], c[1]])
-            }
-        });
-        char::decode_utf16(units)
-            .collect::<Result<String, _>>()
-            .map_err(|e| format!("invalid UTF-16 text: {e}"))
-    };
-    let not_utf8 = |e: std::str::Utf8Error| {
-        format!(
-            "not UTF-8 text (byte {}); PowerShell exports are UTF-8 or UTF-16 with a byte order mark",
-            e.valid_up_to()
-        )
-    };
-    match bytes {
-        [0xEF, 0xBB, 0xBF, rest @ ..] => std::str::from_utf8(rest)
-            .map(|s| (Cow::Borrowed(s), Encoding::Utf8Bom))
-            .map_err(not_utf8),
-        [0xFF, 0xFE, rest @ ..] => Ok((Cow::Owned(utf16(rest, true)?), Encoding::Utf16Le)),
-        [0xFE, 0xFF, rest @ ..] => Ok((Cow::Owned(utf16(rest, false)?), Encoding::Utf16Be)),
-        // UTF-16 LE without a byte order mark: ASCII text with every second byte zero.
-        [a, 0, ..] if *a != 0 => Ok((Cow::Owned(utf16(bytes, true)?), Encoding::Utf16Le)),
-        _ => std::str::from_utf8(bytes)
-            .map(|s| (Cow::Borrowed(s), Encoding::Utf8))
-            .map_err(not_utf8),
-    }
-}
-
-/// The fields kept from each record: the inventory's plus the configured attributes.
+/// The fields kept from each record: the inventory's plus the configured attributes
+/// (at most three), which a 64-bit mask of the ones seen in a record covers.
 struct Wanted {
     names: Vec<String>,
 }
@@ -199,6 +155,7 @@ impl Wanted {
                 names.push(a.as_str().to_string());
             }
         }
+        const { assert!(FIELDS.len() + 3 <= 64) };
         Wanted { names }
     }
 
@@ -209,6 +166,20 @@ impl Wanted {
         self.names
             .iter()
             .position(|n| n.len() == key.len() && n.eq_ignore_ascii_case(key))
+    }
+
+    /// Refuses a property a record already had (compared as [`Wanted::slot`] does):
+    /// the later value would silently win. serde_json adds the line and column.
+    fn first_time<E: de::Error>(&self, slot: usize, seen: &mut u64) -> Result<(), E> {
+        let bit = 1 << slot;
+        if *seen & bit != 0 {
+            return Err(E::custom(format!(
+                "property `{}` appears twice in one record (names compare without regard to case)",
+                self.names[slot]
+            )));
+        }
+        *seen |= bit;
+        Ok(())
     }
 
     fn get<'v>(&self, values: &'v [Value], name: &str) -> Option<&'v Value> {
@@ -254,9 +225,13 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 
 fn read_record<'de, A: MapAccess<'de>>(wanted: &Wanted, map: &mut A) -> Result<Record, A::Error> {
     let mut values = vec![Value::Null; wanted.names.len()];
+    let mut seen = 0;
     while let Some(slot) = map.next_key_seed(KeySeed(wanted))? {
         match slot {
-            Some(i) => values[i] = map.next_value()?,
+            Some(i) => {
+                wanted.first_time(i, &mut seen)?;
+                values[i] = map.next_value()?;
+            }
             None => {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -312,6 +287,7 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
         // (`{"@odata.context": ..., "value": [...]}`, `{"value": [...], "Count": n}`);
         // otherwise the object is one record.
         let mut values = vec![Value::Null; self.0.names.len()];
+        let mut seen = 0;
         let mut records = None;
         while let Some(key) = map.next_key::<String>()? {
             if records.is_none() && key.eq_ignore_ascii_case("value") {
@@ -319,7 +295,10 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
                 continue;
             }
             match self.0.slot(&key) {
-                Some(i) => values[i] = map.next_value()?,
+                Some(i) => {
+                    self.0.first_time(i, &mut seen)?;
+                    values[i] = map.next_value()?;
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -376,25 +355,32 @@ fn parse_csv(text: &str, wanted: &Wanted) -> Result<Vec<Record>, ParseError> {
         Some(rest) => (rest.split_once('\n').map_or("", |(_, b)| b), 1),
         None => (text, 0),
     };
+    let bytes = body.as_bytes();
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
-        .from_reader(body.as_bytes());
-    let csv_err = |e: csv::Error| {
-        let at = e
-            .position()
-            .map(|p| format!(" at line {}", p.line() + skipped_lines))
-            .unwrap_or_default();
-        let msg = match e.kind() {
-            csv::ErrorKind::UnequalLengths {
-                expected_len, len, ..
-            } => format!("a row has {len} fields where the header has {expected_len}"),
-            _ => e.to_string(),
-        };
-        ParseError::Format(format!("invalid CSV export{at}: {msg}"))
-    };
-    let headers = rdr.headers().map_err(csv_err)?.clone();
-    let slots: Vec<Option<usize>> = headers.iter().map(|h| wanted.slot(h.trim())).collect();
+        .from_reader(bytes);
+    let format = |message: String| ParseError::Format(format!("invalid CSV export{message}"));
+    let headers = rdr
+        .headers()
+        .map_err(|e| format(csv_error(&e, bytes, skipped_lines, &[])))?
+        .clone();
+    let names: Vec<&str> = headers.iter().map(str::trim).collect();
+    let header_line = skipped_lines + 1;
+    // Two columns of one name: the reader would keep one of them silently (a second
+    // ExchangeGuid column once replaced every mailbox). Names compare as `slot` does.
+    let mut first_of: HashMap<String, usize> = HashMap::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        if let Some(first) = first_of.insert(name.to_ascii_lowercase(), i) {
+            return Err(format(format!(
+                " at line {header_line}: columns {} and {} are both named `{}` (names compare without regard to case or surrounding spaces); only one of them would be read",
+                first + 1,
+                i + 1,
+                names[first]
+            )));
+        }
+    }
+    let slots: Vec<Option<usize>> = names.iter().map(|h| wanted.slot(h)).collect();
     if !slots
         .iter()
         .flatten()
@@ -404,24 +390,145 @@ fn parse_csv(text: &str, wanted: &Wanted) -> Result<Vec<Record>, ParseError> {
             "not a Get-Mailbox export: no ExchangeGuid column (expected ConvertTo-Json or Export-Csv output)".into(),
         ));
     }
+    let mut lines = Lines::new(bytes, skipped_lines);
     let mut out = Vec::new();
     let mut rec = csv::StringRecord::new();
-    while rdr.read_record(&mut rec).map_err(csv_err)? {
+    let mut last_start = 0;
+    while rdr
+        .read_record(&mut rec)
+        .map_err(|e| format(csv_error(&e, bytes, skipped_lines, &names)))?
+    {
         let mut values = vec![Value::Null; wanted.names.len()];
         for (cell, slot) in rec.iter().zip(&slots) {
             if let Some(i) = slot {
                 values[*i] = Value::String(cell.to_string());
             }
         }
-        out.push(Record {
-            values,
-            line: rec.position().map(|p| p.line() + skipped_lines),
+        let line = rec.position().map(|p| {
+            last_start = record_start(bytes, p.byte());
+            lines.at(last_start)
         });
+        out.push(Record { values, line });
+    }
+    // A file cut inside a quoted cell reads as a last record whose cell ends at the cut.
+    if let Some(open) = open_quote(bytes, last_start, skipped_lines, &names) {
+        return Err(format(open));
     }
     if out.is_empty() {
         return Err(ParseError::Format("the export holds no records".into()));
     }
     Ok(out)
+}
+
+/// Where a record really starts. With CRLF line ends (Export-Csv on Windows) the csv
+/// reader places each record at the `\n` that ends the line before, one line early.
+fn record_start(bytes: &[u8], byte: u64) -> usize {
+    let mut start = usize::try_from(byte)
+        .unwrap_or(bytes.len())
+        .min(bytes.len());
+    while matches!(bytes.get(start), Some(b'\r' | b'\n')) {
+        start += 1;
+    }
+    start
+}
+
+/// Line numbers of byte offsets, counted forward as the records come.
+struct Lines<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    line: u64,
+}
+
+impl<'a> Lines<'a> {
+    fn new(bytes: &'a [u8], skipped_lines: u64) -> Lines<'a> {
+        Lines {
+            bytes,
+            at: 0,
+            line: skipped_lines + 1,
+        }
+    }
+
+    /// The line of `offset`; offsets come in increasing order.
+    fn at(&mut self, offset: usize) -> u64 {
+        let offset = offset.max(self.at);
+        self.line += newlines(&self.bytes[self.at..offset]);
+        self.at = offset;
+        self.line
+    }
+}
+
+fn newlines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|b| **b == b'\n').count() as u64
+}
+
+/// A column for messages: its number and, when known, its name.
+fn column(i: usize, names: &[&str]) -> String {
+    match names.get(i) {
+        Some(name) if !name.is_empty() => format!("column {} ({name})", i + 1),
+        _ => format!("column {}", i + 1),
+    }
+}
+
+/// The message of a CSV reader error, from " at line …" on. A row of too few cells whose
+/// last cell is a quote left open is reported as the cut it is.
+fn csv_error(e: &csv::Error, bytes: &[u8], skipped_lines: u64, names: &[&str]) -> String {
+    let start = e.position().map(|p| record_start(bytes, p.byte()));
+    if let (csv::ErrorKind::UnequalLengths { .. }, Some(start)) = (e.kind(), start)
+        && let Some(open) = open_quote(bytes, start, skipped_lines, names)
+    {
+        return open;
+    }
+    let at = start
+        .map(|s| format!(" at line {}", Lines::new(bytes, skipped_lines).at(s)))
+        .unwrap_or_default();
+    let msg = match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("a row has {len} fields where the header has {expected_len}"),
+        _ => e.to_string(),
+    };
+    format!("{at}: {msg}")
+}
+
+/// Whether the text from `start` (the last record's start) ends inside a quoted cell, read
+/// as the csv reader reads it (a cell is quoted when it starts with `"`; `""` inside it is
+/// a quote); if so, the message naming where that cell starts.
+fn open_quote(bytes: &[u8], start: usize, skipped_lines: u64, names: &[&str]) -> Option<String> {
+    #[derive(PartialEq)]
+    enum State {
+        CellStart,
+        Unquoted,
+        Quoted,
+        QuoteInQuoted,
+    }
+    let (mut state, mut col, mut opened) = (State::CellStart, 0, (start, 0));
+    for (i, b) in bytes.iter().enumerate().skip(start) {
+        state = match (state, b) {
+            (State::Quoted, b'"') => State::QuoteInQuoted,
+            (State::Quoted, _) => State::Quoted,
+            (State::QuoteInQuoted, b'"') => State::Quoted,
+            (State::CellStart, b'"') => {
+                opened = (i, col);
+                State::Quoted
+            }
+            (_, b',') => {
+                col += 1;
+                State::CellStart
+            }
+            (_, b'\r' | b'\n') => {
+                col = 0;
+                State::CellStart
+            }
+            _ => State::Unquoted,
+        };
+    }
+    (state == State::Quoted).then(|| {
+        format!(
+            ": the quoted cell at line {}, {} is never closed: the file ends inside it (was it cut short?)",
+            Lines::new(bytes, skipped_lines).at(opened.0),
+            column(opened.1, names)
+        )
+    })
 }
 
 #[cfg(test)]

@@ -244,16 +244,52 @@ fn parse_ps_date_any_year(s: &str) -> Result<Option<DateTime<Utc>>, String> {
     ))
 }
 
+/// The largest count or byte figure the cache keeps: SQLite's integers are signed 64-bit,
+/// so a larger one would be stored wrapped round (18446744073709551615 as -1).
+pub const MAX_FIGURE: u64 = i64::MAX as u64;
+
+fn beyond(what: &str) -> String {
+    format!("{what} is beyond what the cache stores (at most {MAX_FIGURE})")
+}
+
+/// Digits of a count or byte figure, read as the cache can keep them.
+enum Figure {
+    Fits(u64),
+    Beyond,
+    NotDigits,
+}
+
+fn figure(digits: &str) -> Figure {
+    match digits.parse::<u64>() {
+        Ok(n) if n <= MAX_FIGURE => Figure::Fits(n),
+        Ok(_) => Figure::Beyond,
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Figure::Beyond,
+        Err(_) => Figure::NotDigits,
+    }
+}
+
 /// Reads a byte count from TotalItemSize: `"3.233 GB (3,471,471,173 bytes)"`, a plain
-/// number of bytes, or an object whose `Value` holds either.
+/// number of bytes, or an object whose `Value` holds either. A count beyond
+/// [`MAX_FIGURE`] is an error, not a wrapped or saturated figure.
 pub fn parse_item_size(v: &Value) -> Result<Option<u64>, String> {
     match v {
         Value::Null => Ok(None),
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .map(Some)
-            .ok_or_else(|| format!("expected a size, found {n}")),
+        Value::Number(n) => {
+            if let Some(b) = n.as_u64() {
+                return if b <= MAX_FIGURE {
+                    Ok(Some(b))
+                } else {
+                    Err(beyond(&format!("the size {n}")))
+                };
+            }
+            // 2^63 as a float: `as u64` would saturate silently above it.
+            const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+            match n.as_f64() {
+                Some(f) if f >= 0.0 && f.fract() == 0.0 && f < LIMIT => Ok(Some(f as u64)),
+                Some(f) if f >= LIMIT => Err(beyond(&format!("the size {n}"))),
+                _ => Err(format!("expected a whole number of bytes, found {n}")),
+            }
+        }
         Value::String(s) => parse_size_text(s),
         Value::Object(o) => match o
             .iter()
@@ -272,6 +308,7 @@ fn parse_size_text(s: &str) -> Result<Option<u64>, String> {
     if t.is_empty() {
         return Ok(None);
     }
+    let too_big = || beyond(&format!("the size `{t}`"));
     if let Some(open) = t.rfind('(') {
         let inner = t[open + 1..].trim_end_matches(')').trim();
         if let Some(num) = inner.strip_suffix("bytes").or(inner.strip_suffix("byte")) {
@@ -279,17 +316,41 @@ fn parse_size_text(s: &str) -> Result<Option<u64>, String> {
                 .chars()
                 .filter(|c| !matches!(c, ',' | '.' | ' ' | '\u{a0}' | '\''))
                 .collect();
-            if let Ok(b) = digits.parse::<u64>() {
-                return Ok(Some(b));
+            match figure(&digits) {
+                Figure::Fits(b) => return Ok(Some(b)),
+                Figure::Beyond => return Err(too_big()),
+                Figure::NotDigits => {}
             }
         }
     }
-    if let Ok(b) = t.replace(',', "").parse::<u64>() {
-        return Ok(Some(b));
+    match figure(&t.replace(',', "")) {
+        Figure::Fits(b) => Ok(Some(b)),
+        Figure::Beyond => Err(too_big()),
+        Figure::NotDigits => Err(format!(
+            "unreadable size `{s}` (expected such as \"3.233 GB (3,471,471,173 bytes)\")"
+        )),
     }
-    Err(format!(
-        "unreadable size `{s}` (expected such as \"3.233 GB (3,471,471,173 bytes)\")"
-    ))
+}
+
+/// Reads ItemCount: a number, or text with optional thousands separators. A count beyond
+/// [`MAX_FIGURE`] is an error.
+pub fn parse_item_count(v: &Value) -> Result<Option<u64>, String> {
+    let expected = |found: &dyn std::fmt::Display| format!("expected a count, found {found}");
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => match n.as_u64() {
+            Some(c) if c <= MAX_FIGURE => Ok(Some(c)),
+            Some(_) => Err(beyond(&format!("the count {n}"))),
+            None => Err(expected(n)),
+        },
+        Value::String(s) if s.trim().is_empty() => Ok(None),
+        Value::String(s) => match figure(&s.trim().replace(',', "")) {
+            Figure::Fits(c) => Ok(Some(c)),
+            Figure::Beyond => Err(beyond(&format!("the count `{}`", s.trim()))),
+            Figure::NotDigits => Err(expected(&format_args!("`{s}`"))),
+        },
+        other => Err(expected(other)),
+    }
 }
 
 /// Mebibytes (Exchange's "MB"), rounded to three decimals; the byte count is kept too.
@@ -328,24 +389,6 @@ fn parse_bool(field: &str, v: &Value) -> Result<bool, FieldError> {
             field,
             format!("expected True or False, found {other}"),
         )),
-    }
-}
-
-fn parse_count(field: &str, v: &Value) -> Result<Option<u64>, FieldError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Number(n) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| field_err(field, format!("expected a count, found {n}"))),
-        Value::String(s) if s.trim().is_empty() => Ok(None),
-        Value::String(s) => s
-            .trim()
-            .replace(',', "")
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| field_err(field, format!("expected a count, found `{s}`"))),
-        other => Err(field_err(field, format!("expected a count, found {other}"))),
     }
 }
 
@@ -529,7 +572,7 @@ impl ExoMailbox {
             external_directory_object_id: text("ExternalDirectoryObjectId"),
             total_item_size_bytes: parse_item_size(f("TotalItemSize"))
                 .map_err(|m| field_err("TotalItemSize", m))?,
-            item_count: parse_count("ItemCount", f("ItemCount"))?,
+            item_count: parse_item_count(f("ItemCount")).map_err(|m| field_err("ItemCount", m))?,
             when_changed,
             company: attr(&cfg.company_attribute),
             department: attr(&cfg.department_attribute),
@@ -1152,6 +1195,51 @@ mod tests {
         assert_eq!(parse_item_size(&json!(null)).unwrap(), None);
         assert!(parse_item_size(&json!("big")).is_err());
         assert!((bytes_to_mb(3_471_471_173) - 3310.65).abs() < 0.01);
+    }
+
+    #[test]
+    fn figures_beyond_the_cache_are_refused() {
+        let max = i64::MAX as u64;
+        assert_eq!(parse_item_size(&json!(max)).unwrap(), Some(max));
+        assert_eq!(
+            parse_item_size(&json!(format!("8 EB ({max} bytes)"))).unwrap(),
+            Some(max)
+        );
+        assert_eq!(parse_item_size(&json!(1024.0)).unwrap(), Some(1024));
+        assert_eq!(parse_item_count(&json!(max)).unwrap(), Some(max));
+        assert_eq!(parse_item_count(&json!("1,200")).unwrap(), Some(1200));
+        for v in [
+            json!(max + 1),
+            json!(u64::MAX),
+            json!(1e300),
+            json!(f64::MAX),
+            json!(9.3e18),
+            json!("16 EB (18,446,744,073,709,551,615 bytes)"),
+            json!("1 ZB (1,180,591,620,717,411,303,424 bytes)"),
+            json!("18446744073709551615"),
+        ] {
+            let e = parse_item_size(&v).unwrap_err();
+            assert!(e.contains("9223372036854775807"), "{v}: {e}");
+        }
+        for v in [json!(-1), json!(0.5), json!(-1024.0)] {
+            assert!(parse_item_size(&v).is_err(), "{v}");
+        }
+        for v in [
+            json!(max + 1),
+            json!(u64::MAX),
+            json!("18,446,744,073,709,551,615"),
+            json!("99999999999999999999999"),
+        ] {
+            let e = parse_item_count(&v).unwrap_err();
+            assert!(e.contains("9223372036854775807"), "{v}: {e}");
+        }
+        for v in [json!(-1), json!(1e300), json!("many"), json!(true)] {
+            assert!(parse_item_count(&v).is_err(), "{v}");
+        }
+        let rec =
+            json!({"ExchangeGuid": "4a3b2c1d-5e6f-47a8-b9c0-d1e2f3a4b5c6", "ItemCount": u64::MAX});
+        let e = ExoMailbox::from_fields(&cfg(), |k| rec.get(k)).unwrap_err();
+        assert_eq!(e.field, "ItemCount");
     }
 
     fn cfg() -> InventoryConfig {

@@ -5,6 +5,7 @@
 //!
 //! - [`config`] turns the TOML file into a validated [`config::Config`]; [`paths`] knows
 //!   where every file lives and writes files atomically and owner-only.
+//! - [`text`] decodes the encodings PowerShell writes, for imports and mail batches.
 //! - [`import`] reads PowerShell exports into raw Exchange facts; [`inventory`] applies
 //!   the inventory rules to them (holds, age, size, cost, company, recovery eligibility)
 //!   as pure functions, which the live sync reuses.
@@ -59,3 +60,4 @@ pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod sync;
+pub mod text;

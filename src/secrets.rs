@@ -74,7 +74,7 @@ mod file;
 mod keychain;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,6 +132,44 @@ impl SecretsOptions {
             keychain_timeout: auth.keychain_timeout.get(),
         }
     }
+}
+
+/// The files that hold the sign-in's secret or a key to it, each with what it is: the
+/// token file and the copies of it set aside as unreadable, the generated key,
+/// `[auth] key_file` and the systemd credential (under `credentials_directory`). Whether
+/// they exist or not; none of them may leave the machine (`send` refuses to attach them).
+pub fn owned_files(
+    opts: &SecretsOptions,
+    credentials_directory: Option<&Path>,
+) -> Vec<(PathBuf, &'static str)> {
+    let mut files = vec![
+        (opts.file.clone(), "the token file"),
+        (
+            opts.key_dir.join(GENERATED_KEY_NAME),
+            "the token file's generated key",
+        ),
+    ];
+    if let Some(k) = &opts.key_file {
+        files.push((k.clone(), "the token file's key ([auth] key_file)"));
+    }
+    if let Some(dir) = credentials_directory {
+        files.push((
+            dir.join(CREDENTIAL_NAME),
+            "the token file's key (the systemd credential)",
+        ));
+    }
+    if let (Some(dir), Some(name)) = (opts.file.parent(), opts.file.file_name()) {
+        let prefix = format!("{}.unreadable-", name.to_string_lossy());
+        let set_aside = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix));
+        for e in set_aside {
+            files.push((e.path(), "a token file set aside as unreadable"));
+        }
+    }
+    files
 }
 
 /// Which store holds the secret.

@@ -27,8 +27,10 @@ pub struct LoginArgs {
     /// Import the sign-in from an MSAL token cache (the JSON MSAL Python writes).
     #[arg(long, value_name = "FILE")]
     pub import_msal_cache: Option<PathBuf>,
-    /// With --import-msal-cache: the account to take when the cache holds several.
-    #[arg(long, value_name = "USERNAME", requires = "import_msal_cache")]
+    /// With --import-msal-cache: the account to take when the cache holds several, by
+    /// any name imm-daemon shows for it (sign-in name, display name, subject or home
+    /// account id).
+    #[arg(long, value_name = "NAME", requires = "import_msal_cache")]
     pub account: Option<String>,
 }
 
@@ -277,11 +279,27 @@ fn import_msal(
     );
     let mut store = ctx.store()?;
     let now = Utc::now();
-    let imported = auth::msal::import(&bytes, &settings, account, now)
+    let rt = runtime()?;
+    let http = crate::http::client(&config.http)?;
+    // The cache is checked against the configured authority as MSAL records it, which
+    // takes its discovery document (a public one: nothing of the cache is sent).
+    let imported = rt
+        .block_on(auth::discover(&http, &settings.discovery_url))
+        .context(
+            "reading the configured authority's discovery document, to check the cache against it",
+        )
+        .and_then(|endpoints| {
+            let origin =
+                auth::msal::Origin::new(&settings.discovery_url, &endpoints.token_endpoint);
+            Ok(auth::msal::import(
+                &bytes, &settings, &origin, account, now,
+            )?)
+        })
         .with_context(|| format!("importing {}", file.display()));
     let cache = match imported {
         Ok(c) => c,
         Err(e) => {
+            rt.shutdown_background();
             let _ = store.audit(
                 &AuditEvent::new(Operation::LoginFailed)
                     .details(serde_json::json!({"method": "msal_import", "file": file.display().to_string()}))
@@ -291,9 +309,7 @@ fn import_msal(
             return Err(e);
         }
     };
-    let rt = runtime()?;
     let record = rt.block_on(async {
-        let http = crate::http::client(&config.http)?;
         let session = Session::open(settings, config, &ctx.paths, http).await?;
         let record = session.install(cache).await?;
         Ok::<_, anyhow::Error>(record.with_backend(session.backend()))

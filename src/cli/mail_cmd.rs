@@ -15,7 +15,7 @@ use super::{Context, SilentExit, exit, parse_duration};
 use crate::audit::{AuditEvent, Operation};
 use crate::daemon::control::{self, Command};
 use crate::daemon::lock::InstanceLock;
-use crate::mail::{Draft, MailError, NewMail};
+use crate::mail::{Draft, MailError, NewMail, Protected};
 use crate::store::QueuedMail;
 use crate::store::queue_time;
 
@@ -31,18 +31,20 @@ pub struct SendArgs {
     /// A hidden recipient (repeat for more).
     #[arg(long, value_name = "ADDR")]
     pub bcc: Vec<String>,
+    /// The subject (255 characters at most).
     #[arg(long, value_name = "TEXT")]
     pub subject: Option<String>,
     /// The body as text.
     #[arg(long, value_name = "TEXT", conflicts_with = "body_file")]
     pub body: Option<String>,
-    /// The body from a file (UTF-8).
+    /// The body from a file (UTF-8, or UTF-16 with a byte order mark).
     #[arg(long, value_name = "FILE")]
     pub body_file: Option<PathBuf>,
     /// The body is HTML.
     #[arg(long)]
     pub html: bool,
-    /// A file to attach (repeat for more; 3 MB in all).
+    /// A file to attach (repeat for more; 3 MB in all, and the whole mail within Graph's
+    /// 4 MB request once base64-encoded).
     #[arg(long, value_name = "FILE")]
     pub attach: Vec<PathBuf>,
     /// The mailbox to send from (default: `[mail] from`, else the signed-in account).
@@ -51,8 +53,8 @@ pub struct SendArgs {
     /// An idempotency key: a mail with a key already queued is not queued again.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
-    /// Queue every mail of a JSON Lines file (one mail object per line, `-` for stdin),
-    /// all or none.
+    /// Queue every mail of a JSON Lines file (one mail object per line, `-` for stdin;
+    /// UTF-8, or UTF-16 with a byte order mark), all or none; a key may appear once.
     #[arg(
         long,
         value_name = "FILE.jsonl",
@@ -134,29 +136,44 @@ pub enum SendError {
 impl SendError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            SendError::Read { .. } | SendError::Mail(MailError::Read { .. }) => exit::NO_INPUT,
+            SendError::Read { .. } => exit::NO_INPUT,
+            SendError::Mail(e) if e.is_unreadable() => exit::NO_INPUT,
             SendError::Mail(_) => exit::DATA,
         }
     }
 }
 
-fn read_mails(args: SendArgs) -> Result<Vec<NewMail>, SendError> {
+/// The files no mail may carry: the sign-in's secrets where this configuration keeps them.
+fn protected(ctx: &Context) -> anyhow::Result<Protected> {
+    let config = ctx.config()?;
+    let opts = crate::secrets::SecretsOptions::from_config(&config.auth, &ctx.paths, String::new());
+    let env = crate::secrets::KeyEnv::from_process();
+    Ok(Protected::new(crate::secrets::owned_files(
+        &opts,
+        env.credentials_directory.as_deref(),
+    )))
+}
+
+fn read_mails(args: SendArgs, protected: &Protected) -> Result<Vec<NewMail>, SendError> {
     match args.batch {
         Some(path) => {
             let read = |source| SendError::Read {
                 path: path.clone(),
                 source,
             };
-            let (text, base) = if path == Path::new("-") {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+            let (bytes, base) = if path == Path::new("-") {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
                     .map_err(read)?;
-                (text, None)
+                (bytes, None)
             } else {
-                let text = std::fs::read_to_string(&path).map_err(read)?;
-                (text, path.parent().map(Path::to_path_buf))
+                let bytes = std::fs::read(&path).map_err(read)?;
+                (bytes, path.parent().map(Path::to_path_buf))
             };
-            Ok(crate::mail::read_batch(&text, base.as_deref())?)
+            let (text, _) = crate::text::decode(&bytes).map_err(|detail| {
+                read(std::io::Error::new(std::io::ErrorKind::InvalidData, detail))
+            })?;
+            Ok(crate::mail::read_batch(&text, base.as_deref(), protected)?)
         }
         None => {
             let draft = Draft {
@@ -171,7 +188,7 @@ fn read_mails(args: SendArgs) -> Result<Vec<NewMail>, SendError> {
                 from: args.from,
                 key: args.key,
             };
-            Ok(vec![draft.check(None)?])
+            Ok(vec![draft.check(None, protected)?])
         }
     }
 }
@@ -191,7 +208,7 @@ fn wake_daemon(ctx: &Context) -> bool {
 pub fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
     let json = args.json;
     let batch = args.batch.is_some();
-    let mails = read_mails(args)?;
+    let mails = read_mails(args, &protected(ctx)?)?;
     let mut store = ctx.store()?;
     let now = Utc::now();
     let at = queue_time(now);

@@ -69,7 +69,37 @@ pub struct Message<'a> {
 }
 
 impl Message<'_> {
+    /// The body of the request that creates the draft.
     pub fn to_json(&self) -> Value {
+        self.json_with(|a| base64::engine::general_purpose::STANDARD.encode(&a.bytes))
+    }
+
+    /// The size in bytes of [`Message::to_json`] as it is sent (compact JSON, as reqwest
+    /// writes it), without encoding the attachments: their base64 needs no JSON escapes,
+    /// so it counts its own length.
+    pub fn request_size(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, &self.json_with(|_| String::new()))
+            .expect("a JSON value writes to a counter");
+        count.0
+            + self
+                .attachments
+                .iter()
+                .map(|a| a.bytes.len().div_ceil(3) * 4)
+                .sum::<usize>()
+    }
+
+    fn json_with(&self, content_bytes: impl Fn(&Attachment) -> String) -> Value {
         let recipients = |v: &[String]| -> Vec<Value> {
             v.iter()
                 .map(|a| json!({"emailAddress": {"address": a}}))
@@ -92,7 +122,7 @@ impl Message<'_> {
                         "@odata.type": "#microsoft.graph.fileAttachment",
                         "name": a.name,
                         "contentType": a.content_type,
-                        "contentBytes": base64::engine::general_purpose::STANDARD.encode(&a.bytes),
+                        "contentBytes": content_bytes(a),
                     })
                 })
                 .collect();
@@ -108,6 +138,15 @@ pub fn new_internet_message_id(sender: &str) -> String {
         .map_or("imm-daemon.invalid", |(_, d)| d);
     // Unique, not secret: a random 128-bit number is plenty.
     format!("<{:032x}@{domain}>", fastrand::u128(..))
+}
+
+/// The longest `internetMessageId` a mail from `sender` gets; with no sender known yet
+/// (the signed-in account's, found when the mail is sent), one of the longest domain.
+pub fn longest_internet_message_id(sender: Option<&str>) -> String {
+    match sender {
+        Some(s) => new_internet_message_id(s),
+        None => new_internet_message_id(&format!("x@{}", "d".repeat(253))),
+    }
 }
 
 /// The Graph mail client for one base URL (`{graph_url}/v1.0`).
@@ -292,6 +331,36 @@ mod tests {
             attachments: files,
             internet_message_id: imid,
         }
+    }
+
+    #[test]
+    fn the_request_size_is_what_is_sent() {
+        let to = vec!["ben@contoso.com".to_string(), "zoë@contoso.com".to_string()];
+        let files: Vec<Attachment> = (0..5)
+            .map(|n| Attachment {
+                name: format!("file \"{n}\".bin"),
+                content_type: "application/octet-stream".into(),
+                bytes: vec![0xFB; n],
+            })
+            .collect();
+        let imid = longest_internet_message_id(None);
+        assert_eq!(imid.len(), 1 + 32 + 1 + 253 + 1);
+        for body in [
+            "",
+            "plain",
+            "\"quotes\" \\ and \n\t\u{1}\u{7f} ünïcode 🙂 </p>",
+        ] {
+            for files in [&files[..0], &files[..]] {
+                let mut m = message(&to, &imid, files);
+                m.body = body;
+                let sent = serde_json::to_vec(&m.to_json()).unwrap().len();
+                assert_eq!(m.request_size(), sent, "{body:?}, {} files", files.len());
+            }
+        }
+        assert_eq!(
+            longest_internet_message_id(Some(ME)).len(),
+            new_internet_message_id(ME).len()
+        );
     }
 
     #[tokio::test]

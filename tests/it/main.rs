@@ -10,6 +10,7 @@ mod hardening;
 mod import;
 mod mail;
 mod mailboxes;
+mod refusals;
 mod secrets;
 mod service;
 mod signin;

@@ -434,30 +434,32 @@ fn an_msal_token_cache_is_imported_and_its_refresh_token_used() {
         t.refresh_token.unwrap().expose_secret().to_string()
     });
     let home = "uid1.utid1";
+    // As MSAL records the emulated provider: its host, and its token endpoint's tenant.
+    let tid = imm_daemon::sandbox::identity::TestUser::default().tid;
     let cache = serde_json::json!({
         "AccessToken": {},
         "RefreshToken": {
-            format!("{home}-login.microsoftonline.com-refreshtoken-{TEST_CLIENT_ID}--openid offline_access"): {
+            format!("{home}-127.0.0.1-refreshtoken-{TEST_CLIENT_ID}--openid offline_access"): {
                 "credential_type": "RefreshToken", "secret": rt, "home_account_id": home,
-                "environment": "login.microsoftonline.com", "client_id": TEST_CLIENT_ID,
+                "environment": "127.0.0.1", "client_id": TEST_CLIENT_ID,
                 "target": "openid offline_access https://graph.microsoft.com/User.Read",
                 "last_modification_time": "1763700000"
             },
-            "other-login.microsoftonline.com-refreshtoken-00000000-0000-0000-0000-000000000001--": {
+            "other-127.0.0.1-refreshtoken-00000000-0000-0000-0000-000000000001--": {
                 "credential_type": "RefreshToken", "secret": "not-ours", "home_account_id": "other",
-                "environment": "login.microsoftonline.com", "client_id": "00000000-0000-0000-0000-000000000001"
+                "environment": "127.0.0.1", "client_id": "00000000-0000-0000-0000-000000000001"
             }
         },
         "IdToken": {},
         "Account": {
-            format!("{home}-login.microsoftonline.com-contoso"): {
-                "home_account_id": home, "environment": "login.microsoftonline.com", "realm": "contoso",
+            format!("{home}-127.0.0.1-{tid}"): {
+                "home_account_id": home, "environment": "127.0.0.1", "realm": tid,
                 "local_account_id": "oid-1", "username": "adele.vance@contoso.onmicrosoft.com",
                 "authority_type": "MSSTS"
             }
         },
         "AppMetadata": {
-            format!("appmetadata-login.microsoftonline.com-{TEST_CLIENT_ID}"): {"client_id": TEST_CLIENT_ID, "environment": "login.microsoftonline.com"}
+            format!("appmetadata-127.0.0.1-{TEST_CLIENT_ID}"): {"client_id": TEST_CLIENT_ID, "environment": "127.0.0.1"}
         }
     });
     let env = Env::new();

@@ -685,6 +685,35 @@ async fn a_mailbox_whose_statistics_fail_is_set_aside_and_the_batch_goes_on() {
     assert!(out.statistics_fetched < 30);
 }
 
+/// Figures beyond what the cache stores (a signed 64-bit integer) are malformed records,
+/// as they are in an imported export: the mailbox is set aside with the field named, and
+/// nothing wrapped round (u64::MAX stored as -1, read back as 0) reaches the cache.
+#[tokio::test(flavor = "current_thread")]
+async fn statistics_beyond_the_cache_set_the_mailbox_aside_naming_the_field() {
+    for (size, items, field) in [
+        (1024, u64::MAX, "ItemCount"),
+        (u64::MAX, 3, "TotalItemSize"),
+        (i64::MAX as u64 + 1, 3, "TotalItemSize"),
+    ] {
+        let tenant = synthetic_tenant(5, 21);
+        let odd = tenant
+            .iter()
+            .find(|m| m.kind == crate::sandbox::exchange::MailboxKind::Inactive)
+            .unwrap()
+            .exchange_guid
+            .clone();
+        let home = Home::new(tenant, FAST).await;
+        assert!(home.exo.set_statistics(&odd, size, items));
+        let out = home.sync(true).await.unwrap();
+        assert_eq!(out.statistics_failed, 1, "{:?}", out.statistics_error);
+        let error = out.statistics_error.unwrap();
+        assert!(error.contains(&odd) && error.contains(field), "{error}");
+        let cache = home.cache();
+        assert_eq!((cache[&odd].3, cache[&odd].4), (None, None), "{field}");
+        assert!(cache.values().filter(|m| m.3.is_some()).count() >= 1);
+    }
+}
+
 /// Answers that Exchange would not give, from a one-off server: a listing that warns it
 /// is incomplete, a next-page link that is not text, a link that repeats. Each fails the
 /// sync and leaves the cache alone.
