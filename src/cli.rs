@@ -94,7 +94,7 @@ pub enum Command {
     Cycle(daemon_cmd::CycleArgs),
     /// Refresh the inactive-mailbox cache from its source now (a cycle with the sync
     /// due), through the daemon when it runs.
-    Sync(daemon_cmd::CycleArgs),
+    Sync(daemon_cmd::SyncArgs),
     /// Stop the running daemon and wait until it has exited.
     Stop,
     /// Install, remove or inspect the systemd user service or launchd agent.
@@ -254,6 +254,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
         if let Some(e) = cause.downcast_ref::<mail_cmd::SendError>() {
             return e.exit_code();
+        }
+        if let Some(crate::sync::LoadError::TooManyRemovals(_)) = cause.downcast_ref() {
+            return exit::DATA;
         }
         if let Some(e) = cause.downcast_ref::<ImportError>() {
             return match e {

@@ -175,6 +175,10 @@ pub struct SyncConfig {
     pub statistics_max_age: BoundedDuration<3_600, 31_536_000>,
     /// Statistics calls per cycle at most, so a large tenant's first sync spreads over
     /// several cycles; 0 never fetches statistics.
+    /// A snapshot (import or sync) that would remove more than this percent of the
+    /// cached mailboxes is refused (100: never).
+    #[serde(default = "default_max_removed_share")]
+    pub max_removed_share: Bounded<0, 100>,
     #[serde(default = "default_statistics_per_cycle")]
     pub statistics_per_cycle: Bounded<0, 1_000_000>,
     /// Exchange calls in flight at once (halved while throttled).
@@ -200,6 +204,7 @@ impl Default for SyncConfig {
             page_size: default_page_size(),
             statistics_max_age: default_statistics_max_age(),
             statistics_per_cycle: default_statistics_per_cycle(),
+            max_removed_share: default_max_removed_share(),
             concurrency: default_sync_concurrency(),
             request_attempts: default_request_attempts(),
             max_wait: default_max_wait(),
@@ -237,6 +242,10 @@ fn default_page_size() -> Bounded<10, 1_000> {
 
 fn default_statistics_max_age() -> BoundedDuration<3_600, 31_536_000> {
     BoundedDuration(std::time::Duration::from_secs(7 * 86_400))
+}
+
+fn default_max_removed_share() -> Bounded<0, 100> {
+    Bounded(20)
 }
 
 fn default_statistics_per_cycle() -> Bounded<0, 1_000_000> {
@@ -1425,6 +1434,10 @@ concurrency = 3
 # sync waits in all before it gives up until the next cycle.
 request_attempts = 6
 max_wait = "15m"
+# A snapshot (a sync, or `mailboxes import`) that would remove more than this percent of
+# the cached mailboxes (and more than 5) is refused as probably incomplete, and the
+# daemon asks for a person; `--allow-removals` lets one through, 100 turns the guard off.
+max_removed_share = 20
 
 [audit]
 # Audit rows older than this are pruned; the chain stays verifiable from its new start.

@@ -265,6 +265,8 @@ struct Supervisor<'a> {
     /// The mailbox sync is due: its schedule fired or someone asked, and it has not yet
     /// succeeded since.
     sync_pending: bool,
+    /// The pending sync was asked for with `--allow-removals`.
+    allow_removals: bool,
     /// Where the sign-in step's background device flow posts its news.
     hub: std::sync::Arc<crate::auth::step::Hub>,
     /// A running mailbox sync's progress.
@@ -282,6 +284,7 @@ impl<'a> Supervisor<'a> {
             jobs,
             hub: hub.clone(),
             sync_pending: false,
+            allow_removals: false,
             paths,
             steps: Steps::new(
                 default_steps(hub, sync_progress.clone()),
@@ -370,6 +373,7 @@ impl<'a> Supervisor<'a> {
         let mut reload_waiting: Vec<Reply> = Vec::new();
         // `sync-now` received while a cycle ran.
         let mut sync_asked_mid_cycle = false;
+        let mut removals_allowed_mid_cycle = false;
         loop {
             if reload_pending {
                 reload_pending = false;
@@ -445,12 +449,13 @@ impl<'a> Supervisor<'a> {
                                 let _ = reply.send(control::Response::ok(serde_json::json!({"cycle": "now"})));
                                 Trigger::Request
                             }
-                            control::Command::SyncNow => {
+                            control::Command::SyncNow | control::Command::SyncNowAllowRemovals => {
                                 if let Some(refusal) = sync_refusal(&self.config) {
                                     let _ = reply.send(refusal);
                                     continue;
                                 }
                                 self.sync_pending = true;
+                                self.allow_removals |= command == control::Command::SyncNowAllowRemovals;
                                 waiting.push(reply);
                                 Trigger::Request
                             }
@@ -485,6 +490,7 @@ impl<'a> Supervisor<'a> {
                     store: &self.store,
                     cancel: &shutdown,
                     sync_due: self.sync_pending,
+                    allow_removals: self.sync_pending && self.allow_removals,
                     wake: Some(&self.hub.wake),
                 };
                 let cycle = self.steps.run_cycle(&ctx, trigger);
@@ -496,6 +502,7 @@ impl<'a> Supervisor<'a> {
                 let (store, jobs, hub) = (&self.store, &self.jobs, &self.hub);
                 let sync_progress = &self.sync_progress;
                 let sync_asked = &mut sync_asked_mid_cycle;
+                let removals_allowed = &mut removals_allowed_mid_cycle;
                 let begin_stop = |deadline: &mut Option<tokio::time::Instant>| {
                     shutdown.cancel();
                     *deadline = Some(tokio::time::Instant::now() + grace);
@@ -543,11 +550,12 @@ impl<'a> Supervisor<'a> {
                                     pending = Some(pending.unwrap_or(Trigger::Request));
                                     let _ = reply.send(control::Response::ok(serde_json::json!({"cycle": "next"})));
                                 }
-                                control::Command::SyncNow => {
+                                control::Command::SyncNow | control::Command::SyncNowAllowRemovals => {
                                     if let Some(refusal) = sync_refusal(config) {
                                         let _ = reply.send(refusal);
                                     } else {
                                         *sync_asked = true;
+                                        *removals_allowed |= command == control::Command::SyncNowAllowRemovals;
                                         pending = Some(Trigger::Request);
                                         waiting_next.push(reply);
                                     }
@@ -584,6 +592,8 @@ impl<'a> Supervisor<'a> {
                 if std::mem::take(&mut sync_asked_mid_cycle) {
                     self.sync_pending = true;
                 }
+                // An allowance covers the one sync it was asked for.
+                self.allow_removals = std::mem::take(&mut removals_allowed_mid_cycle);
                 let response = control::Response::ok(
                     serde_json::to_value(&summary).expect("summaries serialize"),
                 );

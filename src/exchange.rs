@@ -157,6 +157,9 @@ pub enum ExchangeError {
     Cancelled,
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The listing would remove more of the cache than `[sync] max_removed_share`.
+    #[error(transparent)]
+    TooManyRemovals(#[from] crate::inventory::TooManyRemovals),
 }
 
 impl ExchangeError {
@@ -182,6 +185,7 @@ impl ExchangeError {
             ExchangeError::Auth(e) => e.needs_sign_in(),
             ExchangeError::Unauthorized { .. }
             | ExchangeError::Forbidden { .. }
+            | ExchangeError::TooManyRemovals(_)
             | ExchangeError::Setup(_) => true,
             ExchangeError::GaveUp { last, .. } | ExchangeError::OutOfTime { last, .. } => {
                 last.needs_attention()

@@ -972,6 +972,60 @@ pub fn summarize(ms: &[InactiveMailbox], cfg: &InventoryConfig) -> Summary {
     s
 }
 
+/// The guard against a snapshot that would empty much of the cache: an export cut off at
+/// a row boundary, or a listing short by every sign but its length, reads as a tenant
+/// whose mailboxes were purged. More than `max_share` percent of the cached mailboxes
+/// (and more than [`RemovalGuard::ALWAYS_ALLOWED`]) is refused unless `allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemovalGuard {
+    /// Percent of the cache, 0 to 100 (100: no guard), from `[sync] max_removed_share`.
+    pub max_share: u8,
+    /// The person said the removals are real (`--allow-removals`).
+    pub allow: bool,
+}
+
+impl RemovalGuard {
+    /// Removals this few are never refused: in a small tenant a few purges are a large
+    /// share.
+    pub const ALWAYS_ALLOWED: u64 = 5;
+
+    /// The guard `[sync] max_removed_share` sets, with `allow` from the command line.
+    pub fn from_config(config: &crate::config::Config, allow: bool) -> RemovalGuard {
+        RemovalGuard {
+            max_share: config.sync.max_removed_share.get() as u8,
+            allow,
+        }
+    }
+
+    /// Whether removing `removed` of `cached` mailboxes may go ahead.
+    pub fn check(&self, removed: u64, cached: u64) -> Result<(), TooManyRemovals> {
+        if self.allow
+            || self.max_share >= 100
+            || removed <= Self::ALWAYS_ALLOWED
+            || removed.saturating_mul(100) <= cached.saturating_mul(u64::from(self.max_share))
+        {
+            return Ok(());
+        }
+        Err(TooManyRemovals {
+            removed,
+            cached,
+            max_share: self.max_share,
+        })
+    }
+}
+
+/// A snapshot refused by the [`RemovalGuard`]; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refusing to remove {removed} of the {cached} cached mailboxes ({}%, more than [sync] max_removed_share = {max_share}%): the snapshot may be incomplete (an export cut off, a listing short); if they are really gone, run again with --allow-removals (`imm-daemon mailboxes import --allow-removals`, `imm-daemon sync --allow-removals`) or raise max_removed_share",
+    removed.saturating_mul(100) / (*cached).max(1)
+)]
+pub struct TooManyRemovals {
+    pub removed: u64,
+    pub cached: u64,
+    pub max_share: u8,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1433,5 +1487,38 @@ company_domains = { "contoso.com" = "Contoso", "fabrikam.com" = "Fabrikam" }
         assert_eq!(s.unpriced_licenses[0].key, "Kiosk");
         assert_eq!(age_band(None), "unknown");
         assert_eq!(age_band(Some(30)), "30-89 days");
+    }
+
+    #[test]
+    fn the_removal_guard_refuses_more_than_its_share_unless_allowed() {
+        let guard = RemovalGuard {
+            max_share: 20,
+            allow: false,
+        };
+        // 150 of 200 rows left: 50 removed, 25 %.
+        let e = guard.check(50, 200).unwrap_err();
+        assert_eq!(e.removed, 50);
+        assert!(e.to_string().contains("50 of the 200") && e.to_string().contains("25%"));
+        assert!(e.to_string().contains("--allow-removals"));
+        guard.check(40, 200).unwrap();
+        // A few removals are always let through, whatever their share.
+        guard.check(RemovalGuard::ALWAYS_ALLOWED, 6).unwrap();
+        assert!(guard.check(RemovalGuard::ALWAYS_ALLOWED + 1, 6).is_err());
+        // Allowed by the person, or by the configuration.
+        RemovalGuard {
+            allow: true,
+            ..guard
+        }
+        .check(200, 200)
+        .unwrap();
+        RemovalGuard {
+            max_share: 100,
+            allow: false,
+        }
+        .check(200, 200)
+        .unwrap();
+        // Overflow-proof.
+        assert!(guard.check(u64::MAX, u64::MAX).is_ok());
+        assert!(guard.check(u64::MAX, 10).is_err());
     }
 }

@@ -33,6 +33,8 @@ pub struct Loaded {
     pub removed: usize,
 }
 
+pub use crate::inventory::{RemovalGuard, TooManyRemovals};
+
 /// Why a load failed; nothing was written.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -55,6 +57,8 @@ pub enum LoadError {
     },
     #[error("reading the export failed unexpectedly: {0}")]
     Panicked(String),
+    #[error(transparent)]
+    TooManyRemovals(#[from] TooManyRemovals),
     /// The load failed, and so did the audit row recording the failure.
     #[error("{error}; writing its audit row failed too: {audit}")]
     Unaudited { error: String, audit: StoreError },
@@ -68,10 +72,11 @@ pub fn load_export(
     cfg: &InventoryConfig,
     file: &Path,
     merge: bool,
+    guard: RemovalGuard,
     now: DateTime<Utc>,
 ) -> Result<Loaded, LoadError> {
     let read = crate::import::read_export(file, cfg).map_err(LoadError::from);
-    store_export(store, cfg, file, read, merge, now)
+    store_export(store, cfg, file, read, merge, guard, now)
 }
 
 /// Writes an export that was read (or failed to be) into the cache, in one transaction
@@ -82,10 +87,11 @@ pub fn store_export(
     file: &Path,
     read: Result<Export, LoadError>,
     merge: bool,
+    guard: RemovalGuard,
     now: DateTime<Utc>,
 ) -> Result<Loaded, LoadError> {
     let file_label = file.display().to_string();
-    let result = read.and_then(|export| write(store, cfg, export, &file_label, merge, now));
+    let result = read.and_then(|export| write(store, cfg, export, &file_label, merge, guard, now));
     if let Err(e) = &result {
         let message = crate::daemon::error_chain(e);
         let event = AuditEvent::new(Operation::ImportMailboxes)
@@ -107,6 +113,7 @@ fn write(
     export: Export,
     file_label: &str,
     merge: bool,
+    guard: RemovalGuard,
     now: DateTime<Utc>,
 ) -> Result<Loaded, LoadError> {
     let mailboxes: Vec<InactiveMailbox> = export
@@ -118,6 +125,8 @@ fn write(
         let removed = if merge {
             0
         } else {
+            let (absent, cached) = tx.count_absent_mailboxes(&mailboxes)?;
+            guard.check(absent, cached)?;
             tx.remove_absent_mailboxes(
                 &mailboxes,
                 &json!({"reason": "absent from snapshot import", "file": file_label}),
@@ -136,7 +145,7 @@ fn write(
             })),
             now,
         )?;
-        Ok::<_, StoreError>((n, removed))
+        Ok::<_, LoadError>((n, removed))
     })?;
     Ok(Loaded {
         shape: export.shape,
@@ -253,6 +262,7 @@ impl MailboxSync {
             store: ctx.store,
             cancel: ctx.cancel,
             progress: &self.progress,
+            allow_removals: ctx.allow_removals,
         };
         let result = crate::exchange::sync::run(&run, ctx.sync_due).await;
         if ctx.sync_due {
@@ -362,6 +372,7 @@ impl CycleStep for MailboxSync {
                 export.as_path(),
                 read,
                 false,
+                RemovalGuard::from_config(ctx.config, ctx.allow_removals),
                 Utc::now(),
             );
             let finished = stamp(Utc::now());
@@ -397,6 +408,11 @@ impl CycleStep for MailboxSync {
                         ("removed".to_string(), l.removed as u64),
                     ]),
                     idle: false,
+                }),
+                // A person must say whether the removals are real.
+                Err(LoadError::TooManyRemovals(_)) => Err(StepError {
+                    message: text,
+                    needs_attention: true,
                 }),
                 Err(_) => Err(StepError::transient(text)),
             }

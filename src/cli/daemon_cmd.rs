@@ -30,26 +30,42 @@ pub struct CycleArgs {
     pub json: bool,
 }
 
+/// Options of `imm-daemon sync`.
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub cycle: CycleArgs,
+    /// The mailboxes the source no longer lists are really gone, however many: the
+    /// removal guard ([sync] max_removed_share) stands aside for this sync.
+    #[arg(long)]
+    pub allow_removals: bool,
+}
+
 /// Runs one cycle now: in the daemon when it runs, else in this process (holding the
 /// daemon's lock meanwhile, so that a daemon starting now waits its turn). The mailbox
 /// sync runs in it when its schedule says it is due.
 pub fn cycle(ctx: &Context, args: CycleArgs) -> anyhow::Result<()> {
-    run_cycle(ctx, args, false)
+    run_cycle(ctx, args, false, false)
 }
 
 /// Runs one cycle now with the mailbox sync due, wherever `cycle` would run it.
-pub fn sync(ctx: &Context, args: CycleArgs) -> anyhow::Result<()> {
+pub fn sync(ctx: &Context, args: SyncArgs) -> anyhow::Result<()> {
     if let Some(why) = ctx.config()?.sync_unavailable() {
         anyhow::bail!("cannot sync: {why} in {}", ctx.paths.config_file.display());
     }
-    run_cycle(ctx, args, true)
+    run_cycle(ctx, args.cycle, true, args.allow_removals)
 }
 
-fn run_cycle(ctx: &Context, args: CycleArgs, sync: bool) -> anyhow::Result<()> {
-    let command = if sync {
-        Command::SyncNow
-    } else {
-        Command::CycleNow
+fn run_cycle(
+    ctx: &Context,
+    args: CycleArgs,
+    sync: bool,
+    allow_removals: bool,
+) -> anyhow::Result<()> {
+    let command = match (sync, allow_removals) {
+        (true, true) => Command::SyncNowAllowRemovals,
+        (true, false) => Command::SyncNow,
+        (false, _) => Command::CycleNow,
     };
     let show = sync && !args.json && std::io::stderr().is_terminal();
     let summary = loop {
@@ -85,7 +101,7 @@ fn run_cycle(ctx: &Context, args: CycleArgs, sync: bool) -> anyhow::Result<()> {
                     let progress = progress.clone();
                     ProgressBar::start(move || progress.lock().ok()?.clone())
                 });
-                let summary = cycle_here(ctx, sync, progress);
+                let summary = cycle_here(ctx, sync, allow_removals, progress);
                 drop(bar);
                 drop(lock);
                 break summary?;
@@ -213,6 +229,7 @@ impl Drop for ProgressBar {
 fn cycle_here(
     ctx: &Context,
     sync: bool,
+    allow_removals: bool,
     progress: crate::exchange::sync::ProgressSlot,
 ) -> anyhow::Result<CycleSummary> {
     let config = ctx.config()?;
@@ -238,6 +255,7 @@ fn cycle_here(
             store: &store,
             cancel: &cancel,
             sync_due,
+            allow_removals,
             wake: None,
         };
         steps.run_cycle(&step_ctx, Trigger::Request).await

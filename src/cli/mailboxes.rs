@@ -21,13 +21,17 @@ pub enum MailboxesCmd {
     ///
     /// The file is a snapshot of the tenant: cached mailboxes absent from it are removed
     /// (each with an audit row) unless --merge is given. Nothing is written when any
-    /// record is invalid.
+    /// record is invalid, or when more than [sync] max_removed_share percent of the cache
+    /// would be removed (the file may be cut off) without --allow-removals.
     Import {
         /// The export file (UTF-8, or UTF-16 with a byte order mark).
         file: PathBuf,
         /// Add and update only; keep cached mailboxes the file does not list.
         #[arg(long)]
         merge: bool,
+        /// The mailboxes the file no longer lists are really gone, however many.
+        #[arg(long, conflicts_with = "merge")]
+        allow_removals: bool,
     },
     /// List cached inactive mailboxes.
     List {
@@ -316,8 +320,13 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
     let now = Utc::now();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match cmd {
-        MailboxesCmd::Import { file, merge } => {
-            import(&mut store, &cfg, &file, merge, now, &mut out)?
+        MailboxesCmd::Import {
+            file,
+            merge,
+            allow_removals,
+        } => {
+            let guard = crate::sync::RemovalGuard::from_config(&cfg, allow_removals);
+            import(&mut store, &cfg, &file, merge, guard, now, &mut out)?
         }
         MailboxesCmd::List { filter, format } => {
             let ms = query(&store, &cfg, &filter, None, now)?;
@@ -426,13 +435,14 @@ fn import(
     cfg: &Config,
     file: &std::path::Path,
     merge: bool,
+    guard: crate::sync::RemovalGuard,
     now: DateTime<Utc>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let file_label = file.display().to_string();
     let crate::sync::Loaded {
         imported, removed, ..
-    } = crate::sync::load_export(store, &cfg.inventory, file, merge, now).map_err(
+    } = crate::sync::load_export(store, &cfg.inventory, file, merge, guard, now).map_err(
         // The exit code follows the underlying error (a bad file, a database failure).
         |e| match e {
             crate::sync::LoadError::Read(e) => anyhow::Error::from(e),

@@ -2,7 +2,7 @@
 //! folder) speaking newline-delimited JSON, one request and one response per line.
 //!
 //! A request is `{"v": 1, "cmd": "status"}`; `cmd` is one of `status`, `cycle-now`,
-//! `sync-now`, `reload`, `stop` and `sign-in`. A response is `{"v": 1, "ok": true, "data": …}` or
+//! `sync-now`, `sync-now-allow-removals`, `reload`, `stop`, `sign-in` and `mail-queued`. A response is `{"v": 1, "ok": true, "data": …}` or
 //! `{"v": 1, "ok": false, "error": "…"}`. A request of another protocol version is
 //! answered with an error naming both versions, and a client refuses a response of
 //! another version the same way, so a mismatched CLI and daemon say so instead of
@@ -39,6 +39,9 @@ pub enum Command {
     CycleNow,
     /// Run a cycle now with the mailbox sync due; answered with its summary.
     SyncNow,
+    /// As `sync-now`, with the removal guard standing aside for this sync (the person
+    /// said the removals are real).
+    SyncNowAllowRemovals,
     /// Reread the configuration (as SIGHUP does); answered with the outcome.
     Reload,
     /// Stop (as SIGTERM does); answered before the daemon stops.
@@ -229,7 +232,7 @@ fn parse_request(line: &str) -> Result<Command, Response> {
         .map(|r| r.cmd)
         .map_err(|e| {
             Response::error(format!(
-                "bad request: {e} (commands: status, cycle-now, sync-now, reload, stop, sign-in, mail-queued)"
+                "bad request: {e} (commands: status, cycle-now, sync-now, sync-now-allow-removals, reload, stop, sign-in, mail-queued)"
             ))
         })
 }

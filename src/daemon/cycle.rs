@@ -32,6 +32,9 @@ pub struct StepContext<'a> {
     pub cancel: &'a CancellationToken,
     /// The mailbox sync is due in this cycle (its schedule fired, or someone asked).
     pub sync_due: bool,
+    /// Whoever asked for this sync said its removals are real, however many
+    /// (`sync --allow-removals`): the removal guard stands aside once.
+    pub allow_removals: bool,
     /// In the daemon: wakes the supervisor for a cycle soon (a step's background work
     /// has news). `None` in a one-off cycle of the CLI, where nothing runs afterwards.
     pub wake: Option<&'a tokio::sync::Notify>,
@@ -464,6 +467,7 @@ mod tests {
                 store: &self.store,
                 cancel: &self.cancel,
                 sync_due: false,
+                allow_removals: false,
                 wake: None,
             }
         }

@@ -159,6 +159,8 @@ pub struct Run<'a> {
     pub store: &'a RefCell<Store>,
     pub cancel: &'a CancellationToken,
     pub progress: &'a ProgressSlot,
+    /// The person said this sync's removals are real (`sync --allow-removals`).
+    pub allow_removals: bool,
 }
 
 /// The Get-Mailbox properties a listing asks for: the inventory's and the configured
@@ -479,6 +481,9 @@ async fn listing(
             figures: &figures,
             error: None,
         })?;
+        let (absent, cached) = tx.stage_absent_count()?;
+        crate::inventory::RemovalGuard::from_config(r.config, r.allow_removals)
+            .check(absent, cached)?;
         let snapshot = tx.apply_snapshot(id, now)?;
         let figures = json!({
             "pages": listing.pages,
@@ -500,7 +505,7 @@ async fn listing(
                 error: None,
             },
         )?;
-        Ok::<_, crate::store::StoreError>(snapshot)
+        Ok::<_, ExchangeError>(snapshot)
     });
     let _ = r.store.borrow_mut().stage_drop();
     Ok((listing, applied?))

@@ -439,6 +439,19 @@ impl Tx<'_> {
         Ok(gone.len())
     }
 
+    /// How many cached mailboxes `snapshot` lacks, and how many are cached.
+    pub fn count_absent_mailboxes(
+        &mut self,
+        snapshot: &[InactiveMailbox],
+    ) -> Result<(u64, u64), StoreError> {
+        let mut cached = self.mailbox_identities()?;
+        let total = cached.len() as u64;
+        for m in snapshot {
+            cached.remove(&m.identity);
+        }
+        Ok((cached.len() as u64, total))
+    }
+
     /// The identities of every cached mailbox.
     pub fn mailbox_identities(&mut self) -> Result<HashSet<String>, StoreError> {
         let mut st = self

@@ -410,6 +410,20 @@ impl Tx<'_> {
     /// `sync_id` (a row of [`Tx::record_sync`] in this transaction). Changes are found and
     /// written [`CHANGE_CHUNK`] mailboxes at a time, so a first sync of a large tenant
     /// never holds all its changes in memory.
+    /// How many cached mailboxes the staged listing lacks, and how many are cached: what
+    /// [`Tx::apply_snapshot`] would remove, for the removal guard.
+    pub fn stage_absent_count(&mut self) -> Result<(u64, u64), StoreError> {
+        let (absent, cached): (i64, i64) = self.tx.query_row(
+            "SELECT count(*) FILTER (WHERE NOT EXISTS
+                        (SELECT 1 FROM temp.sync_stage s WHERE s.identity = m.identity)),
+                    count(*)
+             FROM inactive_mailboxes m",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((absent.max(0) as u64, cached.max(0) as u64))
+    }
+
     pub fn apply_snapshot(
         &mut self,
         sync_id: i64,

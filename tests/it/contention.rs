@@ -63,7 +63,13 @@ fn importers_readers_senders_and_the_daemon_at_once_never_fail() {
             for _ in 0..2 {
                 run(
                     &env,
-                    &["mailboxes".into(), "import".into(), f.clone()],
+                    &[
+                        "mailboxes".into(),
+                        "import".into(),
+                        // Each snapshot replaces the whole cache, on purpose.
+                        "--allow-removals".into(),
+                        f.clone(),
+                    ],
                     &failures,
                 );
             }

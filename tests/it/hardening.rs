@@ -527,3 +527,96 @@ fn damaged_mail_rows_are_failed_with_their_reason_and_the_rest_of_the_queue_goes
         4
     );
 }
+
+#[test]
+fn an_import_that_would_remove_a_quarter_of_the_cache_is_refused_unless_allowed() {
+    let env = Env::new();
+    let records: Vec<serde_json::Value> = (0..200)
+        .map(|i| {
+            crate::support::record(
+                &format!("00000000-0000-4000-8000-{i:012x}"),
+                &format!("User {i}"),
+                &format!("user{i}@contoso.com"),
+                crate::support::days_ago_ms(40),
+            )
+        })
+        .collect();
+    env.import(&records);
+    // The export was cut at a row boundary: 150 of 200 left.
+    let cut = env.write("cut.json", serde_json::to_vec(&records[..150]).unwrap());
+    let err = env.fails(&["mailboxes", "import", cut.to_str().unwrap()], 65);
+    assert!(
+        err.contains("refusing to remove 50 of the 200") && err.contains("--allow-removals"),
+        "{err}"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 200);
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_log WHERE operation = 'IMPORT_MAILBOXES' AND result = 'failure' AND error_message LIKE '%refusing to remove 50%'"
+        ),
+        1
+    );
+    // Within the share, or allowed, it goes ahead.
+    let fewer = env.write("fewer.json", serde_json::to_vec(&records[..170]).unwrap());
+    env.ok(&["mailboxes", "import", fewer.to_str().unwrap()]);
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 170);
+    env.ok(&[
+        "mailboxes",
+        "import",
+        "--allow-removals",
+        cut.to_str().unwrap(),
+    ]);
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 150);
+    // Or the configuration lets every snapshot through.
+    crate::daemon::config(
+        &env,
+        "[sync]\nmax_removed_share = 100\nschedule = \"never\"\n",
+    );
+    let ten = env.write("ten.json", serde_json::to_vec(&records[..10]).unwrap());
+    env.ok(&["mailboxes", "import", ten.to_str().unwrap()]);
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 10);
+}
+
+#[test]
+fn a_listing_that_would_remove_a_third_of_the_cache_needs_a_person() {
+    let p = provider(fast());
+    let x = crate::exchange::exchange(&p, 60, Duration::ZERO);
+    let env = crate::exchange::signed_in(&p, &x, "schedule = \"0 0 1 1 *\"\n", "");
+    env.ok(&["sync"]);
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 60);
+    // Twenty mailboxes vanish from the listing (a short listing, or a mass purge).
+    for m in x.inactive().into_iter().take(20) {
+        x.remove(&m.exchange_guid);
+    }
+    let out = env.cmd().arg("sync").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("refusing to remove 20 of the 60"), "{text}");
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 60);
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_log WHERE operation = 'SYNC_MAILBOXES' AND result = 'failure' AND error_message LIKE '%refusing to remove%'"
+        ),
+        1
+    );
+    // In the daemon, the refusal needs a person; --allow-removals goes through it.
+    let _daemon = Daemon::start(&env);
+    wait_for_state(&env, "running", running);
+    let out = env.cmd().arg("sync").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let s = status(&env);
+    assert_eq!(s["health"], "attention", "{s}");
+    env.ok(&["sync", "--allow-removals"]);
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 40);
+    // The allowance was for that sync only.
+    for m in x.inactive().into_iter().take(20) {
+        x.remove(&m.exchange_guid);
+    }
+    let out = env.cmd().arg("sync").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 40);
+}

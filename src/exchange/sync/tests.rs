@@ -120,6 +120,7 @@ impl Home {
                 store: &self.store,
                 cancel,
                 progress: &self.progress,
+                allow_removals: false,
             },
             list,
         )
@@ -137,6 +138,7 @@ impl Home {
                 store: &self.store,
                 cancel: &CancellationToken::new(),
                 progress: &self.progress,
+                allow_removals: false,
             },
             true,
         )
