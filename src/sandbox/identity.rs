@@ -147,6 +147,9 @@ pub enum Failure {
     Throttled { retry_after: String },
     /// Nothing for this long, then 504 from "the gateway". The request is not processed.
     Timeout(Duration),
+    /// Not a failure: nothing for this long, then the request is processed and answered
+    /// as usual (a slow token endpoint; room for a test to act mid-request).
+    Slow(Duration),
 }
 
 /// What clients did, counted since the start.
@@ -1122,6 +1125,7 @@ impl Shared {
                 )
                     .into_response()
             }
+            Failure::Slow(_) => unreachable!("slow requests are answered as usual"),
         }
     }
 
@@ -1565,8 +1569,10 @@ async fn token(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         }
         failure
     };
-    if let Some(failure) = failure {
-        return s.injected(failure, headers).await;
+    match failure {
+        Some(Failure::Slow(wait)) => tokio::time::sleep(wait).await,
+        Some(failure) => return s.injected(failure, headers).await,
+        None => {}
     }
     let answer = {
         let mut st = s.lock();

@@ -620,3 +620,148 @@ fn a_listing_that_would_remove_a_third_of_the_cache_needs_a_person() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(env.count("SELECT count(*) FROM inactive_mailboxes"), 40);
 }
+
+#[test]
+fn ctrl_c_while_login_waits_stores_nothing_and_redeems_nothing() {
+    let p = provider(fast());
+    let env = Env::new();
+    crate::daemon::config(&env, &crate::signin::sign_in_config(&p, ""));
+    let (child, first) = crate::signin::start_login(&env, &[]);
+    let code = p
+        .wait_for_user_code(Duration::from_secs(10))
+        .expect("a device code was issued");
+    assert!(first.contains(&code), "{first}");
+    // Polling has begun; the person presses Ctrl-C.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.stats().token_polls == 0 {
+        assert!(Instant::now() < deadline, "login never polled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code_exit, _, err) = crate::signin::finish(child);
+    assert_ne!(code_exit, Some(0), "{err}");
+    // The person approves afterwards: nobody is polling, nothing is redeemed or stored.
+    assert!(p.approve(&code));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(p.stats().device_grants, 0);
+    assert!(!env.home.path().join("data/tokens.enc").exists());
+    let s = status(&env);
+    assert_ne!(s["signin"]["state"], "signed_in", "{s}");
+    assert!(s["signin"]["account"].is_null(), "{s}");
+}
+
+#[test]
+fn an_export_is_never_in_place_before_its_audit_row_commits() {
+    let env = Env::new();
+    crate::daemon::config(
+        &env,
+        "[database]\nbusy_timeout = \"1s\"\n[sync]\nschedule = \"never\"\n",
+    );
+    env.import(&[crate::support::record(
+        crate::support::G1,
+        "A",
+        "a@contoso.com",
+        crate::support::days_ago_ms(40),
+    )]);
+    let out_dir = env.home.path().join("exports");
+    std::fs::create_dir(&out_dir).unwrap();
+    chmod(&out_dir, 0o700);
+    let target = out_dir.join("mailboxes.csv");
+    // Another process holds the write lock: the audit row cannot commit.
+    let lock = env.open_db();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for args in [
+        vec!["mailboxes", "export", "--format", "csv", "--output"],
+        vec!["audit", "export", "--output"],
+    ] {
+        let mut a = args.clone();
+        a.push(target.to_str().unwrap());
+        let out = env.cmd().args(&a).output().unwrap();
+        assert!(!out.status.success(), "{a:?}");
+        assert!(
+            !target.exists(),
+            "{a:?}: the export is in place without its audit row"
+        );
+        let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+        assert!(left.is_empty(), "{a:?}: {left:?} left behind");
+    }
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    env.ok(&[
+        "mailboxes",
+        "export",
+        "--format",
+        "csv",
+        "--output",
+        target.to_str().unwrap(),
+    ]);
+    assert!(target.exists());
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_log WHERE operation = 'EXPORT_DATA' AND result = 'success'"
+        ),
+        1
+    );
+}
+
+#[test]
+fn a_rotated_refresh_token_whose_save_failed_is_kept_stored_first_and_never_reused() {
+    use imm_daemon::sandbox::identity::Failure;
+    // Access tokens shorter-lived than the refresh buffer: every cycle refreshes.
+    let p = provider(crate::signin::short_lived());
+    let env = Env::new();
+    crate::daemon::config(&env, &crate::signin::sign_in_config(&p, ""));
+    crate::signin::login(&env, &p);
+    let mut daemon = Daemon::start(&env);
+    wait_for_state(&env, "a first cycle", |s| {
+        s["cycles"].as_u64().unwrap_or(0) >= 1
+    });
+    let tokens = env.home.path().join("data/tokens.enc");
+    assert!(tokens.is_file());
+    // The next refresh is slow; while the provider rotates the refresh token, the token
+    // file becomes impossible to replace (a folder in its place), so the save fails.
+    let before = p.stats().refresh_requests;
+    p.fail_token_requests(1, Failure::Slow(Duration::from_millis(1500)));
+    let cycle = {
+        let mut c = env.std_cmd();
+        c.arg("cycle")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c.spawn().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.stats().refresh_requests == before {
+        assert!(Instant::now() < deadline, "no refresh began");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_file(&tokens).unwrap();
+    std::fs::create_dir(&tokens).unwrap();
+    std::fs::write(tokens.join("in-the-way"), "x").unwrap();
+    let mut cycle = cycle;
+    let _ = cycle.wait().unwrap();
+    // The next cycle stores what it holds first; that fails too, and nothing is spent.
+    let _ = env.cmd().arg("cycle").output().unwrap();
+    assert_eq!(p.stats().refresh_reuse, 0);
+    // Once the file can be written again, the rotated token is stored before it is used.
+    std::fs::remove_dir_all(&tokens).unwrap();
+    env.ok(&["cycle"]);
+    assert!(tokens.is_file());
+    assert_eq!(status(&env)["signin"]["state"], "signed_in");
+    daemon.signal("TERM");
+    let (code, _) = daemon.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0));
+    // A new process starts from the file: it holds the newest refresh token.
+    env.ok(&["token", "--resource", "graph", "--show"]);
+    assert_eq!(
+        p.stats().refresh_reuse,
+        0,
+        "a spent refresh token was presented"
+    );
+}

@@ -30,7 +30,7 @@ pub(crate) fn fast() -> IdentityOptions {
 
 /// Access tokens with less life than the 5-minute refresh buffer: every use refreshes,
 /// yet every token in hand is still valid.
-fn short_lived() -> IdentityOptions {
+pub(crate) fn short_lived() -> IdentityOptions {
     IdentityOptions {
         access_token_lifetime: Duration::from_secs(200),
         ..fast()
@@ -46,7 +46,7 @@ fn signed_in(p: &IdentityProvider, extra: &str) -> Env {
 }
 
 /// A configuration signing in against `p`, with tokens in the encrypted file.
-fn sign_in_config(p: &IdentityProvider, extra: &str) -> String {
+pub(crate) fn sign_in_config(p: &IdentityProvider, extra: &str) -> String {
     format!(
         "client_id = \"{TEST_CLIENT_ID}\"\nauthority = \"{}\"\n[heartbeat]\ninterval = \"1h\"\n\
          [sync]\nschedule = \"never\"\n[auth]\ntoken_store = \"file\"\n{extra}",
@@ -55,7 +55,7 @@ fn sign_in_config(p: &IdentityProvider, extra: &str) -> String {
 }
 
 /// `imm-daemon login` in the background; returns it with the first line it printed.
-fn start_login(env: &Env, args: &[&str]) -> (Child, String) {
+pub(crate) fn start_login(env: &Env, args: &[&str]) -> (Child, String) {
     let mut child = env
         .std_cmd()
         .arg("login")
@@ -76,7 +76,7 @@ fn start_login(env: &Env, args: &[&str]) -> (Child, String) {
     (child, first)
 }
 
-fn finish(child: Child) -> (Option<i32>, String, String) {
+pub(crate) fn finish(child: Child) -> (Option<i32>, String, String) {
     let out = child.wait_with_output().unwrap();
     (
         out.status.code(),
