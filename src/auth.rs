@@ -665,3 +665,6 @@ pub async fn logout(config: &Config, paths: &Paths) -> Result<Vec<String>, AuthE
             .await?;
     Ok(SecretStore::remove_everywhere(&opts).await?)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1823,6 +1823,94 @@ company_domains = { "Fabrikam.com" = "Fabrikam" }
         assert_eq!(c.graph_url(), "https://microsoftgraph.chinacloudapi.cn");
     }
 
+    /// The tables of the configuration that are maps, where any key is an entry, each
+    /// with an entry it takes. Every other table is a section and refuses unknown keys.
+    fn map_tables() -> Vec<(&'static str, &'static str, toml::Value)> {
+        vec![
+            ("inventory.license_map", "SomePlan", "E3".into()),
+            ("inventory.prices", "Some Licence", 12.5.into()),
+            (
+                "inventory.company_domains",
+                "fabrikam.example",
+                "Fabrikam".into(),
+            ),
+        ]
+    }
+
+    /// The path of every table in `t`, `t` itself first (as the empty path).
+    fn table_paths(t: &toml::Table, at: &[String], out: &mut Vec<Vec<String>>) {
+        out.push(at.to_vec());
+        for (k, v) in t {
+            if let toml::Value::Table(inner) = v {
+                let mut below = at.to_vec();
+                below.push(k.clone());
+                table_paths(inner, &below, out);
+            }
+        }
+    }
+
+    /// `doc` with `key = value` added to the table at `at`, as text.
+    fn with_key(doc: &toml::Table, at: &[String], key: &str, value: toml::Value) -> String {
+        let mut doc = doc.clone();
+        let mut table = &mut doc;
+        for k in at {
+            table = table[k.as_str()].as_table_mut().unwrap();
+        }
+        table.insert(key.to_string(), value);
+        toml::to_string(&doc).unwrap()
+    }
+
+    /// The sections are read off the default configuration written out, so a section
+    /// added later is checked without this test changing.
+    #[test]
+    fn every_section_refuses_an_unknown_key() {
+        let doc = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(
+            parse(&toml::to_string(&doc).unwrap()).unwrap(),
+            Config::default()
+        );
+        let mut paths = Vec::new();
+        table_paths(&doc, &[], &mut paths);
+        let maps = map_tables();
+        let mut sections = Vec::new();
+        for at in &paths {
+            let dotted = at.join(".");
+            if maps.iter().any(|(m, _, _)| *m == dotted) {
+                continue;
+            }
+            let key = "surely_not_a_setting";
+            let text = with_key(&doc, at, key, true.into());
+            let e = parse(&text).expect_err(&format!("[{dotted}] took an unknown key:\n{text}"));
+            assert!(
+                e.contains(&format!("unknown field `{key}`")),
+                "[{dotted}]: {e}"
+            );
+            sections.push(dotted);
+        }
+        for name in [
+            "",
+            "inventory",
+            "heartbeat",
+            "daemon",
+            "database",
+            "schedule",
+            "sync",
+            "audit",
+            "auth",
+            "notify",
+            "http",
+            "mail",
+        ] {
+            assert!(sections.iter().any(|s| s == name), "[{name}] was not found");
+        }
+        // The maps are there, and are maps: they take a new entry.
+        for (map, key, value) in maps {
+            let at: Vec<String> = map.split('.').map(str::to_string).collect();
+            assert!(paths.contains(&at), "[{map}] was not found");
+            parse(&with_key(&doc, &at, key, value)).unwrap();
+        }
+    }
+
     #[test]
     fn unknown_key_is_rejected_with_position() {
         let e = parse("tenant = \"contoso.com\"\ntennant = \"x\"\n").unwrap_err();

@@ -146,6 +146,56 @@ mod tests {
         assert_eq!(parse_retry_after("NaN", now), None);
     }
 
+    /// A token endpoint that answers with a redirect must not make the client carry the
+    /// form (with its refresh token) to wherever the redirect points: every redirect
+    /// status comes back to the caller, and the other host hears nothing.
+    #[tokio::test(flavor = "current_thread")]
+    async fn redirects_are_never_followed() {
+        use wiremock::matchers::{any, method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let elsewhere = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(200).set_body_string("followed"))
+            .mount(&elsewhere)
+            .await;
+        let origin = MockServer::start().await;
+        let http = client(&HttpConfig::default()).unwrap();
+        for status in [301, 302, 303, 307, 308] {
+            let to = format!("{}/stolen/{status}", elsewhere.uri());
+            let _post = Mock::given(method("POST"))
+                .and(path("/token"))
+                .respond_with(ResponseTemplate::new(status).insert_header("Location", &to))
+                .expect(1)
+                .mount_as_scoped(&origin)
+                .await;
+            let _get = Mock::given(method("GET"))
+                .and(path("/discovery"))
+                .respond_with(ResponseTemplate::new(status).insert_header("Location", &to))
+                .expect(1)
+                .mount_as_scoped(&origin)
+                .await;
+            let resp = http
+                .post(format!("{}/token", origin.uri()))
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", "0.refresh-token-that-stays-home"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(resp.headers()[reqwest::header::LOCATION], to.as_str());
+            let resp = http
+                .get(format!("{}/discovery", origin.uri()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), status);
+        }
+        let heard = elsewhere.received_requests().await.unwrap();
+        assert!(heard.is_empty(), "a redirect was followed: {heard:?}");
+    }
+
     #[test]
     fn the_client_builds_with_the_defaults() {
         let cfg = HttpConfig::default();

@@ -75,6 +75,31 @@ async fn a_passphrase_from_the_environment_is_used_and_never_shown() {
     assert_eq!(reopened.load().await.unwrap().unwrap().as_slice(), SECRET);
 }
 
+/// What the program itself opens (not the tests' cheap costs) writes a passphrase file
+/// whose header asks for the production Argon2id costs: 64 MiB, 3 passes, 1 lane. The
+/// header is read as the format table above documents it.
+#[tokio::test]
+async fn the_program_writes_passphrase_files_with_the_production_argon2_costs() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = KeyEnv {
+        credentials_directory: None,
+        passphrase: Some(Zeroizing::new(b"production-costs".to_vec())),
+    };
+    let opts = options(dir.path(), TokenStore::File);
+    let store = SecretStore::open_with(opts.clone(), env).await.unwrap();
+    store.save(SECRET).await.unwrap();
+    let bytes = std::fs::read(&opts.file).unwrap();
+    assert_eq!(
+        &bytes[..8],
+        b"IMMTOK\x01\x03",
+        "magic, version 1, a passphrase key"
+    );
+    let word = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    let (m_cost, t_cost, p_cost) = (word(8 + 16), word(8 + 20), word(8 + 24));
+    assert_eq!((m_cost, t_cost, p_cost), (64 * 1024, 3, 1));
+    assert_eq!(store.load().await.unwrap().unwrap().as_slice(), SECRET);
+}
+
 #[tokio::test]
 async fn a_corrupt_file_asks_for_a_sign_in() {
     let dir = tempfile::tempdir().unwrap();

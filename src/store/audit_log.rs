@@ -305,3 +305,6 @@ impl Store {
         Ok(v)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -579,6 +579,42 @@ fn the_real_argon2_costs_work() {
     assert_ne!(derive_cached(b"other", &spec).unwrap(), key);
 }
 
+/// The production costs are the documented ones: 64 MiB, 3 passes (the README and the
+/// `KdfParams::DEFAULT` documentation), 1 lane (the latter), and a 32-byte key for
+/// AES-256.
+#[test]
+fn the_production_argon2_costs_are_the_documented_ones() {
+    assert_eq!(
+        KdfParams::DEFAULT,
+        KdfParams {
+            m_cost: 64 * 1024,
+            t_cost: 3,
+            p_cost: 1,
+        }
+    );
+    assert!(KdfParams::DEFAULT.acceptable());
+    assert_eq!(KEY_LEN, 32);
+}
+
+/// A known answer for the production derivation. The constant was computed with the
+/// reference C implementation, libargon2 (`argon2id_hash_raw`: version 0x13, t = 3,
+/// m = 65536 KiB, p = 1, 32 bytes), not with this program. Another algorithm, version,
+/// cost or key length gives another key, and token files written before such a change
+/// could no longer be read.
+#[test]
+fn the_production_derivation_gives_the_reference_answer() {
+    let spec = KdfSpec {
+        salt: *b"imm-daemon/salt!",
+        params: KdfParams::DEFAULT,
+    };
+    let key = derive_cached(b"correct horse battery staple", &spec).unwrap();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        "056d5d15eda36bc8bc9acff6b3b394de8b07a7416f6efb00675dbb5be5c3c476"
+    );
+}
+
 #[test]
 fn two_processes_generating_a_key_at_once_agree_on_one() {
     let s = Setup::new();
