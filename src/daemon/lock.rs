@@ -165,12 +165,9 @@ mod tests {
             // SAFETY: geteuid cannot fail.
             if unsafe { libc::geteuid() } == 0 {
                 // Elsewhere root cannot give up reading past permissions for one thread.
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED a_lock_that_cannot_be_probed_is_an_error_not_a_no (unreadable \
-                     file part): root reads past permissions, and only Linux lets one \
-                     thread give that up"
+                crate::skip_test(
+                    "a_lock_that_cannot_be_probed_is_an_error_not_a_no (unreadable file part)",
+                    "root reads past permissions, and only Linux lets one thread give that up",
                 );
             } else {
                 assert!(File::open(&path).is_err());
