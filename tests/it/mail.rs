@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::daemon::{Daemon, config, operations, wait_for_state};
 use crate::signin::{assert_no_secret_on_disk, fast, login, provider, status, take_both_tokens};
-use crate::support::Env;
+use crate::support::{Env, wait_until};
 
 pub(crate) fn graph(p: &IdentityProvider) -> GraphServer {
     GraphServer::start_in_background(GraphOptions {
@@ -35,15 +35,6 @@ pub(crate) fn signed_in(p: &IdentityProvider, g: &GraphServer, mail: &str) -> En
     );
     login(&env, p);
     env
-}
-
-/// Polls `f` until it holds (20 s at most).
-fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn queue(env: &Env, state: Option<&str>) -> Vec<Value> {

@@ -32,6 +32,18 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
+/// Polls `f` until it holds (20 s at most).
+pub fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Whether the tests run in CI: `CI` is set (as .ci/run and most CI services set it) and
 /// not `0` or `false`. CI installs every tool the tests use, so there a missing one is a
 /// failure, not a skip.
