@@ -217,6 +217,12 @@ fn spawn_stop_deadline(
         .spawn(move || {
             if signals.forever().next().is_some() {
                 let grace = Duration::from_millis(grace_ms.load(std::sync::atomic::Ordering::Relaxed));
+                // Logged once the signal's handler has run: another stop signal now
+                // exits at once.
+                tracing::debug!(
+                    deadline = %humantime::format_duration(grace + STOP_DEADLINE_MARGIN),
+                    "stop signal received; the stop deadline runs"
+                );
                 std::thread::sleep(grace + STOP_DEADLINE_MARGIN);
                 if cleaning_up.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(CLEANUP_ALLOWANCE);

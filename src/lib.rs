@@ -61,3 +61,12 @@ pub mod service;
 pub mod store;
 pub mod sync;
 pub mod text;
+
+/// Says on the real stderr (which the test harness does not capture) that a unit test, or
+/// a part of one, was skipped and why, so a skip never passes unseen as "ok". The
+/// integration tests have the same in their `support` module.
+#[cfg(test)]
+pub(crate) fn skip_test(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}

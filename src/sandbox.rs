@@ -28,8 +28,8 @@ pub use graph::{
 };
 
 pub use identity::{
-    AccessTokenInfo, Failure, Flavour, IdentityOptions, IdentityProvider, Stats, TEST_CLIENT_ID,
-    TestUser,
+    AccessTokenInfo, Failure, Flavour, HeldPoll, IdentityOptions, IdentityProvider, Stats,
+    TEST_CLIENT_ID, TestUser,
 };
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -366,6 +366,16 @@ impl CycleStep for MailboxSync {
                     "stopped before the export was read; the sync stays due",
                 ));
             };
+            // The write runs on the runtime without yielding, so a database another
+            // process keeps locked holds the daemon up to its busy timeout from here.
+            match &read {
+                Ok(e) => tracing::debug!(
+                    "read {} mailbox record(s) from {}; writing them to the cache",
+                    e.mailboxes.len(),
+                    export.as_path().display()
+                ),
+                Err(_) => tracing::debug!("the export could not be read; recording that"),
+            }
             let result = store_export(
                 &mut ctx.store.borrow_mut(),
                 &ctx.config.inventory,

@@ -148,12 +148,88 @@ mod tests {
         std::fs::write(&blocked, "").unwrap();
         assert!(InstanceLock::probe(&blocked.join("imm-daemon.lock")).is_err());
         assert!(!InstanceLock::is_held(&blocked.join("imm-daemon.lock")));
-        // Without read permission (root reads anyway, so only checked for others).
+        // Without read permission: as another user's lock file would be. Root reads it
+        // anyway, so the check runs where the permission counts even for root.
         std::fs::write(&path, "1 0.1.0\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
-        if File::open(&path).is_err() {
-            assert!(InstanceLock::probe(&path).is_err());
+        #[cfg(target_os = "linux")]
+        without_permission_override(|| {
+            let denied = File::open(&path).unwrap_err();
+            assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied);
+            let e = InstanceLock::probe(&path).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+            assert!(!InstanceLock::is_held(&path));
+        });
+        #[cfg(not(target_os = "linux"))]
+        {
+            // SAFETY: geteuid cannot fail.
+            if unsafe { libc::geteuid() } == 0 {
+                // Elsewhere root cannot give up reading past permissions for one thread.
+                crate::skip_test(
+                    "a_lock_that_cannot_be_probed_is_an_error_not_a_no (unreadable file part)",
+                    "root reads past permissions, and only Linux lets one thread give that up",
+                );
+            } else {
+                assert!(File::open(&path).is_err());
+                assert!(InstanceLock::probe(&path).is_err());
+            }
         }
+    }
+
+    /// Runs `f` on a thread of its own without the capabilities that let root read past
+    /// file permissions (every effective and permitted capability is dropped), so the
+    /// thread meets the refusals any other user would. Linux keeps capabilities per
+    /// thread, so the rest of the test process keeps its own; a process without them
+    /// (not root) loses nothing.
+    #[cfg(target_os = "linux")]
+    fn without_permission_override<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: libc::c_int,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        // _LINUX_CAPABILITY_VERSION_3: two `Data`, for capabilities 0-31 and 32-63.
+        const VERSION_3: u32 = 0x2008_0522;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut header = Header {
+                    version: VERSION_3,
+                    pid: 0,
+                };
+                let mut data = [Data::default(); 2];
+                // SAFETY: capget and capset read and write only the header and the two
+                // data structs passed, laid out as <linux/capability.h> declares them;
+                // pid 0 is the calling thread.
+                unsafe {
+                    assert_eq!(
+                        libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+                        0,
+                        "capget: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    for d in &mut data {
+                        d.effective = 0;
+                        d.permitted = 0;
+                    }
+                    assert_eq!(
+                        libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+                        0,
+                        "capset: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     #[test]

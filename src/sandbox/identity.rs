@@ -7,7 +7,8 @@
 //!
 //! Test controls act as the person or the tenant's administrator would ([`approve`],
 //! [`revoke_grants`], [`require_interaction`]) or as a struggling service
-//! ([`fail_token_requests`]); [`stats`] counts what the client did.
+//! ([`fail_token_requests`]), or order requests ([`hold_next_poll`]); [`stats`] counts
+//! what the client did.
 //!
 //! Deliberate differences from Microsoft: tokens are unsigned (`alg` `none`; an id token
 //! that comes straight from the token endpoint over TLS needs no signature check, OpenID
@@ -20,6 +21,7 @@
 //! [`revoke_grants`]: IdentityProvider::revoke_grants
 //! [`require_interaction`]: IdentityProvider::require_interaction
 //! [`fail_token_requests`]: IdentityProvider::fail_token_requests
+//! [`hold_next_poll`]: IdentityProvider::hold_next_poll
 //! [`stats`]: IdentityProvider::stats
 
 use std::collections::{HashMap, VecDeque};
@@ -200,6 +202,48 @@ pub struct AccessTokenInfo {
     pub revoked: bool,
 }
 
+/// A device-code poll held before it is answered ([`IdentityProvider::hold_next_poll`]).
+/// Dropping it releases the poll.
+#[derive(Debug)]
+pub struct HeldPoll {
+    hold: Arc<Hold>,
+}
+
+#[derive(Debug, Default)]
+struct Hold {
+    arrived: std::sync::atomic::AtomicBool,
+    release: tokio::sync::Notify,
+}
+
+impl HeldPoll {
+    /// Whether the held poll has arrived (and waits).
+    pub fn arrived(&self) -> bool {
+        self.hold.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Blocks until the held poll has arrived; false if it has not within `timeout`.
+    pub fn wait_until_arrived(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.arrived() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Lets the held poll be answered.
+    pub fn release(self) {}
+}
+
+impl Drop for HeldPoll {
+    fn drop(&mut self) {
+        // A permit is stored if the poll has not arrived yet: it then passes at once.
+        self.hold.release.notify_one();
+    }
+}
+
 /// A running emulated identity provider on 127.0.0.1. Dropping it stops the server.
 pub struct IdentityProvider {
     shared: Arc<Shared>,
@@ -350,6 +394,15 @@ impl IdentityProvider {
         st.failures.extend(std::iter::repeat_n(failure, n));
     }
 
+    /// The next device-code poll to arrive (counted in [`Stats::token_polls`]) waits,
+    /// unanswered, until the returned handle is released or dropped: a test can see it
+    /// arrive and put another request before it, whatever the timing.
+    pub fn hold_next_poll(&self) -> HeldPoll {
+        let hold = Arc::new(Hold::default());
+        self.shared.lock().held_poll = Some(Arc::clone(&hold));
+        HeldPoll { hold }
+    }
+
     /// Moves the emulator's clock forward without waiting: codes expire, polling
     /// intervals pass, and tokens issued later carry later times.
     pub fn advance_clock(&self, by: Duration) {
@@ -435,6 +488,8 @@ struct Ledger {
     /// `Some(suberror)` while refreshes must answer `interaction_required`.
     interaction: Option<Option<String>>,
     failures: VecDeque<Failure>,
+    /// Taken by the next device-code poll, which waits for its release.
+    held_poll: Option<Arc<Hold>>,
     stats: Stats,
 }
 
@@ -1555,11 +1610,15 @@ async fn generic_token(State(s): State<Arc<Shared>>, headers: HeaderMap, body: B
 async fn token(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
     let form = parse_form(body);
     let grant_type = form.get("grant_type").map(String::as_str);
-    let failure = {
+    let (failure, held) = {
         let mut st = s.lock();
         st.stats.token_requests += 1;
+        let mut held = None;
         match grant_type {
-            Some(DEVICE_CODE_GRANT) => st.stats.token_polls += 1,
+            Some(DEVICE_CODE_GRANT) => {
+                st.stats.token_polls += 1;
+                held = st.held_poll.take();
+            }
             Some("refresh_token") => st.stats.refresh_requests += 1,
             _ => {}
         }
@@ -1567,8 +1626,13 @@ async fn token(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         if failure.is_some() {
             st.stats.injected_failures += 1;
         }
-        failure
+        (failure, held)
     };
+    if let Some(hold) = held {
+        hold.arrived
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        hold.release.notified().await;
+    }
     match failure {
         Some(Failure::Slow(wait)) => tokio::time::sleep(wait).await,
         Some(failure) => return s.injected(failure, headers).await,
@@ -2036,6 +2100,39 @@ mod tests {
         .await;
         assert_eq!(ms.status, 404);
         assert_eq!(idp.stats().discovery_requests, 1);
+    }
+
+    #[tokio::test]
+    async fn a_held_poll_waits_and_another_goes_first() {
+        let idp = IdentityProvider::start(options(Flavour::Microsoft))
+            .await
+            .unwrap();
+        let c = client();
+        let code = device_code(&c, &idp, OUTLOOK_SCOPES).await;
+        let device_code = code.str("device_code").to_string();
+        let held = idp.hold_next_poll();
+        assert!(!held.arrived());
+        let first = poll(&c, &idp, &device_code);
+        let second = async {
+            while !held.arrived() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let answer = poll(&c, &idp, &device_code).await;
+            held.release();
+            answer
+        };
+        let (first, second) = tokio::join!(first, second);
+        // The second is answered first (the code's first poll), so the held one comes
+        // too soon after it.
+        assert_microsoft_error(&second, 400, "authorization_pending", 70016);
+        assert_microsoft_error(&first, 400, "slow_down", 50196);
+        assert_eq!(idp.stats().token_polls, 2);
+        // Only one poll is held.
+        idp.advance_clock(Duration::from_secs(10));
+        let third = tokio::time::timeout(Duration::from_secs(10), poll(&c, &idp, &device_code))
+            .await
+            .expect("a later poll is not held");
+        assert_microsoft_error(&third, 400, "authorization_pending", 70016);
     }
 
     #[tokio::test]

@@ -42,6 +42,27 @@ impl Daemon {
         }
     }
 
+    /// How many times `text` is in its log so far.
+    pub(crate) fn logged(&self, text: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches(text)
+            .count()
+    }
+
+    /// Waits until `text` is in its log more than `before` times (20 s at most).
+    pub(crate) fn wait_for_log(&self, text: &str, before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.logged(text) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {text:?} in the log: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -838,7 +859,10 @@ fn a_stop_blocked_in_the_database_still_ends_and_a_second_signal_ends_it_at_once
     };
     // Starts a daemon, takes the database's write lock and asks for a sync: the sync
     // reads its export, then waits for the lock inside SQLite (up to 10 s), and the
-    // supervisor with it. Returns the daemon, the lock and the waiting client.
+    // supervisor with it. Returns the daemon, the lock and the waiting client once the
+    // daemon has logged that it writes the export (no await comes between that line
+    // and the write).
+    let writing = "writing them to the cache";
     let blocked_daemon = || {
         let daemon = Daemon::start(&env);
         wait_for_state(&env, "the first cycle", |s| {
@@ -846,6 +870,8 @@ fn a_stop_blocked_in_the_database_still_ends_and_a_second_signal_ends_it_at_once
         });
         let conn = env.open_db();
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // The first cycle's sync wrote one already.
+        let writes_before = daemon.logged(writing);
         let client = env
             .std_cmd()
             .arg("sync")
@@ -855,7 +881,7 @@ fn a_stop_blocked_in_the_database_still_ends_and_a_second_signal_ends_it_at_once
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_secs(1));
+        daemon.wait_for_log(writing, writes_before);
         (daemon, conn, client)
     };
 
@@ -887,7 +913,9 @@ fn a_stop_blocked_in_the_database_still_ends_and_a_second_signal_ends_it_at_once
     write_config("30s");
     let (mut daemon, conn, mut client) = blocked_daemon();
     daemon.signal("TERM");
-    std::thread::sleep(Duration::from_millis(100));
+    // Not two signals pending at once (the kernel would merge them): the second goes
+    // once the stop deadline's thread has seen the first, after its handler ran.
+    daemon.wait_for_log("stop signal received", 0);
     let asked = Instant::now();
     daemon.signal("TERM");
     let (code, log) = daemon.wait(Duration::from_secs(15));

@@ -2,7 +2,7 @@
 //! the queue to the emulated Graph (signed in against the emulated identity provider),
 //! concurrent senders during a drain, and kill -9 at random moments.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use imm_daemon::sandbox::identity::{IdentityProvider, TEST_CLIENT_ID};
@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::daemon::{Daemon, config, operations, wait_for_state};
 use crate::signin::{assert_no_secret_on_disk, fast, login, provider, status, take_both_tokens};
-use crate::support::Env;
+use crate::support::{Env, wait_until};
 
 pub(crate) fn graph(p: &IdentityProvider) -> GraphServer {
     GraphServer::start_in_background(GraphOptions {
@@ -35,15 +35,6 @@ pub(crate) fn signed_in(p: &IdentityProvider, g: &GraphServer, mail: &str) -> En
     );
     login(&env, p);
     env
-}
-
-/// Polls `f` until it holds (20 s at most).
-fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn queue(env: &Env, state: Option<&str>) -> Vec<Value> {
@@ -476,34 +467,47 @@ fn kill_9_at_random_moments_never_loses_or_doubles_a_mail() {
     let n = 60;
     let file = batch(&env, "mails.jsonl", n);
     send_json(&env, &["--batch", &file]);
+    // The mails in `sending`, each with its attempt count (one more for every attempt
+    // begun).
+    let sending = || -> BTreeSet<(i64, i64)> {
+        let db = env.open_db();
+        let mut stmt = db
+            .prepare("SELECT id, attempts FROM mail_queue WHERE state = 'sending'")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
     let mut rng = fastrand::Rng::with_seed(5);
     let mut caught_sending = 0;
-    for _ in 0..15 {
+    for _ in 0..14 {
         let daemon = Daemon::start(&env);
         std::thread::sleep(Duration::from_millis(rng.u64(20..300)));
         // Dropping it kills it with SIGKILL, wherever it is.
         drop(daemon);
-        let sending: i64 = env
-            .open_db()
-            .query_row(
-                "SELECT count(*) FROM mail_queue WHERE state = 'sending'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        caught_sending += sending;
+        caught_sending += sending().len();
     }
+    // The last kill lands in the middle of a send for certain: as soon as this daemon
+    // has begun an attempt. The mail stays `sending` for at least one request to Graph
+    // from then on, made slow here so that the kill comes well within it.
+    let before = sending();
+    g.set_latency(Duration::from_millis(250));
+    let daemon = Daemon::start(&env);
+    wait_until("the last daemon to begin sending a mail", || {
+        !sending().is_subset(&before)
+    });
+    drop(daemon);
+    g.set_latency(Duration::from_millis(40));
+    let left_sending = sending();
+    assert!(
+        !left_sending.is_subset(&before),
+        "the last kill did not land in the middle of a send: {before:?} then {left_sending:?}"
+    );
+    caught_sending += left_sending.len();
     let mid_way = g.deliveries().total;
     assert!(caught_sending > 0, "no kill landed in the middle of a send");
     assert!(mid_way < n, "the kills left nothing to do");
-    let left_sending: i64 = env
-        .open_db()
-        .query_row(
-            "SELECT count(*) FROM mail_queue WHERE state = 'sending'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
     let lookups_before = g.requests().lookup;
     let _daemon = Daemon::start(&env);
     // Mails waiting to be confirmed are looked at again in later cycles.
@@ -530,7 +534,9 @@ fn kill_9_at_random_moments_never_loses_or_doubles_a_mail() {
         assert_eq!(d.of(imid), 1, "{m}");
     }
     // The last kill's leftovers were settled by looking them up, not by sending blind.
-    if left_sending > 0 {
-        assert!(g.requests().lookup > lookups_before);
-    }
+    assert!(
+        g.requests().lookup > lookups_before,
+        "{} mail(s) left sending were not looked up",
+        left_sending.len()
+    );
 }

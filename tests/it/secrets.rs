@@ -15,6 +15,8 @@ use base64::Engine as _;
 use imm_daemon::config::TokenStore;
 use imm_daemon::secrets::{BackendKind, SecretError, SecretStore, SecretsOptions};
 
+use crate::support;
+
 const SCENARIO: &str = "IMM_SECRETS_SCENARIO";
 const DIR: &str = "IMM_SECRETS_DIR";
 const ENTRY: &str = "tokens/contoso.onmicrosoft.com/11111111-1111-4111-8111-111111111111";
@@ -23,7 +25,10 @@ const SECRET2: &[u8] = br#"{"RefreshToken":{"k":{"secret":"0.AXoA-rotated-secret
 
 #[test]
 fn keychain_round_trip_in_auto_mode_through_gnome_keyring() {
-    if !tools(&["dbus-run-session", "dbus-send", "gnome-keyring-daemon"]) {
+    if !tools(
+        "keychain_round_trip_in_auto_mode_through_gnome_keyring",
+        &["dbus-run-session", "dbus-send", "gnome-keyring-daemon"],
+    ) {
         return;
     }
     // gnome-keyring-daemon forks before it owns its bus name; wait until it does, or a
@@ -45,7 +50,10 @@ exec "$@"
 
 #[test]
 fn an_unanswering_secret_service_falls_back_to_the_file_in_time() {
-    if !tools(&["dbus-run-session"]) {
+    if !tools(
+        "an_unanswering_secret_service_falls_back_to_the_file_in_time",
+        &["dbus-run-session"],
+    ) {
         return;
     }
     // The stub (this binary again) owns org.freedesktop.secrets and never replies, as a
@@ -88,8 +96,9 @@ fn a_session_bus_that_never_answers_falls_back_to_the_file_in_time() {
     assert!(run.elapsed < Duration::from_secs(20), "{:?}", run.elapsed);
 }
 
-/// Whether every tool is on PATH; says which are missing otherwise.
-fn tools(names: &[&str]) -> bool {
+/// Whether every tool `test` needs is on PATH. A missing one is a printed skip, or a
+/// failure in CI, which installs them.
+fn tools(test: &str, names: &[&str]) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let missing: Vec<&str> = names
         .iter()
@@ -99,9 +108,12 @@ fn tools(names: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    eprintln!(
-        "skipped: {} missing (Debian packages dbus and gnome-keyring)",
-        missing.join(", ")
+    support::skip_unless_ci(
+        test,
+        &format!(
+            "{} missing (Debian packages dbus and gnome-keyring)",
+            missing.join(", ")
+        ),
     );
     false
 }
@@ -252,6 +264,10 @@ fn child_args() -> [&'static str; 5] {
 #[ignore = "run by the other secrets tests in a D-Bus session of their own"]
 fn child() {
     let Ok(scenario) = std::env::var(SCENARIO) else {
+        support::skip(
+            "secrets::child",
+            "not a test of its own: the other secrets tests run it, telling it what to do",
+        );
         return;
     };
     let dir = PathBuf::from(std::env::var_os(DIR).expect("IMM_SECRETS_DIR"));

@@ -15,7 +15,7 @@ use imm_daemon::sandbox::identity::{
 use serde_json::Value;
 
 use crate::daemon::{Daemon, config, operations, running, wait_for_state};
-use crate::support::Env;
+use crate::support::{Env, wait_until};
 
 pub(crate) fn provider(opts: IdentityOptions) -> IdentityProvider {
     IdentityProvider::start_in_background(opts).expect("the emulated provider starts")
@@ -630,10 +630,18 @@ fn pending_then_slow_down_then_granted_and_no_poll_after_the_grant() {
             let user_code = code.user_code.clone();
             let token_endpoint = p.token_endpoint();
             scope.spawn(move || {
-                // Another poll just before ours makes ours too fast: slow_down.
-                std::thread::sleep(Duration::from_millis(800));
+                // The first poll is answered `authorization_pending`. The second waits at
+                // the provider while another poll of the code goes first (a second
+                // client, say), a whole interval after the first: that one is on time,
+                // and the held one, answered right after it, too fast: slow_down.
+                wait_until("the first poll", || p.stats().token_polls >= 1);
+                let held = p.hold_next_poll();
+                assert!(
+                    held.wait_until_arrived(Duration::from_secs(20)),
+                    "no second poll"
+                );
                 let rt = runtime();
-                rt.block_on(async {
+                let other: Value = rt.block_on(async {
                     let http = imm_daemon::http::client(&Default::default()).unwrap();
                     http.post(&token_endpoint)
                         .form(&[
@@ -643,9 +651,14 @@ fn pending_then_slow_down_then_granted_and_no_poll_after_the_grant() {
                         ])
                         .send()
                         .await
-                        .unwrap();
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap()
                 });
-                std::thread::sleep(Duration::from_millis(1500));
+                assert_eq!(other["error"], "authorization_pending", "{other}");
+                held.release();
+                wait_until("the slow_down", || p.stats().slow_downs >= 1);
                 assert!(p.approve(&user_code));
             });
         }))
@@ -658,11 +671,13 @@ fn pending_then_slow_down_then_granted_and_no_poll_after_the_grant() {
             .contains(&tokens.access_token.expose_secret().to_string())
     );
     let st = p.stats();
+    // Another slow_down would mean the client polled again before its new interval.
     assert_eq!(st.slow_downs, 1, "{st:?}");
     assert_eq!(st.device_grants, 1);
-    // After slow_down the interval grew by 5 s: the granting poll came 6 s later.
+    // The first poll after 1 s, the second 1 s later, and after slow_down the interval
+    // grew by 5 s: the granting poll came 6 s after that.
     assert!(
-        started.elapsed() >= Duration::from_secs(6),
+        started.elapsed() >= Duration::from_secs(8),
         "{:?}",
         started.elapsed()
     );

@@ -32,6 +32,35 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
+/// Polls `f` until it holds (20 s at most).
+pub fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Whether the tests run in CI: `CI` is set (as .ci/run and most CI services set it) and
+/// not `0` or `false`. CI installs every tool the tests use, so there a missing one is a
+/// failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// A test that cannot run here because of `why`, a tool or service CI installs: a failure
+/// in CI ([`in_ci`]), a printed skip elsewhere.
+pub fn skip_unless_ci(test: &str, why: &str) {
+    assert!(
+        !in_ci(),
+        "{test}: {why}; CI must install what the tests need (CI is set)"
+    );
+    skip(test, why);
+}
+
 /// Whether this process runs as root (tests of another local user need it).
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
