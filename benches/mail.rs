@@ -44,10 +44,10 @@ use imm_daemon::mail::outbox::{Settings, drain, record_sent};
 use imm_daemon::mail::{BodyType, NewMail};
 use imm_daemon::paths::Paths;
 use imm_daemon::ratelimit::{BucketFile, Params, State};
-use imm_daemon::sandbox::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
-use imm_daemon::sandbox::{GraphOptions, GraphServer};
 use imm_daemon::schedule::Zone;
 use imm_daemon::store::{QueuedMail, Store, queue_time};
+use imm_emulators::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
+use imm_emulators::{GraphOptions, GraphServer};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 

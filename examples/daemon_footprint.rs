@@ -84,13 +84,13 @@ fn switches(pid: u32) -> (u64, usize) {
 /// Signs the daemon's home in against an emulated identity provider (the real `login`
 /// command, the code approved as a person would), so the idle figures below are those of
 /// a daemon that holds tokens, an HTTP client and TLS roots.
-fn sign_in(bin: &str, home: &std::path::Path, p: &imm_daemon::sandbox::IdentityProvider) {
+fn sign_in(bin: &str, home: &std::path::Path, p: &imm_emulators::IdentityProvider) {
     std::fs::create_dir_all(home.join("home/config")).unwrap();
     std::fs::write(
         home.join("home/config/config.toml"),
         format!(
             "client_id = \"{}\"\nauthority = \"{}\"\n[auth]\ntoken_store = \"file\"\n",
-            imm_daemon::sandbox::TEST_CLIENT_ID,
+            imm_emulators::TEST_CLIENT_ID,
             p.authority()
         ),
     )
@@ -152,13 +152,12 @@ fn main() {
         ready[ready.len() - 1].as_secs_f64() * 1e3
     );
     idle(&bin, dir.path(), "sign-in not configured");
-    let provider = imm_daemon::sandbox::IdentityProvider::start_in_background(
-        imm_daemon::sandbox::IdentityOptions {
+    let provider =
+        imm_emulators::IdentityProvider::start_in_background(imm_emulators::IdentityOptions {
             interval: Some(1),
             ..Default::default()
-        },
-    )
-    .expect("the emulated provider starts");
+        })
+        .expect("the emulated provider starts");
     let signed_in = tempfile::tempdir().unwrap();
     sign_in(&bin, signed_in.path(), &provider);
     idle(

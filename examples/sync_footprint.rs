@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use imm_daemon::sandbox::exchange::{ExchangeOptions, ExchangeServer, synthetic_tenant};
-use imm_daemon::sandbox::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
+use imm_emulators::exchange::{ExchangeOptions, ExchangeServer, synthetic_tenant};
+use imm_emulators::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
 
 struct Tenant {
     idp: IdentityProvider,

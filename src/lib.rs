@@ -28,8 +28,8 @@
 //! - [`daemon`] runs the supervisor and its cycle steps (sign-in, mail, mailbox sync,
 //!   store upkeep); [`schedule`] plans the cron jobs; [`notify`] runs the hooks.
 //! - [`cli`] parses the command line, calls the above and formats the results.
-//! - [`sandbox`] emulates Microsoft's endpoints on loopback for the tests; production code
-//!   never depends on it.
+//! - The emulations of Microsoft's endpoints on loopback live in their own crate,
+//!   `imm-emulators` (`emulators/`), which the tests use and the daemon never depends on.
 //!
 //! Data flow of an import: file bytes → [`import::parse_export`] →
 //! [`inventory::ExoMailbox`] → [`inventory::InactiveMailbox::build`] →
@@ -54,7 +54,6 @@ pub mod mail;
 pub mod notify;
 pub mod paths;
 pub mod ratelimit;
-pub mod sandbox;
 pub mod schedule;
 pub mod secrets;
 pub mod service;

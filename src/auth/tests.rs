@@ -11,7 +11,7 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
-use crate::sandbox::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
+use imm_emulators::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
 
 /// A token endpoint that redirects the refresh elsewhere (here: to the identity provider
 /// that issued the refresh token, which would take it) gets no second request: the

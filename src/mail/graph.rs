@@ -316,7 +316,7 @@ impl GraphMail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::{GraphFailure, GraphOptions, GraphServer};
+    use imm_emulators::{GraphFailure, GraphOptions, GraphServer};
 
     const ME: &str = "adele.vance@contoso.onmicrosoft.com";
 

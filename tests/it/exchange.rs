@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use imm_daemon::sandbox::exchange::{ExchangeOptions, ExchangeServer, synthetic_tenant};
-use imm_daemon::sandbox::identity::{IdentityProvider, TEST_CLIENT_ID};
+use imm_emulators::exchange::{ExchangeOptions, ExchangeServer, synthetic_tenant};
+use imm_emulators::identity::{IdentityProvider, TEST_CLIENT_ID};
 use serde_json::Value;
 
 use crate::daemon::{Daemon, config};
@@ -279,7 +279,7 @@ fn status_shows_a_sync_in_progress_and_sync_draws_its_progress_on_a_terminal() {
 
 #[test]
 fn a_failing_sync_needs_attention_only_once_it_has_failed_for_longer_than_stale_after() {
-    use imm_daemon::sandbox::exchange::ExchangeFailure;
+    use imm_emulators::exchange::ExchangeFailure;
     let p = provider(fast());
     let x = exchange(&p, 20, Duration::ZERO);
     let env = signed_in(&p, &x, "schedule = \"never\"\nstale_after = \"1h\"\n", "");

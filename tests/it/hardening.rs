@@ -713,7 +713,7 @@ fn an_export_is_never_in_place_before_its_audit_row_commits() {
 
 #[test]
 fn a_rotated_refresh_token_whose_save_failed_is_kept_stored_first_and_never_reused() {
-    use imm_daemon::sandbox::identity::Failure;
+    use imm_emulators::identity::Failure;
     // Access tokens shorter-lived than the refresh buffer: every cycle refreshes.
     let p = provider(crate::signin::short_lived());
     let env = Env::new();

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use imm_daemon::sandbox::identity::{IdentityProvider, TEST_CLIENT_ID};
-use imm_daemon::sandbox::{Endpoint, GraphFailure, GraphOptions, GraphServer};
+use imm_emulators::identity::{IdentityProvider, TEST_CLIENT_ID};
+use imm_emulators::{Endpoint, GraphFailure, GraphOptions, GraphServer};
 use serde_json::Value;
 
 use crate::daemon::{Daemon, config, operations, wait_for_state};

@@ -557,9 +557,9 @@ fn a_huge_configuration_value_is_quoted_short_with_its_key_and_line() {
 
 /// A refresh token and an id token the emulated provider issued, as a Python MSAL
 /// prototype signed in against it would hold them.
-fn msal_tokens(p: &imm_daemon::sandbox::identity::IdentityProvider) -> (String, String) {
+fn msal_tokens(p: &imm_emulators::identity::IdentityProvider) -> (String, String) {
     use imm_daemon::auth;
-    use imm_daemon::sandbox::identity::TEST_CLIENT_ID;
+    use imm_emulators::identity::TEST_CLIENT_ID;
     use secrecy::ExposeSecret;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -642,13 +642,13 @@ fn merged(a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
     out
 }
 
-fn msal_env(p: &imm_daemon::sandbox::identity::IdentityProvider) -> Env {
+fn msal_env(p: &imm_emulators::identity::IdentityProvider) -> Env {
     let env = Env::new();
     crate::daemon::config(
         &env,
         &format!(
             "client_id = \"{}\"\nauthority = \"{}\"\n[auth]\ntoken_store = \"file\"\n",
-            imm_daemon::sandbox::identity::TEST_CLIENT_ID,
+            imm_emulators::identity::TEST_CLIENT_ID,
             p.authority()
         ),
     );
@@ -657,7 +657,7 @@ fn msal_env(p: &imm_daemon::sandbox::identity::IdentityProvider) -> Env {
 
 #[test]
 fn an_msal_cache_of_another_provider_or_tenant_is_refused_naming_both() {
-    use imm_daemon::sandbox::identity::{TEST_CLIENT_ID, TestUser};
+    use imm_emulators::identity::{TEST_CLIENT_ID, TestUser};
     let p = crate::signin::provider(crate::signin::fast());
     let (rt, idt) = msal_tokens(&p);
     let user = TestUser::default();
@@ -696,7 +696,7 @@ fn an_msal_cache_of_another_provider_or_tenant_is_refused_naming_both() {
 
 #[test]
 fn msal_import_takes_the_account_by_the_names_imm_daemon_shows() {
-    use imm_daemon::sandbox::identity::{TEST_CLIENT_ID, TestUser};
+    use imm_emulators::identity::{TEST_CLIENT_ID, TestUser};
     let p = crate::signin::provider(crate::signin::fast());
     let (rt, idt) = msal_tokens(&p);
     let user = TestUser::default();

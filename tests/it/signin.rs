@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use imm_daemon::auth::{self, AuthError};
-use imm_daemon::sandbox::identity::{
+use imm_emulators::identity::{
     Failure, Flavour, IdentityOptions, IdentityProvider, TEST_CLIENT_ID,
 };
 use serde_json::Value;
@@ -435,7 +435,7 @@ fn an_msal_token_cache_is_imported_and_its_refresh_token_used() {
     });
     let home = "uid1.utid1";
     // As MSAL records the emulated provider: its host, and its token endpoint's tenant.
-    let tid = imm_daemon::sandbox::identity::TestUser::default().tid;
+    let tid = imm_emulators::identity::TestUser::default().tid;
     let cache = serde_json::json!({
         "AccessToken": {},
         "RefreshToken": {

@@ -14,11 +14,11 @@ use super::*;
 use crate::auth::Session;
 use crate::config::Config;
 use crate::paths::Paths;
-use crate::sandbox::exchange::{
+use crate::store::{AuditFilter, Store};
+use imm_emulators::exchange::{
     ExchangeFailure, ExchangeOptions, ExchangeServer, TenantMailbox, synthetic_tenant,
 };
-use crate::sandbox::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
-use crate::store::{AuditFilter, Store};
+use imm_emulators::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
 
 /// A signed-in home: the provider, Exchange (checking tokens), the store and the session.
 struct Home {
@@ -645,7 +645,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_mailbox_whose_statistics_fail_is_set_aside_and_the_batch_goes_on() {
-    use crate::sandbox::exchange::Cmdlet;
+    use imm_emulators::exchange::Cmdlet;
     let home = Home::new(
         synthetic_tenant(30, 12),
         "page_size = 10\nstatistics_per_cycle = 1000\nconcurrency = 1\nrequest_attempts = 1\n",
@@ -700,7 +700,7 @@ async fn statistics_beyond_the_cache_set_the_mailbox_aside_naming_the_field() {
         let tenant = synthetic_tenant(5, 21);
         let odd = tenant
             .iter()
-            .find(|m| m.kind == crate::sandbox::exchange::MailboxKind::Inactive)
+            .find(|m| m.kind == imm_emulators::exchange::MailboxKind::Inactive)
             .unwrap()
             .exchange_guid
             .clone();

@@ -13,9 +13,9 @@ use crate::auth::Session;
 use crate::config::Config;
 use crate::mail::{BodyType, NewMail};
 use crate::paths::Paths;
-use crate::sandbox::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
-use crate::sandbox::{Endpoint, GraphFailure, GraphOptions, GraphServer};
 use crate::store::{AuditFilter, Store};
+use imm_emulators::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
+use imm_emulators::{Endpoint, GraphFailure, GraphOptions, GraphServer};
 
 const ME: &str = "adele.vance@contoso.onmicrosoft.com";
 

@@ -1041,7 +1041,7 @@ fn random_guid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
+    use crate::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
 
     const SENDER: &str = "adele.vance@contoso.onmicrosoft.com";
     const TOKEN: &str = "any-token";
@@ -1054,7 +1054,13 @@ mod tests {
     }
 
     fn client() -> reqwest::Client {
-        crate::http::client(&Default::default()).unwrap()
+        {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap()
+        }
     }
 
     async fn answer(response: reqwest::Response) -> Answer {

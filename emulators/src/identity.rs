@@ -1891,7 +1891,13 @@ mod tests {
     }
 
     fn client() -> reqwest::Client {
-        crate::http::client(&Default::default()).unwrap()
+        {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap()
+        }
     }
 
     fn options(flavour: Flavour) -> IdentityOptions {

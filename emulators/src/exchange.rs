@@ -2413,7 +2413,7 @@ async fn unknown_path(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
+    use crate::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
 
     const TOKEN: &str = "any-token";
     const ANCHOR: &str = "UPN:adele.vance@contoso.onmicrosoft.com";
@@ -2459,7 +2459,13 @@ mod tests {
     }
 
     fn client() -> reqwest::Client {
-        crate::http::client(&Default::default()).unwrap()
+        {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap()
+        }
     }
 
     async fn answer(response: reqwest::Response) -> Answer {
