@@ -126,14 +126,32 @@ pub enum LogFormat {
 /// What every command may need, resolved once.
 pub struct Context {
     pub paths: Paths,
+    /// The configuration as this command first read it: one command acts on one reading.
+    config: std::cell::OnceCell<Config>,
 }
 
 impl Context {
-    /// The configuration; a missing file at the default location means the defaults,
-    /// a missing file that was named explicitly is an error.
-    /// The file, its folders and any `key_file` are checked first (see
-    /// [`crate::paths::strict`]), at every load, so a reload in the daemon is checked too.
+    pub fn new(paths: Paths) -> Context {
+        Context {
+            paths,
+            config: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The configuration, read once per command (see [`Context::load_config`]).
     pub fn config(&self) -> Result<Config, ConfigError> {
+        if let Some(c) = self.config.get() {
+            return Ok(c.clone());
+        }
+        let c = self.load_config()?;
+        Ok(self.config.get_or_init(|| c).clone())
+    }
+
+    /// Reads the configuration afresh (the daemon, at its start and at every reload); a
+    /// missing file at the default location means the defaults, a missing file that was
+    /// named explicitly is an error. The file, its folders and any `key_file` are checked
+    /// first (see [`crate::paths::strict`]), at every read.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
         #[cfg(unix)]
         self.paths
             .check_config_file()
@@ -150,9 +168,9 @@ impl Context {
         Ok(config)
     }
 
-    /// Opens (and migrates) the database.
-    /// Commands wait `[database] busy_timeout` for other processes' writes (the
-    /// default when the configuration cannot be read; the command reports that itself).
+    /// Opens (and migrates) the database. Commands wait `[database] busy_timeout` for
+    /// other processes' writes (the default when the configuration cannot be read; the
+    /// command reports that itself).
     pub fn store(&self) -> Result<Store, StoreError> {
         let wait = self
             .config()
@@ -190,7 +208,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Err(e.into());
     }
-    let ctx = Context { paths };
+    let ctx = Context::new(paths);
     match cli.command {
         Command::Config(c) => config_cmd::run(&ctx, c),
         Command::Mailboxes(c) => mailboxes::run(&ctx, c),
@@ -200,7 +218,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(args) => auth_cmd::token(&ctx, args),
         Command::Send(args) => mail_cmd::send(&ctx, args),
         Command::Queue(c) => mail_cmd::queue(&ctx, c),
-        Command::Run(_) => Ok(crate::daemon::run(&ctx.paths, &|| ctx.config())?),
+        Command::Run(_) => Ok(crate::daemon::run(&ctx.paths, &|| ctx.load_config())?),
         Command::Status(args) => status::run(&ctx, args),
         Command::Cycle(args) => daemon_cmd::cycle(&ctx, args),
         Command::Sync(args) => daemon_cmd::sync(&ctx, args),

@@ -142,17 +142,15 @@ impl Paths {
     /// in them, and the folders above them (see [`strict`]). Run before anything is read.
     #[cfg(unix)]
     pub fn check_private(&self) -> Result<(), strict::StrictError> {
-        self.check_config_file()?;
-        for dir in [
-            &self.config_dir,
-            &self.data_dir,
-            &self.state_dir,
-            &self.runtime_dir,
-        ] {
-            strict::check(dir)?;
-            strict::check_contents(dir)?;
-        }
-        Ok(())
+        strict::check_all(
+            &[&self.config_file],
+            &[
+                &self.config_dir,
+                &self.data_dir,
+                &self.state_dir,
+                &self.runtime_dir,
+            ],
+        )
     }
 
     /// The configuration file's part of [`Paths::check_private`], run again at each load.

@@ -239,13 +239,32 @@ fn parse_request(line: &str) -> Result<Command, Response> {
 
 /// Sends one request to the daemon at `path` and waits up to `timeout` for the answer.
 pub fn request(path: &Path, command: Command, timeout: Duration) -> Result<Value, ControlError> {
+    let stream = send(path, command, timeout, timeout)?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|source| ControlError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    parse_response(path, &answer)
+}
+
+/// Connects to the daemon at `path` and writes `command`; the stream reads with `read`
+/// as its timeout.
+fn send(
+    path: &Path,
+    command: Command,
+    read: Duration,
+    write: Duration,
+) -> Result<StdUnixStream, ControlError> {
     let connect = |source| ControlError::Connect {
         path: path.to_path_buf(),
         source,
     };
     let mut stream = StdUnixStream::connect(path).map_err(connect)?;
-    stream.set_read_timeout(Some(timeout)).map_err(connect)?;
-    stream.set_write_timeout(Some(timeout)).map_err(connect)?;
+    stream.set_read_timeout(Some(read)).map_err(connect)?;
+    stream.set_write_timeout(Some(write)).map_err(connect)?;
     let mut line = serde_json::to_vec(&Request {
         v: PROTOCOL_VERSION,
         cmd: command,
@@ -253,11 +272,15 @@ pub fn request(path: &Path, command: Command, timeout: Duration) -> Result<Value
     .expect("requests serialize");
     line.push(b'\n');
     stream.write_all(&line).map_err(connect)?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(connect)?;
-    parse_response(path, &answer)
+    Ok(stream)
+}
+
+/// A read or write that ran out of time (a socket's timeout reports either kind).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// Like [`request`] for a command whose answer may take long (a cycle, a sync): waits up
@@ -272,68 +295,44 @@ pub fn request_watched(
     check_every: Duration,
     answer_timeout: Duration,
 ) -> Result<Value, ControlError> {
-    let connect = |source| ControlError::Connect {
-        path: path.to_path_buf(),
-        source,
+    // A timed-out exchange with the daemon means it is not answering.
+    let frozen = |e: ControlError| match e {
+        ControlError::Connect { path, source } if timed_out(&source) => {
+            ControlError::NotAnswering {
+                path,
+                timeout: answer_timeout,
+            }
+        }
+        other => other,
     };
     let started = std::time::Instant::now();
-    let mut stream = StdUnixStream::connect(path).map_err(connect)?;
-    stream
-        .set_write_timeout(Some(answer_timeout))
-        .map_err(connect)?;
     let step = check_every.min(timeout).max(Duration::from_millis(10));
-    stream.set_read_timeout(Some(step)).map_err(connect)?;
-    let mut line = serde_json::to_vec(&Request {
-        v: PROTOCOL_VERSION,
-        cmd: command,
-    })
-    .expect("requests serialize");
-    line.push(b'\n');
-    stream
-        .write_all(&line)
-        .map_err(|e| not_answering(path, answer_timeout, e))?;
+    let stream = send(path, command, step, answer_timeout).map_err(frozen)?;
     let mut reader = BufReader::new(&stream);
     let mut answer = Vec::new();
     loop {
         match reader.read_until(b'\n', &mut answer) {
             Ok(_) => break,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if timed_out(&e) => {
                 if started.elapsed() >= timeout {
-                    return Err(connect(e));
+                    return Err(ControlError::Connect {
+                        path: path.to_path_buf(),
+                        source: e,
+                    });
                 }
                 // Still working, or frozen? A live daemon answers status during a cycle.
-                request(path, Command::Status, answer_timeout).map_err(|e| match e {
-                    ControlError::Connect { source, .. } => {
-                        not_answering(path, answer_timeout, source)
-                    }
-                    other => other,
-                })?;
+                request(path, Command::Status, answer_timeout).map_err(frozen)?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(connect(e)),
+            Err(source) => {
+                return Err(ControlError::Connect {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         }
     }
     parse_response(path, &String::from_utf8_lossy(&answer))
-}
-
-fn not_answering(path: &Path, timeout: Duration, source: std::io::Error) -> ControlError {
-    match source.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            ControlError::NotAnswering {
-                path: path.to_path_buf(),
-                timeout,
-            }
-        }
-        _ => ControlError::Connect {
-            path: path.to_path_buf(),
-            source,
-        },
-    }
 }
 
 impl ControlError {
@@ -342,10 +341,7 @@ impl ControlError {
     pub fn is_timeout(&self) -> bool {
         match self {
             ControlError::NotAnswering { .. } => true,
-            ControlError::Connect { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
+            ControlError::Connect { source, .. } => timed_out(source),
             _ => false,
         }
     }

@@ -50,7 +50,25 @@ pub struct Unsafe {
 
 /// Checks `path` (a file or folder, existing or not) and every folder above it.
 pub fn check(path: &Path) -> Result<(), StrictError> {
+    check_as(path, &Me::current())
+}
+
+/// Checks each of `paths` as [`check`] does, and what lies directly in each of `dirs`
+/// (the program's own folders) as well as the folders themselves; the user is looked up
+/// once.
+pub fn check_all(paths: &[&Path], dirs: &[&Path]) -> Result<(), StrictError> {
     let me = Me::current();
+    for p in paths {
+        check_as(p, &me)?;
+    }
+    for d in dirs {
+        check_as(d, &me)?;
+        contents_as(d, &me)?;
+    }
+    Ok(())
+}
+
+fn check_as(path: &Path, me: &Me) -> Result<(), StrictError> {
     // The nearest part that exists; what does not exist yet is created 0700 later.
     let mut existing = path;
     loop {
@@ -79,7 +97,7 @@ pub fn check(path: &Path) -> Result<(), StrictError> {
             path: at.to_path_buf(),
             source,
         })?;
-        judge(at, &meta, &me)?;
+        judge(at, &meta, me)?;
         // Root's folders are the system's: the walk ends there, except for root itself,
         // whose walk goes on to its home or `/`.
         let stop = (meta.uid() == 0 && me.uid != 0) || home.as_deref() == Some(at);
@@ -93,8 +111,7 @@ pub fn check(path: &Path) -> Result<(), StrictError> {
 /// Checks what lies directly in `dir`, one of the program's own folders (a missing one
 /// passes): every file and folder must be the user's (or root's) and writable by nobody
 /// else; anything else (a socket, a link) must be the user's.
-pub fn check_contents(dir: &Path) -> Result<(), StrictError> {
-    let me = Me::current();
+fn contents_as(dir: &Path, me: &Me) -> Result<(), StrictError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -119,7 +136,7 @@ pub fn check_contents(dir: &Path) -> Result<(), StrictError> {
         };
         let foreign = meta.uid() != me.uid && meta.uid() != 0;
         if meta.is_file() || meta.is_dir() || foreign {
-            judge(&path, &meta, &me)?;
+            judge(&path, &meta, me)?;
         }
     }
     Ok(())

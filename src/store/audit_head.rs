@@ -31,12 +31,22 @@ pub struct AuditHead {
     pub incident: Option<Incident>,
 }
 
+/// How the database's chain missed the recorded head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentKind {
+    /// The newest rows are gone.
+    Truncated,
+    /// The row at the head has another hash.
+    Replaced,
+    /// The database was created afresh.
+    NewDatabase,
+}
+
 /// The database's audit chain did not reach the recorded head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
-    /// `truncated` (the newest rows are gone), `replaced` (the row at the head has
-    /// another hash) or `new_database` (the database was created afresh).
-    pub kind: String,
+    pub kind: IncidentKind,
     /// The head recorded before: id and hash.
     pub expected_id: i64,
     pub expected_hash: String,
@@ -48,16 +58,16 @@ pub struct Incident {
 impl Incident {
     /// One sentence for errors, status and logs.
     pub fn describe(&self) -> String {
-        let what = match self.kind.as_str() {
-            "truncated" => format!(
+        let what = match self.kind {
+            IncidentKind::Truncated => format!(
                 "was cut off: its newest row is {} but row {} had been written",
                 self.found_id, self.expected_id
             ),
-            "new_database" => format!(
+            IncidentKind::NewDatabase => format!(
                 "was replaced by a new, empty database (row {} had been written)",
                 self.expected_id
             ),
-            _ => format!(
+            IncidentKind::Replaced => format!(
                 "was replaced: row {} is not the row that had been written",
                 self.expected_id
             ),
@@ -72,32 +82,18 @@ impl Incident {
 /// Reads the head file; `None` when there is none. A damaged file is an error.
 pub fn read(path: &Path) -> Result<Option<AuditHead>, StoreError> {
     match std::fs::read(path) {
+        // The file holds an id and a hash, nothing secret: serde's message may quote it.
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StoreError::AuditHead {
                 path: path.to_path_buf(),
-                message: format!("it is damaged ({}, line {})", e.classify_kind(), e.line()),
+                message: format!("it is damaged: {e}"),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StoreError::AuditHead {
             path: path.to_path_buf(),
             message: e.to_string(),
         }),
-    }
-}
-
-trait ClassifyKind {
-    fn classify_kind(&self) -> &'static str;
-}
-
-impl ClassifyKind for serde_json::Error {
-    fn classify_kind(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "unreadable",
-            serde_json::error::Category::Syntax => "not JSON",
-            serde_json::error::Category::Data => "unexpected content",
-            serde_json::error::Category::Eof => "cut off",
-        }
     }
 }
 
@@ -188,17 +184,17 @@ impl Store {
             .optional()?;
         let kind = match (&at_head, &anchor) {
             (Some(h), _) if *h == head.hash => return Ok(()),
-            (Some(_), _) => "replaced",
+            (Some(_), _) => IncidentKind::Replaced,
             // Pruned up to the head or past it: the anchor vouches, or nothing can tell.
             (None, Some((last, hash))) if *last == head.id && *hash == head.hash => {
                 return Ok(());
             }
             (None, Some((last, _))) if *last > head.id => return Ok(()),
-            (None, _) if found_id == 0 && anchor.is_none() => "new_database",
-            (None, _) => "truncated",
+            (None, _) if found_id == 0 && anchor.is_none() => IncidentKind::NewDatabase,
+            (None, _) => IncidentKind::Truncated,
         };
         let incident = Incident {
-            kind: kind.to_string(),
+            kind,
             expected_id: head.id,
             expected_hash: head.hash.clone(),
             found_id,
