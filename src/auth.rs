@@ -332,6 +332,8 @@ enum Renew<'a> {
     KeepAlive,
     /// Unless the token in hand is fresh and not this one, which the service refused.
     Refused(&'a SecretString),
+    /// Always: whether the refresh token still works is the question.
+    Always,
 }
 
 /// One account's sign-in in this process. Refreshes are serialised inside the process
@@ -346,6 +348,8 @@ pub struct Session {
     /// rotated the refresh token): the next refresh saves it before anything else, and
     /// never rereads the store over it.
     unsaved: std::sync::atomic::AtomicBool,
+    /// A refused access token was dropped ([`Session::take_refused_drop`]).
+    refused_dropped: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -364,6 +368,7 @@ impl Session {
             secrets,
             cache: tokio::sync::Mutex::new(None),
             unsaved: std::sync::atomic::AtomicBool::new(false),
+            refused_dropped: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -465,6 +470,18 @@ impl Session {
             .await
     }
 
+    /// Refreshes `resource`'s token whatever the one in hand: whether the identity
+    /// platform still honours the refresh token.
+    pub async fn refresh_now(
+        &self,
+        resource: Resource,
+        now: DateTime<Utc>,
+    ) -> Result<Access, AuthError> {
+        let mut slot = self.cache.lock().await;
+        self.refresh_locked(&mut slot, resource, Renew::Always, now)
+            .await
+    }
+
     /// A new access token for `resource` after the service refused `refused` (401):
     /// refreshed now, unless the store already holds another fresh one (another request
     /// or process renewed it meanwhile).
@@ -475,8 +492,52 @@ impl Session {
         now: DateTime<Utc>,
     ) -> Result<Access, AuthError> {
         let mut slot = self.cache.lock().await;
-        self.refresh_locked(&mut slot, resource, Renew::Refused(refused), now)
-            .await
+        let renewed = self
+            .refresh_locked(&mut slot, resource, Renew::Refused(refused), now)
+            .await;
+        if let Err(e) = &renewed
+            && e.needs_sign_in()
+        {
+            // The service refused the token and the identity platform will not renew it
+            // (a revoked grant, say). Keeping the token would let the sign-in step call
+            // it fresh until it expires, an hour of "healthy" while every call fails; once
+            // it is gone, the step's next refresh meets the refusal and asks for a person.
+            if let Err(forget) = self.forget_access(&mut slot, resource, refused).await {
+                tracing::warn!(resource = %resource, error = %forget, "could not drop the refused access token");
+            }
+        }
+        renewed
+    }
+
+    /// Drops `resource`'s access token from the store and from memory when it is still
+    /// `refused` (another process may have put a new one there meanwhile).
+    async fn forget_access(
+        &self,
+        slot: &mut Option<TokenCache>,
+        resource: Resource,
+        refused: &SecretString,
+    ) -> Result<(), AuthError> {
+        let _lock = lock::RefreshLock::acquire(&self.lock_path, self.settings.lock_timeout).await?;
+        if !self.unsaved.load(Ordering::Relaxed) {
+            *slot = self.read_store().await?;
+        }
+        let Some(cache) = slot.as_mut() else {
+            return Ok(());
+        };
+        let held = cache.access.get(resource.as_str());
+        if held.is_some_and(|a| a.token.expose_secret() == refused.expose_secret()) {
+            cache.access.remove(resource.as_str());
+            self.secrets.save(&cache.to_bytes()).await?;
+            self.unsaved.store(false, Ordering::Relaxed);
+            self.refused_dropped.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Whether a refused access token was dropped since the last call (once per drop):
+    /// the daemon then runs the sign-in step at once.
+    pub fn take_refused_drop(&self) -> bool {
+        self.refused_dropped.swap(false, Ordering::Relaxed)
     }
 
     /// Whether the refresh token has gone unused for `refresh_at_least`.
@@ -518,6 +579,7 @@ impl Session {
                 Renew::IfNeeded => true,
                 Renew::KeepAlive => recently_rotated,
                 Renew::Refused(t) => a.token.expose_secret() != t.expose_secret(),
+                Renew::Always => false,
             }
         {
             return Ok(Access::held(a, None));

@@ -265,6 +265,13 @@ impl MailboxSync {
             allow_removals: ctx.allow_removals,
         };
         let result = crate::exchange::sync::run(&run, ctx.sync_due).await;
+        if session.take_refused_drop()
+            && let Some(w) = ctx.wake
+        {
+            // The sign-in step tells and asks for a person: at once, not at the next
+            // heartbeat.
+            w.notify_one();
+        }
         if ctx.sync_due {
             let finished = stamp(Utc::now());
             let (ok, text) = match &result {

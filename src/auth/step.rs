@@ -656,10 +656,14 @@ impl SignInStep {
                             },
                         );
                     }
-                    if e.needs_sign_in() && resource != Resource::Graph {
-                        // The sign-in itself stands (Graph works); only this resource
-                        // refuses it: consent or a Conditional Access policy for it alone.
-                        // A new device sign-in (for Graph) would not mend that.
+                    // Only this resource may refuse the sign-in (consent or a Conditional
+                    // Access policy for it alone, which a new device sign-in for Graph
+                    // would not mend), or the refresh token itself is gone (revoked):
+                    // Graph tells which.
+                    let whole_sign_in = e.needs_sign_in()
+                        && (resource == Resource::Graph
+                            || matches!(session.refresh_now(Resource::Graph, now).await, Err(g) if g.needs_sign_in()));
+                    if e.needs_sign_in() && !whole_sign_in {
                         return Err(StepError {
                             message: format!(
                                 "{resource} refused the sign-in ({reason}); grant consent for its scopes or check Conditional Access for it"

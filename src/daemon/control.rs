@@ -250,6 +250,30 @@ pub fn request(path: &Path, command: Command, timeout: Duration) -> Result<Value
     parse_response(path, &answer)
 }
 
+/// How long a client waits for the socket of a daemon that holds its lock but has not
+/// bound its socket yet (it takes the lock first, then opens the database and binds).
+const STARTUP_GRACE: Duration = Duration::from_secs(3);
+
+/// Connects to the socket; callers have seen the daemon's lock held, so a socket that is
+/// missing or refuses for a moment belongs to a daemon still starting (a command run
+/// right after `imm-daemon run`, as scripts and the sandbox do).
+fn connect_soon(path: &Path) -> std::io::Result<StdUnixStream> {
+    let deadline = std::time::Instant::now() + STARTUP_GRACE;
+    loop {
+        match StdUnixStream::connect(path) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Connects to the daemon at `path` and writes `command`; the stream reads with `read`
 /// as its timeout.
 fn send(
@@ -262,7 +286,7 @@ fn send(
         path: path.to_path_buf(),
         source,
     };
-    let mut stream = StdUnixStream::connect(path).map_err(connect)?;
+    let mut stream = connect_soon(path).map_err(connect)?;
     stream.set_read_timeout(Some(read)).map_err(connect)?;
     stream.set_write_timeout(Some(write)).map_err(connect)?;
     let mut line = serde_json::to_vec(&Request {
@@ -383,6 +407,36 @@ fn parse_response(path: &Path, answer: &str) -> Result<Value, ControlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command run right after `imm-daemon run` sees the lock held before the socket
+    /// is bound; it waits a moment instead of calling the daemon "not answering".
+    #[test]
+    fn a_client_waits_for_the_socket_of_a_daemon_still_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imm-daemon.sock");
+        let bind_at = path.clone();
+        let daemon = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            let listener = std::os::unix::net::UnixListener::bind(&bind_at).unwrap();
+            let (stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            let mut w = &stream;
+            let answer = format!(
+                "{{\"v\":{PROTOCOL_VERSION},\"daemon\":\"test\",\"ok\":true,\"data\":{{\"asked\":{}}}}}\n",
+                line.trim()
+            );
+            w.write_all(answer.as_bytes()).unwrap();
+        });
+        let data = request(&path, Command::Status, Duration::from_secs(5)).unwrap();
+        assert_eq!(data["asked"]["cmd"], "status");
+        daemon.join().unwrap();
+        // A socket that never appears is still an error, after the grace.
+        let started = std::time::Instant::now();
+        let missing = dir.path().join("never.sock");
+        assert!(request(&missing, Command::Status, Duration::from_secs(1)).is_err());
+        assert!(started.elapsed() >= STARTUP_GRACE);
+    }
 
     #[test]
     fn requests_are_checked_and_errors_say_why() {

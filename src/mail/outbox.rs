@@ -1003,7 +1003,15 @@ impl MailStep {
             )));
         };
         let settings = Settings::from_config(ctx.config, ctx.paths);
-        match drain(&settings, &session, ctx.store, ctx.cancel).await {
+        let drained = drain(&settings, &session, ctx.store, ctx.cancel).await;
+        if session.take_refused_drop()
+            && let Some(w) = ctx.wake
+        {
+            // The sign-in step tells and asks for a person: at once, not at the next
+            // heartbeat.
+            w.notify_one();
+        }
+        match drained {
             Ok(r) => {
                 let mut report = StepReport {
                     summary: r.summary(&settings.params),

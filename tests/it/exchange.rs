@@ -319,3 +319,73 @@ fn a_failing_sync_needs_attention_only_once_it_has_failed_for_longer_than_stale_
     let out = env.cmd().arg("status").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAILING"));
 }
+
+/// A grant revoked while the daemon's access tokens are still fresh: the first step that
+/// meets the refusal (here the sync: 401, then `invalid_grant` on renewal) must not leave
+/// the daemon "healthy" until the tokens expire an hour later. The sign-in step looks at
+/// once, asks for a person and fires the hook; a new sign-in mends it.
+#[test]
+fn a_grant_revoked_under_fresh_tokens_asks_for_a_person_at_once() {
+    let p = provider(fast());
+    let x = exchange(&p, 20, Duration::ZERO);
+    let env = Env::new();
+    let events = env.home.path().join("events.log");
+    let hook = env.write(
+        "hook.sh",
+        format!(
+            "#!/bin/sh\necho \"$IMM_EVENT $IMM_USER_CODE\" >> '{}'\n",
+            events.display()
+        ),
+    );
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    config(
+        &env,
+        &format!(
+            "client_id = \"{TEST_CLIENT_ID}\"\nauthority = \"{}\"\nexchange_url = \"{}\"\n\
+             [heartbeat]\ninterval = \"1h\"\n[auth]\ntoken_store = \"file\"\n\
+             [notify]\ncommand = [\"{}\"]\n[sync]\nschedule = \"never\"\n",
+            p.authority(),
+            x.base_url(),
+            hook.display()
+        ),
+    );
+    crate::signin::login(&env, &p);
+    take_both_tokens(&env);
+    let _daemon = Daemon::start(&env);
+    env.ok(&["sync"]);
+    assert_eq!(status(&env)["signin"]["state"], "signed_in");
+
+    p.revoke_grants();
+    let out = env.cmd().arg("sync").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "the sync cannot have run");
+    // Within seconds, not at the next heartbeat an hour away.
+    let code = p
+        .wait_for_user_code(Duration::from_secs(15))
+        .expect("the daemon asked for a device code at once");
+    crate::support::wait_until("status to say the sign-in is required", || {
+        let s = status(&env);
+        s["signin"]["state"] == "sign_in_required"
+            && s["signin"]["pending"]["user_code"] == code.as_str()
+    });
+    let s = status(&env);
+    assert!(
+        s["signin"]["required_reason"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_grant"),
+        "{s}"
+    );
+    assert_eq!(s["health"], "attention");
+    crate::support::wait_until("the hook to fire with the code", || {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .contains(&format!("login_required {code}"))
+    });
+    // The revoked exchange token was dropped, never presented again as if fresh.
+    assert!(p.approve(&code));
+    crate::support::wait_until("the new sign-in", || {
+        status(&env)["signin"]["state"] == "signed_in"
+    });
+    env.ok(&["sync"]);
+    assert_no_secret_on_disk(&env, &p);
+}
