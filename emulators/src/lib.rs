@@ -117,7 +117,7 @@ async fn serve(listener: tokio::net::TcpListener, app: Router, stopped: oneshot:
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
-fn escape_html(s: &str) -> String {
+pub fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -11,6 +11,7 @@ mod import;
 mod mail;
 mod mailboxes;
 mod refusals;
+mod sandbox;
 mod secrets;
 mod service;
 mod signin;
