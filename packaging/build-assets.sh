@@ -5,7 +5,8 @@
 # (cargo-deb reads [package.metadata.deb] in Cargo.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked
+# The daemon alone: the sandbox and its emulators are for trying it out, not for packages.
+cargo build --release --locked --no-default-features --bin imm-daemon
 bin=target/release/imm-daemon
 out=target/assets
 mkdir -p "$out/completions"

@@ -153,6 +153,20 @@ impl AuthError {
         }
     }
 
+    /// The refresh token itself was refused (`invalid_grant`: revoked, expired, reused),
+    /// whichever resource it was presented for, or there is none to present: the whole
+    /// sign-in is gone, not one resource's consent.
+    pub fn refresh_token_rejected(&self) -> bool {
+        match self {
+            AuthError::Provider { error, .. } | AuthError::Refused { error, .. } => {
+                error.error == "invalid_grant"
+            }
+            AuthError::NotSignedIn | AuthError::Cache(_) => true,
+            AuthError::Secrets(e) => e.needs_sign_in(),
+            _ => false,
+        }
+    }
+
     /// How long the provider asked us to wait, if it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -332,8 +346,6 @@ enum Renew<'a> {
     KeepAlive,
     /// Unless the token in hand is fresh and not this one, which the service refused.
     Refused(&'a SecretString),
-    /// Always: whether the refresh token still works is the question.
-    Always,
 }
 
 /// One account's sign-in in this process. Refreshes are serialised inside the process
@@ -470,18 +482,6 @@ impl Session {
             .await
     }
 
-    /// Refreshes `resource`'s token whatever the one in hand: whether the identity
-    /// platform still honours the refresh token.
-    pub async fn refresh_now(
-        &self,
-        resource: Resource,
-        now: DateTime<Utc>,
-    ) -> Result<Access, AuthError> {
-        let mut slot = self.cache.lock().await;
-        self.refresh_locked(&mut slot, resource, Renew::Always, now)
-            .await
-    }
-
     /// A new access token for `resource` after the service refused `refused` (401):
     /// refreshed now, unless the store already holds another fresh one (another request
     /// or process renewed it meanwhile).
@@ -579,7 +579,6 @@ impl Session {
                 Renew::IfNeeded => true,
                 Renew::KeepAlive => recently_rotated,
                 Renew::Refused(t) => a.token.expose_secret() != t.expose_secret(),
-                Renew::Always => false,
             }
         {
             return Ok(Access::held(a, None));

@@ -451,7 +451,7 @@ impl<'a> Supervisor<'a> {
                                 waiting.push(reply);
                                 Trigger::Request
                             }
-                            control::Command::MailQueued => {
+                            control::Command::MailQueued | control::Command::SignedIn => {
                                 let _ = reply.send(control::Response::ok(serde_json::json!({"cycle": "now"})));
                                 Trigger::Request
                             }
@@ -552,7 +552,7 @@ impl<'a> Supervisor<'a> {
                                     pending = Some(Trigger::Request);
                                     waiting_next.push(reply);
                                 }
-                                control::Command::MailQueued => {
+                                control::Command::MailQueued | control::Command::SignedIn => {
                                     pending = Some(pending.unwrap_or(Trigger::Request));
                                     let _ = reply.send(control::Response::ok(serde_json::json!({"cycle": "next"})));
                                 }

@@ -123,6 +123,10 @@ pub struct IdentityOptions {
     pub clients: Vec<String>,
     /// The application's name on the sign-in page.
     pub app_name: String,
+    /// Serve the test controls under `/_sandbox/` (approve, decline, pending codes, and
+    /// the stats with every secret issued). Off where another local user could reach the
+    /// port and no test needs them (the `imm-sandbox` command). Default on.
+    pub control_routes: bool,
 }
 
 impl Default for IdentityOptions {
@@ -136,6 +140,7 @@ impl Default for IdentityOptions {
             user: TestUser::default(),
             clients: vec![TEST_CLIENT_ID.to_string()],
             app_name: "imm-daemon".to_string(),
+            control_routes: true,
         }
     }
 }
@@ -388,6 +393,16 @@ impl IdentityProvider {
         self.shared.lock().interaction = Some(suberror.map(str::to_string));
     }
 
+    /// From now on, refreshes for `resource` (such as `https://outlook.office365.com`)
+    /// answer `consent_required` (AADSTS65001): consent for it alone was withdrawn; other
+    /// resources refresh as before.
+    pub fn withdraw_consent(&self, resource: &str) {
+        self.shared
+            .lock()
+            .consent_missing
+            .push(resource.to_string());
+    }
+
     /// The next `n` token-endpoint requests fail this way, after any already queued.
     pub fn fail_token_requests(&self, n: usize, failure: Failure) {
         let mut st = self.shared.lock();
@@ -461,12 +476,16 @@ fn routes(opts: IdentityOptions, base: String) -> (Router, Arc<Shared>) {
             .route("/oidc/auth", get(authorize))
             .route("/oidc/device", get(code_page).post(code_submitted)),
     };
-    let app = routes
-        .route("/_sandbox/approve", post(control_approve))
-        .route("/_sandbox/decline", post(control_decline))
-        .route("/_sandbox/pending", get(control_pending))
-        .route("/_sandbox/stats", get(control_stats))
-        .with_state(Arc::clone(&shared));
+    let routes = if shared.opts.control_routes {
+        routes
+            .route("/_sandbox/approve", post(control_approve))
+            .route("/_sandbox/decline", post(control_decline))
+            .route("/_sandbox/pending", get(control_pending))
+            .route("/_sandbox/stats", get(control_stats))
+    } else {
+        routes
+    };
+    let app = routes.with_state(Arc::clone(&shared));
     (app, shared)
 }
 
@@ -487,6 +506,9 @@ struct Ledger {
     access_tokens: HashMap<String, AccessToken>,
     /// `Some(suberror)` while refreshes must answer `interaction_required`.
     interaction: Option<Option<String>>,
+    /// Resources whose refreshes answer `consent_required` (consent withdrawn for them
+    /// alone); the sign-in stands for the others.
+    consent_missing: Vec<String>,
     failures: VecDeque<Failure>,
     /// Taken by the next device-code poll, which waits for its release.
     held_poll: Option<Arc<Hold>>,
@@ -879,6 +901,14 @@ impl Shared {
                 resource: self.resource_of(&scopes),
             });
         }
+        let resource = self.resource_of(&scopes);
+        if st
+            .consent_missing
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(&resource))
+        {
+            return Err(Denial::ConsentRequired { resource });
+        }
 
         if let Some(token) = st.refresh_tokens.get_mut(presented) {
             token.used = true;
@@ -1247,6 +1277,9 @@ enum Denial {
         suberror: Option<String>,
         resource: String,
     },
+    ConsentRequired {
+        resource: String,
+    },
     Unavailable,
     Throttled,
 }
@@ -1405,6 +1438,16 @@ impl Denial {
                      access '{resource}'."
                 ),
             ),
+            Denial::ConsentRequired { resource } => (
+                bad,
+                "consent_required",
+                65001,
+                format!(
+                    "The user or administrator has not consented to use the application with \
+                     ID '{TEST_CLIENT_ID}'. Send an interactive authorization request for this \
+                     user and resource '{resource}'."
+                ),
+            ),
             Denial::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -1481,6 +1524,11 @@ impl Denial {
             | Denial::UnknownRefreshToken
             | Denial::UsedRefreshToken
             | Denial::GrantRevoked => invalid_grant,
+            Denial::ConsentRequired { .. } => (
+                bad,
+                "consent_required",
+                "end-user consent is required for this resource".to_string(),
+            ),
             Denial::InteractionRequired { .. } => (
                 bad,
                 "interaction_required",
@@ -2830,6 +2878,31 @@ mod tests {
         let done = post(&c, &idp.verification_uri(), &form).await;
         assert_eq!(done.status, 200, "{}", done.text);
         assert_eq!(poll(&c, &idp, code.str("device_code")).await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn without_control_routes_nobody_approves_or_reads_secrets_over_http() {
+        let idp = IdentityProvider::start(IdentityOptions {
+            control_routes: false,
+            ..options(Flavour::Microsoft)
+        })
+        .await
+        .unwrap();
+        let c = client();
+        let base = idp.base_url();
+        for path in ["/_sandbox/pending", "/_sandbox/stats"] {
+            assert_eq!(
+                get(&c, &format!("{base}{path}")).await.status,
+                404,
+                "{path}"
+            );
+        }
+        let code = device_code(&c, &idp, "openid offline_access").await;
+        let form = [("user_code", code.str("user_code"))];
+        let refused = post(&c, &format!("{base}/_sandbox/approve"), &form).await;
+        assert_eq!(refused.status, 404, "{}", refused.text);
+        // The person's page still works.
+        assert_eq!(get(&c, &idp.verification_uri()).await.status, 200);
     }
 
     #[tokio::test]

@@ -658,11 +658,10 @@ impl SignInStep {
                     }
                     // Only this resource may refuse the sign-in (consent or a Conditional
                     // Access policy for it alone, which a new device sign-in for Graph
-                    // would not mend), or the refresh token itself is gone (revoked):
-                    // Graph tells which.
+                    // would not mend), or the refresh token itself is gone (revoked,
+                    // expired: `invalid_grant`, whatever resource asked).
                     let whole_sign_in = e.needs_sign_in()
-                        && (resource == Resource::Graph
-                            || matches!(session.refresh_now(Resource::Graph, now).await, Err(g) if g.needs_sign_in()));
+                        && (resource == Resource::Graph || e.refresh_token_rejected());
                     if e.needs_sign_in() && !whole_sign_in {
                         return Err(StepError {
                             message: format!(

@@ -202,6 +202,7 @@ pub fn login(ctx: &Context, args: LoginArgs) -> anyhow::Result<()> {
                 &[record.login_event("device_code", "cli")],
             )?;
             print_signed_in(&record);
+            tell_daemon(ctx);
             Ok(())
         }
         Err(e) => {
@@ -214,6 +215,17 @@ pub fn login(ctx: &Context, args: LoginArgs) -> anyhow::Result<()> {
             );
             Err(e)
         }
+    }
+}
+
+/// Tells a running daemon about the new sign-in, so that it takes it at once (it would
+/// at its next heartbeat otherwise).
+fn tell_daemon(ctx: &Context) {
+    if InstanceLock::is_held(&ctx.paths.lock_file)
+        && let Err(e) =
+            control::request(&ctx.paths.socket, Command::SignedIn, Duration::from_secs(2))
+    {
+        tracing::warn!(error = %e, "the running daemon was not told of the sign-in; it takes it at its next heartbeat");
     }
 }
 
@@ -325,6 +337,7 @@ fn import_msal(
         "Imported from {}; the daemon refreshes these tokens from now on.",
         file.display()
     );
+    tell_daemon(ctx);
     Ok(())
 }
 

@@ -389,3 +389,28 @@ fn a_grant_revoked_under_fresh_tokens_asks_for_a_person_at_once() {
     env.ok(&["sync"]);
     assert_no_secret_on_disk(&env, &p);
 }
+
+/// Consent withdrawn for Exchange alone: the sign-in stands (Graph refreshes), so the
+/// daemon asks for consent, not for a new device sign-in that would not mend it.
+#[test]
+fn consent_withdrawn_for_exchange_alone_is_not_a_lost_sign_in() {
+    let p = provider(crate::signin::short_lived());
+    let x = exchange(&p, 5, Duration::ZERO);
+    let env = signed_in(&p, &x, "schedule = \"never\"\n", "");
+    take_both_tokens(&env);
+    p.withdraw_consent("https://outlook.office365.com");
+    let out = env.cmd().arg("cycle").output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("grant consent"), "{text}");
+    assert!(text.contains("consent_required"), "{text}");
+    let s = status(&env);
+    assert_eq!(s["signin"]["state"], "signed_in", "{s}");
+    assert!(
+        p.pending_user_codes().is_empty(),
+        "no device flow for a consent problem"
+    );
+}

@@ -540,3 +540,40 @@ fn kill_9_at_random_moments_never_loses_or_doubles_a_mail() {
         left_sending.len()
     );
 }
+
+/// A grant revoked under a fresh Graph token, met by a send: Graph refuses the token,
+/// the renewal meets `invalid_grant`, and the daemon asks for a person at once (before,
+/// it stayed "healthy" until the token expired). The mail waits, unsent, and goes once
+/// after the new sign-in.
+#[test]
+fn a_grant_revoked_under_a_fresh_graph_token_asks_for_a_person_when_a_mail_meets_it() {
+    let p = provider(fast());
+    let g = graph(&p);
+    let env = signed_in(&p, &g, "");
+    take_both_tokens(&env);
+    let _daemon = Daemon::start(&env);
+    // Its first cycle finds both tokens fresh; only then is the grant revoked.
+    wait_until("the daemon's first cycle", || {
+        status(&env)["last_cycle"]["steps"][0]["summary"]
+            .as_str()
+            .is_some_and(|t| t.contains("2 still fresh"))
+    });
+    p.revoke_grants();
+    let queued = send_json(
+        &env,
+        &["--to", "ada@contoso.com", "--subject", "after revocation"],
+    );
+    let code = p
+        .wait_for_user_code(Duration::from_secs(15))
+        .expect("the daemon asked for a device code at once");
+    wait_until("status to say the sign-in is required", || {
+        status(&env)["signin"]["state"] == "sign_in_required"
+    });
+    assert_eq!(g.deliveries().total, 0);
+    assert!(p.approve(&code));
+    wait_until("the mail to go after the new sign-in", || {
+        g.deliveries().total == 1
+    });
+    assert!(g.deliveries().duplicates().is_empty());
+    assert_eq!(queue(&env, Some("sent")).len(), 1, "{queued}");
+}

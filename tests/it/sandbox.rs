@@ -631,13 +631,98 @@ fn scenarios_need_a_running_sandbox_and_a_home_it_did_not_write_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("did not write"),
+        String::from_utf8_lossy(&out.stderr).contains("imm-sandbox did not make it"),
         "{out:?}"
     );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("config/config.toml")).unwrap(),
         "tenant = \"contoso.onmicrosoft.com\"\n"
     );
+    // Nor one whose configuration lives elsewhere (IMM_CONFIG): any folder that is not
+    // empty and that no sandbox made.
+    let real = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(real.path().join("data")).unwrap();
+    std::fs::write(real.path().join("data/imm-daemon.db"), b"").unwrap();
+    let out = sandbox_cmd()
+        .args(["--home", real.path().to_str().unwrap(), "--approve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not empty"),
+        "{out:?}"
+    );
+    assert!(!real.path().join("config").exists());
+}
+
+/// The console answers only under its key, the emulated provider offers no unkeyed
+/// controls, and nothing the console serves holds a token. SIGTERM stops the sandbox in
+/// order; `kill -9` of the sandbox takes its daemon along (Linux: the parent-death
+/// signal), so no daemon is left running against emulators that are gone.
+#[test]
+fn the_console_needs_its_key_and_the_daemon_never_outlives_the_sandbox() {
+    let mut s = Sandbox::start(&["--approve", "--mailboxes", "10", "--mails", "0"]);
+    s.wait_healthy();
+    let port_base = s.console.rsplit_once('/').unwrap().0.to_string();
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/0123456789abcdef0123456789abcdef/"),
+        ("GET", "/0123456789abcdef0123456789abcdef/api/state"),
+        ("POST", "/0123456789abcdef0123456789abcdef/api/action"),
+    ] {
+        let (status, _) = http(
+            method,
+            &format!("{port_base}{path}"),
+            Some(r#"{"scenario":"revoke"}"#),
+        );
+        assert_eq!(status, 404, "{method} {path}");
+    }
+    for path in ["/_sandbox/pending", "/_sandbox/stats"] {
+        let (status, _) = http("GET", &format!("{}{path}", s.identity), None);
+        assert_eq!(status, 404, "{path}");
+    }
+    let (status, _) = http(
+        "POST",
+        &format!("{}/api/action", s.console),
+        Some(r#"{"scenario":"add-mailboxes","count":4000000000}"#),
+    );
+    assert_eq!(status, 409, "counts are checked as on the command line");
+    let (_, state) = http("GET", &format!("{}/api/state", s.console), None);
+    let (_, page) = http("GET", &format!("{}/", s.console), None);
+    for text in [&state, &page] {
+        assert!(
+            !text.contains("issued_secrets") && !text.contains("access_token"),
+            "{text}"
+        );
+    }
+    assert_eq!(s.status().1["signin"]["state"], "signed_in");
+
+    // SIGTERM: an orderly stop.
+    let daemon_pid = s.status().1["pid"].as_u64().unwrap() as u32;
+    signal(s.child.id(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "{}", s.output());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{}", s.output());
+    assert!(!alive(daemon_pid));
+
+    if cfg!(target_os = "linux") {
+        let mut s = Sandbox::start(&["--approve", "--mailboxes", "10", "--mails", "0"]);
+        s.wait_healthy();
+        let daemon_pid = s.status().1["pid"].as_u64().unwrap() as u32;
+        signal(s.child.id(), "KILL");
+        let _ = s.child.wait();
+        wait_for(
+            "the orphaned daemon to stop",
+            Duration::from_secs(30),
+            || !alive(daemon_pid),
+        );
+    }
 }
 
 /// The console page in a real headless Chromium with JavaScript switched off, driven

@@ -988,3 +988,27 @@ fn proxies_from_the_environment_are_used_and_no_proxy_is_honoured() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `login` in a terminal while the daemon runs unsigned (the first sign-in of a fresh
+/// install): the daemon takes the new sign-in at once, not at its next heartbeat.
+#[test]
+fn a_cli_login_reaches_the_running_daemon_at_once() {
+    let p = provider(fast());
+    let env = Env::new();
+    config(&env, &sign_in_config(&p, ""));
+    let daemon = Daemon::start(&env);
+    daemon.wait_for_log("imm-daemon running", 0);
+    wait_until("the daemon's first cycle", || {
+        status(&env)["last_cycle"].is_object()
+    });
+    assert_ne!(status(&env)["signin"]["state"], "signed_in");
+    login(&env, &p);
+    // The heartbeat is an hour: only the login's word makes the daemon look now.
+    wait_until("the daemon to take the sign-in", || {
+        let s = status(&env);
+        s["signin"]["state"] == "signed_in"
+            && s["last_cycle"]["steps"][0]["summary"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("signed in as"))
+    });
+}

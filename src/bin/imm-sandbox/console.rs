@@ -74,6 +74,35 @@ pub enum Action {
 }
 
 impl Action {
+    /// The limits the subcommands' arguments have, for actions that arrive as JSON.
+    fn check(&self) -> Result<(), String> {
+        let within = |what: &str, n: u32, lo: u32, hi: u32| {
+            if (lo..=hi).contains(&n) {
+                Ok(())
+            } else {
+                Err(format!("{what} must be {lo} to {hi}; got {n}"))
+            }
+        };
+        match self {
+            Action::ThrottleGraph {
+                requests,
+                retry_after,
+            }
+            | Action::ThrottleExchange {
+                requests,
+                retry_after,
+            } => {
+                within("requests", *requests, 1, 100)?;
+                within("retry_after", *retry_after, 0, 3600)
+            }
+            Action::AddMailboxes { count } | Action::RemoveMailboxes { count } => {
+                within("count", *count, 1, 100_000)
+            }
+            Action::QueueMails { count } => within("count", *count, 1, 1000),
+            _ => Ok(()),
+        }
+    }
+
     /// The scenario a button of the page names, with the page's settings.
     fn from_button(name: &str) -> Option<Action> {
         Some(match name {
@@ -209,7 +238,7 @@ impl Sandbox {
             what.as_ref()
         );
         if self.echo {
-            println!("{line}");
+            crate::run::out(&line);
         }
         let mut v = self.view();
         v.activity.push(line);
@@ -259,6 +288,7 @@ impl Sandbox {
 
     /// Carries out an action; the message says what was done.
     pub async fn perform(self: &Arc<Self>, action: &Action) -> Result<String, String> {
+        action.check()?;
         let done = match action {
             Action::Approve => {
                 let codes = self.identity.pending_user_codes();
@@ -324,10 +354,12 @@ impl Sandbox {
             }
             Action::Revoke => {
                 self.identity.revoke_grants();
-                // The daemon notices at its next call to Microsoft; a sync makes one now.
+                // Left alone, the daemon notices at its next call to Microsoft (a mail, a
+                // sync, a token refresh); a sync makes that call now.
                 self.in_background(&["sync"]);
                 "revoked the sign-in (refresh and access tokens); asked the daemon for a sync, \
-                 which meets the refusal"
+                 which meets the refusal (left alone, the daemon notices at its next call to \
+                 Microsoft)"
                     .to_string()
             }
             Action::ReleaseHolds { mailbox } => {
@@ -424,10 +456,13 @@ impl Sandbox {
             _ => String::new(),
         };
         self.say(format!("notification hook: {name}{detail}"));
-        self.view().events.push(HookEvent {
+        let mut v = self.view();
+        v.events.push(HookEvent {
             received_at: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
             event,
         });
+        let over = v.events.len().saturating_sub(ACTIVITY_KEPT);
+        v.events.drain(..over);
     }
 
     /// Everything the page shows, as JSON.
@@ -453,7 +488,6 @@ impl Sandbox {
                 "inactive": inactive.len(),
                 "with_hold": inactive.iter().filter(|m| m.has_hold()).count(),
             },
-            "identity": self.identity.stats(),
             "events": v.events,
             "activity": v.activity,
         })
@@ -894,8 +928,47 @@ mod tests {
         assert!(serde_json::from_value::<Action>(json!({"scenario": "format-disk"})).is_err());
     }
 
+    /// Names, addresses and events come from the tenant and the daemon: markup in them
+    /// is shown, never run.
+    #[tokio::test]
+    async fn the_page_escapes_what_it_shows() {
+        let identity = IdentityProvider::start(imm_emulators::IdentityOptions {
+            control_routes: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let graph = GraphServer::start(imm_emulators::GraphOptions::default())
+            .await
+            .unwrap();
+        let mut tenant = synthetic_tenant(1, 7);
+        tenant[0].display_name = "<script>alert(1)</script> & Co".to_string();
+        let exchange = ExchangeServer::start(imm_emulators::ExchangeOptions::default(), tenant)
+            .await
+            .unwrap();
+        let s = Sandbox::new(
+            identity,
+            graph,
+            exchange,
+            DaemonCli {
+                bin: PathBuf::from("imm-daemon"),
+                home: PathBuf::from("/nonexistent"),
+            },
+            Instant::now(),
+        );
+        let s = Sandbox { echo: false, ..s };
+        s.hook(json!({"event": "holds_released", "count": "1", "mailboxes": "<img src=x onerror=alert(2)>"}));
+        let html = render(&s);
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; Co"),
+            "{html}"
+        );
+        assert!(html.contains("&lt;img src=x onerror=alert(2)&gt;"));
+        assert!(!html.contains("<script") && !html.contains("<img"));
+    }
+
     #[test]
-    fn sizes_and_holds_read_as_a_person_would() {
+    fn sizes_read_as_a_person_would() {
         assert_eq!(size(512), "512 B");
         assert_eq!(size(1536), "1.5 KB");
         assert_eq!(size(5 * 1024 * 1024 * 1024), "5.0 GB");

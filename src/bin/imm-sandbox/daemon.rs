@@ -161,12 +161,17 @@ impl DaemonCli {
             .stderr(Stdio::piped());
         #[cfg(target_os = "linux")]
         {
-            // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it
-            // runs in the forked child before exec.
+            let parent = std::process::id();
+            // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the
+            // parent; they run in the forked child before exec.
             unsafe {
-                c.pre_exec(|| {
+                c.pre_exec(move || {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    // The sandbox died between the fork and prctl: no signal will come.
+                    if libc::getppid() as u32 != parent {
+                        return Err(std::io::Error::other("the sandbox exited"));
                     }
                     Ok(())
                 });
@@ -174,5 +179,16 @@ impl DaemonCli {
         }
         c.spawn()
             .with_context(|| format!("cannot start {} run", self.bin.display()))
+    }
+}
+
+/// Sends SIGTERM: the daemon's own orderly stop, without its control socket.
+pub fn terminate(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill has no memory effects; the pid is our child's, not yet reaped.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
     }
 }

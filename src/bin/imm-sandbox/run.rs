@@ -20,7 +20,7 @@ use crate::console::{self, INFO_FILE, Info, Sandbox};
 use crate::daemon::{self, DaemonCli};
 
 /// How often the daemon's status is read.
-const POLL: Duration = Duration::from_millis(400);
+const POLL: Duration = Duration::from_millis(500);
 /// How long `imm-daemon stop` may take before the daemon is killed.
 const STOP_WITHIN: Duration = Duration::from_secs(30);
 
@@ -49,20 +49,16 @@ impl Home {
         let dir = std::path::absolute(dir)
             .with_context(|| format!("--home {}: not a usable path", dir.display()))?;
         if dir.exists() {
-            let config = dir.join("config/config.toml");
-            let ours = std::fs::read_to_string(&config)
-                .map(|c| c.starts_with(CONFIG_MARK))
-                .unwrap_or(true);
-            if config.exists() && !ours {
+            // Only a new or empty folder, or one a sandbox made: never a person's real
+            // home, whose queue a running daemon would send through Microsoft.
+            let empty = std::fs::read_dir(&dir)
+                .with_context(|| format!("--home {}: cannot be read", dir.display()))?
+                .next()
+                .is_none();
+            if !empty && !dir.join(MARKER).is_file() {
                 bail!(
-                    "--home {}: it holds a configuration that imm-sandbox did not write; \
-                     give an empty or new folder",
-                    dir.display()
-                );
-            }
-            if let Some(pid) = running_sandbox(&dir) {
-                bail!(
-                    "--home {}: a sandbox already runs there (pid {pid}); stop it first",
+                    "--home {}: the folder is not empty and imm-sandbox did not make it \
+                     (it leaves {MARKER} in the homes it makes); give a new or empty folder",
                     dir.display()
                 );
             }
@@ -73,20 +69,36 @@ impl Home {
     }
 }
 
-/// The first line of every configuration the sandbox writes.
-const CONFIG_MARK: &str = "# Written by imm-sandbox";
+/// The file that marks a folder as a sandbox's home.
+const MARKER: &str = ".imm-sandbox";
 
-/// The pid of a sandbox that runs in `dir` (its `sandbox.json` names a live process).
-fn running_sandbox(dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join(INFO_FILE)).ok()?;
-    let info: Info = serde_json::from_str(&text).ok()?;
-    // Signal 0 only asks whether the process exists.
-    let alive = std::process::Command::new("kill")
-        .args(["-0", &info.pid.to_string()])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    alive.then_some(info.pid)
+/// Holds `sandbox.lock` in the home for the whole run: one sandbox per home.
+fn lock_home(home: &Path) -> anyhow::Result<std::fs::File> {
+    let path = home.join("sandbox.lock");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let file = opts
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "--home {}: a sandbox already runs there; stop it first",
+            home.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// Prints a line; a terminal that went away (SIGHUP, a closed pipe) is not an error.
+pub fn out(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }
 
 fn mkdir_private(dir: &Path) -> anyhow::Result<()> {
@@ -129,7 +141,7 @@ fn toml_str(s: &str) -> String {
 /// intervals so that a minute shows every duty.
 fn config_text(s: &Sandbox, key_file: &Path, webhook: &str) -> String {
     format!(
-        "{CONFIG_MARK}: imm-daemon against an emulated Microsoft 365 tenant on\n\
+        "# Written by imm-sandbox: imm-daemon against an emulated Microsoft 365 tenant on\n\
          # 127.0.0.1. Every setting is one a real configuration can have; only the URLs\n\
          # point at the emulators, and a few intervals are short so that a minute shows\n\
          # the whole heartbeat.\n\
@@ -187,6 +199,8 @@ fn shell_word(p: &Path) -> String {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let bin = daemon::find(args.daemon.as_deref())?;
     let home = Home::prepare(&args)?;
+    let _lock = lock_home(home.path())?;
+    write_private(&home.path().join(MARKER), b"imm-sandbox\n")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -196,7 +210,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     match home {
         Home::Temporary(t) if args.keep => {
             let kept = t.keep();
-            println!("kept {}", kept.display());
+            out(&format!("kept {}", kept.display()));
         }
         Home::Temporary(t) => {
             let path = t.path().to_path_buf();
@@ -220,6 +234,8 @@ async fn run_in(args: &RunArgs, bin: PathBuf, home: &Path) -> anyhow::Result<Exi
 
     let identity = IdentityProvider::start(IdentityOptions {
         app_name: "imm-daemon (sandbox)".to_string(),
+        // The console (under its key) approves codes; no unkeyed controls on the port.
+        control_routes: false,
         ..IdentityOptions::default()
     })
     .await
@@ -282,27 +298,27 @@ async fn run_in(args: &RunArgs, bin: PathBuf, home: &Path) -> anyhow::Result<Exi
     };
     write_private(&home.join(INFO_FILE), &serde_json::to_vec_pretty(&info)?)?;
 
-    println!("imm-sandbox: imm-daemon against an emulated Microsoft 365 tenant on 127.0.0.1");
-    println!("  identity   {}", info.identity);
-    println!("  graph      {}", info.graph);
-    println!(
-        "  exchange   {}  ({} inactive mailboxes)",
-        info.exchange, args.mailboxes
-    );
-    println!("  console    {console_base}/");
-    println!(
-        "  home       {}  (your own configuration, database and keychain are not touched)",
-        home.display()
-    );
-    println!();
-    println!("In another terminal, point every imm-daemon command at the sandbox:");
-    println!();
-    println!("  export IMM_HOME={}", shell_word(home));
-    println!();
-    println!("then try imm-daemon status, mailboxes list/stats/changes, send, queue list,");
-    println!("audit verify; and scenarios such as imm-sandbox throttle graph. Ctrl-C stops.");
-    println!();
-    let _ = std::io::stdout().flush();
+    out(&format!(
+        "imm-sandbox: imm-daemon against an emulated Microsoft 365 tenant on 127.0.0.1\n\
+         \x20 identity   {}\n\
+         \x20 graph      {}\n\
+         \x20 exchange   {}  ({} inactive mailboxes)\n\
+         \x20 console    {console_base}/\n\
+         \x20 home       {}  (your own configuration, database and keychain are not touched)\n\
+         \n\
+         In another terminal, point every imm-daemon command at the sandbox:\n\
+         \n\
+         \x20 export IMM_HOME={}\n\
+         \n\
+         then try imm-daemon status, mailboxes list/stats/changes, send, queue list,\n\
+         audit verify; and scenarios such as imm-sandbox throttle graph. Ctrl-C stops.\n",
+        info.identity,
+        info.graph,
+        info.exchange,
+        args.mailboxes,
+        home.display(),
+        shell_word(home),
+    ));
 
     if let Err(problem) = cli.summary(&["config", "check"], None).await {
         bail!("the daemon refuses the sandbox's configuration: {problem}");
@@ -352,7 +368,7 @@ async fn run_in(args: &RunArgs, bin: PathBuf, home: &Path) -> anyhow::Result<Exi
             }
             _ = poll.tick() => {
                 let status = cli.status().await;
-                narrator.observe(&sandbox, status.as_ref()).await;
+                narrator.observe(&sandbox, status.as_ref());
                 sandbox.set_status(status);
             }
         }
@@ -361,8 +377,8 @@ async fn run_in(args: &RunArgs, bin: PathBuf, home: &Path) -> anyhow::Result<Exi
     Ok(code)
 }
 
-/// Runs `imm-daemon login` in the background; once it has signed in, asks the daemon for
-/// a cycle so that it takes the sign-in at once rather than at its next heartbeat.
+/// Runs `imm-daemon login` in the background, as a person would; it tells the running
+/// daemon, which takes the sign-in at once.
 fn sign_in(sandbox: &Arc<Sandbox>) {
     let s = Arc::clone(sandbox);
     tokio::spawn(async move {
@@ -375,10 +391,6 @@ fn sign_in(sandbox: &Arc<Sandbox>) {
                     .find(|l| l.starts_with("Signed in"))
                     .unwrap_or("signed in");
                 s.say(format!("imm-daemon login: {line}"));
-                match s.daemon.summary(&["cycle"], None).await {
-                    Ok(_) => {}
-                    Err(e) => s.say(format!("imm-daemon cycle failed: {e}")),
-                }
             }
             Ok(out) => {
                 let text = String::from_utf8_lossy(&out.stderr);
@@ -417,7 +429,7 @@ fn copy_log(child: &mut tokio::process::Child, path: &Path, verbose: bool) -> an
             let mut lines = BufReader::new(pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if verbose {
-                    println!("  daemon | {line}");
+                    out(&format!("  daemon | {line}"));
                 }
                 let mut f = file.lock().await;
                 let _ = f.write_all(line.as_bytes()).await;
@@ -447,7 +459,10 @@ async fn stop(
     let stopping = async {
         let asked = sandbox.daemon.summary(&["stop"], None).await;
         if let Err(e) = &asked {
-            sandbox.say(format!("imm-daemon stop failed: {e}"));
+            sandbox.say(format!("imm-daemon stop failed ({e}); sending SIGTERM"));
+            if let Some(pid) = child.id() {
+                daemon::terminate(pid);
+            }
         }
         child.wait().await
     };
@@ -502,7 +517,7 @@ impl Narrator {
         }
     }
 
-    async fn observe(&mut self, s: &Arc<Sandbox>, status: Option<&(i32, Value)>) {
+    fn observe(&mut self, s: &Arc<Sandbox>, status: Option<&(i32, Value)>) {
         // Device codes the daemon waits on, from the provider (the daemon's own view of
         // them follows in its status and the hook).
         for code in s.identity.pending_user_codes() {
