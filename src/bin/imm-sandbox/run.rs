@@ -568,7 +568,12 @@ impl Narrator {
                         .as_str()
                         .map(|r| format!(": {r}"))
                         .unwrap_or_default();
-                    s.say(format!("sign-in: {other}{why}"));
+                    let state = match other {
+                        "signed_out" => "nobody is signed in yet",
+                        "sign_in_required" => "a person must sign in again",
+                        other => other,
+                    };
+                    s.say(format!("sign-in: {state}{why}"));
                 }
                 _ => {}
             }
