@@ -462,7 +462,7 @@ impl Session {
             Err(e) if e.is_transient() => match held.filter(|a| a.expires_at > now) {
                 Some(a) => {
                     tracing::warn!(resource = %resource, error = %e, "refresh failed; the access token in hand is still valid and is used meanwhile");
-                    Ok(Access::held(&a, Some(crate::daemon::error_chain(&e))))
+                    Ok(Access::held(&a, Some(crate::error::chain(&e))))
                 }
                 None => Err(e),
             },

@@ -120,18 +120,6 @@ fn wall_time(at: tokio::time::Instant) -> String {
     stamp(Utc::now() + chrono::Duration::from_std(ahead).unwrap_or_default())
 }
 
-/// An error and its causes on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}
-
 /// The steps every cycle runs, in order: the sign-in (fresh tokens first), the mail
 /// queue (through the sign-in's session), the mailbox sync when due, then the
 /// database's upkeep.
@@ -190,7 +178,10 @@ pub fn heartbeat_timer(period: Duration) -> tokio::time::Interval {
 /// cannot be read: each job is then planned as if it never ran).
 fn plan_jobs(config: &Config, store: &Store) -> Jobs {
     let runs = store.job_runs().unwrap_or_else(|e| {
-        tracing::warn!("cannot read the jobs' last runs: {}", error_chain(&e));
+        tracing::warn!(
+            "cannot read the jobs' last runs: {}",
+            crate::error::chain(&e)
+        );
         Vec::new()
     });
     Jobs::plan(config, &runs, Utc::now())
@@ -245,7 +236,10 @@ fn job_views(
     config: &Config,
 ) -> Vec<crate::schedule::JobView> {
     let runs = store.borrow().job_runs().unwrap_or_else(|e| {
-        tracing::warn!("cannot read the jobs' last runs: {}", error_chain(&e));
+        tracing::warn!(
+            "cannot read the jobs' last runs: {}",
+            crate::error::chain(&e)
+        );
         Vec::new()
     });
     jobs.views(config, &runs)
@@ -586,10 +580,7 @@ impl<'a> Supervisor<'a> {
                 }
             };
             if let Some(summary) = summary {
-                let synced = summary
-                    .steps
-                    .iter()
-                    .any(|s| s.step == crate::sync::STEP_NAME && s.status == cycle::StepStatus::Ok);
+                let synced = summary.steps.iter().any(|s| s.synced);
                 // A sync asked for while this cycle ran is still owed, even if this cycle
                 // synced (the export may have changed since).
                 if synced || self.config.sync_unavailable().is_some() {
@@ -675,7 +666,7 @@ impl<'a> Supervisor<'a> {
                 "pruned {} audit row(s) older than {retention}",
                 o.pruned_rows
             ),
-            Err(e) => error_chain(e),
+            Err(e) => crate::error::chain(e),
         };
         match &result {
             Ok(_) => tracing::info!(job = Job::AuditPrune.name(), "{text}"),
@@ -690,7 +681,10 @@ impl<'a> Supervisor<'a> {
                 &text,
             )
         }) {
-            tracing::error!("cannot record the audit pruning's run: {}", error_chain(&e));
+            tracing::error!(
+                "cannot record the audit pruning's run: {}",
+                crate::error::chain(&e)
+            );
         }
     }
 
@@ -703,7 +697,7 @@ impl<'a> Supervisor<'a> {
         let text = match &result {
             Ok((s, rebuilt)) => {
                 if let Some(w) = rebuilt {
-                    tracing::warn!("{}; rebuilt conservatively", error_chain(w));
+                    tracing::warn!("{}; rebuilt conservatively", crate::error::chain(w));
                 }
                 format!(
                     "send day {}: {} sent, {} left",
@@ -712,7 +706,7 @@ impl<'a> Supervisor<'a> {
                     s.daily_remaining(&settings.params)
                 )
             }
-            Err(e) => error_chain(e),
+            Err(e) => crate::error::chain(e),
         };
         match &result {
             Ok(_) => tracing::info!(job = Job::SendDayReset.name(), "{text}"),
@@ -730,7 +724,10 @@ impl<'a> Supervisor<'a> {
                 &text,
             )
         }) {
-            tracing::error!("cannot record the send day's start: {}", error_chain(&e));
+            tracing::error!(
+                "cannot record the send day's start: {}",
+                crate::error::chain(&e)
+            );
         }
     }
 
@@ -775,13 +772,13 @@ impl<'a> Supervisor<'a> {
     /// cycle, and the next save may succeed).
     fn save_state(&self) {
         if let Err(e) = self.state.save(&self.paths.state_file) {
-            tracing::error!("cannot write the state file: {}", error_chain(&e));
+            tracing::error!("cannot write the state file: {}", crate::error::chain(&e));
         }
     }
 
     fn finish_cycle(&mut self, summary: CycleSummary, next: tokio::time::Instant) {
         if let Err(e) = summary.record(&mut self.store.borrow_mut()) {
-            tracing::error!("cannot record the cycle: {}", error_chain(&e));
+            tracing::error!("cannot record the cycle: {}", crate::error::chain(&e));
         }
         let line = summary.one_line();
         if summary.ok {

@@ -655,7 +655,7 @@ impl<'a> Exchange<'a> {
                         attempt,
                         wait = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
                         "{}; waiting before trying again",
-                        crate::daemon::error_chain(&e)
+                        crate::error::chain(&e)
                     );
                     self.count(|c| {
                         c.waits += 1;

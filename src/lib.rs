@@ -46,6 +46,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod exchange;
 pub mod http;
 pub mod import;
@@ -57,6 +58,7 @@ pub mod ratelimit;
 pub mod schedule;
 pub mod secrets;
 pub mod service;
+pub mod step;
 pub mod store;
 pub mod sync;
 pub mod text;
@@ -68,4 +70,79 @@ pub mod text;
 pub(crate) fn skip_test(test: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// The layers, checked over the sources' `crate::` paths: the command line on top, the
+/// daemon below it (it wires the steps and imports every capability), the capabilities
+/// below that, and the step interface ([`step`]), errors, store, configuration and
+/// paths at the bottom. Nothing imports the command line but the binary, and nothing
+/// imports the daemon but the command line: no circle runs through either.
+#[cfg(test)]
+mod layers {
+    use std::path::{Path, PathBuf};
+
+    fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    /// Whether `text` names the top-level module `module` through `crate::`, either as
+    /// `crate::module` or inside a `use crate::{...}` group.
+    fn names(text: &str, module: &str) -> bool {
+        let direct = format!("crate::{module}");
+        let mut rest = text;
+        while let Some(i) = rest.find(&direct) {
+            let after = rest[i + direct.len()..].chars().next();
+            if !after.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                return true;
+            }
+            rest = &rest[i + direct.len()..];
+        }
+        text.split("use crate::{").skip(1).any(|group| {
+            let group = &group[..group.find("};").unwrap_or(group.len())];
+            group
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .any(|word| word == module || word.starts_with(&format!("{module}::")))
+        })
+    }
+
+    #[test]
+    fn nothing_below_the_daemon_imports_it_and_nothing_imports_the_command_line() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        assert!(files.len() > 40, "the sources were not found");
+        let mut wrong = Vec::new();
+        for f in &files {
+            let rel = f
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            let text = std::fs::read_to_string(f).unwrap();
+            let in_cli = rel == "cli.rs" || rel.starts_with("cli/") || rel == "main.rs";
+            let in_daemon = rel == "daemon.rs" || rel.starts_with("daemon/");
+            if rel.starts_with("bin/") || rel == "lib.rs" {
+                continue;
+            }
+            if !in_cli && names(&text, "cli") {
+                wrong.push(format!("{rel} imports the command line"));
+            }
+            if !in_cli && !in_daemon && names(&text, "daemon") {
+                wrong.push(format!("{rel} imports the daemon"));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        // The check itself sees both spellings.
+        assert!(names("x = crate::daemon::cycle::stamp(t);", "daemon"));
+        assert!(names("use crate::{config, daemon::cycle};", "daemon"));
+        assert!(!names("use crate::{daemonic, config};", "daemon"));
+        assert!(!names("crate::daemons", "daemon"));
+    }
 }

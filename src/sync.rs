@@ -16,10 +16,10 @@ use serde_json::json;
 
 use crate::audit::{AuditEvent, Operation};
 use crate::config::InventoryConfig;
-use crate::daemon::cycle::{CycleStep, StepContext, StepError, StepFuture, StepReport, stamp};
 use crate::import::{Encoding, Export, ExportShape, ImportError};
 use crate::inventory::InactiveMailbox;
 use crate::schedule::Job;
+use crate::step::{CycleStep, StepContext, StepError, StepFuture, StepReport};
 use crate::store::{Store, StoreError};
 
 /// What a load did.
@@ -93,7 +93,7 @@ pub fn store_export(
     let file_label = file.display().to_string();
     let result = read.and_then(|export| write(store, cfg, export, &file_label, merge, guard, now));
     if let Err(e) = &result {
-        let message = crate::daemon::error_chain(e);
+        let message = crate::error::chain(e);
         let event = AuditEvent::new(Operation::ImportMailboxes)
             .details(json!({"file": file_label, "merge": merge}))
             .failed(message.clone());
@@ -191,7 +191,7 @@ async fn read_off_runtime(
             Err(e) => Err(LoadError::Panicked(e.to_string())),
         }),
         _ = tokio::time::sleep(timeout) => {
-            *stuck = Some(StuckRead { handle: read, since: stamp(Utc::now()) });
+            *stuck = Some(StuckRead { handle: read, since: crate::inventory::rfc3339(Utc::now()) });
             Some(Err(LoadError::TimedOut {
                 path: file.to_path_buf(),
                 after: humantime::format_duration(timeout).to_string(),
@@ -273,19 +273,25 @@ impl MailboxSync {
             w.notify_one();
         }
         if ctx.sync_due {
-            let finished = stamp(Utc::now());
+            let finished = crate::inventory::rfc3339(Utc::now());
             let (ok, text) = match &result {
                 Ok(o) => (true, o.summary()),
-                Err(e) => (false, crate::daemon::error_chain(e)),
+                Err(e) => (false, crate::error::chain(e)),
             };
             if !matches!(result, Err(crate::exchange::ExchangeError::Cancelled)) {
                 let recorded = ctx.store.borrow_mut().write(|tx| {
-                    tx.record_job_run(Job::MailboxSync, &stamp(started), &finished, ok, &text)
+                    tx.record_job_run(
+                        Job::MailboxSync,
+                        &crate::inventory::rfc3339(started),
+                        &finished,
+                        ok,
+                        &text,
+                    )
                 });
                 if let Err(e) = recorded {
                     tracing::error!(
                         "cannot record the mailbox sync's run: {}",
-                        crate::daemon::error_chain(&e)
+                        crate::error::chain(&e)
                     );
                 }
             }
@@ -316,6 +322,8 @@ impl MailboxSync {
                     summary: o.summary(),
                     counts,
                     idle: false,
+                    // A listing ran (the sync was due); otherwise only statistics.
+                    synced: ctx.sync_due,
                 })
             }
             Err(crate::exchange::ExchangeError::Cancelled) => Ok(StepReport::idle(
@@ -326,11 +334,11 @@ impl MailboxSync {
             {
                 Ok(StepReport::idle(format!(
                     "the sync waits for a sign-in: {}",
-                    crate::daemon::error_chain(&e)
+                    crate::error::chain(&e)
                 )))
             }
             Err(e) => Err(StepError {
-                message: crate::daemon::error_chain(&e),
+                message: crate::error::chain(&e),
                 needs_attention: e.needs_attention(),
             }),
         }
@@ -392,7 +400,7 @@ impl CycleStep for MailboxSync {
                 RemovalGuard::from_config(ctx.config, ctx.allow_removals),
                 Utc::now(),
             );
-            let finished = stamp(Utc::now());
+            let finished = crate::inventory::rfc3339(Utc::now());
             let text = match &result {
                 Ok(l) => format!(
                     "loaded {} mailbox(es) from {}; removed {} no longer in it",
@@ -400,12 +408,12 @@ impl CycleStep for MailboxSync {
                     export.as_path().display(),
                     l.removed
                 ),
-                Err(e) => crate::daemon::error_chain(e),
+                Err(e) => crate::error::chain(e),
             };
             let recorded = ctx.store.borrow_mut().write(|tx| {
                 tx.record_job_run(
                     Job::MailboxSync,
-                    &stamp(started),
+                    &crate::inventory::rfc3339(started),
                     &finished,
                     result.is_ok(),
                     &text,
@@ -414,7 +422,7 @@ impl CycleStep for MailboxSync {
             if let Err(e) = recorded {
                 tracing::error!(
                     "cannot record the mailbox sync's run: {}",
-                    crate::daemon::error_chain(&e)
+                    crate::error::chain(&e)
                 );
             }
             match result {
@@ -425,6 +433,7 @@ impl CycleStep for MailboxSync {
                         ("removed".to_string(), l.removed as u64),
                     ]),
                     idle: false,
+                    synced: true,
                 }),
                 // A person must say whether the removals are real.
                 Err(LoadError::TooManyRemovals(_)) => Err(StepError {

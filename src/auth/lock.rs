@@ -29,7 +29,7 @@ impl RefreshLock {
         };
         let file = crate::paths::open_private(path).map_err(|e| AuthError::Lock {
             path: path.to_path_buf(),
-            detail: crate::daemon::error_chain(&e),
+            detail: crate::error::chain(&e),
         })?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::cache::{PendingCode, SignInRecord, SignInState};
 use super::{AuthError, Resource, SLOT, Session, Settings, TokenResponse, device};
 use crate::audit::{AuditEvent, Operation};
-use crate::daemon::cycle::{CycleStep, StepContext, StepError, StepFuture, StepReport};
 use crate::notify::{Event, Notifier};
+use crate::step::{CycleStep, StepContext, StepError, StepFuture, StepReport};
 use crate::store::Store;
 
 /// The step's name in cycles and `status`.
@@ -323,13 +323,13 @@ impl SignInStep {
         self.shared.set(None);
         self.loaded = false;
         let http = crate::http::client(&ctx.config.http).map_err(|e| StepError {
-            message: crate::daemon::error_chain(&e),
+            message: crate::error::chain(&e),
             needs_attention: true,
         })?;
         let session = Session::open(settings, ctx.config, ctx.paths, http)
             .await
             .map_err(|e| StepError {
-                message: crate::daemon::error_chain(&e),
+                message: crate::error::chain(&e),
                 needs_attention: !e.is_transient(),
             })?;
         let backend = session.backend();
@@ -346,7 +346,7 @@ impl SignInStep {
     fn read_record(store: &Store) -> Result<(i64, SignInRecord), StepError> {
         let row = store
             .sign_in(SLOT)
-            .map_err(|e| StepError::transient(crate::daemon::error_chain(&e)))?;
+            .map_err(|e| StepError::transient(crate::error::chain(&e)))?;
         Ok(match row {
             None => (0, SignInRecord::default()),
             Some(r) => (
@@ -365,7 +365,7 @@ impl SignInStep {
         let text = serde_json::to_string(record).expect("records serialize");
         let written = store
             .save_sign_in(SLOT, &text, &events, Some(self.generation), Utc::now())
-            .map_err(|e| StepError::transient(crate::daemon::error_chain(&e)))?;
+            .map_err(|e| StepError::transient(crate::error::chain(&e)))?;
         match written {
             Some(generation) => {
                 self.generation = generation;
@@ -439,7 +439,7 @@ impl SignInStep {
                 }
                 Ok(_) => {}
                 Err(e) if e.needs_sign_in() => {
-                    let reason = crate::daemon::error_chain(&e);
+                    let reason = crate::error::chain(&e);
                     tracing::error!(error = %reason, "the stored tokens cannot be used");
                     require(&mut record, &reason, now);
                     events.push(
@@ -458,7 +458,7 @@ impl SignInStep {
                 }
                 Err(e) => {
                     self.loaded = false;
-                    return Err(StepError::transient(crate::daemon::error_chain(&e)));
+                    return Err(StepError::transient(crate::error::chain(&e)));
                 }
             }
         }
@@ -480,7 +480,7 @@ impl SignInStep {
                         self.failure_announced = false;
                     }
                     Err(e) => {
-                        let reason = crate::daemon::error_chain(&e);
+                        let reason = crate::error::chain(&e);
                         match session.record().await.filter(|_| session.has_unsaved()) {
                             Some(fresh) => {
                                 // Signed in, but the tokens are only in memory: the next
@@ -631,7 +631,7 @@ impl SignInStep {
                     return Ok(StepReport::idle("signed out"));
                 }
                 Err(e) => {
-                    let reason = crate::daemon::error_chain(&e);
+                    let reason = crate::error::chain(&e);
                     events.push(
                         AuditEvent::new(Operation::TokenRefresh)
                             .identity(account.clone())

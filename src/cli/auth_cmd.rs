@@ -370,7 +370,7 @@ pub fn logout(ctx: &Context) -> anyhow::Result<()> {
         }
         Err(e) => {
             let _ = store.audit(
-                &AuditEvent::new(Operation::Logout).failed(crate::daemon::error_chain(&e)),
+                &AuditEvent::new(Operation::Logout).failed(crate::error::chain(&e)),
                 Utc::now(),
             );
             Err(e.into())
@@ -424,7 +424,7 @@ pub fn token(ctx: &Context, args: TokenArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => {
-            let reason = crate::daemon::error_chain(&e);
+            let reason = crate::error::chain(&e);
             let mut events = vec![AuditEvent::new(Operation::TokenRefresh)
                 .identity(account.clone())
                 .details(serde_json::json!({"resource": resource.as_str(), "result": "failed", "by": "cli"}))

@@ -129,7 +129,7 @@ fn queue(
 ) -> (Option<QueueView>, Option<String>) {
     let store = match db {
         Some(Ok(store)) => store,
-        Some(Err(e)) => return (None, Some(crate::daemon::error_chain(e))),
+        Some(Err(e)) => return (None, Some(crate::error::chain(e))),
         None => return (None, None),
     };
     let default;
@@ -152,7 +152,7 @@ fn queue(
     };
     let (counts, sent_today, next_due_at) = match read() {
         Ok(v) => v,
-        Err(e) => return (None, Some(crate::daemon::error_chain(&e))),
+        Err(e) => return (None, Some(crate::error::chain(&e))),
     };
     let loaded = settings.peek_bucket(Some(store), now);
     let p = &settings.params;
@@ -174,7 +174,7 @@ fn queue(
                 .next_token_at(p)
                 .map(crate::daemon::cycle::stamp),
             next_due_at: next_due_at.filter(|_| counts.queued > 0),
-            bucket_warning: loaded.rebuilt.map(|e| crate::daemon::error_chain(&e)),
+            bucket_warning: loaded.rebuilt.map(|e| crate::error::chain(&e)),
         }),
         None,
     )
@@ -238,7 +238,7 @@ fn sign_in(
             },
             Ok(None) => return s,
             Err(e) => {
-                s.error = Some(crate::daemon::error_chain(&e));
+                s.error = Some(crate::error::chain(&e));
                 return s;
             }
         },
@@ -365,7 +365,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
             }
             Err(e) => {
                 not_answering = e.is_timeout();
-                control_error = Some(crate::daemon::error_chain(&e));
+                control_error = Some(crate::error::chain(&e));
             }
         }
     }
@@ -373,7 +373,7 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         Some(s) => (Some(s), None),
         None => match DaemonState::load(&p.state_file) {
             Ok(s) => (s, None),
-            Err(e) => (None, Some(crate::daemon::error_chain(&e))),
+            Err(e) => (None, Some(crate::error::chain(&e))),
         },
     };
     // A state file from an earlier run says nothing about the live one's pid.
@@ -390,8 +390,8 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         .exists()
         .then(|| Store::open_read_only(&p.database));
     let runs: Result<Vec<(Job, JobRun)>, String> = match &db {
-        Some(Ok(store)) => store.job_runs().map_err(|e| crate::daemon::error_chain(&e)),
-        Some(Err(e)) => Err(crate::daemon::error_chain(e)),
+        Some(Ok(store)) => store.job_runs().map_err(|e| crate::error::chain(&e)),
+        Some(Err(e)) => Err(crate::error::chain(e)),
         None => Ok(Vec::new()),
     };
     let (jobs, jobs_error) = match (live_jobs, &config, &runs) {
@@ -485,9 +485,9 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
     let (cache, cache_error) = match &db {
         Some(Ok(store)) => match store.mailbox_stats() {
             Ok(s) => (Some(cache(s, last_sync, sync_on, stale_after, now)), None),
-            Err(e) => (None, Some(crate::daemon::error_chain(&e))),
+            Err(e) => (None, Some(crate::error::chain(&e))),
         },
-        Some(Err(e)) => (None, Some(crate::daemon::error_chain(e))),
+        Some(Err(e)) => (None, Some(crate::error::chain(e))),
         None => (None, None),
     };
     let sync = config.as_ref().map(|c| {

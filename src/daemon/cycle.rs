@@ -1,98 +1,17 @@
-//! One heartbeat cycle: an ordered list of steps, each reporting its outcome.
-//!
-//! This is the interface the other capabilities plug into (silent token refresh, the
-//! email queue, the mailbox sync): a [`CycleStep`] has a stable name and an async `run`
-//! that returns a [`StepReport`] or a [`StepError`]. A failing step is logged and
-//! recorded, never stops the other steps or the daemon, and backs off (see
-//! [`super::backoff`]) until it succeeds again.
+//! One heartbeat cycle: an ordered list of steps (the interface of [`crate::step`]), each
+//! reporting its outcome. A failing step is logged and recorded, never stops the other
+//! steps or the daemon, and backs off (see [`super::backoff`]) until it succeeds again.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use super::backoff::{Backoff, StepHealth};
-use crate::config::Config;
-use crate::paths::Paths;
 use crate::store::Store;
 
-/// What a step may use while it runs.
-pub struct StepContext<'a> {
-    pub config: &'a Config,
-    pub paths: &'a Paths,
-    /// The database; borrow it only between awaits.
-    pub store: &'a RefCell<Store>,
-    /// Fired when the daemon is stopping: finish the unit of work in hand (a mail, a
-    /// transaction) and return.
-    pub cancel: &'a CancellationToken,
-    /// The mailbox sync is due in this cycle (its schedule fired, or someone asked).
-    pub sync_due: bool,
-    /// Whoever asked for this sync said its removals are real, however many
-    /// (`sync --allow-removals`): the removal guard stands aside once.
-    pub allow_removals: bool,
-    /// In the daemon: wakes the supervisor for a cycle soon (a step's background work
-    /// has news). `None` in a one-off cycle of the CLI, where nothing runs afterwards.
-    pub wake: Option<&'a tokio::sync::Notify>,
-}
-
-/// A step's account of a successful run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StepReport {
-    /// One line for people.
-    pub summary: String,
-    /// Named figures (mails sent, pages copied, …).
-    #[serde(default)]
-    pub counts: BTreeMap<String, u64>,
-    /// The step had nothing to do (its work was not due).
-    #[serde(default)]
-    pub idle: bool,
-}
-
-impl StepReport {
-    /// A step with nothing to do this cycle.
-    pub fn idle(why: impl Into<String>) -> StepReport {
-        StepReport {
-            summary: why.into(),
-            counts: BTreeMap::new(),
-            idle: true,
-        }
-    }
-}
-
-/// A step's failure.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{message}")]
-pub struct StepError {
-    pub message: String,
-    /// A person must act (a sign-in is required, say): `status` exits 1 until it clears.
-    pub needs_attention: bool,
-}
-
-impl StepError {
-    /// A failure that retrying may cure.
-    pub fn transient(message: impl Into<String>) -> StepError {
-        StepError {
-            message: message.into(),
-            needs_attention: false,
-        }
-    }
-}
-
-/// The future a step returns.
-pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<StepReport, StepError>> + 'a>>;
-
-/// One step of every cycle.
-pub trait CycleStep {
-    /// A stable name, used in logs, `status` and the cycle history.
-    fn name(&self) -> &'static str;
-    /// Runs the step once.
-    fn run<'a>(&'a mut self, ctx: &'a StepContext<'a>) -> StepFuture<'a>;
-}
+pub use crate::step::{CycleStep, StepContext, StepError, StepFuture, StepReport};
 
 /// What started a cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +72,9 @@ pub struct StepOutcome {
     /// Consecutive failures, this one included.
     #[serde(default)]
     pub failures: u32,
+    /// The step's report said the due mailbox sync ran ([`StepReport::synced`]).
+    #[serde(skip)]
+    pub synced: bool,
 }
 
 impl StepOutcome {
@@ -278,6 +200,7 @@ impl Steps {
                 counts: BTreeMap::new(),
                 duration_ms: 0,
                 failures: health.failures,
+                synced: false,
             };
             let now = tokio::time::Instant::now();
             if ctx.cancel.is_cancelled() {
@@ -309,6 +232,7 @@ impl Steps {
                     };
                     outcome.summary = Some(report.summary);
                     outcome.counts = report.counts;
+                    outcome.synced = report.synced;
                     health.record(true, now, &self.backoff, 0.0);
                 }
                 Err(e) => {
@@ -372,14 +296,14 @@ impl CycleStep for StoreMaintenance {
                 .store
                 .borrow()
                 .checkpoint()
-                .map_err(|e| StepError::transient(super::error_chain(&e)))?;
+                .map_err(|e| StepError::transient(crate::error::chain(&e)))?;
             Ok(StepReport {
                 summary: format!("checkpoint copied {copied} of {log} WAL pages"),
                 counts: BTreeMap::from([
                     ("wal_pages".to_string(), log),
                     ("pages_copied".to_string(), copied),
                 ]),
-                idle: false,
+                ..StepReport::default()
             })
         })
     }
@@ -388,7 +312,13 @@ impl CycleStep for StoreMaintenance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
     use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use crate::config::Config;
+    use crate::paths::Paths;
 
     /// A step that fails its first `fail_first` runs (asking for a person when
     /// `attention`), counting its runs: the runner's contract is generic over steps, and
@@ -417,7 +347,7 @@ mod tests {
                     Ok(StepReport {
                         summary: format!("run {}", self.runs),
                         counts: BTreeMap::from([("runs".to_string(), u64::from(self.runs))]),
-                        idle: false,
+                        ..StepReport::default()
                     })
                 }
             })

@@ -285,7 +285,7 @@ pub async fn run(r: &Run<'_>, list: bool) -> Result<Outcome, ExchangeError> {
     if let Err(e) = r.store.borrow_mut().end_bulk() {
         tracing::warn!(
             "cannot restore the database connection's settings after the sync: {}",
-            crate::daemon::error_chain(&e)
+            crate::error::chain(&e)
         );
     }
     release_memory();
@@ -595,7 +595,7 @@ async fn statistics(
             }
             Err(e) if !tenant_wide(&e) => {
                 out.statistics_failed += 1;
-                let text = crate::daemon::error_chain(&e);
+                let text = crate::error::chain(&e);
                 tracing::warn!(mailbox = %id, "statistics set aside until due again: {text}");
                 first_failure.get_or_insert(format!("{id}: {text}"));
                 set_aside.push(id);
@@ -617,7 +617,7 @@ async fn statistics(
     }
     commit(&mut batch, &mut set_aside)?;
     if let Some(e) = stop.or_else(|| r.cancel.is_cancelled().then_some(ExchangeError::Cancelled)) {
-        let text = crate::daemon::error_chain(&e);
+        let text = crate::error::chain(&e);
         if !matches!(e, ExchangeError::Cancelled) {
             tracing::warn!("mailbox statistics stopped for this cycle: {text}");
         }
@@ -640,7 +640,7 @@ fn record_failure(
     out: &Outcome,
     e: &ExchangeError,
 ) {
-    let message = crate::daemon::error_chain(e);
+    let message = crate::error::chain(e);
     let mut figures = out.figures();
     if let Value::Object(m) = &mut figures {
         m.insert(
@@ -666,10 +666,7 @@ fn record_failure(
         )
     });
     if let Err(w) = written {
-        tracing::error!(
-            "cannot record the failed sync: {}",
-            crate::daemon::error_chain(&w)
-        );
+        tracing::error!("cannot record the failed sync: {}", crate::error::chain(&w));
     }
 }
 

@@ -53,10 +53,10 @@ use super::graph::{FailureKind, Folder, GraphError, GraphMail, Message};
 use crate::audit::{AuditEvent, Operation};
 use crate::auth::{AuthError, Resource, Session};
 use crate::config::Config;
-use crate::daemon::cycle::{CycleStep, StepContext, StepError, StepFuture, StepReport};
 use crate::paths::Paths;
 use crate::ratelimit::{BucketError, BucketFile, Params, State};
 use crate::schedule::Zone;
+use crate::step::{CycleStep, StepContext, StepError, StepFuture, StepReport};
 use crate::store::queue_time;
 use crate::store::{QueuedMail, Store, StoreError};
 
@@ -396,7 +396,7 @@ pub async fn drain(
         );
     }
     if let Some(w) = rebuilt {
-        let why = crate::daemon::error_chain(&w);
+        let why = crate::error::chain(&w);
         tracing::warn!(
             "{why}; rebuilt conservatively (no tokens now, the day's sends counted from the queue)"
         );
@@ -577,10 +577,7 @@ impl Drain<'_> {
                 }
                 Err(Failure::Store(e)) => return Err(e.into()),
                 Err(Failure::Auth(e)) => {
-                    let why = format!(
-                        "no access token for Graph: {}",
-                        crate::daemon::error_chain(&e)
-                    );
+                    let why = format!("no access token for Graph: {}", crate::error::chain(&e));
                     self.requeue(mail.id, Utc::now(), &why)?;
                     self.halt(why);
                     return Ok(requeued(issued));
@@ -989,7 +986,7 @@ impl MailStep {
             .store
             .borrow()
             .queue_counts(&queue_time(now))
-            .map_err(|e| StepError::transient(crate::daemon::error_chain(&e)))?;
+            .map_err(|e| StepError::transient(crate::error::chain(&e)))?;
         let due = counts.due + counts.sending;
         if due == 0 {
             return Ok(StepReport::idle(match counts.queued {
@@ -1036,7 +1033,7 @@ impl MailStep {
                     "{due} mail(s) due wait for a sign-in"
                 )))
             }
-            Err(e) => Err(StepError::transient(crate::daemon::error_chain(&e))),
+            Err(e) => Err(StepError::transient(crate::error::chain(&e))),
         }
     }
 }

@@ -436,7 +436,7 @@ async fn refusals_say_what_is_wrong_and_change_nothing() {
     let changes = home.changes().len();
     home.exo.fail_page(2, ExchangeFailure::Forbidden);
     let e = home.sync(true).await.unwrap_err();
-    let text = crate::daemon::error_chain(&e);
+    let text = crate::error::chain(&e);
     assert!(
         text.contains("HTTP 403")
             && text.contains("required role")
