@@ -133,6 +133,8 @@ impl Drop for InstanceLock {
 }
 
 #[cfg(test)]
+// The tests ask for the effective uid and drop a capability around one call.
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
 

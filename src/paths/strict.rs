@@ -209,6 +209,7 @@ struct Me {
 }
 
 impl Me {
+    #[allow(unsafe_code)]
     fn current() -> Me {
         // SAFETY: geteuid and getegid cannot fail and touch no memory of ours.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -268,6 +269,7 @@ fn with_buffer<T>(
     }
 }
 
+#[allow(unsafe_code)]
 fn passwd(uid: u32) -> Option<Passwd> {
     with_buffer(|buf| {
         // SAFETY: all pointers are valid for the call; getpwuid_r writes only into `pw`,
@@ -290,6 +292,7 @@ fn passwd(uid: u32) -> Option<Passwd> {
     })
 }
 
+#[allow(unsafe_code)]
 fn group(gid: u32) -> Option<Group> {
     with_buffer(|buf| {
         // SAFETY: as in `passwd`; `gr_mem` is a null-terminated array of pointers into

@@ -664,7 +664,8 @@ fn generated_key(
         Err(KeyFileError::Missing(_)) if !create => return Ok(None),
         Err(KeyFileError::Missing(_)) => {
             let key: Key = Zeroizing::new(random()?);
-            let text = Zeroizing::new(format!("{}\n", hex(&key[..]).as_str()));
+            let mut text = hex(&key);
+            text.push('\n');
             match paths::prepare_atomic(path, text.as_bytes())?.commit_new() {
                 Ok(()) => {
                     tracing::warn!(
@@ -737,10 +738,7 @@ fn parse_key(bytes: &[u8]) -> Result<Key, String> {
         return Ok(key);
     }
     let text = bytes.trim_ascii();
-    if text.len() == 2 * KEY_LEN && text.iter().all(u8::is_ascii_hexdigit) {
-        for (i, pair) in text.chunks(2).enumerate() {
-            key[i] = (hex_val(pair[0]) << 4) | hex_val(pair[1]);
-        }
+    if text.len() == 2 * KEY_LEN && hex::decode_to_slice(text, &mut key[..]).is_ok() {
         return Ok(key);
     }
     let mut buf = Zeroizing::new([0u8; 48]);
@@ -753,21 +751,12 @@ fn parse_key(bytes: &[u8]) -> Result<Key, String> {
     }
 }
 
-fn hex_val(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        _ => c - b'A' + 10,
-    }
-}
-
-fn hex(bytes: &[u8]) -> Zeroizing<String> {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = Zeroizing::new(String::with_capacity(bytes.len() * 2));
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
+/// Lower-case hex of a secret, in memory that is wiped when dropped.
+fn hex(bytes: &[u8; KEY_LEN]) -> Zeroizing<String> {
+    let mut digits = Zeroizing::new([0u8; 2 * KEY_LEN]);
+    hex::encode_to_slice(bytes, &mut digits[..]).expect("twice the length");
+    let mut s = Zeroizing::new(String::with_capacity(2 * KEY_LEN + 1));
+    s.push_str(std::str::from_utf8(&digits[..]).expect("hex digits are ASCII"));
     s
 }
 

@@ -281,6 +281,7 @@ fn send_fails(env: &Env, args: &[&str], code: i32) -> String {
 }
 
 #[test]
+#[allow(unsafe_code)]
 fn send_refuses_a_fifo_a_device_or_a_folder_as_attachment_or_body() {
     let env = Env::new();
     let fifo = env.home.path().join("pipe");

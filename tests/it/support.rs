@@ -62,6 +62,7 @@ pub fn skip_unless_ci(test: &str, why: &str) {
 }
 
 /// Whether this process runs as root (tests of another local user need it).
+#[allow(unsafe_code)]
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }

@@ -154,6 +154,7 @@ impl DaemonCli {
 
     /// Starts `imm-daemon run`, its output piped. On Linux the daemon is also told to
     /// stop (SIGTERM) if the sandbox dies without stopping it (`kill -9`).
+    #[allow(unsafe_code)]
     pub fn spawn_run(&self) -> anyhow::Result<tokio::process::Child> {
         let mut c = self.command(["run"]);
         c.env("IMM_LOG", "info")
@@ -183,6 +184,7 @@ impl DaemonCli {
 }
 
 /// Sends SIGTERM: the daemon's own orderly stop, without its control socket.
+#[allow(unsafe_code)]
 pub fn terminate(pid: u32) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return;
