@@ -65,7 +65,7 @@ const DOMAINS: [&str; 4] = [
     "woodgrovebank.com",
 ];
 
-/// A realistic notification body, 436 bytes (the one of `bench/whole-process.sh`).
+/// A realistic notification body, 436 bytes (the one of `benches/whole-process.sh`).
 const BODY: &str = "Hello,\n\nthe inactive mailbox named in the subject is still on \
 litigation hold and has been inactive for more than 180 days. Its holds cost the company \
 a licence every month. Please review whether the hold is still needed and tell the \

@@ -59,65 +59,53 @@ pub struct Config {
 /// The `[heartbeat]` section: how often the daemon runs a cycle.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct HeartbeatConfig {
     /// Time between the starts of two cycles: at least 10 s, at most a day.
-    #[serde(default = "default_heartbeat")]
     pub interval: BoundedDuration<10, 86_400>,
 }
 
 impl Default for HeartbeatConfig {
     fn default() -> Self {
         HeartbeatConfig {
-            interval: default_heartbeat(),
+            interval: BoundedDuration(std::time::Duration::from_secs(300)),
         }
     }
-}
-
-fn default_heartbeat() -> BoundedDuration<10, 86_400> {
-    BoundedDuration(std::time::Duration::from_secs(300))
 }
 
 /// The `[daemon]` section: how the running daemon behaves.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct DaemonConfig {
     /// How long a stop waits for the step in progress to reach a safe point.
-    #[serde(default = "default_grace")]
     pub shutdown_grace: BoundedDuration<1, 300>,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
-            shutdown_grace: default_grace(),
+            shutdown_grace: BoundedDuration(std::time::Duration::from_secs(10)),
         }
     }
-}
-
-fn default_grace() -> BoundedDuration<1, 300> {
-    BoundedDuration(std::time::Duration::from_secs(10))
 }
 
 /// The `[database]` section: how commands share the database with other processes.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct DatabaseConfig {
     /// How long a command waits for another process's write (an import of a large
     /// snapshot holds the write lock for seconds) before it gives up.
-    #[serde(default = "default_busy_timeout")]
     pub busy_timeout: BoundedDuration<1, 3_600>,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
-            busy_timeout: default_busy_timeout(),
+            busy_timeout: BoundedDuration(crate::store::CLI_BUSY_TIMEOUT),
         }
     }
-}
-
-fn default_busy_timeout() -> BoundedDuration<1, 3_600> {
-    BoundedDuration(crate::store::CLI_BUSY_TIMEOUT)
 }
 
 /// The `[schedule]` section: what every scheduled job's cron expression is read in.
@@ -151,9 +139,9 @@ impl SyncSource {
 /// The `[sync]` section: refreshing the inactive-mailbox cache.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct SyncConfig {
     /// When the cache is refreshed (cron), or `never`.
-    #[serde(default = "default_sync_schedule")]
     pub schedule: When,
     /// `exchange` or `export`; when not set, `export` if `export` names a file, else
     /// `exchange` (see [`SyncConfig::source`]).
@@ -162,52 +150,43 @@ pub struct SyncConfig {
     /// task; each sync loads it as a snapshot.
     pub export: Option<AbsolutePath>,
     /// `status` calls the cache stale when its last sync is older than this.
-    #[serde(default = "default_stale_after")]
     pub stale_after: BoundedDuration<60, 31_536_000>,
     /// How long reading the export may take before the sync counts as failed.
-    #[serde(default = "default_sync_timeout")]
     pub timeout: BoundedDuration<1, 3_600>,
     /// Mailboxes per page of an Exchange listing (`Prefer: odata.maxpagesize`).
-    #[serde(default = "default_page_size")]
     pub page_size: Bounded<10, 1_000>,
     /// Statistics (size, item count) older than this are fetched again.
-    #[serde(default = "default_statistics_max_age")]
     pub statistics_max_age: BoundedDuration<3_600, 31_536_000>,
-    /// Statistics calls per cycle at most, so a large tenant's first sync spreads over
-    /// several cycles; 0 never fetches statistics.
     /// A snapshot (import or sync) that would remove more than this percent of the
     /// cached mailboxes is refused (100: never).
-    #[serde(default = "default_max_removed_share")]
     pub max_removed_share: Bounded<0, 100>,
-    #[serde(default = "default_statistics_per_cycle")]
+    /// Statistics calls per cycle at most, so a large tenant's first sync spreads over
+    /// several cycles; 0 never fetches statistics.
     pub statistics_per_cycle: Bounded<0, 1_000_000>,
     /// Exchange calls in flight at once (halved while throttled).
-    #[serde(default = "default_sync_concurrency")]
     pub concurrency: Bounded<1, 8>,
     /// Tries per Exchange request before the sync fails (throttling, 5xx, the network).
-    #[serde(default = "default_request_attempts")]
     pub request_attempts: Bounded<1, 20>,
     /// Time one sync may spend waiting on throttling and retries in all; a longer wait
     /// fails the sync, which is tried again with the step's backoff.
-    #[serde(default = "default_max_wait")]
     pub max_wait: BoundedDuration<1, 86_400>,
 }
 
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
-            schedule: default_sync_schedule(),
+            schedule: When::parse("0 */6 * * *").expect("the default schedule parses"),
             source: None,
             export: None,
-            stale_after: default_stale_after(),
-            timeout: default_sync_timeout(),
-            page_size: default_page_size(),
-            statistics_max_age: default_statistics_max_age(),
-            statistics_per_cycle: default_statistics_per_cycle(),
-            max_removed_share: default_max_removed_share(),
-            concurrency: default_sync_concurrency(),
-            request_attempts: default_request_attempts(),
-            max_wait: default_max_wait(),
+            stale_after: BoundedDuration(std::time::Duration::from_secs(86_400)),
+            timeout: BoundedDuration(std::time::Duration::from_secs(120)),
+            page_size: Bounded(1_000),
+            statistics_max_age: BoundedDuration(std::time::Duration::from_secs(7 * 86_400)),
+            statistics_per_cycle: Bounded(500),
+            max_removed_share: Bounded(20),
+            concurrency: Bounded(3),
+            request_attempts: Bounded(6),
+            max_wait: BoundedDuration(std::time::Duration::from_secs(900)),
         }
     }
 }
@@ -224,73 +203,24 @@ impl SyncConfig {
     }
 }
 
-fn default_sync_schedule() -> When {
-    When::parse("0 */6 * * *").expect("the default schedule parses")
-}
-
-fn default_sync_timeout() -> BoundedDuration<1, 3_600> {
-    BoundedDuration(std::time::Duration::from_secs(120))
-}
-
-fn default_stale_after() -> BoundedDuration<60, 31_536_000> {
-    BoundedDuration(std::time::Duration::from_secs(86_400))
-}
-
-fn default_page_size() -> Bounded<10, 1_000> {
-    Bounded(1_000)
-}
-
-fn default_statistics_max_age() -> BoundedDuration<3_600, 31_536_000> {
-    BoundedDuration(std::time::Duration::from_secs(7 * 86_400))
-}
-
-fn default_max_removed_share() -> Bounded<0, 100> {
-    Bounded(20)
-}
-
-fn default_statistics_per_cycle() -> Bounded<0, 1_000_000> {
-    Bounded(500)
-}
-
-fn default_sync_concurrency() -> Bounded<1, 8> {
-    Bounded(3)
-}
-
-fn default_request_attempts() -> Bounded<1, 20> {
-    Bounded(6)
-}
-
-fn default_max_wait() -> BoundedDuration<1, 86_400> {
-    BoundedDuration(std::time::Duration::from_secs(900))
-}
-
 /// The `[audit]` section: how long audit rows are kept.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct AuditConfig {
     /// Rows older than this are pruned by the scheduled job (at least a day).
-    #[serde(default = "default_retention")]
     pub retention: BoundedDuration<86_400, 3_155_760_000>,
     /// When the pruning job runs (cron), or `never` to keep every row.
-    #[serde(default = "default_prune_schedule")]
     pub prune_schedule: When,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
-            retention: default_retention(),
-            prune_schedule: default_prune_schedule(),
+            retention: BoundedDuration(std::time::Duration::from_secs(365 * 86_400)),
+            prune_schedule: When::parse("30 3 * * *").expect("the default schedule parses"),
         }
     }
-}
-
-fn default_retention() -> BoundedDuration<86_400, 3_155_760_000> {
-    BoundedDuration(std::time::Duration::from_secs(365 * 86_400))
-}
-
-fn default_prune_schedule() -> When {
-    When::parse("30 3 * * *").expect("the default schedule parses")
 }
 
 /// Where tokens are kept.
@@ -319,32 +249,27 @@ impl TokenStore {
 /// The `[auth]` section: Microsoft sign-in and where its tokens live.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct AuthConfig {
     /// `auto`, `keychain` or `file`.
-    #[serde(default)]
     pub token_store: TokenStore,
     /// A file holding the 32-byte key of the encrypted token file (raw, hex or base64).
     pub key_file: Option<AbsolutePath>,
     /// How long a keychain call may take before it counts as unavailable.
-    #[serde(default = "default_keychain_timeout")]
     pub keychain_timeout: BoundedDuration<1, 120>,
     /// Scopes asked for Microsoft Graph; the default follows `cloud`.
     pub graph_scopes: Option<Vec<Scope>>,
     /// Scopes asked for Exchange Online; the default follows `cloud`.
     pub exchange_scopes: Option<Vec<Scope>>,
     /// An access token with less than this left is refreshed before use.
-    #[serde(default = "default_refresh_buffer")]
     pub refresh_buffer: BoundedDuration<0, 3_600>,
     /// The daemon refreshes at least this often, so a refresh token never goes unused
     /// long enough to expire.
-    #[serde(default = "default_refresh_at_least")]
     pub refresh_at_least: BoundedDuration<300, 7_776_000>,
     /// Longest a device-code sign-in waits for the person (also capped by the code's own
     /// lifetime).
-    #[serde(default = "default_device_code_timeout")]
     pub device_code_timeout: BoundedDuration<10, 3_600>,
     /// How long a process waits for another one's token refresh to finish.
-    #[serde(default = "default_lock_timeout")]
     pub lock_timeout: BoundedDuration<1, 600>,
 }
 
@@ -353,50 +278,29 @@ impl Default for AuthConfig {
         AuthConfig {
             token_store: TokenStore::Auto,
             key_file: None,
-            keychain_timeout: default_keychain_timeout(),
+            keychain_timeout: BoundedDuration(std::time::Duration::from_secs(5)),
             graph_scopes: None,
             exchange_scopes: None,
-            refresh_buffer: default_refresh_buffer(),
-            refresh_at_least: default_refresh_at_least(),
-            device_code_timeout: default_device_code_timeout(),
-            lock_timeout: default_lock_timeout(),
+            refresh_buffer: BoundedDuration(std::time::Duration::from_secs(300)),
+            refresh_at_least: BoundedDuration(std::time::Duration::from_secs(86_400)),
+            device_code_timeout: BoundedDuration(std::time::Duration::from_secs(900)),
+            lock_timeout: BoundedDuration(std::time::Duration::from_secs(30)),
         }
     }
-}
-
-fn default_keychain_timeout() -> BoundedDuration<1, 120> {
-    BoundedDuration(std::time::Duration::from_secs(5))
-}
-
-fn default_refresh_buffer() -> BoundedDuration<0, 3_600> {
-    BoundedDuration(std::time::Duration::from_secs(300))
-}
-
-fn default_refresh_at_least() -> BoundedDuration<300, 7_776_000> {
-    BoundedDuration(std::time::Duration::from_secs(86_400))
-}
-
-fn default_device_code_timeout() -> BoundedDuration<10, 3_600> {
-    BoundedDuration(std::time::Duration::from_secs(900))
-}
-
-fn default_lock_timeout() -> BoundedDuration<1, 600> {
-    BoundedDuration(std::time::Duration::from_secs(30))
 }
 
 /// The `[notify]` section: who is told when a person must sign in.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct NotifyConfig {
     /// A program and its arguments, run with the event in its environment.
     pub command: Option<Command>,
     /// A desktop notification (osascript on macOS, notify-send on Linux).
-    #[serde(default)]
     pub desktop: bool,
     /// An https URL (or loopback http) that receives each event as a JSON POST.
     pub webhook: Option<EndpointUrl>,
     /// How long a hook may take before it is abandoned.
-    #[serde(default = "default_notify_timeout")]
     pub timeout: BoundedDuration<1, 300>,
 }
 
@@ -406,42 +310,29 @@ impl Default for NotifyConfig {
             command: None,
             desktop: false,
             webhook: None,
-            timeout: default_notify_timeout(),
+            timeout: BoundedDuration(std::time::Duration::from_secs(10)),
         }
     }
-}
-
-fn default_notify_timeout() -> BoundedDuration<1, 300> {
-    BoundedDuration(std::time::Duration::from_secs(10))
 }
 
 /// The `[http]` section: the one HTTP client every Microsoft call goes through.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct HttpConfig {
     /// Longest wait for a connection (TCP and TLS).
-    #[serde(default = "default_connect_timeout")]
     pub connect_timeout: BoundedDuration<1, 300>,
     /// Longest wait for a whole request and its answer.
-    #[serde(default = "default_request_timeout")]
     pub timeout: BoundedDuration<1, 600>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            connect_timeout: default_connect_timeout(),
-            timeout: default_request_timeout(),
+            connect_timeout: BoundedDuration(std::time::Duration::from_secs(10)),
+            timeout: BoundedDuration(std::time::Duration::from_secs(30)),
         }
     }
-}
-
-fn default_connect_timeout() -> BoundedDuration<1, 300> {
-    BoundedDuration(std::time::Duration::from_secs(10))
-}
-
-fn default_request_timeout() -> BoundedDuration<1, 600> {
-    BoundedDuration(std::time::Duration::from_secs(30))
 }
 
 /// A command line as an argv list: a program and its arguments, never run through a shell.
@@ -541,36 +432,29 @@ impl<'de> Deserialize<'de> for AbsolutePath {
 /// The `[mail]` section: the outgoing queue's pace and patience.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct MailConfig {
     /// The mailbox mails are sent from when they name none (default: the signed-in
     /// account).
     pub from: Option<Mailbox>,
     /// Tokens the send bucket holds: the most mails one cycle sends.
-    #[serde(default = "default_capacity")]
     pub capacity: Bounded<1, 10_000>,
     /// Time to earn one token.
-    #[serde(default = "default_refill_every")]
     pub refill_every: BoundedDuration<1, 86_400>,
     /// Mails sent per calendar day (in `[schedule] timezone`) at most.
-    #[serde(default = "default_daily_cap")]
     pub daily_cap: Bounded<1, 1_000_000>,
     /// Attempts per mail within one cycle before it returns to the queue.
-    #[serde(default = "default_attempts_per_cycle")]
     pub attempts_per_cycle: Bounded<1, 10>,
     /// Attempts in all before a mail is marked failed (`queue retry` revives it).
-    #[serde(default = "default_max_attempts_total")]
     pub max_attempts_total: Bounded<1, 1_000>,
     /// A Retry-After longer than this is not slept through: the mail returns to the
     /// queue and the cycle stops sending.
-    #[serde(default = "default_max_retry_wait")]
     pub max_retry_wait: BoundedDuration<1, 3_600>,
     /// Requests in flight at once per mailbox (Outlook allows 4).
-    #[serde(default = "default_max_in_flight")]
     pub max_in_flight: Bounded<1, 4>,
     /// A send whose answer was lost (a 504, a timeout, a crash) must show in Sent Items
     /// within this; until then the mail waits, and then it is failed for a person to
     /// check, never sent blind a second time.
-    #[serde(default = "default_confirm_within")]
     pub confirm_within: BoundedDuration<1, 86_400>,
 }
 
@@ -578,48 +462,16 @@ impl Default for MailConfig {
     fn default() -> Self {
         MailConfig {
             from: None,
-            capacity: default_capacity(),
-            refill_every: default_refill_every(),
-            daily_cap: default_daily_cap(),
-            attempts_per_cycle: default_attempts_per_cycle(),
-            max_attempts_total: default_max_attempts_total(),
-            max_retry_wait: default_max_retry_wait(),
-            max_in_flight: default_max_in_flight(),
-            confirm_within: default_confirm_within(),
+            capacity: Bounded(20),
+            refill_every: BoundedDuration(std::time::Duration::from_secs(5)),
+            daily_cap: Bounded(100),
+            attempts_per_cycle: Bounded(3),
+            max_attempts_total: Bounded(10),
+            max_retry_wait: BoundedDuration(std::time::Duration::from_secs(60)),
+            max_in_flight: Bounded(4),
+            confirm_within: BoundedDuration(std::time::Duration::from_secs(600)),
         }
     }
-}
-
-fn default_confirm_within() -> BoundedDuration<1, 86_400> {
-    BoundedDuration(std::time::Duration::from_secs(600))
-}
-
-fn default_capacity() -> Bounded<1, 10_000> {
-    Bounded(20)
-}
-
-fn default_refill_every() -> BoundedDuration<1, 86_400> {
-    BoundedDuration(std::time::Duration::from_secs(5))
-}
-
-fn default_daily_cap() -> Bounded<1, 1_000_000> {
-    Bounded(100)
-}
-
-fn default_attempts_per_cycle() -> Bounded<1, 10> {
-    Bounded(3)
-}
-
-fn default_max_attempts_total() -> Bounded<1, 1_000> {
-    Bounded(10)
-}
-
-fn default_max_retry_wait() -> BoundedDuration<1, 3_600> {
-    BoundedDuration(std::time::Duration::from_secs(60))
-}
-
-fn default_max_in_flight() -> Bounded<1, 4> {
-    Bounded(4)
 }
 
 /// A mailbox to send from: an address or an object id (GUID).
@@ -745,13 +597,13 @@ impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for BoundedDuration<M
 /// The `[inventory]` section: how mailboxes are priced and attributed.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct InventoryConfig {
     /// Mailbox attribute holding the operating company (for example `CustomAttribute1`).
     pub company_attribute: Option<AttributeName>,
     /// Mailbox attribute holding the department.
     pub department_attribute: Option<AttributeName>,
     /// Mailbox attribute holding the license type.
-    #[serde(default = "default_license_attribute")]
     pub license_attribute: AttributeName,
     /// License type assumed when a mailbox carries none.
     #[serde(default, deserialize_with = "opt_name")]
@@ -760,7 +612,7 @@ pub struct InventoryConfig {
     /// are a `MailboxPlan` name (without its `-GUID` suffix), a `PersistedCapabilities`
     /// entry, or `SKUAssigned` (any licence assigned); values are licence names as in
     /// `prices`. Replaces the default table when given.
-    #[serde(default = "default_license_map", deserialize_with = "name_map")]
+    #[serde(deserialize_with = "name_map")]
     pub license_map: BTreeMap<String, String>,
     /// Monthly cost per license type.
     #[serde(default, deserialize_with = "name_keys")]
@@ -816,39 +668,31 @@ impl Default for InventoryConfig {
         InventoryConfig {
             company_attribute: None,
             department_attribute: None,
-            license_attribute: default_license_attribute(),
+            license_attribute: AttributeName("LicenseType".into()),
             default_license: None,
-            license_map: default_license_map(),
+            // Exchange's plans and capabilities by the suite that usually carries them.
+            // Exchange cannot tell E3 from E5 (both carry Exchange Online Plan 2): a
+            // tenant that prices them apart sets `license_attribute` or its own map.
+            license_map: [
+                ("ExchangeOnlineEnterprise", "E3"),
+                ("BPOS_S_Enterprise", "E3"),
+                ("ExchangeOnline", "E1"),
+                ("BPOS_S_Standard", "E1"),
+                ("ExchangeOnlineDeskless", "F3"),
+                ("BPOS_S_Deskless", "F3"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
             prices: BTreeMap::new(),
             company_domains: BTreeMap::new(),
         }
     }
 }
 
-fn default_license_attribute() -> AttributeName {
-    AttributeName("LicenseType".into())
-}
-
 /// The licence attribute of PowerShell exports that Get-Mailbox does not have: the live
 /// sync never asks Exchange for it.
 pub const EXPORT_ONLY_LICENSE_ATTRIBUTE: &str = "LicenseType";
-
-/// Exchange's plans and capabilities by the suite that usually carries them. Exchange
-/// cannot tell E3 from E5 (both carry Exchange Online Plan 2): a tenant that prices them
-/// apart sets `license_attribute` or its own `license_map`.
-fn default_license_map() -> BTreeMap<String, String> {
-    [
-        ("ExchangeOnlineEnterprise", "E3"),
-        ("BPOS_S_Enterprise", "E3"),
-        ("ExchangeOnline", "E1"),
-        ("BPOS_S_Standard", "E1"),
-        ("ExchangeOnlineDeskless", "F3"),
-        ("BPOS_S_Deskless", "F3"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
 
 /// Errors loading the configuration file.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@
 # Get-Mailbox -InactiveMailboxOnly, about 140 properties per record) and, for send, from
 # gen_batch below (one mail per line, about 600 bytes, no attachments). Every dataset gets
 # its own IMM_HOME in a temporary directory, removed on exit. Output goes to /dev/null
-# (hyperfine's default). Run from anywhere: bash bench/whole-process.sh
+# (hyperfine's default). Run from anywhere: bash benches/whole-process.sh
 #
 # Environment: WARMUP (default 3), RUNS (default: hyperfine's choice, at least 10),
 # KEEP=1 keeps the temporary directory.
