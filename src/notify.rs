@@ -451,7 +451,7 @@ fn desktop_invocation(
         return Ok((program, vec!["-e".into(), script]));
     }
     // Notification servers may read the body as markup; the title is plain text.
-    let body = escape_markup(body);
+    let body = crate::text::escape_markup(body);
     if let Some(program) = find_program("notify-send", search_path) {
         let args = vec![
             format!("--app-name={APP_NAME}"),
@@ -536,13 +536,6 @@ fn gvariant_string(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// Text safe in a notification body that a server may read as markup.
-fn escape_markup(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// The first bytes a process wrote; the rest is read and dropped.

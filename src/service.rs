@@ -100,25 +100,18 @@ pub fn systemd_unit(launch: &Launch) -> String {
     out
 }
 
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// The launchd agent for `launch`, logging under `home`/Library/Logs/imm-daemon/.
 pub fn launchd_plist(launch: &Launch, home: &Path) -> String {
     let log = home.join("Library/Logs/imm-daemon/imm-daemon.log");
     let args: String = launch
         .args()
         .iter()
-        .map(|a| format!("\t\t<string>{}</string>\n", xml(a)))
+        .map(|a| format!("\t\t<string>{}</string>\n", crate::text::escape_markup(a)))
         .collect();
     let env = match &launch.imm_home {
         Some(h) => format!(
             "\t<key>EnvironmentVariables</key>\n\t<dict>\n\t\t<key>IMM_HOME</key>\n\t\t<string>{}</string>\n\t</dict>\n",
-            xml(&h.display().to_string())
+            crate::text::escape_markup(&h.display().to_string())
         ),
         None => String::new(),
     };
@@ -156,7 +149,7 @@ pub fn launchd_plist(launch: &Launch, home: &Path) -> String {
 </dict>
 </plist>
 "#,
-        log = xml(&log.display().to_string())
+        log = crate::text::escape_markup(&log.display().to_string())
     )
 }
 

@@ -3,6 +3,9 @@
 //! `ConvertTo-Json | Out-File`, `>`). Read by `mailboxes import` and `send`. And values
 //! from those files quoted in error messages: never more than a short prefix of one.
 //!
+//! And [`escape_markup`], the one escaper for text placed in XML or HTML-like markup (the
+//! launchd plist, desktop notification bodies).
+//!
 //! The decoding is written here (a BOM check and `char::decode_utf16`): the three
 //! encodings need no general-purpose encoding crate.
 
@@ -121,8 +124,33 @@ pub fn shorten_quoted(message: &str) -> String {
     out
 }
 
+/// Text safe as XML or HTML element content (`&`, `<`, `>`). Quotes stay: element
+/// content needs no escaping of them, and a notification server that shows markup as
+/// text would show `&quot;` to the person.
+pub fn escape_markup(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn markup_escaping_covers_what_ends_or_starts_markup() {
+        assert_eq!(
+            escape_markup(r#"<b a="x">Tom & 'Jerry'</b>"#),
+            r#"&lt;b a="x"&gt;Tom &amp; 'Jerry'&lt;/b&gt;"#
+        );
+        assert_eq!(escape_markup("plain"), "plain");
+    }
     use super::*;
 
     #[test]
