@@ -49,15 +49,6 @@ fn sandbox_cmd() -> Command {
     c
 }
 
-/// Waits up to `within` for `f`.
-fn wait_for(what: &str, within: Duration, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 impl Sandbox {
     pub(crate) fn start(args: &[&str]) -> Sandbox {
         let mut child = sandbox_cmd()
@@ -289,6 +280,12 @@ fn processes_in(home: &Path) -> Vec<u32> {
 
 /// One HTTP/1.1 request on loopback (`Connection: close`); the status and the body.
 pub(crate) fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    let (status, _, body) = request(method, url, body);
+    (status, body)
+}
+
+/// [`http`], with the answer's status line and headers (lower-cased) too.
+fn request(method: &str, url: &str, body: Option<&str>) -> (u16, String, String) {
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
@@ -347,7 +344,11 @@ pub(crate) fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String)
     } else {
         reader.read_to_end(&mut payload).unwrap();
     }
-    (status, String::from_utf8_lossy(&payload).into_owned())
+    (
+        status,
+        head.to_ascii_lowercase(),
+        String::from_utf8_lossy(&payload).into_owned(),
+    )
 }
 
 /// The emulators and their web server live in the sandbox's binary only: the daemon's
@@ -387,7 +388,7 @@ fn the_sandbox_shows_the_whole_heartbeat_and_stops_cleanly_on_ctrl_c() {
     assert!(stats.status.success());
 
     // The six queued mails go out as the bucket allows, each exactly once.
-    wait_for("six deliveries", Duration::from_secs(90), || {
+    s.wait_for("six deliveries", Duration::from_secs(90), || {
         s.state()["deliveries"]["total"] == 6
     });
     let state = s.state();
@@ -398,7 +399,7 @@ fn the_sandbox_shows_the_whole_heartbeat_and_stops_cleanly_on_ctrl_c() {
         .map(|v| v.as_u64().unwrap())
         .collect();
     assert_eq!(per, vec![1; 6], "{state}");
-    wait_for(
+    s.wait_for(
         "the queue to record every mail sent",
         Duration::from_secs(30),
         || {
@@ -465,7 +466,7 @@ fn each_scenario_shows_its_effect_in_status_the_hook_and_the_audit_log() {
     // Throttled Graph: the daemon waits out Retry-After and sends the mail once.
     let said = s.scenario_ok(&["throttle", "graph", "--requests", "2", "--retry-after", "1"]);
     assert!(said.contains("429"), "{said}");
-    wait_for("the throttled mail", Duration::from_secs(60), || {
+    s.wait_for("the throttled mail", Duration::from_secs(60), || {
         s.state()["deliveries"]["total"] == 1
     });
     let limited = s.audit("RATE_LIMITED");
@@ -479,10 +480,10 @@ fn each_scenario_shows_its_effect_in_status_the_hook_and_the_audit_log() {
     // The duplicate trap: Graph delivers, the answer is lost; the daemon finds the mail
     // in Sent Items instead of sending it again.
     s.scenario_ok(&["lose-answer"]);
-    wait_for("the second delivery", Duration::from_secs(60), || {
+    s.wait_for("the second delivery", Duration::from_secs(60), || {
         s.state()["deliveries"]["total"] == 2
     });
-    wait_for(
+    s.wait_for(
         "the lost answer to be settled",
         Duration::from_secs(60),
         || {
@@ -501,7 +502,7 @@ fn each_scenario_shows_its_effect_in_status_the_hook_and_the_audit_log() {
         .and_then(|r| r.split(')').next())
         .unwrap()
         .to_string();
-    wait_for("the holds_released hook", Duration::from_secs(60), || {
+    s.wait_for("the holds_released hook", Duration::from_secs(60), || {
         !s.hook_events("holds_released").is_empty()
     });
     let event = &s.hook_events("holds_released")[0];
@@ -521,11 +522,11 @@ fn each_scenario_shows_its_effect_in_status_the_hook_and_the_audit_log() {
 
     // Mailboxes come and go.
     s.scenario_ok(&["add-mailboxes", "7"]);
-    wait_for("7 more mailboxes", Duration::from_secs(60), || {
+    s.wait_for("7 more mailboxes", Duration::from_secs(60), || {
         cached() == 307
     });
     s.scenario_ok(&["remove-mailboxes", "3"]);
-    wait_for("3 fewer mailboxes", Duration::from_secs(60), || {
+    s.wait_for("3 fewer mailboxes", Duration::from_secs(60), || {
         cached() == 304
     });
     assert_eq!(s.audit("MAILBOX_REMOVED").len(), 3);
@@ -540,7 +541,7 @@ fn each_scenario_shows_its_effect_in_status_the_hook_and_the_audit_log() {
         "--retry-after",
         "1",
     ]);
-    wait_for("a throttled sync", Duration::from_secs(60), || {
+    s.wait_for("a throttled sync", Duration::from_secs(60), || {
         s.audit("SYNC_MAILBOXES")
             .iter()
             .skip(syncs_before)
@@ -550,7 +551,7 @@ fn each_scenario_shows_its_effect_in_status_the_hook_and_the_audit_log() {
     // A revoked sign-in: the daemon asks for a person and the hook fires with the code;
     // --approve approves it and the daemon signs in again.
     s.scenario_ok(&["revoke"]);
-    wait_for("the login_required hook", Duration::from_secs(60), || {
+    s.wait_for("the login_required hook", Duration::from_secs(60), || {
         !s.hook_events("login_required").is_empty()
     });
     let asked = &s.hook_events("login_required")[0];
@@ -560,14 +561,14 @@ fn each_scenario_shows_its_effect_in_status_the_hook_and_the_audit_log() {
         "{asked}"
     );
     assert!(!s.audit("LOGIN_REQUIRED").is_empty());
-    wait_for("the new sign-in", Duration::from_secs(60), || {
+    s.wait_for("the new sign-in", Duration::from_secs(60), || {
         s.status().1["signin"]["state"] == "signed_in"
             && !s.hook_events("login_succeeded").is_empty()
     });
 
     // Mails queued from the other terminal are sent.
     s.scenario_ok(&["queue-mails", "2"]);
-    wait_for("the queued mails", Duration::from_secs(60), || {
+    s.wait_for("the queued mails", Duration::from_secs(60), || {
         s.state()["deliveries"]["total"] == 4
     });
     assert_eq!(s.state()["duplicates"], serde_json::json!([]));
@@ -717,7 +718,7 @@ fn the_console_needs_its_key_and_the_daemon_never_outlives_the_sandbox() {
         let daemon_pid = s.status().1["pid"].as_u64().unwrap() as u32;
         signal(s.child.id(), "KILL");
         let _ = s.child.wait();
-        wait_for(
+        s.wait_for(
             "the orphaned daemon to stop",
             Duration::from_secs(30),
             || !alive(daemon_pid),
@@ -752,7 +753,7 @@ fn the_console_page_works_in_a_real_browser_without_javascript() {
     let page = format!("{}/", s.console);
 
     // The code the daemon waits on, shown on the page; no script anywhere.
-    wait_for("a code on the page", Duration::from_secs(60), || {
+    s.wait_for("a code on the page", Duration::from_secs(60), || {
         browser.go(&page);
         browser.find("#user-code").is_some()
     });
@@ -762,7 +763,7 @@ fn the_console_page_works_in_a_real_browser_without_javascript() {
         !source.contains("<script"),
         "the page must work without JavaScript"
     );
-    let (_, head) = http_head(&page);
+    let (_, head, _) = request("GET", &page, None);
     assert!(head.contains("default-src 'none'"), "{head}");
     let shown = browser.text(&browser.find("#user-code").unwrap());
     let pending = s.state()["pending_user_codes"].clone();
@@ -827,34 +828,6 @@ fn the_console_page_works_in_a_real_browser_without_javascript() {
         Duration::from_secs(60),
         || s.status().1["signin"]["state"] == "signed_in",
     );
-}
-
-/// The status line and headers of a GET.
-fn http_head(url: &str) -> (u16, String) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut stream = TcpStream::connect(host).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = String::new();
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        head.push_str(&line.to_ascii_lowercase());
-    }
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head)
 }
 
 fn find_program(names: &[&str]) -> Option<PathBuf> {

@@ -15,6 +15,8 @@ use imm_emulators::{
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use imm_daemon::paths;
+
 use crate::RunArgs;
 use crate::console::{self, INFO_FILE, Info, Sandbox};
 use crate::daemon::{self, DaemonCli};
@@ -63,7 +65,7 @@ impl Home {
                 );
             }
         } else {
-            mkdir_private(&dir)?;
+            paths::ensure_private_dir(&dir)?;
         }
         Ok(Home::Kept(dir))
     }
@@ -75,13 +77,7 @@ const MARKER: &str = ".imm-sandbox";
 /// Holds `sandbox.lock` in the home for the whole run: one sandbox per home.
 fn lock_home(home: &Path) -> anyhow::Result<std::fs::File> {
     let path = home.join("sandbox.lock");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.create(true).truncate(false).write(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let file = opts
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let file = paths::open_private(&path)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => bail!(
@@ -99,27 +95,6 @@ pub fn out(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();
-}
-
-fn mkdir_private(dir: &Path) -> anyhow::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))
-}
-
-/// Writes a file only the user can read, replacing it whole.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("a file without a folder")?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 /// 32 bytes from the system's random source, as hex.
@@ -200,7 +175,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let bin = daemon::find(args.daemon.as_deref())?;
     let home = Home::prepare(&args)?;
     let _lock = lock_home(home.path())?;
-    write_private(&home.path().join(MARKER), b"imm-sandbox\n")?;
+    paths::write_atomic(&home.path().join(MARKER), b"imm-sandbox\n")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -281,13 +256,13 @@ async fn run_in(args: &RunArgs, bin: PathBuf, home: &Path) -> anyhow::Result<Exi
 
     // The home: configuration, token key, where the sandbox is.
     let config_dir = home.join("config");
-    mkdir_private(&config_dir)?;
+    paths::ensure_private_dir(&config_dir)?;
     let key_file = config_dir.join("token.key");
     if !key_file.exists() {
-        write_private(&key_file, random_hex()?.as_bytes())?;
+        paths::write_atomic(&key_file, random_hex()?.as_bytes())?;
     }
     let config = config_text(&sandbox, &key_file, &format!("{console_base}/hook"));
-    write_private(&config_dir.join("config.toml"), config.as_bytes())?;
+    paths::write_atomic(&config_dir.join("config.toml"), config.as_bytes())?;
     let info = Info {
         console: console_base.clone(),
         pid: std::process::id(),
@@ -296,7 +271,7 @@ async fn run_in(args: &RunArgs, bin: PathBuf, home: &Path) -> anyhow::Result<Exi
         exchange: sandbox.exchange.base_url(),
         started_at: chrono::Utc::now(),
     };
-    write_private(&home.join(INFO_FILE), &serde_json::to_vec_pretty(&info)?)?;
+    paths::write_atomic(&home.join(INFO_FILE), &serde_json::to_vec_pretty(&info)?)?;
 
     out(&format!(
         "imm-sandbox: imm-daemon against an emulated Microsoft 365 tenant on 127.0.0.1\n\
@@ -517,7 +492,7 @@ impl Narrator {
         }
     }
 
-    fn observe(&mut self, s: &Arc<Sandbox>, status: Option<&(i32, Value)>) {
+    fn observe(&mut self, s: &Sandbox, status: Option<&(i32, Value)>) {
         // Device codes the daemon waits on, from the provider (the daemon's own view of
         // them follows in its status and the hook).
         for code in s.identity.pending_user_codes() {
