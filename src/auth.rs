@@ -32,6 +32,7 @@ pub use cache::{Account, PendingCode, SignInRecord, SignInState, TokenCache};
 pub use protocol::{DeviceCode, Endpoints, OAuthError, TokenResponse};
 
 use crate::config::Config;
+use crate::error::{Classify, Kind};
 use crate::paths::Paths;
 use crate::secrets::{BackendInfo, SecretError, SecretStore, SecretsOptions};
 
@@ -69,8 +70,8 @@ impl std::fmt::Display for Resource {
     }
 }
 
-/// Errors of sign-in and refresh. Callers branch on [`AuthError::is_transient`] and
-/// [`AuthError::needs_sign_in`], never on the text.
+/// Errors of sign-in and refresh. Callers branch on
+/// the error's [`Kind`](crate::error::Kind), never on the text.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("sign-in is not configured: {0}")]
@@ -127,32 +128,46 @@ pub enum AuthError {
     LockTimeout { path: PathBuf, waited: Duration },
 }
 
-impl AuthError {
-    /// Retrying later may succeed: the network, a 5xx, throttling, a busy lock.
-    pub fn is_transient(&self) -> bool {
+impl crate::error::Classify for AuthError {
+    /// The network, a 5xx, throttling and a busy lock may clear by themselves (a wait the
+    /// provider named makes it rate limited); a refused, expired or revoked sign-in needs
+    /// a person to sign in again; a missing configuration or an unusable lock is our
+    /// side's; any other refusal (a client the provider does not know, a declined or
+    /// expired device code) is the provider's.
+    fn kind(&self) -> Kind {
         match self {
-            AuthError::Discovery { transient, .. } | AuthError::Http { transient, .. } => {
-                *transient
+            AuthError::Discovery {
+                transient: true, ..
+            } => Kind::Transient,
+            AuthError::Http {
+                transient: true,
+                retry_after,
+                ..
+            } => match retry_after {
+                Some(wait) => Kind::RateLimited { wait: Some(*wait) },
+                None => Kind::Transient,
+            },
+            AuthError::LockTimeout { .. } => Kind::Transient,
+            AuthError::Provider { error, .. } | AuthError::Refused { error, .. }
+                if matches!(
+                    error.error.as_str(),
+                    "invalid_grant"
+                        | "interaction_required"
+                        | "login_required"
+                        | "consent_required"
+                ) =>
+            {
+                Kind::SignIn
             }
-            AuthError::LockTimeout { .. } => true,
-            AuthError::Secrets(e) => e.is_transient(),
-            _ => false,
+            AuthError::NotSignedIn | AuthError::Cache(_) => Kind::SignIn,
+            AuthError::Secrets(e) => e.kind(),
+            AuthError::NotConfigured(_) | AuthError::Lock { .. } => Kind::Fatal,
+            _ => Kind::Refused,
         }
     }
+}
 
-    /// Only a person can mend it: sign in again.
-    pub fn needs_sign_in(&self) -> bool {
-        match self {
-            AuthError::Provider { error, .. } | AuthError::Refused { error, .. } => matches!(
-                error.error.as_str(),
-                "invalid_grant" | "interaction_required" | "login_required" | "consent_required"
-            ),
-            AuthError::NotSignedIn | AuthError::Cache(_) => true,
-            AuthError::Secrets(e) => e.needs_sign_in(),
-            _ => false,
-        }
-    }
-
+impl AuthError {
     /// The refresh token itself was refused (`invalid_grant`: revoked, expired, reused),
     /// whichever resource it was presented for, or there is none to present: the whole
     /// sign-in is gone, not one resource's consent.
@@ -162,16 +177,8 @@ impl AuthError {
                 error.error == "invalid_grant"
             }
             AuthError::NotSignedIn | AuthError::Cache(_) => true,
-            AuthError::Secrets(e) => e.needs_sign_in(),
+            AuthError::Secrets(e) => e.kind() == Kind::SignIn,
             _ => false,
-        }
-    }
-
-    /// How long the provider asked us to wait, if it said.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            AuthError::Http { retry_after, .. } => *retry_after,
-            _ => None,
         }
     }
 }
@@ -459,7 +466,7 @@ impl Session {
             .refresh_locked(&mut slot, resource, Renew::IfNeeded, now)
             .await
         {
-            Err(e) if e.is_transient() => match held.filter(|a| a.expires_at > now) {
+            Err(e) if e.kind().retry_may_cure() => match held.filter(|a| a.expires_at > now) {
                 Some(a) => {
                     tracing::warn!(resource = %resource, error = %e, "refresh failed; the access token in hand is still valid and is used meanwhile");
                     Ok(Access::held(&a, Some(crate::error::chain(&e))))
@@ -496,7 +503,7 @@ impl Session {
             .refresh_locked(&mut slot, resource, Renew::Refused(refused), now)
             .await;
         if let Err(e) = &renewed
-            && e.needs_sign_in()
+            && e.kind() == crate::error::Kind::SignIn
         {
             // The service refused the token and the identity platform will not renew it
             // (a revoked grant, say). Keeping the token would let the sign-in step call

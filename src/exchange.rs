@@ -16,6 +16,7 @@
 
 pub mod sync;
 
+use crate::error::{Classify, Kind};
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
@@ -174,32 +175,35 @@ impl ExchangeError {
         )
     }
 
-    /// Exchange asked us to slow down.
-    pub fn is_throttling(&self) -> bool {
-        matches!(self, ExchangeError::Throttled { .. })
-    }
-
-    /// Only a person can mend it: sign in again, or grant a role.
-    pub fn needs_attention(&self) -> bool {
-        match self {
-            ExchangeError::Auth(e) => e.needs_sign_in(),
-            ExchangeError::Unauthorized { .. }
-            | ExchangeError::Forbidden { .. }
-            | ExchangeError::TooManyRemovals(_)
-            | ExchangeError::Setup(_) => true,
-            ExchangeError::GaveUp { last, .. } | ExchangeError::OutOfTime { last, .. } => {
-                last.needs_attention()
-            }
-            _ => false,
-        }
-    }
-
     /// The wait the service asked for, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ExchangeError::Throttled { retry_after, .. }
             | ExchangeError::Server { retry_after, .. } => *retry_after,
             _ => None,
+        }
+    }
+}
+
+impl crate::error::Classify for ExchangeError {
+    /// Throttling is rate limited; a refused access token needs a sign-in; a missing
+    /// role or a removal past the guard's limit is refused until a person acts; a sync
+    /// that cannot be set up is our side's; a request given up means what its last
+    /// failure meant; the rest (the network, a 5xx, an odd answer, an expired listing)
+    /// may clear at the next sync.
+    fn kind(&self) -> Kind {
+        match self {
+            ExchangeError::Auth(e) => e.kind(),
+            ExchangeError::Throttled { retry_after, .. } => {
+                Kind::RateLimited { wait: *retry_after }
+            }
+            ExchangeError::Unauthorized { .. } => Kind::SignIn,
+            ExchangeError::Forbidden { .. } | ExchangeError::TooManyRemovals(_) => Kind::Refused,
+            ExchangeError::Setup(_) => Kind::Fatal,
+            ExchangeError::GaveUp { last, .. } | ExchangeError::OutOfTime { last, .. } => {
+                last.kind()
+            }
+            _ => Kind::Transient,
         }
     }
 }
@@ -631,7 +635,7 @@ impl<'a> Exchange<'a> {
                         .await?;
                 }
                 e if e.is_retryable() => {
-                    if e.is_throttling() {
+                    if matches!(e.kind(), Kind::RateLimited { .. }) {
                         self.throttled();
                     }
                     if attempt >= self.policy.attempts {

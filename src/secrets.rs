@@ -269,29 +269,26 @@ pub enum SecretError {
     ShuttingDown,
 }
 
-impl SecretError {
-    /// True when the stored secret is gone for good (moved aside or unusable) and a
-    /// person must sign in again.
-    pub fn needs_sign_in(&self) -> bool {
-        matches!(
-            self,
-            SecretError::Corrupt { .. } | SecretError::KeychainCorrupt { .. }
-        )
-    }
-
-    /// True when trying again later may succeed without anyone changing anything (a
-    /// keychain that did not answer, a file system hiccup).
-    pub fn is_transient(&self) -> bool {
+impl crate::error::Classify for SecretError {
+    /// A stored secret gone for good (moved aside or unusable) needs a person to sign in
+    /// again; a keychain that did not answer or a file system hiccup may clear by itself;
+    /// the rest (a key that does not fit, a broken random source) is our side's.
+    fn kind(&self) -> crate::error::Kind {
+        use crate::error::Kind;
         match self {
+            SecretError::Corrupt { .. } | SecretError::KeychainCorrupt { .. } => Kind::SignIn,
             SecretError::KeychainTimeout { .. }
             | SecretError::KeychainBusy
             | SecretError::Keychain { .. }
             | SecretError::Read { .. }
             | SecretError::Remove { .. }
             | SecretError::Write(_)
-            | SecretError::ShuttingDown => true,
-            SecretError::PartlyRemoved { source, .. } => source.is_transient(),
-            _ => false,
+            | SecretError::ShuttingDown => Kind::Transient,
+            SecretError::PartlyRemoved { source, .. } => match source.kind() {
+                Kind::SignIn => Kind::Fatal,
+                k => k,
+            },
+            _ => Kind::Fatal,
         }
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::error::{Classify, Kind};
 use crate::paths::Paths;
 use crate::store::Store;
 
@@ -63,22 +64,37 @@ impl StepReport {
     }
 }
 
-/// A step's failure.
+/// A step's failure: what happened, for people, and what it means.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct StepError {
     pub message: String,
-    /// A person must act (a sign-in is required, say): `status` exits 1 until it clears.
-    pub needs_attention: bool,
+    /// When it needs a person ([`Kind::needs_person`]: a sign-in, a refusal, our side),
+    /// `status` exits 1 until it clears.
+    pub kind: Kind,
 }
 
 impl StepError {
-    /// A failure that retrying may cure.
-    pub fn transient(message: impl Into<String>) -> StepError {
+    pub fn new(kind: Kind, message: impl Into<String>) -> StepError {
         StepError {
             message: message.into(),
-            needs_attention: false,
+            kind,
         }
+    }
+
+    /// A failure that retrying may cure.
+    pub fn transient(message: impl Into<String>) -> StepError {
+        StepError::new(Kind::Transient, message)
+    }
+
+    /// A domain error, with its causes, meaning what it says it means.
+    pub fn of<E: Classify>(e: &E) -> StepError {
+        StepError::new(e.kind(), crate::error::chain(e))
+    }
+
+    /// A person must act before it clears.
+    pub fn needs_attention(&self) -> bool {
+        self.kind.needs_person()
     }
 }
 

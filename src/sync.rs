@@ -8,6 +8,7 @@
 //! transaction with its audit rows: it lands whole or not at all, and a failure is
 //! audited apart after the rollback.
 
+use crate::error::{Classify as _, Kind};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -230,10 +231,7 @@ impl MailboxSync {
         let cfg = &ctx.config.sync;
         if let Some(why) = ctx.config.sync_unavailable() {
             return if ctx.sync_due {
-                Err(StepError {
-                    message: why,
-                    needs_attention: true,
-                })
+                Err(StepError::new(Kind::Fatal, why))
             } else {
                 Ok(StepReport::idle("not due"))
             };
@@ -298,13 +296,13 @@ impl MailboxSync {
         }
         match result {
             // The listing was applied; the statistics need a person (a role, a sign-in).
-            Ok(o) if o.statistics_needs_attention => Err(StepError {
+            Ok(o) if o.statistics_kind.is_some_and(Kind::needs_person) => Err(StepError {
                 message: format!(
                     "{}; statistics: {}",
                     o.summary(),
                     o.statistics_error.as_deref().unwrap_or("failed")
                 ),
-                needs_attention: true,
+                kind: o.statistics_kind.unwrap_or(Kind::Refused),
             }),
             Ok(o) => {
                 let mut counts = BTreeMap::new();
@@ -330,17 +328,14 @@ impl MailboxSync {
                 "stopped before the sync finished; nothing it listed was applied, statistics fetched are kept",
             )),
             Err(crate::exchange::ExchangeError::Auth(e))
-                if e.needs_sign_in() || matches!(e, crate::auth::AuthError::NotSignedIn) =>
+                if e.kind() == Kind::SignIn || matches!(e, crate::auth::AuthError::NotSignedIn) =>
             {
                 Ok(StepReport::idle(format!(
                     "the sync waits for a sign-in: {}",
                     crate::error::chain(&e)
                 )))
             }
-            Err(e) => Err(StepError {
-                message: crate::error::chain(&e),
-                needs_attention: e.needs_attention(),
-            }),
+            Err(e) => Err(StepError::of(&e)),
         }
     }
 }
@@ -362,10 +357,10 @@ impl CycleStep for MailboxSync {
                 return Ok(StepReport::idle("not due"));
             }
             let Some(export) = &ctx.config.sync.export else {
-                return Err(StepError {
-                    message: "no mailbox source is configured: set [sync] export".into(),
-                    needs_attention: true,
-                });
+                return Err(StepError::new(
+                    Kind::Fatal,
+                    "no mailbox source is configured: set [sync] export",
+                ));
             };
             let started = Utc::now();
             let Some(read) = read_off_runtime(
@@ -436,10 +431,7 @@ impl CycleStep for MailboxSync {
                     synced: true,
                 }),
                 // A person must say whether the removals are real.
-                Err(LoadError::TooManyRemovals(_)) => Err(StepError {
-                    message: text,
-                    needs_attention: true,
-                }),
+                Err(LoadError::TooManyRemovals(_)) => Err(StepError::new(Kind::Refused, text)),
                 Err(_) => Err(StepError::transient(text)),
             }
         })

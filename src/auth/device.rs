@@ -7,6 +7,10 @@
 //! network failure or a 5xx during polling is waited out at the current interval. After
 //! a grant the loop ends at once: some providers revoke the whole grant when a used
 //! device code is presented again.
+//!
+//! [`sign_in`] is the whole attempt, shared by `imm-daemon login` and the daemon's
+//! background flow: each shows the code its own way and does its own bookkeeping with
+//! the tokens.
 
 use std::time::Duration;
 
@@ -14,13 +18,75 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, DeviceCode, Endpoints, PollAnswer, TokenResponse};
-use super::{AuthError, post_form};
+use super::{AuthError, Resource, Settings, post_form};
+use crate::error::Classify as _;
 
 /// The grant type of a device code poll.
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// How much slower to poll after `slow_down` (RFC 8628 section 3.5).
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
+
+/// How a device sign-in attempt ended without tokens.
+#[derive(Debug)]
+pub enum Attempt {
+    /// No code was issued: the discovery or the code request failed.
+    NoCode(AuthError),
+    /// A code was shown, at `issued`; the polling ended without a grant.
+    Polled {
+        error: AuthError,
+        issued: tokio::time::Instant,
+    },
+}
+
+impl Attempt {
+    pub fn error(&self) -> &AuthError {
+        match self {
+            Attempt::NoCode(e) | Attempt::Polled { error: e, .. } => e,
+        }
+    }
+
+    pub fn into_error(self) -> AuthError {
+        match self {
+            Attempt::NoCode(e) | Attempt::Polled { error: e, .. } => e,
+        }
+    }
+}
+
+/// One device sign-in: discovers the provider's endpoints, asks for a code for Graph's
+/// scopes, hands it to `show` with the time it stays usable (at most
+/// `device_code_timeout`), then polls until the person finishes, that time passes, or
+/// `cancel` fires. The tokens returned are not yet stored: the caller completes the
+/// sign-in ([`super::Session::complete_sign_in`]) and records it its own way.
+pub async fn sign_in(
+    http: &reqwest::Client,
+    settings: &Settings,
+    cancel: &CancellationToken,
+    show: impl FnOnce(&DeviceCode, Duration),
+) -> Result<TokenResponse, Attempt> {
+    let scope = settings.scope(Resource::Graph);
+    let ask = async {
+        let endpoints = super::discover(http, &settings.discovery_url).await?;
+        let code = request_code(http, &endpoints, &settings.client_id, &scope).await?;
+        Ok::<_, AuthError>((endpoints, code))
+    };
+    let (endpoints, code) = tokio::select! {
+        _ = cancel.cancelled() => return Err(Attempt::NoCode(AuthError::Cancelled)),
+        r = ask => r.map_err(Attempt::NoCode)?,
+    };
+    let issued = tokio::time::Instant::now();
+    show(&code, settings.device_code_timeout.min(code.expires_in));
+    poll_for_tokens(
+        http,
+        &endpoints,
+        &settings.client_id,
+        &code,
+        settings.device_code_timeout,
+        cancel,
+    )
+    .await
+    .map_err(|error| Attempt::Polled { error, issued })
+}
 
 /// Asks the provider for a device code.
 pub async fn request_code(
@@ -91,9 +157,9 @@ pub async fn poll_for_tokens(
                 next_wait = interval;
                 tracing::debug!(interval = ?interval, "the provider asked to poll more slowly");
             }
-            Err(e) if e.is_transient() => {
+            Err(e) if e.kind().retry_may_cure() => {
                 tracing::warn!(error = %e, "a device code poll failed; polling on");
-                if let Some(wait) = e.retry_after() {
+                if let Some(wait) = e.kind().wait() {
                     next_wait = interval.max(wait);
                 }
             }

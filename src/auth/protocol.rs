@@ -489,9 +489,9 @@ mod tests {
         ));
         let e = poll(400, &err("invalid_grant")).unwrap_err();
         assert!(matches!(e, AuthError::Refused { .. }), "{e:?}");
-        assert!(e.needs_sign_in());
+        assert_eq!(crate::error::Classify::kind(&e), crate::error::Kind::SignIn);
         let e = poll(503, "<html>busy</html>").unwrap_err();
-        assert!(e.is_transient(), "{e:?}");
+        assert!(crate::error::Classify::kind(&e).retry_may_cure(), "{e:?}");
         let granted = poll(
             200,
             r#"{"token_type":"Bearer","access_token":"AT","refresh_token":"RT","expires_in":"3599","ext_expires_in":3599,"scope":"openid"}"#,

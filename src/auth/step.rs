@@ -8,6 +8,7 @@
 //! records the code or stores the tokens. Only the step touches the database and the
 //! token cache, so the supervisor's single connection is never shared across tasks.
 
+use crate::error::{Classify as _, Kind};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -144,70 +145,49 @@ async fn run_flow(
 ) {
     let mut failures = 0u32;
     let mut short_lived = 0u32;
-    let scope = settings.scope(Resource::Graph);
     loop {
-        let attempt = async {
-            let endpoints = super::discover(&http, &settings.discovery_url).await?;
-            let code = device::request_code(&http, &endpoints, &settings.client_id, &scope).await?;
-            Ok::<_, AuthError>((endpoints, code))
+        let show = |code: &super::protocol::DeviceCode, window: Duration| {
+            hub.post_code(
+                id,
+                Some(PendingCode {
+                    user_code: code.user_code.clone(),
+                    verification_uri: code.verification_uri.clone(),
+                    verification_uri_complete: code.verification_uri_complete.clone(),
+                    message: code.instructions(),
+                    expires_at: Utc::now() + chrono::Duration::from_std(window).unwrap_or_default(),
+                }),
+            );
+            tracing::warn!(user_code = %code.user_code, uri = %code.verification_uri, "sign-in required: a device code is waiting for a person");
         };
-        let (endpoints, code) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = attempt => match r {
-                Ok(v) => v,
-                Err(e) if e.is_transient() => {
-                    let wait = code_retry_wait(failures)
-                        .max(e.retry_after().unwrap_or_default())
-                        .min(MAX_CODE_WAIT);
-                    failures += 1;
-                    tracing::warn!(error = %e, retry_in = %humantime::format_duration(wait), "cannot get a device code");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => continue,
-                    }
-                }
-                Err(e) => {
-                    hub.post_outcome(id, FlowOutcome::Failed(e.to_string()));
-                    return;
-                }
-            },
-        };
-        failures = 0;
-        let issued = tokio::time::Instant::now();
-        let window = settings.device_code_timeout.min(code.expires_in);
-        hub.post_code(
-            id,
-            Some(PendingCode {
-                user_code: code.user_code.clone(),
-                verification_uri: code.verification_uri.clone(),
-                verification_uri_complete: code.verification_uri_complete.clone(),
-                message: code.instructions(),
-                expires_at: Utc::now() + chrono::Duration::from_std(window).unwrap_or_default(),
-            }),
-        );
-        tracing::warn!(user_code = %code.user_code, uri = %code.verification_uri, "sign-in required: a device code is waiting for a person");
-        match device::poll_for_tokens(
-            &http,
-            &endpoints,
-            &settings.client_id,
-            &code,
-            settings.device_code_timeout,
-            &cancel,
-        )
-        .await
-        {
+        match device::sign_in(&http, &settings, &cancel, show).await {
             Ok(tokens) => {
                 hub.post_outcome(id, FlowOutcome::Granted(Box::new(tokens)));
                 return;
             }
-            Err(AuthError::Cancelled) => return,
-            Err(e)
-                if e.is_transient()
+            Err(device::Attempt::NoCode(AuthError::Cancelled))
+            | Err(device::Attempt::Polled {
+                error: AuthError::Cancelled,
+                ..
+            }) => return,
+            Err(device::Attempt::NoCode(e)) if e.kind().retry_may_cure() => {
+                let wait = code_retry_wait(failures)
+                    .max(e.kind().wait().unwrap_or_default())
+                    .min(MAX_CODE_WAIT);
+                failures += 1;
+                tracing::warn!(error = %e, retry_in = %humantime::format_duration(wait), "cannot get a device code");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+            Err(device::Attempt::Polled { error: e, issued })
+                if e.kind().retry_may_cure()
                     || matches!(
                         e,
                         AuthError::CodeExpired | AuthError::Deadline { .. } | AuthError::BadCode
                     ) =>
             {
+                failures = 0;
                 hub.post_code(id, None);
                 let wait = if issued.elapsed() >= QUICK_REPLACE_AFTER || short_lived == 0 {
                     Duration::ZERO
@@ -225,8 +205,8 @@ async fn run_flow(
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
-            Err(e) => {
-                hub.post_outcome(id, FlowOutcome::Failed(e.to_string()));
+            Err(attempt) => {
+                hub.post_outcome(id, FlowOutcome::Failed(attempt.into_error().to_string()));
                 return;
             }
         }
@@ -322,16 +302,11 @@ impl SignInStep {
         self.session = None;
         self.shared.set(None);
         self.loaded = false;
-        let http = crate::http::client(&ctx.config.http).map_err(|e| StepError {
-            message: crate::error::chain(&e),
-            needs_attention: true,
-        })?;
+        let http = crate::http::client(&ctx.config.http)
+            .map_err(|e| StepError::new(Kind::Fatal, crate::error::chain(&e)))?;
         let session = Session::open(settings, ctx.config, ctx.paths, http)
             .await
-            .map_err(|e| StepError {
-                message: crate::error::chain(&e),
-                needs_attention: !e.is_transient(),
-            })?;
+            .map_err(|e| StepError::of(&e))?;
         let backend = session.backend();
         tracing::info!(backend = %backend.kind, why = %backend.why, "token store chosen");
         if let Some(w) = &backend.warning {
@@ -431,14 +406,14 @@ impl SignInStep {
                                 record.backend.as_deref().unwrap_or(""),
                                 session.backend().why
                             ),
-                            needs_attention: true,
+                            kind: Kind::Fatal,
                         });
                     }
                     self.stop_flow();
                     record = SignInRecord::default();
                 }
                 Ok(_) => {}
-                Err(e) if e.needs_sign_in() => {
+                Err(e) if e.kind() == Kind::SignIn => {
                     let reason = crate::error::chain(&e);
                     tracing::error!(error = %reason, "the stored tokens cannot be used");
                     require(&mut record, &reason, now);
@@ -558,10 +533,7 @@ impl SignInStep {
                     }
                     None => format!("sign-in required ({reason}): run `imm-daemon login`"),
                 };
-                Err(StepError {
-                    message,
-                    needs_attention: true,
-                })
+                Err(StepError::new(Kind::SignIn, message))
             }
             SignInState::SignedIn => {
                 self.refresh_all(ctx, &session, &mut record, &mut events, now)
@@ -645,7 +617,7 @@ impl SignInStep {
                         };
                     }
                     record.last_error = Some(reason.clone());
-                    if !self.failure_announced || e.needs_sign_in() {
+                    if !self.failure_announced || e.kind() == Kind::SignIn {
                         self.failure_announced = true;
                         self.notify(
                             ctx,
@@ -660,17 +632,17 @@ impl SignInStep {
                     // Access policy for it alone, which a new device sign-in for Graph
                     // would not mend), or the refresh token itself is gone (revoked,
                     // expired: `invalid_grant`, whatever resource asked).
-                    let whole_sign_in = e.needs_sign_in()
+                    let whole_sign_in = e.kind() == Kind::SignIn
                         && (resource == Resource::Graph || e.refresh_token_rejected());
-                    if e.needs_sign_in() && !whole_sign_in {
-                        return Err(StepError {
-                            message: format!(
+                    if e.kind() == Kind::SignIn && !whole_sign_in {
+                        return Err(StepError::new(
+                            Kind::Refused,
+                            format!(
                                 "{resource} refused the sign-in ({reason}); grant consent for its scopes or check Conditional Access for it"
                             ),
-                            needs_attention: true,
-                        });
+                        ));
                     }
-                    if e.needs_sign_in() {
+                    if e.kind() == Kind::SignIn {
                         require(record, &reason, now);
                         events.push(
                             AuditEvent::new(Operation::LoginRequired)
@@ -683,15 +655,12 @@ impl SignInStep {
                         if let Some(w) = ctx.wake {
                             w.notify_one();
                         }
-                        return Err(StepError {
-                            message: format!("sign-in required: {reason}"),
-                            needs_attention: true,
-                        });
+                        return Err(StepError::new(
+                            Kind::SignIn,
+                            format!("sign-in required: {reason}"),
+                        ));
                     }
-                    return Err(StepError {
-                        message: reason,
-                        needs_attention: !e.is_transient(),
-                    });
+                    return Err(StepError::new(e.kind(), reason));
                 }
             }
         }

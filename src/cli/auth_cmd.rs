@@ -2,6 +2,7 @@
 //! terminal, or by showing the code the running daemon holds), importing an MSAL cache,
 //! signing out of every token store, and printing an access token for scripts.
 
+use crate::error::Classify as _;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -146,50 +147,36 @@ pub fn login(ctx: &Context, args: LoginArgs) -> anyhow::Result<()> {
         cancel_on_signal(cancel.clone())?;
         let http = crate::http::client(&config.http)?;
         let session = Session::open(settings.clone(), &config, &ctx.paths, http.clone()).await?;
-        let endpoints = session.endpoints().await?;
-        let code = auth::device::request_code(
-            &http,
-            &endpoints,
-            &settings.client_id,
-            &settings.scope(Resource::Graph),
-        )
-        .await?;
-        println!("{}", code.instructions());
-        std::io::stdout().flush().ok();
-        let window = settings.device_code_timeout.min(code.expires_in);
-        let countdown = std::io::stderr().is_terminal().then(|| {
-            let stop = cancel.child_token();
-            let ends = tokio::time::Instant::now() + window;
-            let s = stop.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = s.cancelled() => break,
-                        _ = tick.tick() => {
-                            let left = ends.saturating_duration_since(tokio::time::Instant::now()).as_secs();
-                            eprint!("\rwaiting for the sign-in; the code expires in {:02}:{:02} ", left / 60, left % 60);
+        let mut countdown = None;
+        let show = |code: &auth::DeviceCode, window: Duration| {
+            println!("{}", code.instructions());
+            std::io::stdout().flush().ok();
+            countdown = std::io::stderr().is_terminal().then(|| {
+                let stop = cancel.child_token();
+                let ends = tokio::time::Instant::now() + window;
+                let s = stop.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tokio::select! {
+                            _ = s.cancelled() => break,
+                            _ = tick.tick() => {
+                                let left = ends.saturating_duration_since(tokio::time::Instant::now()).as_secs();
+                                eprint!("\rwaiting for the sign-in; the code expires in {:02}:{:02} ", left / 60, left % 60);
+                            }
                         }
                     }
-                }
-                eprint!("\r\x1b[K");
+                    eprint!("\r\x1b[K");
+                });
+                stop
             });
-            stop
-        });
-        let polled = auth::device::poll_for_tokens(
-            &http,
-            &endpoints,
-            &settings.client_id,
-            &code,
-            settings.device_code_timeout,
-            &cancel,
-        )
-        .await;
+        };
+        let polled = auth::device::sign_in(&http, &settings, &cancel, show).await;
         if let Some(stop) = countdown {
             stop.cancel();
             tokio::task::yield_now().await;
         }
-        let tokens = polled?;
+        let tokens = polled.map_err(auth::device::Attempt::into_error)?;
         let record = session.complete_sign_in(tokens, Utc::now()).await?;
         Ok::<_, anyhow::Error>(record.with_backend(session.backend()))
     });
@@ -429,7 +416,7 @@ pub fn token(ctx: &Context, args: TokenArgs) -> anyhow::Result<()> {
                 .identity(account.clone())
                 .details(serde_json::json!({"resource": resource.as_str(), "result": "failed", "by": "cli"}))
                 .failed(reason.clone())];
-            if e.needs_sign_in() && !matches!(e, AuthError::NotSignedIn) {
+            if e.kind() == crate::error::Kind::SignIn && !matches!(e, AuthError::NotSignedIn) {
                 let mut r = previous.clone();
                 if r.state != SignInState::SignInRequired {
                     r.required_since = Some(Utc::now());

@@ -51,10 +51,10 @@ pub struct StepHealth {
     pub failures: u32,
     /// When the step may run again, if it is backing off.
     pub retry_at: Option<tokio::time::Instant>,
-    /// The last failure's message and whether it asked for a person; kept while the step
-    /// backs off, so that the cycles it sits out still say what is wrong.
+    /// The last failure's message and what it meant; kept while the step backs off, so
+    /// that the cycles it sits out still say what is wrong.
     pub last_error: Option<String>,
-    pub needs_attention: bool,
+    pub last_kind: Option<crate::error::Kind>,
 }
 
 impl StepHealth {

@@ -64,8 +64,12 @@ pub struct StepOutcome {
     pub summary: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A person must act: the failure's kind needs one ([`crate::error::Kind::needs_person`]).
     #[serde(default)]
     pub needs_attention: bool,
+    /// What the failure means, in the product's one vocabulary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::error::Kind>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counts: BTreeMap<String, u64>,
     pub duration_ms: u64,
@@ -197,6 +201,7 @@ impl Steps {
                 summary: None,
                 error: None,
                 needs_attention: false,
+                kind: None,
                 counts: BTreeMap::new(),
                 duration_ms: 0,
                 failures: health.failures,
@@ -210,7 +215,8 @@ impl Steps {
             if matches!(trigger, Trigger::Heartbeat | Trigger::Schedule) && !health.due(now) {
                 outcome.status = StepStatus::BackingOff;
                 outcome.error = health.last_error.clone();
-                outcome.needs_attention = health.needs_attention;
+                outcome.kind = health.last_kind;
+                outcome.needs_attention = health.last_kind.is_some_and(|k| k.needs_person());
                 tracing::debug!(step = name, failures = health.failures, "step backing off");
                 outcomes.push(outcome);
                 continue;
@@ -238,7 +244,7 @@ impl Steps {
                 Err(e) => {
                     health.record(false, now, &self.backoff, fastrand::f64());
                     health.last_error = Some(e.message.clone());
-                    health.needs_attention = e.needs_attention;
+                    health.last_kind = Some(e.kind);
                     let wait = health
                         .retry_at
                         .map(|t| t.saturating_duration_since(now))
@@ -251,8 +257,9 @@ impl Steps {
                         e.message
                     );
                     outcome.status = StepStatus::Failed;
+                    outcome.needs_attention = e.needs_attention();
+                    outcome.kind = Some(e.kind);
                     outcome.error = Some(e.message);
-                    outcome.needs_attention = e.needs_attention;
                 }
             }
             outcome.failures = health.failures;
@@ -341,7 +348,11 @@ mod tests {
                 if self.runs <= self.fail_first {
                     Err(StepError {
                         message: format!("failure {}", self.runs),
-                        needs_attention: self.attention,
+                        kind: if self.attention {
+                            crate::error::Kind::SignIn
+                        } else {
+                            crate::error::Kind::Transient
+                        },
                     })
                 } else {
                     Ok(StepReport {

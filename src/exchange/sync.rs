@@ -12,6 +12,7 @@
 //! calls in flight (halved while Exchange throttles), committed in batches as they
 //! arrive: a killed sync keeps what it fetched.
 
+use crate::error::Classify as _;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,8 +83,9 @@ pub struct Outcome {
     /// Mailboxes whose statistics call failed for that mailbox alone: set aside until
     /// their figures are due again.
     pub statistics_failed: u64,
-    /// The statistics stopped for a reason only a person can mend (sign-in, role).
-    pub statistics_needs_attention: bool,
+    /// What stopped the statistics early, if something did: when it needs a person (a
+    /// sign-in, a role), the sync step says so.
+    pub statistics_kind: Option<crate::error::Kind>,
     /// Why the statistics stopped early, if they did; they go on next cycle.
     pub statistics_error: Option<String>,
     /// Mailboxes still needing statistics after this run.
@@ -521,7 +523,9 @@ fn tenant_wide(e: &ExchangeError) -> bool {
         | ExchangeError::NotFound { .. }
         | ExchangeError::Malformed { .. }
         | ExchangeError::Server { .. } => false,
-        ExchangeError::GaveUp { last, .. } => tenant_wide(last) || last.is_throttling(),
+        ExchangeError::GaveUp { last, .. } => {
+            tenant_wide(last) || matches!(last.kind(), crate::error::Kind::RateLimited { .. })
+        }
         _ => true,
     }
 }
@@ -622,7 +626,7 @@ async fn statistics(
         if !matches!(e, ExchangeError::Cancelled) {
             tracing::warn!("mailbox statistics stopped for this cycle: {text}");
         }
-        out.statistics_needs_attention = e.needs_attention();
+        out.statistics_kind = Some(e.kind());
         out.statistics_error = Some(text);
     } else if let Some(f) = first_failure {
         out.statistics_error = Some(format!(

@@ -14,19 +14,23 @@ use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
+use crate::error::Kind;
 use crate::mail::{Attachment, BodyType};
 
-/// What a failed Graph call means for the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// 429 or 503: slow down; the request may be repeated after the wait.
-    Throttled,
-    /// 5xx (other than 503), 408, or the network: repeatable, and for a send ambiguous.
-    Transient,
-    /// 401: the access token expired or was revoked; refresh it once and repeat.
-    Unauthorized,
-    /// 400, 403, 404 and the rest: repeating will not help.
-    Permanent,
+/// What a failed Graph call means, in the product's one vocabulary:
+/// - 429 or 503: [`Kind::RateLimited`], with the Retry-After; repeat after the wait.
+/// - 5xx (other than 503), 408, or the network: [`Kind::Transient`]; repeatable, and for
+///   a send ambiguous.
+/// - 401: [`Kind::SignIn`], the sign-in the call carried was refused (expired or
+///   revoked); the sender renews the token once and repeats before it believes it.
+/// - 400, 403, 404 and the rest: [`Kind::Refused`]; repeating will not help.
+fn kind_of(status: u16, retry_after: Option<Duration>) -> Kind {
+    match status {
+        429 | 503 => Kind::RateLimited { wait: retry_after },
+        401 => Kind::SignIn,
+        408 | 500..=599 => Kind::Transient,
+        _ => Kind::Refused,
+    }
 }
 
 /// A failed Graph call: Graph's status, error code and message, and its Retry-After.
@@ -34,17 +38,23 @@ pub enum FailureKind {
 #[error("{what} failed: {}{}{message}", status.map(|s| format!("HTTP {s} ")).unwrap_or_default(), code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
 pub struct GraphError {
     pub what: &'static str,
-    pub kind: FailureKind,
+    pub kind: Kind,
     pub status: Option<u16>,
     pub code: Option<String>,
     pub message: String,
     pub retry_after: Option<Duration>,
 }
 
+impl crate::error::Classify for GraphError {
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+}
+
 impl GraphError {
     /// A failure with no answer from Graph (the network, an answer without what it
     /// must carry).
-    fn local(what: &'static str, kind: FailureKind, message: String) -> GraphError {
+    fn local(what: &'static str, kind: Kind, message: String) -> GraphError {
         GraphError {
             what,
             kind,
@@ -192,9 +202,7 @@ impl GraphMail {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| {
-                GraphError::local(what, FailureKind::Transient, crate::http::describe(&e))
-            })?;
+            .map_err(|e| GraphError::local(what, Kind::Transient, crate::http::describe(&e)))?;
         let status = resp.status();
         let retry_after = crate::http::retry_after(resp.headers(), Utc::now());
         let body = resp.bytes().await.unwrap_or_default();
@@ -202,12 +210,7 @@ impl GraphMail {
         if status.is_success() {
             return Ok((status.as_u16(), json));
         }
-        let kind = match status.as_u16() {
-            429 | 503 => FailureKind::Throttled,
-            401 => FailureKind::Unauthorized,
-            408 | 500..=599 => FailureKind::Transient,
-            _ => FailureKind::Permanent,
-        };
+        let kind = kind_of(status.as_u16(), retry_after);
         let err = &json["error"];
         Err(GraphError {
             what,
@@ -242,7 +245,7 @@ impl GraphMail {
         v["id"].as_str().map(str::to_string).ok_or_else(|| {
             GraphError::local(
                 "creating the draft",
-                FailureKind::Permanent,
+                Kind::Refused,
                 "Graph's answer has no message id".into(),
             )
         })
@@ -291,13 +294,7 @@ impl GraphMail {
             "{}/mailFolders/{folder}/messages",
             self.user(sender)
         ))
-        .map_err(|e| {
-            GraphError::local(
-                "looking the message up",
-                FailureKind::Permanent,
-                e.to_string(),
-            )
-        })?;
+        .map_err(|e| GraphError::local("looking the message up", Kind::Refused, e.to_string()))?;
         url.query_pairs_mut()
             .append_pair("$filter", &filter)
             .append_pair("$select", "id,internetMessageId");
@@ -437,7 +434,11 @@ mod tests {
                 .unwrap_err();
             assert_eq!(
                 (e.kind, e.status, e.retry_after),
-                (FailureKind::Throttled, Some(429), Some(want))
+                (
+                    Kind::RateLimited { wait: Some(want) },
+                    Some(429),
+                    Some(want)
+                )
             );
         }
         let date = (Utc::now() + chrono::Duration::seconds(30))
@@ -463,13 +464,13 @@ mod tests {
             .create_draft(&token, ME, &message(&to, &imid, &[]), "r")
             .await
             .unwrap_err();
-        assert_eq!((e.kind, e.status), (FailureKind::Transient, Some(504)));
+        assert_eq!((e.kind, e.status), (Kind::Transient, Some(504)));
         g.fail_next(1, GraphFailure::ExpiredToken);
         let e = mail
             .create_draft(&token, ME, &message(&to, &imid, &[]), "r")
             .await
             .unwrap_err();
-        assert_eq!(e.kind, FailureKind::Unauthorized);
+        assert_eq!(e.kind, Kind::SignIn);
         let bad = vec!["nobody@invalid.example".to_string()];
         let e = mail
             .create_draft(&token, ME, &message(&bad, &imid, &[]), "r")
@@ -477,11 +478,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             (e.kind, e.status, e.code.as_deref()),
-            (
-                FailureKind::Permanent,
-                Some(400),
-                Some("ErrorInvalidRecipients")
-            )
+            (Kind::Refused, Some(400), Some("ErrorInvalidRecipients"))
         );
         assert!(
             e.to_string()
@@ -492,7 +489,7 @@ mod tests {
             .create_draft(&token, "ghost@contoso.com", &message(&to, &imid, &[]), "r")
             .await
             .unwrap_err();
-        assert_eq!((e.kind, e.status), (FailureKind::Permanent, Some(404)));
+        assert_eq!((e.kind, e.status), (Kind::Refused, Some(404)));
         assert_eq!(g.deliveries().total, 0);
     }
 }

@@ -39,6 +39,7 @@
 //! `queue cancel` that lands meanwhile wins, since an attempt only begins on a mail that
 //! is still queued or sending.
 
+use crate::error::Classify as _;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -49,7 +50,7 @@ use secrecy::SecretString;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::graph::{FailureKind, Folder, GraphError, GraphMail, Message};
+use super::graph::{Folder, GraphError, GraphMail, Message};
 use crate::audit::{AuditEvent, Operation};
 use crate::auth::{AuthError, Resource, Session};
 use crate::config::Config;
@@ -593,7 +594,7 @@ impl Drain<'_> {
             let text = err.to_string();
             // Its send was requested, in this turn or before, and never confirmed.
             let sent_at = requested_here.or(requested);
-            if err.kind == FailureKind::Unauthorized {
+            if err.kind == crate::error::Kind::SignIn {
                 // Refused even after a refresh: the sign-in's permissions, or a
                 // Conditional Access policy. Every other mail would meet the same.
                 self.requeue(mail.id, Utc::now(), &text)?;
@@ -602,7 +603,7 @@ impl Drain<'_> {
                 ));
                 return Ok(requeued(issued));
             }
-            if err.kind == FailureKind::Permanent {
+            if err.kind == crate::error::Kind::Refused {
                 let outcome = self.give_up(mail, sender, attempts, sent_at, &err)?;
                 return Ok(Turn {
                     outcome,
@@ -738,7 +739,7 @@ impl Drain<'_> {
     ) -> Result<(), StoreError> {
         let err = GraphError {
             what: "confirming the send",
-            kind: FailureKind::Permanent,
+            kind: crate::error::Kind::Refused,
             status: None,
             code: Some("SendUnconfirmed".into()),
             message: format!(
@@ -816,7 +817,7 @@ impl Drain<'_> {
             .map_err(Failure::Auth)?
             .token;
         match f(token.clone()).await {
-            Err(e) if e.kind == FailureKind::Unauthorized => {
+            Err(e) if e.kind == crate::error::Kind::SignIn => {
                 // One silent refresh; requests refused with the same token meanwhile
                 // take the one it brought.
                 tracing::info!("Graph refused the access token (401); renewing it once");
@@ -1027,7 +1028,8 @@ impl MailStep {
             }
             // The sign-in step reports these (and asks for a person when needed).
             Err(OutboxError::Auth(e))
-                if e.needs_sign_in() || matches!(e, AuthError::NotSignedIn) =>
+                if e.kind() == crate::error::Kind::SignIn
+                    || matches!(e, AuthError::NotSignedIn) =>
             {
                 Ok(StepReport::idle(format!(
                     "{due} mail(s) due wait for a sign-in"

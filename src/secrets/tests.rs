@@ -1,3 +1,4 @@
+use crate::error::Classify as _;
 use std::path::Path;
 
 use super::*;
@@ -113,8 +114,8 @@ async fn a_corrupt_file_asks_for_a_sign_in() {
     bytes[last] ^= 0x80;
     std::fs::write(&opts.file, &bytes).unwrap();
     let e = store.load().await.unwrap_err();
-    assert!(e.needs_sign_in());
-    assert!(!e.is_transient());
+    assert_eq!(e.kind(), crate::error::Kind::SignIn);
+    assert!(!e.kind().retry_may_cure());
     let SecretError::Corrupt { moved_to, .. } = &e else {
         panic!("{e}");
     };
@@ -195,7 +196,8 @@ fn messages_are_lowercase_without_a_final_period() {
             removed: vec!["file /x".into()],
             source: Box::new(SecretError::KeychainBusy),
         }
-        .is_transient()
+        .kind()
+        .retry_may_cure()
     );
 }
 

@@ -420,7 +420,7 @@ fn no_answer(dir: &Path) {
     };
     let e = rt.block_on(SecretStore::open(keychain_only)).unwrap_err();
     assert!(matches!(e, SecretError::KeychainBusy), "{e}");
-    assert!(e.is_transient());
+    assert!(imm_daemon::error::Classify::kind(&e).retry_may_cure());
     assert!(started.elapsed() < Duration::from_millis(500));
 
     // Sign-out still removes the file, and says what it could not do.

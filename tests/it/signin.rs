@@ -377,6 +377,7 @@ fn an_unreadable_token_file_is_moved_aside_and_the_daemon_asks_for_a_sign_in() {
     let step = &s["last_cycle"]["steps"][0];
     assert_eq!(step["status"], "failed", "{s}");
     assert_eq!(step["needs_attention"], true);
+    assert_eq!(step["kind"], "sign_in", "{s}");
     let st = status(&env);
     assert_eq!(st["signin"]["state"], "sign_in_required", "{st}");
     assert!(
@@ -742,6 +743,8 @@ fn a_refresh_that_fails_for_a_passing_reason_keeps_the_valid_token_in_use() {
     let c: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(c["steps"][0]["status"], "failed", "{c}");
     assert_eq!(c["steps"][0]["needs_attention"], false, "{c}");
+    let kind = c["steps"][0]["kind"].as_str().unwrap_or_default();
+    assert!(matches!(kind, "transient" | "rate_limited"), "{c}");
     assert!(
         c["steps"][0]["error"]
             .as_str()

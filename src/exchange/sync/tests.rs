@@ -2,6 +2,7 @@
 //! loopback, with a real session (device-code sign-in, the encrypted token file) and a
 //! real SQLite cache.
 
+use crate::error::Classify as _;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -423,7 +424,7 @@ async fn a_refused_token_is_renewed_once() {
     );
     let e = home.sync(true).await.unwrap_err();
     assert!(e.to_string().contains("claims challenge"), "{e}");
-    assert!(e.needs_attention());
+    assert!(e.kind().needs_person());
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -443,7 +444,7 @@ async fn refusals_say_what_is_wrong_and_change_nothing() {
             && text.contains("View-Only Recipients"),
         "{text}"
     );
-    assert!(e.needs_attention());
+    assert!(e.kind().needs_person());
     assert_eq!(home.cache().len(), 30, "nothing removed");
     assert_eq!(home.changes().len(), changes);
     let (last, _) = home.store.borrow().last_syncs().unwrap();
@@ -663,7 +664,7 @@ async fn a_mailbox_whose_statistics_fail_is_set_aside_and_the_batch_goes_on() {
         "{:?}",
         out.statistics_error
     );
-    assert!(!out.statistics_needs_attention);
+    assert!(!out.statistics_kind.is_some_and(|k| k.needs_person()));
     assert!(out.statistics_error.unwrap().contains("set aside"));
     let due = home
         .store
@@ -682,7 +683,7 @@ async fn a_mailbox_whose_statistics_fail_is_set_aside_and_the_batch_goes_on() {
     );
     let out = home.sync(true).await.unwrap();
     assert_eq!(out.snapshot.unwrap().listed, 30);
-    assert!(out.statistics_needs_attention);
+    assert!(out.statistics_kind.is_some_and(|k| k.needs_person()));
     assert!(out.statistics_error.unwrap().contains("HTTP 403"));
     assert!(out.statistics_fetched < 30);
 }

@@ -1,3 +1,4 @@
+use crate::error::Classify as _;
 use std::os::unix::fs::PermissionsExt;
 
 use chrono::TimeZone;
@@ -319,7 +320,7 @@ fn assert_moved_aside(s: &Setup, store: &FileStore, detail_part: &str) {
     let original = s.bytes();
     let e = store.load(now()).unwrap_err();
     let msg = e.to_string();
-    assert!(e.needs_sign_in(), "{msg}");
+    assert_eq!(e.kind(), crate::error::Kind::SignIn, "{msg}");
     let SecretError::Corrupt {
         path,
         moved_to,
@@ -436,9 +437,15 @@ fn two_unreadable_files_in_one_second_both_survive() {
     let s = Setup::new();
     let store = s.generated();
     s.write("data/tokens.enc", b"garbage one");
-    assert!(store.load(now()).unwrap_err().needs_sign_in());
+    assert_eq!(
+        store.load(now()).unwrap_err().kind(),
+        crate::error::Kind::SignIn
+    );
     s.write("data/tokens.enc", b"garbage two");
-    assert!(store.load(now()).unwrap_err().needs_sign_in());
+    assert_eq!(
+        store.load(now()).unwrap_err().kind(),
+        crate::error::Kind::SignIn
+    );
     let names: Vec<_> = s
         .moved_aside()
         .iter()
@@ -473,7 +480,7 @@ fn a_file_for_another_kind_of_key_is_left_alone() {
     for store in [s.generated(), s.open(None, passphrase("pw"))] {
         let e = store.load(now()).unwrap_err();
         assert!(matches!(e, SecretError::KeyMismatch { .. }), "{e}");
-        assert!(!e.needs_sign_in());
+        assert_ne!(e.kind(), crate::error::Kind::SignIn);
         let msg = e.to_string();
         assert!(
             msg.starts_with(&format!(
