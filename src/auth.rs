@@ -71,7 +71,7 @@ impl std::fmt::Display for Resource {
 }
 
 /// Errors of sign-in and refresh. Callers branch on
-/// the error's [`Kind`](crate::error::Kind), never on the text.
+/// the error's [`Kind`], never on the text.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("sign-in is not configured: {0}")]

@@ -252,7 +252,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
         match cause.downcast_ref::<crate::daemon::DaemonError>() {
             Some(crate::daemon::DaemonError::Config(e)) => return config_exit(e),
-            Some(crate::daemon::DaemonError::Lock(crate::daemon::lock::LockError::Held {
+            Some(crate::daemon::DaemonError::Lock(crate::control::lock::LockError::Held {
                 ..
             })) => return exit::ALREADY_RUNNING,
             Some(crate::daemon::DaemonError::Store(e)) => {

@@ -5,7 +5,7 @@
 //! access to the database simple). [`run`] takes the single-instance lock, opens the
 //! database, installs the signal handlers and the control socket, and hands them to the
 //! [`supervisor`]'s event loop, which writes CONNECT and DISCONNECT audit rows, runs a
-//! cycle of [`cycle::CycleStep`]s on every heartbeat, and answers signals and requests.
+//! cycle of [`crate::step::CycleStep`]s on every heartbeat, and answers signals and requests.
 //!
 //! - Heartbeat: a tokio interval whose missed ticks are skipped, so a machine waking from
 //!   sleep runs one cycle, not a burst.
@@ -23,11 +23,6 @@
 //!   the watchdog is armed, STOPPING=1 on shutdown (`sd-notify`, only when NOTIFY_SOCKET
 //!   is set).
 
-pub mod backoff;
-pub mod control;
-pub mod cycle;
-pub mod lock;
-pub mod state;
 pub mod supervisor;
 
 use std::sync::atomic::Ordering;
@@ -38,9 +33,11 @@ use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use tokio::time::MissedTickBehavior;
 
 use crate::config::{Config, ConfigError};
+use crate::control::lock::{InstanceLock, LockError};
+use crate::control::{self, state};
+use crate::heartbeat::default_steps;
 use crate::paths::Paths;
 use crate::store::{Store, StoreError};
-use lock::{InstanceLock, LockError};
 use supervisor::{Exit, Signal, Sources, StopShared, Supervisor};
 
 /// Fatal errors: the daemon cannot start (or must stop), and exits non-zero so that the
@@ -61,22 +58,6 @@ pub enum DaemonError {
     State(#[from] state::StateError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
-}
-
-/// The steps every cycle runs, in order: the sign-in (fresh tokens first), the mail
-/// queue (through the sign-in's session), the mailbox sync when due, then the
-/// database's upkeep.
-pub fn default_steps(
-    hub: std::sync::Arc<crate::auth::step::Hub>,
-    progress: crate::exchange::sync::ProgressSlot,
-) -> Vec<Box<dyn cycle::CycleStep>> {
-    let session = crate::auth::step::SessionSlot::default();
-    vec![
-        Box::new(crate::auth::step::SignInStep::new(hub, session.clone())),
-        Box::new(crate::mail::outbox::MailStep::new(session.clone())),
-        Box::new(crate::sync::MailboxSync::new(session, progress)),
-        Box::new(cycle::StoreMaintenance),
-    ]
 }
 
 /// Runs the daemon until it is stopped. `load_config` reads the configuration (at start

@@ -15,8 +15,8 @@ use super::{Context, SilentExit, exit};
 use crate::audit::{AuditEvent, Operation};
 use crate::auth::step::HubView;
 use crate::auth::{self, AuthError, Resource, SLOT, Session, Settings, SignInRecord, SignInState};
-use crate::daemon::control::{self, Command};
-use crate::daemon::lock::InstanceLock;
+use crate::control::lock::InstanceLock;
+use crate::control::{self, Command};
 use crate::store::Store;
 
 /// Options of `imm-daemon login`.

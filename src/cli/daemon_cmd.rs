@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::{Context, SilentExit};
-use crate::daemon::backoff::Backoff;
-use crate::daemon::control::{self, Command};
-use crate::daemon::cycle::{CycleSummary, StepContext, Steps, Trigger};
-use crate::daemon::lock::{InstanceLock, LockError};
+use crate::control::lock::{InstanceLock, LockError};
+use crate::control::{self, Command};
+use crate::heartbeat::backoff::Backoff;
+use crate::heartbeat::{CycleSummary, StepContext, Steps, Trigger};
 
 /// How long `cycle` waits for the daemon to finish the cycle it asked for.
 const CYCLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -132,7 +132,7 @@ fn run_cycle(
 
 /// Why the cycle `sync` asked for did not sync, if it did not.
 fn sync_not_run(summary: &CycleSummary) -> Option<String> {
-    use crate::daemon::cycle::StepStatus;
+    use crate::heartbeat::StepStatus;
     let Some(step) = summary
         .steps
         .iter()
@@ -245,7 +245,7 @@ fn cycle_here(
         .build()?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut steps = Steps::new(
-        crate::daemon::default_steps(crate::auth::step::Hub::new(), progress.clone()),
+        crate::heartbeat::default_steps(crate::auth::step::Hub::new(), progress.clone()),
         Backoff::for_heartbeat(config.heartbeat.interval.get()),
     );
     let summary = runtime.block_on(async {

@@ -18,9 +18,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::Context;
-use crate::daemon::cycle::CycleSummary;
-use crate::daemon::lock::{InstanceLock, read_holder};
-use crate::daemon::state::{DaemonState, Phase};
+use crate::control::lock::{InstanceLock, read_holder};
+use crate::control::state::{DaemonState, Phase};
+use crate::heartbeat::CycleSummary;
 use crate::inventory::parse_rfc3339 as parse_time;
 use crate::schedule::{Job, JobRun, JobView, Jobs};
 use crate::store::{Store, StoreStats};
@@ -169,10 +169,7 @@ fn queue(
             daily_remaining: loaded.state.daily_remaining(p),
             daily_cap: p.daily_cap,
             reserved: loaded.state.reserved,
-            next_token_at: loaded
-                .state
-                .next_token_at(p)
-                .map(crate::daemon::cycle::stamp),
+            next_token_at: loaded.state.next_token_at(p).map(crate::heartbeat::stamp),
             next_due_at: next_due_at.filter(|_| counts.queued > 0),
             bucket_warning: loaded.rebuilt.map(|e| crate::error::chain(&e)),
         }),
@@ -345,9 +342,9 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
     let mut live_jobs = None;
     let mut live_sync = None;
     if running {
-        match crate::daemon::control::request(
+        match crate::control::request(
             &p.socket,
-            crate::daemon::control::Command::Status,
+            crate::control::Command::Status,
             super::daemon_cmd::ANSWER_TIMEOUT,
         ) {
             Ok(data) => {

@@ -3,7 +3,7 @@
 //! Everything that can happen is an [`Event`]: a heartbeat tick, a scheduled job falling
 //! due, news from the sign-in's background work, a [`Signal`], a control request, the
 //! running cycle finishing, the shutdown grace running out. One handler,
-//! [`Supervisor::handle`], decides what each means, knowing whether a cycle runs: a
+//! `Supervisor::handle`, decides what each means, knowing whether a cycle runs: a
 //! request for a cycle while one runs is owed to the next, a reload waits for the cycle
 //! to end, a stop lets the step in hand finish its unit of work within the grace period,
 //! and a second stop ends the loop at once.
@@ -32,15 +32,15 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
-use super::control::{self, Command, Response};
-use super::cycle::{CycleStep, CycleSummary, StepContext, Steps, Trigger, stamp};
-use super::state::{DaemonState, Phase, STATE_VERSION};
 use super::{DaemonError, heartbeat_timer};
 use crate::audit::{AuditEvent, Operation};
 use crate::auth::step::Hub;
 use crate::config::{Config, ConfigError};
+use crate::control::state::{DaemonState, Phase, STATE_VERSION};
+use crate::control::{self, Command, Response};
 use crate::exchange::sync::ProgressSlot;
+use crate::heartbeat::backoff::Backoff;
+use crate::heartbeat::{CycleStep, CycleSummary, StepContext, Steps, Trigger, stamp};
 use crate::paths::Paths;
 use crate::schedule::{Job, Jobs};
 use crate::store::Store;
@@ -227,7 +227,7 @@ fn plan_jobs(config: &Config, store: &Store) -> Jobs {
 
 impl Supervisor {
     /// A supervisor for the daemon's steps; `make_steps` builds them around the sign-in's
-    /// hub and the sync's progress slot (the daemon's are [`super::default_steps`]).
+    /// hub and the sync's progress slot (the daemon's are [`crate::heartbeat::default_steps`]).
     /// Called within the runtime that will run it (the heartbeat's timer needs it).
     pub fn new(
         paths: &Paths,
@@ -365,12 +365,14 @@ impl Supervisor {
             }
         };
         let heartbeat = &mut self.heartbeat;
+        // In this order when several are ready: the cycle's end is recorded first, a stop
+        // or a request is seen before a timer starts another cycle, and the heartbeat's
+        // tick takes a job due at the same moment into its cycle rather than the job
+        // starting one of its own.
         tokio::select! {
+            biased;
             (steps, summary) = cycle => Event::CycleDone(steps, summary),
             _ = grace_over => Event::GraceOver,
-            t = heartbeat.tick(), if idle => Event::Tick(t),
-            _ = self.hub.wake.notified(), if idle => Event::SignInNews,
-            _ = sleep_until_due(self.jobs.next_due()), if idle => Event::JobDue,
             sig = sources.signals.next(), if self.signals_open => match sig {
                 Some(s) => Event::Signal(s),
                 None => Event::SignalsClosed,
@@ -379,6 +381,9 @@ impl Supervisor {
                 Some(r) => Event::Request(r),
                 None => Event::RequestsClosed,
             },
+            t = heartbeat.tick(), if idle => Event::Tick(t),
+            _ = sleep_until_due(self.jobs.next_due()), if idle => Event::JobDue,
+            _ = self.hub.wake.notified(), if idle => Event::SignInNews,
         }
     }
 

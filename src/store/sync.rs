@@ -408,7 +408,7 @@ impl Tx<'_> {
     /// the rest updated except for their statistics (a changed `when_changed` marks them
     /// due); every change goes to the change history and the audit log, tagged with
     /// `sync_id` (a row of [`Tx::record_sync`] in this transaction). Changes are found and
-    /// written [`CHANGE_CHUNK`] mailboxes at a time, so a first sync of a large tenant
+    /// written `CHANGE_CHUNK` mailboxes at a time, so a first sync of a large tenant
     /// never holds all its changes in memory.
     /// How many cached mailboxes the staged listing lacks, and how many are cached: what
     /// [`Tx::apply_snapshot`] would remove, for the removal guard.

@@ -1,6 +1,10 @@
-//! One heartbeat cycle: an ordered list of steps (the interface of [`crate::step`]), each
-//! reporting its outcome. A failing step is logged and recorded, never stops the other
-//! steps or the daemon, and backs off (see [`super::backoff`]) until it succeeds again.
+//! One heartbeat cycle, as the daemon runs it every heartbeat and `imm-daemon cycle` runs
+//! it once: the steps in their order ([`default_steps`], the one place they are wired),
+//! each reporting its outcome (the interface of [`crate::step`]). A failing step is
+//! logged and recorded, never stops the other steps or the daemon, and backs off (see
+//! [`backoff`]) until it succeeds again.
+
+pub mod backoff;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -8,10 +12,26 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::backoff::{Backoff, StepHealth};
 use crate::store::Store;
+use backoff::{Backoff, StepHealth};
 
 pub use crate::step::{CycleStep, StepContext, StepError, StepFuture, StepReport};
+
+/// The steps every cycle runs, in order: the sign-in (fresh tokens first), the mail
+/// queue (through the sign-in's session), the mailbox sync when due, then the
+/// database's upkeep.
+pub fn default_steps(
+    hub: std::sync::Arc<crate::auth::step::Hub>,
+    progress: crate::exchange::sync::ProgressSlot,
+) -> Vec<Box<dyn CycleStep>> {
+    let session = crate::auth::step::SessionSlot::default();
+    vec![
+        Box::new(crate::auth::step::SignInStep::new(hub, session.clone())),
+        Box::new(crate::mail::outbox::MailStep::new(session.clone())),
+        Box::new(crate::sync::MailboxSync::new(session, progress)),
+        Box::new(StoreMaintenance),
+    ]
+}
 
 /// What started a cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::cycle::CycleSummary;
+use crate::heartbeat::CycleSummary;
 
 /// The state file's format version; a reader refuses other versions.
 pub const STATE_VERSION: u32 = 1;

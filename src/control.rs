@@ -1,8 +1,14 @@
-//! The control socket: a Unix domain socket in the runtime folder (0600 in a 0700
+//! What the daemon and its clients (the CLI, the sandbox, scripts) share: the control
+//! socket's protocol, the state file ([`state`]) and the single-instance lock
+//! ([`lock`]). The CLI reaches a running daemon only through these, never through the
+//! daemon module.
+//!
+//! The control socket is a Unix domain socket in the runtime folder (0600 in a 0700
 //! folder) speaking newline-delimited JSON, one request and one response per line.
 //!
 //! A request is `{"v": 1, "cmd": "status"}`; `cmd` is one of `status`, `cycle-now`,
-//! `sync-now`, `sync-now-allow-removals`, `reload`, `stop`, `sign-in` and `mail-queued`. A response is `{"v": 1, "ok": true, "data": …}` or
+//! `sync-now`, `sync-now-allow-removals`, `reload`, `stop`, `sign-in`, `mail-queued` and
+//! `signed-in`. A response is `{"v": 1, "ok": true, "data": …}` or
 //! `{"v": 1, "ok": false, "error": "…"}`. A request of another protocol version is
 //! answered with an error naming both versions, and a client refuses a response of
 //! another version the same way, so a mismatched CLI and daemon say so instead of
@@ -11,6 +17,9 @@
 //! The server side accepts connections on the daemon's runtime and hands each request to
 //! the supervisor over a channel; the client side is synchronous (the CLI needs no
 //! runtime to ask a question).
+
+pub mod lock;
+pub mod state;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
