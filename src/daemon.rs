@@ -43,8 +43,9 @@ use crate::config::{Config, ConfigError};
 use crate::paths::Paths;
 use crate::schedule::{Job, Jobs};
 use crate::store::{Store, StoreError};
+use crate::time::stamp;
 use backoff::Backoff;
-use cycle::{CycleSummary, StepContext, Steps, Trigger, stamp};
+use cycle::{CycleSummary, StepContext, Steps, Trigger};
 use lock::{InstanceLock, LockError};
 use state::{DaemonState, Phase, STATE_VERSION};
 

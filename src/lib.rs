@@ -6,6 +6,8 @@
 //! - [`config`] turns the TOML file into a validated [`config::Config`]; [`paths`] knows
 //!   where every file lives and writes files atomically and owner-only.
 //! - [`text`] decodes the encodings PowerShell writes, for imports and mail batches.
+//! - [`time`] writes every stored and shown timestamp (RFC 3339, UTC, in the few
+//!   precisions stored text comparisons need) and reads them back.
 //! - [`import`] reads PowerShell exports into raw Exchange facts; [`inventory`] applies
 //!   the inventory rules to them (holds, age, size, cost, company, recovery eligibility)
 //!   as pure functions, which the live sync reuses.
@@ -63,6 +65,7 @@ pub mod step;
 pub mod store;
 pub mod sync;
 pub mod text;
+pub mod time;
 
 /// Says on the real stderr (which the test harness does not capture) that a unit test, or
 /// a part of one, was skipped and why, so a skip never passes unseen as "ok". The

@@ -31,7 +31,7 @@ use chrono::{DateTime, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::inventory::parse_rfc3339 as parse_time;
+use crate::time::parse as parse_time;
 
 /// A schedule: a cron expression, or `never`.
 #[derive(Clone)]
@@ -388,7 +388,7 @@ impl Jobs {
                 timezone: config.schedule.timezone.to_string(),
                 enabled: due.is_some(),
                 off_reason: job.off_reason(config).map(str::to_string),
-                next_run_at: due.map(crate::inventory::rfc3339),
+                next_run_at: due.map(crate::time::stamp),
                 last_run: runs.iter().find(|(j, _)| j == job).map(|(_, r)| r.clone()),
             })
             .collect()

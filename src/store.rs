@@ -30,7 +30,7 @@ mod mailboxes;
 mod raw;
 mod sign_in;
 mod sync;
-pub use mail_queue::{AttachmentInfo, Attempt, Enqueued, QueueCounts, QueuedMail, queue_time};
+pub use mail_queue::{AttachmentInfo, Attempt, Enqueued, QueueCounts, QueuedMail};
 pub use sign_in::SignInRow;
 
 use std::path::{Path, PathBuf};

@@ -57,8 +57,8 @@ use crate::paths::Paths;
 use crate::ratelimit::{BucketError, BucketFile, Params, State};
 use crate::schedule::Zone;
 use crate::step::{CycleStep, StepContext, StepError, StepFuture, StepReport};
-use crate::store::queue_time;
 use crate::store::{QueuedMail, Store, StoreError};
+use crate::time::stamp_millis as queue_time;
 
 /// The cycle step's name.
 pub const STEP_NAME: &str = "mail";
