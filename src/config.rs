@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::schedule::{When, Zone};
 pub use values::{
     AbsolutePath, AttributeName, Bounded, BoundedDuration, Cloud, Command, Domain, EndpointUrl,
-    Guid, MAX_NAME_CHARS, Mailbox, Price, Scope, SyncSource, Tenant, TokenStore, check_domain,
+    Guid, MAX_NAME_CHARS, Mailbox, Price, Scope, SyncSource, Tenant, TokenStore, When, Zone,
+    check_address, check_domain, check_sender,
 };
 use values::{name_keys, name_map, name_values, opt_name};
 
@@ -98,6 +98,11 @@ impl Default for DaemonConfig {
     }
 }
 
+/// The default wait of commands (`[database] busy_timeout`): four imports of 50,000
+/// mailboxes queued behind each other hold the write lock for tens of seconds, and a
+/// command should wait that out rather than fail.
+pub const CLI_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The `[database]` section: how commands share the database with other processes.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -111,7 +116,7 @@ pub struct DatabaseConfig {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
-            busy_timeout: BoundedDuration(crate::store::CLI_BUSY_TIMEOUT),
+            busy_timeout: BoundedDuration(CLI_BUSY_TIMEOUT),
         }
     }
 }

@@ -149,4 +149,37 @@ mod layers {
         assert!(!names("use crate::{daemonic, config};", "daemon"));
         assert!(!names("crate::daemons", "daemon"));
     }
+
+    /// The configuration is read by nearly every module, so it imports none of those that
+    /// read it and would close a circle: not the scheduler (the schedule's value types,
+    /// `When` and `Zone`, are configuration values), not the store (the commands' default
+    /// busy timeout is the configuration's), not mail (the address checks are
+    /// configuration values that mail reuses), and not the daemon.
+    #[test]
+    fn the_configuration_imports_none_of_its_readers() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        for f in &files {
+            let rel = f
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            if rel != "config.rs" && !rel.starts_with("config/") {
+                continue;
+            }
+            checked += 1;
+            let text = std::fs::read_to_string(f).unwrap();
+            for module in ["schedule", "store", "mail", "daemon"] {
+                if names(&text, module) {
+                    wrong.push(format!("{rel} imports crate::{module}"));
+                }
+            }
+        }
+        assert!(checked >= 2, "the configuration's sources were not found");
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
 }

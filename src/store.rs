@@ -76,11 +76,6 @@ const READ_SETTINGS: &str = "PRAGMA temp_store = MEMORY;
 /// cycle) and wherever nothing else was set.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The default wait of commands (`[database] busy_timeout`): four imports of 50,000
-/// mailboxes queued behind each other hold the write lock for tens of seconds, and a
-/// command should wait that out rather than fail.
-pub const CLI_BUSY_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
