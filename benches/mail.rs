@@ -39,13 +39,14 @@ use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use imm_daemon::auth::{Resource, Session};
 use imm_daemon::config::Config;
+use imm_daemon::config::Zone;
 use imm_daemon::mail::graph::new_internet_message_id;
 use imm_daemon::mail::outbox::{Settings, drain, record_sent};
 use imm_daemon::mail::{BodyType, NewMail};
 use imm_daemon::paths::Paths;
 use imm_daemon::ratelimit::{BucketFile, Params, State};
-use imm_daemon::schedule::Zone;
-use imm_daemon::store::{QueuedMail, Store, queue_time};
+use imm_daemon::store::{QueuedMail, Store};
+use imm_daemon::time::stamp_millis;
 use imm_emulators::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
 use imm_emulators::{GraphOptions, GraphServer};
 use tempfile::TempDir;
@@ -102,7 +103,7 @@ fn new_mail(i: u64) -> NewMail {
 /// Enqueues `n` mails, numbered from `first`, in one transaction, and returns them as
 /// the drain reads them.
 fn enqueue(store: &mut Store, first: u64, n: u64) -> Vec<QueuedMail> {
-    let now = queue_time(Utc::now());
+    let now = stamp_millis(Utc::now());
     let ids = store
         .write(|tx| {
             (first..first + n)
@@ -132,7 +133,7 @@ fn sent_mail(store: &mut Store, mail: &QueuedMail) {
     black_box(store.mail_attachments(mail.id).expect("attachments"));
     let draft = format!("AAMkAGI2TG93AAA{:016x}=", mail.id);
     store
-        .write(|tx| tx.record_send(mail.id, &draft, &queue_time(Utc::now())))
+        .write(|tx| tx.record_send(mail.id, &draft, &stamp_millis(Utc::now())))
         .expect("record the send");
     record_sent(store, mail, sender, &imid, false, Utc::now()).expect("mark sent");
 }

@@ -790,7 +790,7 @@ fn write_json_record(out: &mut String, rec: &[(&str, Val)], last: bool) {
 fn csv_date(ms: i64) -> String {
     let days = ms.div_euclid(86_400_000);
     let secs = ms.rem_euclid(86_400_000) / 1000;
-    let (y, m, d) = imm_daemon::inventory::civil_from_days(days);
+    let (y, m, d) = imm_daemon::time::civil_from_days(days);
     let (h, min, sec) = (secs / 3600, secs / 60 % 60, secs % 60);
     let (h12, ampm) = match h {
         0 => (12, "AM"),

@@ -9,7 +9,6 @@
 //! from. A chain cannot show that its newest rows were cut off; `audit verify` prints the
 //! head hash so it can be recorded elsewhere.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -183,12 +182,6 @@ pub struct AuditRow {
     pub error_message: Option<String>,
     pub prev_hash: Option<String>,
     pub hash: Option<String>,
-}
-
-/// The timestamp format of audit rows: RFC 3339, UTC, microseconds, so text order is
-/// time order.
-pub fn format_timestamp(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 /// The operating-system user the program runs as.

@@ -175,7 +175,7 @@ impl Context {
         let wait = self
             .config()
             .map(|c| c.database.busy_timeout.get())
-            .unwrap_or(crate::store::CLI_BUSY_TIMEOUT);
+            .unwrap_or(crate::config::CLI_BUSY_TIMEOUT);
         Store::open_audited(&self.paths.database, &self.paths.audit_head, wait)
     }
 }

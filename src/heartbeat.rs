@@ -9,7 +9,7 @@ pub mod backoff;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use crate::store::Store;
@@ -288,8 +288,8 @@ impl Steps {
         let finished_at = Utc::now();
         CycleSummary {
             trigger,
-            started_at: stamp(started_at),
-            finished_at: stamp(finished_at),
+            started_at: crate::time::stamp(started_at),
+            finished_at: crate::time::stamp(finished_at),
             duration_ms: started.elapsed().as_millis() as u64,
             ok: outcomes
                 .iter()
@@ -301,11 +301,6 @@ impl Steps {
 
 fn round_secs(d: std::time::Duration) -> std::time::Duration {
     std::time::Duration::from_secs(d.as_secs())
-}
-
-/// A time as the daemon writes it: RFC 3339, UTC.
-pub fn stamp(t: DateTime<Utc>) -> String {
-    crate::inventory::rfc3339(t)
 }
 
 /// Copies the database's write-ahead log into the database file once a cycle, so the WAL

@@ -6,6 +6,8 @@
 //! - [`config`] turns the TOML file into a validated [`config::Config`]; [`paths`] knows
 //!   where every file lives and writes files atomically and owner-only.
 //! - [`text`] decodes the encodings PowerShell writes, for imports and mail batches.
+//! - [`time`] writes every stored and shown timestamp (RFC 3339, UTC, in the few
+//!   precisions stored text comparisons need) and reads them back.
 //! - [`import`] reads PowerShell exports into raw Exchange facts; [`inventory`] applies
 //!   the inventory rules to them (holds, age, size, cost, company, recovery eligibility)
 //!   as pure functions, which the live sync reuses.
@@ -75,6 +77,7 @@ pub mod step;
 pub mod store;
 pub mod sync;
 pub mod text;
+pub mod time;
 
 /// Says on the real stderr (which the test harness does not capture) that a unit test, or
 /// a part of one, was skipped and why, so a skip never passes unseen as "ok". The
@@ -92,7 +95,8 @@ pub(crate) fn skip_test(test: &str, why: &str) {
 /// imports the command line but the binary; nothing imports the daemon but the command
 /// line's dispatcher (`cli.rs`, which starts it and maps its errors to exit codes); and
 /// no circle of imports between top-level modules runs through the daemon, the command
-/// line, the heartbeat, the control module, the configuration, errors, paths or text.
+/// line, the heartbeat, the control module, the configuration, time, errors, paths or
+/// text.
 #[cfg(test)]
 mod layers {
     use std::path::{Path, PathBuf};
@@ -200,6 +204,8 @@ mod layers {
             "daemon",
             "heartbeat",
             "control",
+            "config",
+            "time",
             "error",
             "paths",
             "text",
@@ -251,5 +257,38 @@ mod layers {
         assert!(names("use crate::{config, daemon::cycle};", "daemon"));
         assert!(!names("use crate::{daemonic, config};", "daemon"));
         assert!(!names("crate::daemons", "daemon"));
+    }
+
+    /// The configuration is read by nearly every module, so it imports none of those that
+    /// read it and would close a circle: not the scheduler (the schedule's value types,
+    /// `When` and `Zone`, are configuration values), not the store (the commands' default
+    /// busy timeout is the configuration's), not mail (the address checks are
+    /// configuration values that mail reuses), and not the daemon.
+    #[test]
+    fn the_configuration_imports_none_of_its_readers() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        for f in &files {
+            let rel = f
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            if rel != "config.rs" && !rel.starts_with("config/") {
+                continue;
+            }
+            checked += 1;
+            let text = std::fs::read_to_string(f).unwrap();
+            for module in ["schedule", "store", "mail", "daemon"] {
+                if names(&text, module) {
+                    wrong.push(format!("{rel} imports crate::{module}"));
+                }
+            }
+        }
+        assert!(checked >= 2, "the configuration's sources were not found");
+        assert!(wrong.is_empty(), "{wrong:#?}");
     }
 }

@@ -229,24 +229,10 @@ where
     })
 }
 
-/// Checks an address: a local part and a domain, nothing else (no display name).
+/// Checks an address: a local part and a domain, nothing else (no display name)
+/// ([`crate::config::check_address`]).
 pub fn check_address(text: &str) -> Result<String, MailError> {
-    let a = text.trim();
-    let bad = || MailError::Address(text.to_string());
-    let (local, domain) = a.rsplit_once('@').ok_or_else(bad)?;
-    let local_ok = !local.is_empty()
-        && local.len() <= 64
-        && !local.starts_with('.')
-        && !local.ends_with('.')
-        && !local.contains("..")
-        && local.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b) || b >= 0x80
-        });
-    if !local_ok || a.len() > 254 {
-        return Err(bad());
-    }
-    let domain = crate::config::check_domain(domain).map_err(|_| bad())?;
-    Ok(format!("{local}@{domain}"))
+    crate::config::check_address(text).map_err(|_| MailError::Address(text.to_string()))
 }
 
 /// A MIME type for an attachment, from its file name.
@@ -348,13 +334,9 @@ fn read_file(
 }
 
 /// Checks a sending mailbox: an address (user principal name) or an object id (GUID),
-/// as Graph's `/users/{id}` takes them.
+/// as Graph's `/users/{id}` takes them ([`crate::config::check_sender`]).
 pub fn check_sender(text: &str) -> Result<String, MailError> {
-    check_address(text).or_else(|_| {
-        uuid::Uuid::try_parse(text.trim())
-            .map(|u| u.hyphenated().to_string())
-            .map_err(|_| MailError::Sender(text.to_string()))
-    })
+    crate::config::check_sender(text).map_err(|_| MailError::Sender(text.to_string()))
 }
 
 impl Draft {

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 use crate::config::{Command as CommandLine, EndpointUrl, NotifyConfig};
+use crate::time::stamp_secs;
 
 /// The name desktop notifications are shown under.
 const APP_NAME: &str = "imm-daemon";
@@ -108,7 +109,7 @@ impl Event {
                     verification_uri_complete.clone(),
                 ),
                 ("message", Some(message.clone())),
-                ("expires_at", Some(rfc3339(*expires_at))),
+                ("expires_at", Some(stamp_secs(*expires_at))),
                 ("account", account.clone()),
                 ("reason", Some(reason.clone())),
             ],
@@ -145,7 +146,7 @@ impl Event {
     pub fn to_json(&self, at: DateTime<Utc>) -> serde_json::Value {
         let mut map = serde_json::Map::new();
         map.insert("event".into(), self.name().into());
-        map.insert("at".into(), rfc3339(at).into());
+        map.insert("at".into(), stamp_secs(at).into());
         for (name, value) in self.fields() {
             map.insert(name.into(), value.into());
         }
@@ -220,10 +221,6 @@ impl Event {
             ),
         }
     }
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// What one hook did.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::Zone;
+use crate::config::Zone;
 
 /// The state file's format version.
 pub const STATE_VERSION: u32 = 1;

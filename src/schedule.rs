@@ -12,6 +12,10 @@
 //! one database connection. So the supervisor sleeps until the earliest due job, on the
 //! same `select!` as the heartbeat, and runs it between cycles.
 //!
+//! A schedule ([`When`]) and its time zone ([`Zone`](crate::config::Zone)) are
+//! configuration values, parsed and evaluated with the rest of the configuration
+//! ([`crate::config`]); this module plans the jobs.
+//!
 //! When a job is due:
 //! - after a successful run, at the schedule's next time after that run; a daemon that
 //!   was down when a run was due runs it once when it starts (never a burst);
@@ -25,193 +29,11 @@
 //! while a machine sleeps, so the due times are re-read against the wall clock after
 //! every heartbeat too: a job due during sleep runs at most one heartbeat after waking.
 
-use std::fmt;
-
-use chrono::{DateTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
-use crate::inventory::parse_rfc3339 as parse_time;
-
-/// A schedule: a cron expression, or `never`.
-#[derive(Clone)]
-pub enum When {
-    Never,
-    Cron {
-        text: String,
-        cron: Box<croner::Cron>,
-    },
-}
-
-impl When {
-    /// Parses a cron expression (five fields, or six with seconds first) or `never`.
-    pub fn parse(text: &str) -> Result<When, String> {
-        let t = text.trim();
-        if t.eq_ignore_ascii_case("never") {
-            return Ok(When::Never);
-        }
-        let cron = croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Optional)
-            .year(croner::parser::Year::Disallowed)
-            .build()
-            .parse(t)
-            .map_err(|e| {
-                format!(
-                    "`{t}` is not a cron expression ({e}); write five fields (minute hour \
-                     day month weekday) such as \"30 3 * * *\", or \"never\""
-                )
-            })?;
-        // A pattern that matches no date (30 February) would leave its job never due.
-        if cron.find_next_occurrence(&Utc::now(), false).is_err() {
-            return Err(format!("the cron expression `{t}` matches no date"));
-        }
-        Ok(When::Cron {
-            text: t.to_string(),
-            cron: Box::new(cron),
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            When::Never => "never",
-            When::Cron { text, .. } => text,
-        }
-    }
-
-    /// The first time strictly after `t` that the schedule names, in `zone`.
-    ///
-    /// In the hour a fall-back repeats, croner reads local times with the earlier
-    /// offset, so from the hour's second pass it can answer with a time already gone; the
-    /// search then moves on from that answer until it passes `t` (at most an hour of
-    /// matches), so no time at or before `t` is ever returned.
-    pub fn next_after(&self, zone: &Zone, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let When::Cron { cron, .. } = self else {
-            return None;
-        };
-        fn next<Tz: TimeZone>(cron: &croner::Cron, t: DateTime<Tz>) -> Option<DateTime<Utc>> {
-            cron.find_next_occurrence(&t, false)
-                .ok()
-                .map(|n| n.with_timezone(&Utc))
-        }
-        // Schedules name whole seconds.
-        let t = t.with_nanosecond(0).unwrap_or(t);
-        let mut from = t;
-        for _ in 0..=3_600 {
-            let n = match zone {
-                Zone::Local => next(cron, from.with_timezone(&chrono::Local)),
-                Zone::Named(tz) => next(cron, from.with_timezone(tz)),
-            }?;
-            if n > t {
-                return Some(n);
-            }
-            from = from.max(n) + chrono::Duration::seconds(1);
-        }
-        None
-    }
-}
-
-impl PartialEq for When {
-    fn eq(&self, other: &When) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl fmt::Debug for When {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "When({:?})", self.as_str())
-    }
-}
-
-impl fmt::Display for When {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for When {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for When {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a cron expression such as \"30 3 * * *\"")
-        })?;
-        When::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// The time zone schedules follow: the system's, or a named IANA zone.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub enum Zone {
-    #[default]
-    Local,
-    Named(chrono_tz::Tz),
-}
-
-impl Zone {
-    /// The calendar date at `t` in this zone.
-    pub fn date_of(&self, t: DateTime<Utc>) -> chrono::NaiveDate {
-        match self {
-            Zone::Local => t.with_timezone(&chrono::Local).date_naive(),
-            Zone::Named(tz) => t.with_timezone(tz).date_naive(),
-        }
-    }
-
-    /// The first instant of `date` in this zone: its midnight, or the first local time
-    /// after a daylight-saving gap that swallowed midnight.
-    pub fn start_of_day(&self, date: chrono::NaiveDate) -> DateTime<Utc> {
-        fn first<Tz: TimeZone>(tz: &Tz, midnight: chrono::NaiveDateTime) -> DateTime<Utc> {
-            (0..=16)
-                .map(|q| midnight + chrono::Duration::minutes(15 * q))
-                .find_map(|local| tz.from_local_datetime(&local).earliest())
-                .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc))
-        }
-        let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
-        match self {
-            Zone::Local => first(&chrono::Local, midnight),
-            Zone::Named(tz) => first(tz, midnight),
-        }
-    }
-
-    pub fn parse(text: &str) -> Result<Zone, String> {
-        let t = text.trim();
-        if t.eq_ignore_ascii_case("local") {
-            return Ok(Zone::Local);
-        }
-        t.parse::<chrono_tz::Tz>().map(Zone::Named).map_err(|_| {
-            format!(
-                "`{t}` is not a time zone; write an IANA name such as \"Europe/Berlin\" or \
-                 \"America/New_York\", or \"local\" for the system's"
-            )
-        })
-    }
-}
-
-impl fmt::Display for Zone {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Zone::Local => f.write_str("local"),
-            Zone::Named(tz) => f.write_str(tz.name()),
-        }
-    }
-}
-
-impl Serialize for Zone {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Zone {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected a time zone name"))?;
-        Zone::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
+use crate::config::{Config, When};
+use crate::time::parse as parse_time;
 
 /// A scheduled job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -388,7 +210,7 @@ impl Jobs {
                 timezone: config.schedule.timezone.to_string(),
                 enabled: due.is_some(),
                 off_reason: job.off_reason(config).map(str::to_string),
-                next_run_at: due.map(crate::inventory::rfc3339),
+                next_run_at: due.map(crate::time::stamp),
                 last_run: runs.iter().find(|(j, _)| j == job).map(|(_, r)| r.clone()),
             })
             .collect()
@@ -398,6 +220,7 @@ impl Jobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Zone;
     use std::path::Path;
 
     fn t(s: &str) -> DateTime<Utc> {
@@ -406,46 +229,6 @@ mod tests {
 
     fn config(extra: &str) -> Config {
         Config::parse(extra, Path::new("test.toml")).unwrap()
-    }
-
-    #[test]
-    fn cron_expressions_with_and_without_seconds_and_never() {
-        let utc = Zone::Named(chrono_tz::UTC);
-        let w = When::parse("30 3 * * *").unwrap();
-        assert_eq!(
-            w.next_after(&utc, t("2026-11-21T03:29:59Z")),
-            Some(t("2026-11-21T03:30:00Z"))
-        );
-        // Strictly after: a job that just ran at its time is not due again.
-        assert_eq!(
-            w.next_after(&utc, t("2026-11-21T03:30:00Z")),
-            Some(t("2026-11-22T03:30:00Z"))
-        );
-        let secs = When::parse("*/15 * * * * *").unwrap();
-        assert_eq!(
-            secs.next_after(&utc, t("2026-11-21T10:00:01Z")),
-            Some(t("2026-11-21T10:00:15Z"))
-        );
-        assert_eq!(
-            secs.next_after(&utc, t("2026-11-21T10:00:14.998Z")),
-            Some(t("2026-11-21T10:00:15Z")),
-            "whole seconds, from a time that has a fraction"
-        );
-        assert_eq!(
-            When::parse("@daily")
-                .unwrap()
-                .next_after(&utc, t("2026-11-21T10:00:00Z")),
-            Some(t("2026-11-22T00:00:00Z"))
-        );
-        assert_eq!(When::parse(" Never ").unwrap(), When::Never);
-        assert_eq!(
-            When::Never.next_after(&utc, t("2026-11-21T10:00:00Z")),
-            None
-        );
-        let e = When::parse("every day").unwrap_err();
-        assert!(e.contains("`every day` is not a cron expression"), "{e}");
-        let e = When::parse("0 0 30 2 *").unwrap_err();
-        assert!(e.contains("matches no date"), "{e}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod mailboxes;
 mod raw;
 mod sign_in;
 mod sync;
-pub use mail_queue::{AttachmentInfo, Attempt, Enqueued, QueueCounts, QueuedMail, queue_time};
+pub use mail_queue::{AttachmentInfo, Attempt, Enqueued, QueueCounts, QueuedMail};
 pub use sign_in::SignInRow;
 
 use std::path::{Path, PathBuf};
@@ -75,11 +75,6 @@ const READ_SETTINGS: &str = "PRAGMA temp_store = MEMORY;
 /// must not stall its control socket for long; a step that gives up runs again next
 /// cycle) and wherever nothing else was set.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The default wait of commands (`[database] busy_timeout`): four imports of 50,000
-/// mailboxes queued behind each other hold the write lock for tens of seconds, and a
-/// command should wait that out rather than fail.
-pub const CLI_BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

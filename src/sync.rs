@@ -192,7 +192,7 @@ async fn read_off_runtime(
             Err(e) => Err(LoadError::Panicked(e.to_string())),
         }),
         _ = tokio::time::sleep(timeout) => {
-            *stuck = Some(StuckRead { handle: read, since: crate::inventory::rfc3339(Utc::now()) });
+            *stuck = Some(StuckRead { handle: read, since: crate::time::stamp(Utc::now()) });
             Some(Err(LoadError::TimedOut {
                 path: file.to_path_buf(),
                 after: humantime::format_duration(timeout).to_string(),
@@ -271,7 +271,7 @@ impl MailboxSync {
             w.notify_one();
         }
         if ctx.sync_due {
-            let finished = crate::inventory::rfc3339(Utc::now());
+            let finished = crate::time::stamp(Utc::now());
             let (ok, text) = match &result {
                 Ok(o) => (true, o.summary()),
                 Err(e) => (false, crate::error::chain(e)),
@@ -280,7 +280,7 @@ impl MailboxSync {
                 let recorded = ctx.store.borrow_mut().write(|tx| {
                     tx.record_job_run(
                         Job::MailboxSync,
-                        &crate::inventory::rfc3339(started),
+                        &crate::time::stamp(started),
                         &finished,
                         ok,
                         &text,
@@ -395,7 +395,7 @@ impl CycleStep for MailboxSync {
                 RemovalGuard::from_config(ctx.config, ctx.allow_removals),
                 Utc::now(),
             );
-            let finished = crate::inventory::rfc3339(Utc::now());
+            let finished = crate::time::stamp(Utc::now());
             let text = match &result {
                 Ok(l) => format!(
                     "loaded {} mailbox(es) from {}; removed {} no longer in it",
@@ -408,7 +408,7 @@ impl CycleStep for MailboxSync {
             let recorded = ctx.store.borrow_mut().write(|tx| {
                 tx.record_job_run(
                     Job::MailboxSync,
-                    &crate::inventory::rfc3339(started),
+                    &crate::time::stamp(started),
                     &finished,
                     result.is_ok(),
                     &text,

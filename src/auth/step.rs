@@ -576,7 +576,7 @@ impl SignInStep {
                             .details(serde_json::json!({
                                 "resource": resource.as_str(),
                                 "result": "ok",
-                                "expires_at": crate::inventory::rfc3339(access.expires_at),
+                                "expires_at": crate::time::stamp(access.expires_at),
                                 "keep_alive": forced,
                             })),
                     );
@@ -593,7 +593,7 @@ impl SignInStep {
                     record.last_error = Some(reason.clone());
                     return Err(StepError::transient(format!(
                         "{resource} token refresh failed; its access token stays in use until {}: {reason}",
-                        crate::inventory::rfc3339(access.expires_at)
+                        crate::time::stamp(access.expires_at)
                     )));
                 }
                 Err(AuthError::NotSignedIn) => {

@@ -128,7 +128,7 @@ pub fn login(ctx: &Context, args: LoginArgs) -> anyhow::Result<()> {
         println!("{}", pending.message);
         println!(
             "(the running daemon holds this code; it expires at {})",
-            crate::inventory::rfc3339(pending.expires_at)
+            crate::time::stamp(pending.expires_at)
         );
         if args.no_wait {
             return Ok(());

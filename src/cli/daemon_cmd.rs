@@ -304,9 +304,6 @@ pub fn stop(ctx: &Context) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    println!(
-        "imm-daemon stopped at {}",
-        crate::inventory::rfc3339(Utc::now())
-    );
+    println!("imm-daemon stopped at {}", crate::time::stamp(Utc::now()));
     Ok(())
 }

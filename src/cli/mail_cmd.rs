@@ -17,7 +17,7 @@ use crate::control::lock::InstanceLock;
 use crate::control::{self, Command};
 use crate::mail::{Draft, MailError, NewMail, Protected};
 use crate::store::QueuedMail;
-use crate::store::queue_time;
+use crate::time::stamp_millis as queue_time;
 
 /// Options of `imm-daemon send`.
 #[derive(Debug, Args)]

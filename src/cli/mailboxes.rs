@@ -241,7 +241,7 @@ fn csv_row(m: &InactiveMailbox) -> Vec<String> {
         opt(&m.primary_smtp),
         opt(&m.user_principal_name),
         m.when_soft_deleted
-            .map(crate::inventory::rfc3339)
+            .map(crate::time::stamp)
             .unwrap_or_default(),
         opt(&m.age_days),
         opt(&m.size_mb),
@@ -257,7 +257,7 @@ fn csv_row(m: &InactiveMailbox) -> Vec<String> {
             .join(";"),
         opt(&m.operating_company),
         opt(&m.department),
-        crate::inventory::rfc3339(m.last_updated),
+        crate::time::stamp(m.last_updated),
     ]
 }
 
@@ -404,7 +404,7 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
             store.audit(
                 &AuditEvent::new(Operation::ListMailboxes).details(json!({
                     "changes": true,
-                    "since": since.map(crate::inventory::rfc3339),
+                    "since": since.map(crate::time::stamp),
                     "count": changes.len(),
                 })),
                 now,
@@ -513,7 +513,7 @@ fn show(
                 (
                     "Soft-deleted",
                     m.when_soft_deleted
-                        .map(crate::inventory::rfc3339)
+                        .map(crate::time::stamp)
                         .unwrap_or_default(),
                 ),
                 ("Age (days)", opt(&m.age_days)),
@@ -539,7 +539,7 @@ fn show(
                 ("Archive", opt(&m.archive_status)),
                 ("Auto-expanding", yes_no(m.auto_expanding_archive)),
                 ("Recoverable", yes_no(m.recovery_eligible)),
-                ("Last updated", crate::inventory::rfc3339(m.last_updated)),
+                ("Last updated", crate::time::stamp(m.last_updated)),
             ];
             for (k, v) in lines {
                 writeln!(out, "{k:<16}{v}")?;

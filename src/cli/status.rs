@@ -21,9 +21,9 @@ use super::Context;
 use crate::control::lock::{InstanceLock, read_holder};
 use crate::control::state::{DaemonState, Phase};
 use crate::heartbeat::CycleSummary;
-use crate::inventory::parse_rfc3339 as parse_time;
 use crate::schedule::{Job, JobRun, JobView, Jobs};
 use crate::store::{Store, StoreStats};
+use crate::time::parse as parse_time;
 
 /// Exit codes of `status`.
 pub mod code {
@@ -142,10 +142,10 @@ fn queue(
     };
     let settings = crate::mail::outbox::Settings::from_config(config, paths);
     let zone = settings.zone;
-    let since = crate::store::queue_time(zone.start_of_day(zone.date_of(now)));
+    let since = crate::time::stamp_millis(zone.start_of_day(zone.date_of(now)));
     let read = || -> Result<_, crate::store::StoreError> {
         Ok((
-            store.queue_counts(&crate::store::queue_time(now))?,
+            store.queue_counts(&crate::time::stamp_millis(now))?,
             store.sent_since(&since)?,
             store.next_mail_due()?,
         ))
@@ -169,7 +169,7 @@ fn queue(
             daily_remaining: loaded.state.daily_remaining(p),
             daily_cap: p.daily_cap,
             reserved: loaded.state.reserved,
-            next_token_at: loaded.state.next_token_at(p).map(crate::heartbeat::stamp),
+            next_token_at: loaded.state.next_token_at(p).map(crate::time::stamp),
             next_due_at: next_due_at.filter(|_| counts.queued > 0),
             bucket_warning: loaded.rebuilt.map(|e| crate::error::chain(&e)),
         }),
@@ -255,7 +255,7 @@ fn sign_in(
             (
                 k.clone(),
                 AccessView {
-                    expires_at: crate::inventory::rfc3339(a.expires_at),
+                    expires_at: crate::time::stamp(a.expires_at),
                     expires_in_secs: (a.expires_at - now).num_seconds(),
                 },
             )
@@ -265,7 +265,7 @@ fn sign_in(
         .refresh_obtained_at
         .map(|t| (now - t).num_seconds().max(0));
     s.required_reason = record.required_reason;
-    s.required_since = record.required_since.map(crate::inventory::rfc3339);
+    s.required_since = record.required_since.map(crate::time::stamp);
     s.last_error = record.last_error;
     s.pending = record.pending.filter(|p| p.expires_at > now);
     s
@@ -913,7 +913,7 @@ fn write_sign_in(
                 "{} (code {}, expires {})",
                 p.message,
                 p.user_code,
-                crate::inventory::rfc3339(p.expires_at)
+                crate::time::stamp(p.expires_at)
             ),
         )?;
     }

@@ -40,10 +40,11 @@ use crate::control::state::{DaemonState, Phase, STATE_VERSION};
 use crate::control::{self, Command, Response};
 use crate::exchange::sync::ProgressSlot;
 use crate::heartbeat::backoff::Backoff;
-use crate::heartbeat::{CycleStep, CycleSummary, StepContext, Steps, Trigger, stamp};
+use crate::heartbeat::{CycleStep, CycleSummary, StepContext, Steps, Trigger};
 use crate::paths::Paths;
 use crate::schedule::{Job, Jobs};
 use crate::store::Store;
+use crate::time::stamp;
 
 /// Where a control request's answer goes.
 type Reply = tokio::sync::oneshot::Sender<Response>;

@@ -271,7 +271,7 @@ pub async fn run(r: &Run<'_>, list: bool) -> Result<Outcome, ExchangeError> {
         } else {
             Phase::Statistics
         },
-        started_at: crate::inventory::rfc3339(started),
+        started_at: crate::time::stamp(started),
         pages: 0,
         mailboxes_seen: 0,
         restarts: 0,
@@ -746,13 +746,11 @@ mod unit {
         assert_eq!(raw.external_directory_object_id, None);
         assert_eq!(raw.license.as_deref(), Some("E3"), "mapped from the plan");
         assert_eq!(
-            raw.when_changed.map(crate::inventory::rfc3339).as_deref(),
+            raw.when_changed.map(crate::time::stamp).as_deref(),
             Some("2024-03-01T10:00:00.123Z")
         );
         assert_eq!(
-            raw.when_soft_deleted
-                .map(crate::inventory::rfc3339)
-                .as_deref(),
+            raw.when_soft_deleted.map(crate::time::stamp).as_deref(),
             Some("2022-09-21T08:07:47Z")
         );
     }

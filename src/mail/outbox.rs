@@ -54,12 +54,12 @@ use super::graph::{Folder, GraphError, GraphMail, Message};
 use crate::audit::{AuditEvent, Operation};
 use crate::auth::{AuthError, Resource, Session};
 use crate::config::Config;
+use crate::config::Zone;
 use crate::paths::Paths;
 use crate::ratelimit::{BucketError, BucketFile, Params, State};
-use crate::schedule::Zone;
 use crate::step::{CycleStep, StepContext, StepError, StepFuture, StepReport};
-use crate::store::queue_time;
 use crate::store::{QueuedMail, Store, StoreError};
+use crate::time::stamp_millis as queue_time;
 
 /// The cycle step's name.
 pub const STEP_NAME: &str = "mail";

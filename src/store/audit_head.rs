@@ -198,7 +198,7 @@ impl Store {
             expected_id: head.id,
             expected_hash: head.hash.clone(),
             found_id,
-            detected_at: crate::inventory::rfc3339(now),
+            detected_at: crate::time::stamp(now),
         };
         tracing::error!("{}", incident.describe());
         // The head starts again from the chain the database has, keeping the incident

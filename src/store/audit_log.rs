@@ -5,6 +5,7 @@ use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use super::{Store, StoreError, Tx};
 use crate::audit::{self, Anchor, AuditEvent, AuditRow, GENESIS, Verifier};
+use crate::time::stamp_micros;
 
 const COLUMNS: &str =
     "id, timestamp, operation, identity, user, details, result, error_message, prev_hash, hash";
@@ -141,7 +142,7 @@ impl Tx<'_> {
                 (seq.max(max_id) + 1, prev)
             }
         };
-        let timestamp = audit::format_timestamp(now);
+        let timestamp = stamp_micros(now);
         let details = event.details.to_string();
         let hash = audit::chain_hash(
             &prev,
@@ -184,7 +185,7 @@ impl Tx<'_> {
         now: DateTime<Utc>,
     ) -> Result<PruneOutcome, StoreError> {
         let tx = &self.tx;
-        let cut = audit::format_timestamp(cutoff);
+        let cut = stamp_micros(cutoff);
         let first_kept: Option<i64> = tx.query_row(
             "SELECT min(id) FROM audit_log WHERE timestamp >= ?1",
             [&cut],
@@ -228,7 +229,7 @@ impl Tx<'_> {
                 anchor.last_id,
                 anchor.last_hash,
                 pruned as i64,
-                audit::format_timestamp(now)
+                stamp_micros(now)
             ],
         )?;
         Ok(PruneOutcome {
@@ -247,7 +248,7 @@ impl Store {
         cutoff: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<PruneOutcome, StoreError> {
-        let details = serde_json::json!({"cutoff": audit::format_timestamp(cutoff)});
+        let details = serde_json::json!({"cutoff": stamp_micros(cutoff)});
         let result = self.write(|tx| {
             let outcome = tx.prune_audit(cutoff, now)?;
             let mut details = details.clone();
@@ -284,8 +285,8 @@ impl Store {
         let rows = st
             .query_map(
                 params![
-                    filter.since.map(audit::format_timestamp),
-                    filter.until.map(audit::format_timestamp),
+                    filter.since.map(stamp_micros),
+                    filter.until.map(stamp_micros),
                     filter.operation.map(|o| o.as_str()),
                     filter.identity,
                     filter.limit.map_or(-1, |l| l as i64),

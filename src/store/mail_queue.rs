@@ -6,15 +6,6 @@ use rusqlite::{OptionalExtension, params};
 use super::{Store, StoreError, Tx};
 use crate::mail::{BodyType, NewMail};
 
-/// A time as the queue stores and compares it: RFC 3339 in UTC, always with
-/// milliseconds, so that text order is time order (`…:05Z` would sort after
-/// `…:05.123Z`).
-pub fn queue_time(t: chrono::DateTime<chrono::Utc>) -> String {
-    let mut s = String::with_capacity(24);
-    crate::inventory::push_rfc3339(&mut s, t, true);
-    s
-}
-
 /// The outcome of an enqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enqueued {
@@ -165,7 +156,7 @@ impl Lenient<'_, '_> {
 
     fn time(&mut self, i: usize, what: &str) -> rusqlite::Result<String> {
         let t = self.text(i, what)?;
-        if crate::inventory::parse_rfc3339(&t).is_none() {
+        if crate::time::parse(&t).is_none() {
             let shown: String = t.chars().take(40).collect();
             self.damage
                 .push(format!("its {what} `{shown}` is not a time"));
@@ -587,6 +578,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::mail::Attachment;
+    use crate::time::stamp_millis as queue_time;
 
     fn mail(key: Option<&str>) -> NewMail {
         NewMail {

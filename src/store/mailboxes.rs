@@ -11,17 +11,7 @@ use super::raw::{Param, RawStatement};
 use super::{Store, StoreError, Tx};
 use crate::audit::{AuditEvent, Operation};
 use crate::inventory::{HoldType, InactiveMailbox, parse_ps_date};
-
-/// The text form of stored mailbox dates: fixed width, so text order is time order.
-fn format_date(t: DateTime<Utc>) -> String {
-    let mut s = String::with_capacity(24);
-    push_date(&mut s, t);
-    s
-}
-
-fn push_date(s: &mut String, t: DateTime<Utc>) {
-    crate::inventory::push_rfc3339(s, t, true);
-}
+use crate::time::{push_stamp_millis, stamp_millis};
 
 fn parse_date(s: Option<String>) -> Option<DateTime<Utc>> {
     s.and_then(|s| parse_ps_date(&s).ok().flatten())
@@ -172,11 +162,11 @@ impl RowText {
         );
         self.deleted.clear();
         if let Some(d) = m.when_soft_deleted {
-            push_date(&mut self.deleted, d);
+            push_stamp_millis(&mut self.deleted, d);
         }
         if self.updated_at != Some(m.last_updated) {
             self.updated.clear();
-            push_date(&mut self.updated, m.last_updated);
+            push_stamp_millis(&mut self.updated, m.last_updated);
             self.updated_at = Some(m.last_updated);
         }
         search_key(&mut self.key, m.display_name.as_deref());
@@ -500,7 +490,7 @@ impl Store {
                     filter.text.as_deref().map(str::to_lowercase),
                     filter.company,
                     filter.hold.map(HoldType::as_str),
-                    filter.deleted_before.map(format_date),
+                    filter.deleted_before.map(stamp_millis),
                 ],
                 row_to_mailbox,
             )?
@@ -556,30 +546,6 @@ mod tests {
     use super::*;
     use crate::store::Store;
     use chrono::TimeZone;
-
-    #[test]
-    fn stored_dates_are_fixed_width_and_ordered() {
-        for (t, want) in [
-            (
-                Utc.timestamp_millis_opt(1_690_000_000_123).unwrap(),
-                "2023-07-22T04:26:40.123Z",
-            ),
-            (
-                Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap(),
-                "0001-01-01T00:00:00.000Z",
-            ),
-            (
-                Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap(),
-                "2026-12-31T23:59:59.000Z",
-            ),
-        ] {
-            assert_eq!(format_date(t), want);
-            assert_eq!(
-                format_date(t),
-                t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-            );
-        }
-    }
 
     fn mailbox(i: u32) -> InactiveMailbox {
         let rec = serde_json::json!({

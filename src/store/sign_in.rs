@@ -66,7 +66,7 @@ impl Store {
         expected: Option<i64>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        let at = crate::inventory::rfc3339(now);
+        let at = crate::time::stamp(now);
         self.write(|tx| {
             for e in events {
                 tx.audit(e, now)?;

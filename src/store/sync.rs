@@ -18,6 +18,7 @@ use super::raw::{Param, RawStatement};
 use super::{Store, StoreError, Tx};
 use crate::audit::{AuditEvent, Operation};
 use crate::inventory::{HoldType, InactiveMailbox};
+use crate::time::{push_stamp_millis, stamp_millis};
 
 /// What changed about a mailbox between two syncs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -153,12 +154,6 @@ struct Chunk {
     last_identity: Option<String>,
 }
 
-fn stamp(t: DateTime<Utc>) -> String {
-    let mut s = String::with_capacity(24);
-    crate::inventory::push_rfc3339(&mut s, t, true);
-    s
-}
-
 fn holds_of(text: Option<&str>) -> BTreeSet<String> {
     text.and_then(|t| serde_json::from_str::<Vec<String>>(t).ok())
         .unwrap_or_default()
@@ -244,7 +239,7 @@ impl Store {
                 text.fill(s.mailbox);
                 changed.clear();
                 if let Some(t) = s.when_changed {
-                    crate::inventory::push_rfc3339(&mut changed, t, true);
+                    push_stamp_millis(&mut changed, t);
                 }
                 let mut params: Vec<Param<'_>> = text.params(s.mailbox).to_vec();
                 params.push(if s.when_changed.is_some() {
@@ -282,7 +277,7 @@ impl Store {
                     coalesce(sum(stats_at IS NOT NULL AND (stats_stale = 1 OR stats_at < ?1)), 0),
                     coalesce(sum(size_bytes IS NULL), 0)
              FROM inactive_mailboxes",
-            [stamp(cutoff)],
+            [stamp_millis(cutoff)],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         Ok(StatisticsDue {
@@ -306,7 +301,7 @@ impl Store {
              LIMIT ?2",
         )?;
         let ids = st
-            .query_map(params![stamp(cutoff), limit as i64], |r| r.get(0))?
+            .query_map(params![stamp_millis(cutoff), limit as i64], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
         Ok(ids)
     }
@@ -325,7 +320,7 @@ impl Store {
              ORDER BY id",
         )?;
         let rows = st
-            .query_map(params![since.map(stamp), limit as i64], |r| {
+            .query_map(params![since.map(stamp_millis), limit as i64], |r| {
                 let change: String = r.get(4)?;
                 let details: String = r.get(7)?;
                 Ok(MailboxChange {
@@ -379,8 +374,8 @@ impl Tx<'_> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 run.source,
-                stamp(run.started_at),
-                stamp(run.finished_at),
+                stamp_millis(run.started_at),
+                stamp_millis(run.finished_at),
                 run.ok,
                 run.figures.to_string(),
                 run.error
@@ -395,7 +390,7 @@ impl Tx<'_> {
             "UPDATE syncs SET finished_at = ?2, ok = ?3, figures = ?4, error = ?5 WHERE id = ?1",
             params![
                 id,
-                stamp(run.finished_at),
+                stamp_millis(run.finished_at),
                 run.ok,
                 run.figures.to_string(),
                 run.error
@@ -429,7 +424,7 @@ impl Tx<'_> {
         sync_id: i64,
         now: DateTime<Utc>,
     ) -> Result<Snapshot, StoreError> {
-        let at = stamp(now);
+        let at = stamp_millis(now);
         let mut out = Snapshot {
             sync_id,
             listed: self
@@ -701,7 +696,7 @@ impl Tx<'_> {
         results: &[StatisticsResult],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let at = stamp(now);
+        let at = stamp_millis(now);
         let mut st = self.tx.prepare_cached(
             "UPDATE inactive_mailboxes
              SET size_bytes = ?2, size_mb = ?3, item_count = ?4, stats_at = ?5, stats_stale = 0
@@ -729,7 +724,7 @@ impl Tx<'_> {
     ) -> Result<(), StoreError> {
         self.tx.execute(
             "UPDATE inactive_mailboxes SET stats_at = ?2, stats_stale = 0 WHERE identity = ?1",
-            params![identity, stamp(now)],
+            params![identity, stamp_millis(now)],
         )?;
         Ok(())
     }

@@ -309,7 +309,7 @@ fn a_failing_sync_needs_attention_only_once_it_has_failed_for_longer_than_stale_
     env.open_db()
         .execute(
             "UPDATE job_runs SET last_ok_at = ?1 WHERE job = 'mailbox_sync'",
-            [imm_daemon::inventory::rfc3339(
+            [imm_daemon::time::stamp(
                 chrono::Utc::now() - chrono::Duration::hours(2),
             )],
         )

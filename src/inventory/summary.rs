@@ -1,0 +1,197 @@
+//! Summaries of the inventory (`mailboxes stats`): totals by company, hold type and age
+//! band, and the licences missing from the price table.
+
+use serde::Serialize;
+
+use super::{InactiveMailbox, price_of};
+use crate::config::InventoryConfig;
+
+/// Counts and costs of one group in a [`Summary`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Group {
+    pub key: String,
+    pub count: u64,
+    pub monthly_cost: f64,
+    pub size_mb: f64,
+}
+
+/// Totals of the inventory by company, hold type and age band.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub count: u64,
+    pub recovery_eligible: u64,
+    pub monthly_cost: f64,
+    pub size_mb: f64,
+    pub by_company: Vec<Group>,
+    /// A mailbox counts once under each of its hold types (`none` when it has none).
+    pub by_hold_type: Vec<Group>,
+    pub by_age_band: Vec<Group>,
+    /// License types missing from the price table, priced 0.
+    pub unpriced_licenses: Vec<Group>,
+    pub without_license: u64,
+    /// Mailboxes whose size is not known yet (the live sync has not fetched their
+    /// statistics): they count as 0 MB in the sizes above.
+    pub size_unknown: u64,
+}
+
+/// Age bands of `mailboxes stats`, as (label, first day, last day).
+pub const AGE_BANDS: &[(&str, i64, i64)] = &[
+    ("0-29 days", 0, 29),
+    ("30-89 days", 30, 89),
+    ("90-179 days", 90, 179),
+    ("180-364 days", 180, 364),
+    ("1-2 years", 365, 729),
+    ("2+ years", 730, i64::MAX),
+];
+
+/// The age band label of an age in days.
+pub fn age_band(days: Option<i64>) -> &'static str {
+    days.and_then(|d| {
+        AGE_BANDS
+            .iter()
+            .find(|(_, lo, hi)| (*lo..=*hi).contains(&d))
+    })
+    .map_or("unknown", |(label, _, _)| label)
+}
+
+/// Sums mailboxes (already refreshed) into a [`Summary`].
+pub fn summarize(ms: &[InactiveMailbox], cfg: &InventoryConfig) -> Summary {
+    use std::collections::BTreeMap;
+    fn add(map: &mut BTreeMap<String, Group>, key: &str, m: &InactiveMailbox) {
+        let g = map.entry(key.to_string()).or_insert_with(|| Group {
+            key: key.to_string(),
+            count: 0,
+            monthly_cost: 0.0,
+            size_mb: 0.0,
+        });
+        g.count += 1;
+        g.monthly_cost += m.monthly_cost;
+        g.size_mb += m.size_mb.unwrap_or(0.0);
+    }
+    let (mut company, mut hold, mut band, mut unpriced) = Default::default();
+    let mut s = Summary {
+        count: 0,
+        recovery_eligible: 0,
+        monthly_cost: 0.0,
+        size_mb: 0.0,
+        by_company: Vec::new(),
+        by_hold_type: Vec::new(),
+        by_age_band: Vec::new(),
+        unpriced_licenses: Vec::new(),
+        without_license: 0,
+        size_unknown: 0,
+    };
+    for m in ms {
+        s.count += 1;
+        s.recovery_eligible += u64::from(m.recovery_eligible);
+        s.monthly_cost += m.monthly_cost;
+        s.size_mb += m.size_mb.unwrap_or(0.0);
+        s.size_unknown += u64::from(m.size_mb.is_none());
+        add(
+            &mut company,
+            m.operating_company.as_deref().unwrap_or("(none)"),
+            m,
+        );
+        if m.hold_types.is_empty() {
+            add(&mut hold, "none", m);
+        }
+        for h in &m.hold_types {
+            add(&mut hold, h.as_str(), m);
+        }
+        add(&mut band, age_band(m.age_days), m);
+        match m.license_type.as_deref() {
+            None => s.without_license += 1,
+            Some(l) if price_of(cfg, l).is_none() => add(&mut unpriced, l, m),
+            Some(_) => {}
+        }
+    }
+    let by_cost = |map: BTreeMap<String, Group>| {
+        let mut v: Vec<Group> = map.into_values().collect();
+        v.sort_by(|a, b| {
+            b.monthly_cost
+                .total_cmp(&a.monthly_cost)
+                .then(b.count.cmp(&a.count))
+        });
+        v
+    };
+    s.by_company = by_cost(company);
+    s.by_hold_type = by_cost(hold);
+    s.unpriced_licenses = by_cost(unpriced);
+    let mut band: BTreeMap<String, Group> = band;
+    s.by_age_band = AGE_BANDS
+        .iter()
+        .map(|(l, _, _)| *l)
+        .chain(["unknown"])
+        .filter_map(|l| band.remove(l))
+        .collect();
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::ExoMailbox;
+    use crate::inventory::tests::{cfg, dt};
+    use serde_json::json;
+
+    #[test]
+    fn summary_groups_and_unpriced() {
+        let c = cfg();
+        let now = dt("2025-06-01T00:00:00Z");
+        let mk = |guid: &str, lic: &str, deleted: &str, holds: &str, company: &str| {
+            let rec = json!({"ExchangeGuid": guid, "LicenseType": lic, "WhenSoftDeleted": deleted,
+                             "InPlaceHolds": holds, "CustomAttribute1": company,
+                             "TotalItemSize": "1 MB (1,048,576 bytes)"});
+            InactiveMailbox::build(
+                ExoMailbox::from_fields(&c, |k| rec.get(k)).unwrap(),
+                &c,
+                now,
+            )
+        };
+        let ms = vec![
+            mk(
+                "11111111-1111-4111-8111-111111111111",
+                "E5",
+                "2025-05-20T00:00:00Z",
+                "UniHa",
+                "A",
+            ),
+            mk(
+                "22222222-2222-4222-8222-222222222222",
+                "E3",
+                "2024-01-01T00:00:00Z",
+                "UniHa mbxb",
+                "A",
+            ),
+            mk(
+                "33333333-3333-4333-8333-333333333333",
+                "Kiosk",
+                "2022-01-01T00:00:00Z",
+                "",
+                "B",
+            ),
+        ];
+        let s = summarize(&ms, &c);
+        assert_eq!(s.count, 3);
+        assert_eq!(s.recovery_eligible, 2);
+        assert_eq!(s.monthly_cost, 93.0);
+        assert_eq!(s.size_mb, 3.0);
+        assert_eq!(s.by_company[0].key, "A");
+        assert_eq!(s.by_company[0].monthly_cost, 93.0);
+        let hold = |k: &str| s.by_hold_type.iter().find(|g| g.key == k).unwrap().count;
+        assert_eq!(
+            (hold("ediscovery"), hold("retention_policy"), hold("none")),
+            (2, 1, 1)
+        );
+        let bands: Vec<_> = s
+            .by_age_band
+            .iter()
+            .map(|g| (g.key.as_str(), g.count))
+            .collect();
+        assert_eq!(bands, [("0-29 days", 1), ("1-2 years", 1), ("2+ years", 1)]);
+        assert_eq!(s.unpriced_licenses.len(), 1);
+        assert_eq!(s.unpriced_licenses[0].key, "Kiosk");
+        assert_eq!(age_band(None), "unknown");
+        assert_eq!(age_band(Some(30)), "30-89 days");
+    }
+}
