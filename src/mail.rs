@@ -9,9 +9,14 @@
 //! bad mail is a clear error naming what is wrong (and in a batch, the line), never a
 //! half-enqueued batch. Batches and body files may be UTF-8 with or without a byte order
 //! mark or UTF-16 with one, as PowerShell writes them ([`crate::text`]).
+//!
+//! Once queued, a mail has a [`MailState`].
 
 pub mod graph;
 pub mod outbox;
+mod state;
+
+pub use state::{MailState, UnknownMailState};
 
 use std::collections::HashMap;
 use std::fs;

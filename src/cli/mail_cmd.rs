@@ -15,7 +15,7 @@ use super::{Context, SilentExit, exit, parse_duration};
 use crate::audit::{AuditEvent, Operation};
 use crate::daemon::control::{self, Command};
 use crate::daemon::lock::InstanceLock;
-use crate::mail::{Draft, MailError, NewMail, Protected};
+use crate::mail::{Draft, MailError, MailState, NewMail, Protected};
 use crate::store::QueuedMail;
 use crate::store::queue_time;
 
@@ -96,28 +96,6 @@ pub enum QueueCmd {
         #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
         sent_older_than: std::time::Duration,
     },
-}
-
-/// A mail's state, for `--state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum MailState {
-    Queued,
-    Sending,
-    Sent,
-    Failed,
-    Cancelled,
-}
-
-impl MailState {
-    fn as_str(self) -> &'static str {
-        match self {
-            MailState::Queued => "queued",
-            MailState::Sending => "sending",
-            MailState::Sent => "sent",
-            MailState::Failed => "failed",
-            MailState::Cancelled => "cancelled",
-        }
-    }
 }
 
 /// Why `send` refused its input: bad content (65) or an unreadable file (66).
@@ -291,7 +269,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
             limit,
             format,
         } => {
-            let mails = store.mails(state.map(MailState::as_str), limit)?;
+            let mails = store.mails(state, limit)?;
             match Format::resolve(format) {
                 // Bodies stay out of listings (`queue show --json` has one mail's).
                 Format::Json => {
@@ -325,7 +303,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                         vec![
                             m.id.to_string(),
                             m.created_at.clone(),
-                            m.state.clone(),
+                            m.state.to_string(),
                             m.attempts.to_string(),
                             m.next_attempt_at.clone(),
                             opt(&m.sent_at),
@@ -350,10 +328,10 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                         mails.iter().map(|m| {
                             vec![
                                 m.id.to_string(),
-                                m.state.clone(),
+                                m.state.to_string(),
                                 m.attempts.to_string(),
                                 m.sent_at.clone().unwrap_or_else(|| {
-                                    if m.state == "queued" {
+                                    if m.state == MailState::Queued {
                                         m.next_attempt_at.clone()
                                     } else {
                                         String::new()
@@ -385,7 +363,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
             let found = store.write(|tx| {
                 let found = tx.retry_mail(id, &queue_time(now), &settled_before)?;
                 if let Some((state, requested)) = &found
-                    && matches!(state.as_str(), "failed" | "cancelled")
+                    && matches!(state, MailState::Failed | MailState::Cancelled)
                     && requested
                         .as_deref()
                         .is_none_or(|r| r < settled_before.as_str())
@@ -404,8 +382,8 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
             let Some((state, requested)) = found else {
                 return Err(no_such_mail(id));
             };
-            match state.as_str() {
-                "failed" | "cancelled" => {
+            match state {
+                MailState::Failed | MailState::Cancelled => {
                     if let Some(r) = requested.filter(|r| *r >= settled_before) {
                         anyhow::bail!(
                             "mail {id} was sent at {r} without an answer and may still arrive; if it is not in the sender's Sent Items by {}, `imm-daemon queue retry {id}` sends it again",
@@ -425,7 +403,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                         }
                     )?;
                 }
-                "queued" => writeln!(out, "mail {id} is already queued")?,
+                MailState::Queued => writeln!(out, "mail {id} is already queued")?,
                 state => anyhow::bail!(
                     "mail {id} is {state}; only failed or cancelled mails can be retried"
                 ),
@@ -434,7 +412,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
         QueueCmd::Cancel { id } => {
             let before = store.write(|tx| {
                 let before = tx.cancel_mail(id)?;
-                if matches!(before.as_deref(), Some("queued" | "failed")) {
+                if matches!(before, Some(MailState::Queued | MailState::Failed)) {
                     tx.audit(
                         &AuditEvent::new(Operation::QueueCancel)
                             .details(json!({"queue_id": id, "was": before})),
@@ -443,9 +421,9 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                 }
                 Ok::<_, crate::store::StoreError>(before)
             })?;
-            match before.as_deref() {
+            match before {
                 None => return Err(no_such_mail(id)),
-                Some("queued" | "failed") => {
+                Some(MailState::Queued | MailState::Failed) => {
                     writeln!(out, "mail {id} is cancelled")?;
                     if let Some(r) = store.mail(id)?.and_then(|m| m.send_requested_at) {
                         writeln!(
@@ -454,8 +432,8 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                         )?;
                     }
                 }
-                Some("cancelled") => writeln!(out, "mail {id} was already cancelled")?,
-                Some("sending") => anyhow::bail!(
+                Some(MailState::Cancelled) => writeln!(out, "mail {id} was already cancelled")?,
+                Some(MailState::Sending) => anyhow::bail!(
                     "mail {id} is being sent now and cannot be cancelled; `imm-daemon queue show {id}` tells how it ended"
                 ),
                 Some(state) => anyhow::bail!("mail {id} is {state} and cannot be cancelled"),
@@ -508,7 +486,7 @@ fn recipients(m: &QueuedMail) -> String {
 fn write_mail(out: &mut impl Write, m: &QueuedMail) -> std::io::Result<()> {
     let line = |out: &mut dyn Write, k: &str, v: &str| writeln!(out, "{k:<18} {v}");
     line(out, "id", &m.id.to_string())?;
-    line(out, "state", &m.state)?;
+    line(out, "state", m.state.as_str())?;
     line(out, "created", &m.created_at)?;
     line(
         out,
@@ -546,9 +524,9 @@ fn write_mail(out: &mut impl Write, m: &QueuedMail) -> std::io::Result<()> {
         line(out, "idempotency key", k)?;
     }
     line(out, "attempts", &m.attempts.to_string())?;
-    match m.state.as_str() {
-        "queued" => line(out, "next attempt", &m.next_attempt_at)?,
-        "sent" => line(out, "sent", m.sent_at.as_deref().unwrap_or(""))?,
+    match m.state {
+        MailState::Queued => line(out, "next attempt", &m.next_attempt_at)?,
+        MailState::Sent => line(out, "sent", m.sent_at.as_deref().unwrap_or(""))?,
         _ => {}
     }
     if let Some(e) = &m.last_error {

@@ -4,7 +4,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, Tx};
-use crate::mail::{BodyType, NewMail};
+use crate::mail::{BodyType, MailState, NewMail};
 
 /// A time as the queue stores and compares it: RFC 3339 in UTC, always with
 /// milliseconds, so that text order is time order (`…:05Z` would sort after
@@ -36,7 +36,7 @@ pub struct QueuedMail {
     pub body: String,
     pub body_type: BodyType,
     pub idempotency_key: Option<String>,
-    pub state: String,
+    pub state: MailState,
     pub attempts: i64,
     pub next_attempt_at: String,
     pub last_error: Option<String>,
@@ -232,9 +232,9 @@ impl Tx<'_> {
 
     /// Cancels a mail that has not started sending; returns its state before, or `None`
     /// when there is no such mail. Only `queued` and `failed` mails change.
-    pub fn cancel_mail(&mut self, id: i64) -> Result<Option<String>, StoreError> {
+    pub fn cancel_mail(&mut self, id: i64) -> Result<Option<MailState>, StoreError> {
         let state = self.state_of(id)?;
-        if matches!(state.as_deref(), Some("queued" | "failed")) {
+        if matches!(state, Some(MailState::Queued | MailState::Failed)) {
             self.tx
                 .prepare_cached("UPDATE mail_queue SET state = 'cancelled' WHERE id = ?1")?
                 .execute([id])?;
@@ -253,14 +253,14 @@ impl Tx<'_> {
         id: i64,
         now: &str,
         settled_before: &str,
-    ) -> Result<Option<(String, Option<String>)>, StoreError> {
-        let found: Option<(String, Option<String>)> = self
+    ) -> Result<Option<(MailState, Option<String>)>, StoreError> {
+        let found: Option<(MailState, Option<String>)> = self
             .tx
             .prepare_cached("SELECT state, send_requested_at FROM mail_queue WHERE id = ?1")?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         if let Some((state, requested)) = &found
-            && matches!(state.as_str(), "failed" | "cancelled")
+            && matches!(state, MailState::Failed | MailState::Cancelled)
             && requested.as_deref().is_none_or(|r| r < settled_before)
         {
             self.tx
@@ -369,7 +369,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    fn state_of(&self, id: i64) -> Result<Option<String>, StoreError> {
+    fn state_of(&self, id: i64) -> Result<Option<MailState>, StoreError> {
         Ok(self
             .tx
             .prepare_cached("SELECT state FROM mail_queue WHERE id = ?1")?
@@ -408,7 +408,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMail> {
             }
         },
         idempotency_key: l.opt_text(9, "idempotency key")?,
-        state: l.text(10, "state")?,
+        // The schema's CHECK holds the state names: a value that is none of them (the
+        // constraint bypassed) is an error naming it, not a damage the row can carry.
+        state: r.get(10)?,
         attempts: l.integer(11, "attempt count")?,
         next_attempt_at: l.time(12, "due time")?,
         last_error: l.opt_text(13, "last error")?,
@@ -460,7 +462,11 @@ impl Store {
     }
 
     /// Mails in creation order, optionally of one state, at most `limit`.
-    pub fn mails(&self, state: Option<&str>, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
+    pub fn mails(
+        &self,
+        state: Option<MailState>,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM mail_queue WHERE ?1 IS NULL OR state = ?1 ORDER BY id LIMIT ?2"
         ))?;
@@ -657,7 +663,7 @@ mod tests {
         assert!(!a.duplicate && b.duplicate && !c.duplicate);
         assert_eq!(a.id, b.id);
         let m = store.mail(a.id).unwrap().unwrap();
-        assert_eq!(m.state, "queued");
+        assert_eq!(m.state, MailState::Queued);
         assert_eq!(m.next_attempt_at, now);
         assert_eq!(m.bcc, vec!["audit@contoso.com"]);
         assert_eq!(m.body_type, BodyType::Html);
@@ -670,7 +676,7 @@ mod tests {
             }]
         );
         assert_eq!(store.mails(None, 10).unwrap().len(), 2);
-        assert_eq!(store.mails(Some("sent"), 10).unwrap().len(), 0);
+        assert_eq!(store.mails(Some(MailState::Sent), 10).unwrap().len(), 0);
         assert_eq!(store.mail(99).unwrap(), None);
     }
 
@@ -715,12 +721,17 @@ mod tests {
         let m = store.mail(b).unwrap().unwrap();
         assert_eq!(
             (
-                m.state.as_str(),
+                m.state,
                 m.attempts,
                 m.internet_message_id.as_deref(),
                 m.graph_message_id.as_deref()
             ),
-            ("sending", 1, Some("<b@contoso.com>"), Some("draft-1"))
+            (
+                MailState::Sending,
+                1,
+                Some("<b@contoso.com>"),
+                Some("draft-1")
+            )
         );
         // Back to the queue: later, with its id kept for the lookup; then sent.
         store
@@ -780,32 +791,30 @@ mod tests {
         let now = "2026-11-21T10:00:00Z";
         let id = store.write(|tx| tx.enqueue(&mail(None), now)).unwrap().id;
         assert_eq!(
-            store.write(|tx| tx.cancel_mail(id)).unwrap().as_deref(),
-            Some("queued")
+            store.write(|tx| tx.cancel_mail(id)).unwrap(),
+            Some(MailState::Queued)
         );
-        assert_eq!(store.mail(id).unwrap().unwrap().state, "cancelled");
+        assert_eq!(store.mail(id).unwrap().unwrap().state, MailState::Cancelled);
         let later = "2026-11-21T11:00:00Z";
         assert_eq!(
             store
                 .write(|tx| tx.retry_mail(id, later, later))
                 .unwrap()
-                .map(|f| f.0)
-                .as_deref(),
-            Some("cancelled")
+                .map(|f| f.0),
+            Some(MailState::Cancelled)
         );
         let m = store.mail(id).unwrap().unwrap();
         assert_eq!(
-            (m.state.as_str(), m.attempts, m.next_attempt_at.as_str()),
-            ("queued", 0, later)
+            (m.state, m.attempts, m.next_attempt_at.as_str()),
+            (MailState::Queued, 0, later)
         );
         // A queued mail is not "retried"; an unknown one is None.
         assert_eq!(
             store
                 .write(|tx| tx.retry_mail(id, later, later))
                 .unwrap()
-                .map(|f| f.0)
-                .as_deref(),
-            Some("queued")
+                .map(|f| f.0),
+            Some(MailState::Queued)
         );
         assert_eq!(store.write(|tx| tx.cancel_mail(42)).unwrap(), None);
         // Purge takes sent mails before the cut, and their attachments with them.
