@@ -16,7 +16,6 @@
 
 pub mod sync;
 
-use crate::error::{Classify, Kind};
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Resource, Session};
+use crate::error::{Classify, Kind};
 
 /// Server exceptions Exchange raises for passing conditions, by name.
 const TRANSIENT_EXCEPTIONS: &[&str] = &[

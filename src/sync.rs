@@ -8,7 +8,6 @@
 //! transaction with its audit rows: it lands whole or not at all, and a failure is
 //! audited apart after the rollback.
 
-use crate::error::{Classify as _, Kind};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -17,6 +16,7 @@ use serde_json::json;
 
 use crate::audit::{AuditEvent, Operation};
 use crate::config::InventoryConfig;
+use crate::error::{Classify as _, Kind};
 use crate::import::{Encoding, Export, ExportShape, ImportError};
 use crate::inventory::InactiveMailbox;
 use crate::schedule::Job;

@@ -8,7 +8,6 @@
 //! records the code or stores the tokens. Only the step touches the database and the
 //! token cache, so the supervisor's single connection is never shared across tasks.
 
-use crate::error::{Classify as _, Kind};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::cache::{PendingCode, SignInRecord, SignInState};
 use super::{AuthError, Resource, SLOT, Session, Settings, TokenResponse, device};
 use crate::audit::{AuditEvent, Operation};
+use crate::error::{Classify as _, Kind};
 use crate::notify::{Event, Notifier};
 use crate::step::{CycleStep, StepContext, StepError, StepFuture, StepReport};
 use crate::store::Store;

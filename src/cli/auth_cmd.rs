@@ -2,7 +2,6 @@
 //! terminal, or by showing the code the running daemon holds), importing an MSAL cache,
 //! signing out of every token store, and printing an access token for scripts.
 
-use crate::error::Classify as _;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +16,7 @@ use crate::auth::step::HubView;
 use crate::auth::{self, AuthError, Resource, SLOT, Session, Settings, SignInRecord, SignInState};
 use crate::control::lock::InstanceLock;
 use crate::control::{self, Command};
+use crate::error::Classify as _;
 use crate::store::Store;
 
 /// Options of `imm-daemon login`.

@@ -5,19 +5,17 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use chrono::Utc;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::output::{self, Column, Format, opt};
 use super::{Context, SilentExit, exit, parse_duration};
-use crate::audit::{AuditEvent, Operation};
 use crate::control::lock::InstanceLock;
 use crate::control::{self, Command};
-use crate::mail::{Draft, MailError, NewMail, Protected};
+use crate::mail::queue::{self as mail_queue, CancelOutcome, PurgeOutcome, RetryOutcome};
+use crate::mail::{Draft, MailError, MailState, NewMail, Protected};
 use crate::store::QueuedMail;
-use crate::time::stamp_millis as queue_time;
 
 /// Options of `imm-daemon send`.
 #[derive(Debug, Args)]
@@ -96,28 +94,6 @@ pub enum QueueCmd {
         #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
         sent_older_than: std::time::Duration,
     },
-}
-
-/// A mail's state, for `--state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum MailState {
-    Queued,
-    Sending,
-    Sent,
-    Failed,
-    Cancelled,
-}
-
-impl MailState {
-    fn as_str(self) -> &'static str {
-        match self {
-            MailState::Queued => "queued",
-            MailState::Sending => "sending",
-            MailState::Sent => "sent",
-            MailState::Failed => "failed",
-            MailState::Cancelled => "cancelled",
-        }
-    }
 }
 
 /// Why `send` refused its input: bad content (65) or an unreadable file (66).
@@ -210,35 +186,7 @@ pub fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
     let batch = args.batch.is_some();
     let mails = read_mails(args, &protected(ctx)?)?;
     let mut store = ctx.store()?;
-    let now = Utc::now();
-    let at = queue_time(now);
-    let results = store.write(|tx| {
-        let mut results = Vec::with_capacity(mails.len());
-        for m in &mails {
-            results.push(tx.enqueue(m, &at)?);
-        }
-        let added: Vec<i64> = results
-            .iter()
-            .filter(|r| !r.duplicate)
-            .map(|r| r.id)
-            .collect();
-        let mut details = json!({
-            "added": added.len(),
-            "duplicates": results.len() - added.len(),
-            "first_id": added.first(),
-            "last_id": added.last(),
-            "batch": batch,
-        });
-        if let [one] = mails.as_slice() {
-            details["to"] = json!(one.to);
-            details["cc"] = json!(one.cc);
-            details["bcc"] = json!(one.bcc);
-            details["subject"] = json!(one.subject);
-            details["sender"] = json!(one.sender);
-        }
-        tx.audit(&AuditEvent::new(Operation::QueueAdd).details(details), now)?;
-        Ok::<_, crate::store::StoreError>(results)
-    })?;
+    let results = mail_queue::enqueue(&mut store, &mails, batch, Utc::now())?;
     let added = results.iter().filter(|r| !r.duplicate).count();
     let woke = added > 0 && wake_daemon(ctx);
     let mut out = std::io::stdout().lock();
@@ -291,7 +239,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
             limit,
             format,
         } => {
-            let mails = store.mails(state.map(MailState::as_str), limit)?;
+            let mails = store.mails(state, limit)?;
             match Format::resolve(format) {
                 // Bodies stay out of listings (`queue show --json` has one mail's).
                 Format::Json => {
@@ -325,7 +273,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                         vec![
                             m.id.to_string(),
                             m.created_at.clone(),
-                            m.state.clone(),
+                            m.state.to_string(),
                             m.attempts.to_string(),
                             m.next_attempt_at.clone(),
                             opt(&m.sent_at),
@@ -350,10 +298,10 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                         mails.iter().map(|m| {
                             vec![
                                 m.id.to_string(),
-                                m.state.clone(),
+                                m.state.to_string(),
                                 m.attempts.to_string(),
                                 m.sent_at.clone().unwrap_or_else(|| {
-                                    if m.state == "queued" {
+                                    if m.state == MailState::Queued {
                                         m.next_attempt_at.clone()
                                     } else {
                                         String::new()
@@ -378,42 +326,11 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
             }
         }
         QueueCmd::Retry { id } => {
-            // A mail whose send got no answer is not revived while it may still arrive.
-            let window = chrono::Duration::from_std(ctx.config()?.mail.confirm_within.get())
-                .unwrap_or_default();
-            let settled_before = queue_time(now - window);
-            let found = store.write(|tx| {
-                let found = tx.retry_mail(id, &queue_time(now), &settled_before)?;
-                if let Some((state, requested)) = &found
-                    && matches!(state.as_str(), "failed" | "cancelled")
-                    && requested
-                        .as_deref()
-                        .is_none_or(|r| r < settled_before.as_str())
-                {
-                    tx.audit(
-                        &AuditEvent::new(Operation::QueueRetry).details(json!({
-                            "queue_id": id,
-                            "was": state,
-                            "send_requested_at": requested,
-                        })),
-                        now,
-                    )?;
-                }
-                Ok::<_, crate::store::StoreError>(found)
-            })?;
-            let Some((state, requested)) = found else {
-                return Err(no_such_mail(id));
-            };
-            match state.as_str() {
-                "failed" | "cancelled" => {
-                    if let Some(r) = requested.filter(|r| *r >= settled_before) {
-                        anyhow::bail!(
-                            "mail {id} was sent at {r} without an answer and may still arrive; if it is not in the sender's Sent Items by {}, `imm-daemon queue retry {id}` sends it again",
-                            chrono::DateTime::parse_from_rfc3339(&r)
-                                .map(|t| queue_time(t.with_timezone(&Utc) + window))
-                                .unwrap_or_default()
-                        );
-                    }
+            let confirm_within = ctx.config()?.mail.confirm_within.get();
+            match mail_queue::retry(&mut store, id, now, confirm_within)? {
+                RetryOutcome::NotFound => return Err(no_such_mail(id)),
+                RetryOutcome::Refused(why) => return Err(why.into()),
+                RetryOutcome::Requeued { .. } => {
                     let woke = wake_daemon(ctx);
                     writeln!(
                         out,
@@ -425,65 +342,37 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
                         }
                     )?;
                 }
-                "queued" => writeln!(out, "mail {id} is already queued")?,
-                state => anyhow::bail!(
-                    "mail {id} is {state}; only failed or cancelled mails can be retried"
-                ),
+                RetryOutcome::AlreadyQueued => writeln!(out, "mail {id} is already queued")?,
             }
         }
-        QueueCmd::Cancel { id } => {
-            let before = store.write(|tx| {
-                let before = tx.cancel_mail(id)?;
-                if matches!(before.as_deref(), Some("queued" | "failed")) {
-                    tx.audit(
-                        &AuditEvent::new(Operation::QueueCancel)
-                            .details(json!({"queue_id": id, "was": before})),
-                        now,
+        QueueCmd::Cancel { id } => match mail_queue::cancel(&mut store, id, now)? {
+            CancelOutcome::NotFound => return Err(no_such_mail(id)),
+            CancelOutcome::Refused(why) => return Err(why.into()),
+            CancelOutcome::Cancelled {
+                send_requested_at, ..
+            } => {
+                writeln!(out, "mail {id} is cancelled")?;
+                if let Some(r) = send_requested_at {
+                    writeln!(
+                        out,
+                        "note: it was sent at {r} without an answer, so it may still arrive"
                     )?;
                 }
-                Ok::<_, crate::store::StoreError>(before)
-            })?;
-            match before.as_deref() {
-                None => return Err(no_such_mail(id)),
-                Some("queued" | "failed") => {
-                    writeln!(out, "mail {id} is cancelled")?;
-                    if let Some(r) = store.mail(id)?.and_then(|m| m.send_requested_at) {
-                        writeln!(
-                            out,
-                            "note: it was sent at {r} without an answer, so it may still arrive"
-                        )?;
-                    }
-                }
-                Some("cancelled") => writeln!(out, "mail {id} was already cancelled")?,
-                Some("sending") => anyhow::bail!(
-                    "mail {id} is being sent now and cannot be cancelled; `imm-daemon queue show {id}` tells how it ended"
-                ),
-                Some(state) => anyhow::bail!("mail {id} is {state} and cannot be cancelled"),
             }
-        }
+            CancelOutcome::AlreadyCancelled => writeln!(out, "mail {id} was already cancelled")?,
+        },
         QueueCmd::Purge { sent_older_than } => {
-            // Mails sent today stay whatever the duration: the day's send count is
-            // rebuilt from them when the send bucket's file is lost.
             let zone = ctx.config()?.schedule.timezone;
-            let cutoff = chrono::Duration::from_std(sent_older_than)
-                .ok()
-                .and_then(|d| now.checked_sub_signed(d))
-                .context("the duration reaches too far back")?
-                .min(zone.start_of_day(zone.date_of(now)));
-            let purged = store.write(|tx| {
-                let n = tx.purge_sent(&queue_time(cutoff))?;
-                tx.audit(
-                    &AuditEvent::new(Operation::QueuePurge)
-                        .details(json!({"purged": n, "sent_before": queue_time(cutoff)})),
-                    now,
-                )?;
-                Ok::<_, crate::store::StoreError>(n)
-            })?;
-            writeln!(
-                out,
-                "purged {purged} sent mail(s) sent before {}",
-                queue_time(cutoff)
-            )?;
+            match mail_queue::purge(&mut store, sent_older_than, zone, now)? {
+                PurgeOutcome::Refused(why) => return Err(why.into()),
+                PurgeOutcome::Purged {
+                    purged,
+                    sent_before,
+                } => writeln!(
+                    out,
+                    "purged {purged} sent mail(s) sent before {sent_before}"
+                )?,
+            }
         }
     }
     out.flush()?;
@@ -508,7 +397,7 @@ fn recipients(m: &QueuedMail) -> String {
 fn write_mail(out: &mut impl Write, m: &QueuedMail) -> std::io::Result<()> {
     let line = |out: &mut dyn Write, k: &str, v: &str| writeln!(out, "{k:<18} {v}");
     line(out, "id", &m.id.to_string())?;
-    line(out, "state", &m.state)?;
+    line(out, "state", m.state.as_str())?;
     line(out, "created", &m.created_at)?;
     line(
         out,
@@ -546,9 +435,9 @@ fn write_mail(out: &mut impl Write, m: &QueuedMail) -> std::io::Result<()> {
         line(out, "idempotency key", k)?;
     }
     line(out, "attempts", &m.attempts.to_string())?;
-    match m.state.as_str() {
-        "queued" => line(out, "next attempt", &m.next_attempt_at)?,
-        "sent" => line(out, "sent", m.sent_at.as_deref().unwrap_or(""))?,
+    match m.state {
+        MailState::Queued => line(out, "next attempt", &m.next_attempt_at)?,
+        MailState::Sent => line(out, "sent", m.sent_at.as_deref().unwrap_or(""))?,
         _ => {}
     }
     if let Some(e) = &m.last_error {

@@ -12,7 +12,6 @@
 //! calls in flight (halved while Exchange throttles), committed in batches as they
 //! arrive: a killed sync keeps what it fetched.
 
-use crate::error::Classify as _;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use super::{Exchange, ExchangeError, PageEvent, Policy};
 use crate::audit::{AuditEvent, Operation};
 use crate::auth::{Resource, Session};
 use crate::config::{Config, EXPORT_ONLY_LICENSE_ATTRIBUTE};
+use crate::error::Classify as _;
 use crate::inventory::{ExoMailbox, FIELDS, InactiveMailbox, STATISTICS_FIELDS};
 use crate::store::{Snapshot, StatisticsResult, Store, SyncRun};
 

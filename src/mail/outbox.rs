@@ -39,7 +39,6 @@
 //! `queue cancel` that lands meanwhile wins, since an attempt only begins on a mail that
 //! is still queued or sending.
 
-use crate::error::Classify as _;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -55,6 +54,7 @@ use crate::audit::{AuditEvent, Operation};
 use crate::auth::{AuthError, Resource, Session};
 use crate::config::Config;
 use crate::config::Zone;
+use crate::error::Classify as _;
 use crate::paths::Paths;
 use crate::ratelimit::{BucketError, BucketFile, Params, State};
 use crate::step::{CycleStep, StepContext, StepError, StepFuture, StepReport};

@@ -1,7 +1,7 @@
-use crate::error::Classify as _;
 use std::path::Path;
 
 use super::*;
+use crate::error::Classify as _;
 
 const SECRET: &[u8] = b"{\"AccessToken\":{\"k\":{\"secret\":\"eyJ0eXAi-top-secret\"}}}";
 

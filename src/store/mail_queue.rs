@@ -4,7 +4,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, Tx};
-use crate::mail::{BodyType, NewMail};
+use crate::mail::{BodyType, MailState, NewMail};
 
 /// The outcome of an enqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub struct QueuedMail {
     pub body: String,
     pub body_type: BodyType,
     pub idempotency_key: Option<String>,
-    pub state: String,
+    pub state: MailState,
     pub attempts: i64,
     pub next_attempt_at: String,
     pub last_error: Option<String>,
@@ -221,48 +221,37 @@ impl Tx<'_> {
         })
     }
 
-    /// Cancels a mail that has not started sending; returns its state before, or `None`
-    /// when there is no such mail. Only `queued` and `failed` mails change.
-    pub fn cancel_mail(&mut self, id: i64) -> Result<Option<String>, StoreError> {
-        let state = self.state_of(id)?;
-        if matches!(state.as_deref(), Some("queued" | "failed")) {
-            self.tx
-                .prepare_cached("UPDATE mail_queue SET state = 'cancelled' WHERE id = ?1")?
-                .execute([id])?;
-        }
-        Ok(state)
-    }
-
-    /// Queues a failed or cancelled mail again, due at `now` with its attempts counted
-    /// from zero and any earlier send request forgotten (a person's word that it did not
-    /// go; the next attempt still looks it up in Sent Items first). A mail whose send
-    /// was requested at or after `settled_before` is left as it is: it may still be on
-    /// its way. Returns its state before and when its send was last requested, or `None`
-    /// when there is no such mail.
-    pub fn retry_mail(
-        &mut self,
-        id: i64,
-        now: &str,
-        settled_before: &str,
-    ) -> Result<Option<(String, Option<String>)>, StoreError> {
-        let found: Option<(String, Option<String>)> = self
+    /// A mail's state and when its send was last requested; `None` when there is no
+    /// such mail. (Which states a person may cancel or retry is [`crate::mail::queue`]'s
+    /// rule; it reads and writes in one transaction.)
+    pub fn mail_state(&self, id: i64) -> Result<Option<(MailState, Option<String>)>, StoreError> {
+        Ok(self
             .tx
             .prepare_cached("SELECT state, send_requested_at FROM mail_queue WHERE id = ?1")?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        if let Some((state, requested)) = &found
-            && matches!(state.as_str(), "failed" | "cancelled")
-            && requested.as_deref().is_none_or(|r| r < settled_before)
-        {
-            self.tx
-                .prepare_cached(
-                    "UPDATE mail_queue SET state = 'queued', attempts = 0, next_attempt_at = ?2,
-                         send_requested_at = NULL
-                     WHERE id = ?1",
-                )?
-                .execute(params![id, now])?;
-        }
-        Ok(found)
+            .optional()?)
+    }
+
+    /// Marks a mail cancelled.
+    pub fn mark_cancelled(&mut self, id: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE mail_queue SET state = 'cancelled' WHERE id = ?1")?
+            .execute([id])?;
+        Ok(())
+    }
+
+    /// Queues a mail again by a person's word, due at `now` with its attempts counted
+    /// from zero and any earlier send request forgotten (the next attempt still looks it
+    /// up in Sent Items first).
+    pub fn revive(&mut self, id: i64, now: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE mail_queue SET state = 'queued', attempts = 0, next_attempt_at = ?2,
+                     send_requested_at = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, now])?;
+        Ok(())
     }
 
     /// Deletes sent mails (with their attachments) sent before `before`; returns how many.
@@ -359,14 +348,6 @@ impl Tx<'_> {
             .execute(params![id, error])?;
         Ok(())
     }
-
-    fn state_of(&self, id: i64) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .tx
-            .prepare_cached("SELECT state FROM mail_queue WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?)
-    }
 }
 
 const COLUMNS: &str = "id, created_at, sender, to_addrs, cc_addrs, bcc_addrs, subject, body,
@@ -399,7 +380,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMail> {
             }
         },
         idempotency_key: l.opt_text(9, "idempotency key")?,
-        state: l.text(10, "state")?,
+        // The schema's CHECK holds the state names: a value that is none of them (the
+        // constraint bypassed) is an error naming it, not a damage the row can carry.
+        state: r.get(10)?,
         attempts: l.integer(11, "attempt count")?,
         next_attempt_at: l.time(12, "due time")?,
         last_error: l.opt_text(13, "last error")?,
@@ -451,7 +434,11 @@ impl Store {
     }
 
     /// Mails in creation order, optionally of one state, at most `limit`.
-    pub fn mails(&self, state: Option<&str>, limit: u32) -> Result<Vec<QueuedMail>, StoreError> {
+    pub fn mails(
+        &self,
+        state: Option<MailState>,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM mail_queue WHERE ?1 IS NULL OR state = ?1 ORDER BY id LIMIT ?2"
         ))?;
@@ -649,7 +636,7 @@ mod tests {
         assert!(!a.duplicate && b.duplicate && !c.duplicate);
         assert_eq!(a.id, b.id);
         let m = store.mail(a.id).unwrap().unwrap();
-        assert_eq!(m.state, "queued");
+        assert_eq!(m.state, MailState::Queued);
         assert_eq!(m.next_attempt_at, now);
         assert_eq!(m.bcc, vec!["audit@contoso.com"]);
         assert_eq!(m.body_type, BodyType::Html);
@@ -662,7 +649,7 @@ mod tests {
             }]
         );
         assert_eq!(store.mails(None, 10).unwrap().len(), 2);
-        assert_eq!(store.mails(Some("sent"), 10).unwrap().len(), 0);
+        assert_eq!(store.mails(Some(MailState::Sent), 10).unwrap().len(), 0);
         assert_eq!(store.mail(99).unwrap(), None);
     }
 
@@ -707,12 +694,17 @@ mod tests {
         let m = store.mail(b).unwrap().unwrap();
         assert_eq!(
             (
-                m.state.as_str(),
+                m.state,
                 m.attempts,
                 m.internet_message_id.as_deref(),
                 m.graph_message_id.as_deref()
             ),
-            ("sending", 1, Some("<b@contoso.com>"), Some("draft-1"))
+            (
+                MailState::Sending,
+                1,
+                Some("<b@contoso.com>"),
+                Some("draft-1")
+            )
         );
         // Back to the queue: later, with its id kept for the lookup; then sent.
         store
@@ -766,40 +758,44 @@ mod tests {
     }
 
     #[test]
-    fn cancel_retry_and_purge_follow_the_states() {
+    fn cancel_revive_and_purge_write_what_they_say() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("q.db")).unwrap();
         let now = "2026-11-21T10:00:00Z";
         let id = store.write(|tx| tx.enqueue(&mail(None), now)).unwrap().id;
         assert_eq!(
-            store.write(|tx| tx.cancel_mail(id)).unwrap().as_deref(),
-            Some("queued")
+            store.write(|tx| tx.mail_state(id)).unwrap(),
+            Some((MailState::Queued, None))
         );
-        assert_eq!(store.mail(id).unwrap().unwrap().state, "cancelled");
-        let later = "2026-11-21T11:00:00Z";
+        assert_eq!(store.write(|tx| tx.mail_state(42)).unwrap(), None);
+        store.write(|tx| tx.mark_cancelled(id)).unwrap();
+        assert_eq!(store.mail(id).unwrap().unwrap().state, MailState::Cancelled);
+        // Revived: due at once, its attempts and its send request forgotten.
+        store
+            .write(|tx| {
+                tx.revive(id, now)?;
+                tx.begin_attempt(id, "<a@contoso.com>", "adele@contoso.com")?;
+                tx.record_send(id, "draft-1", "2026-11-21T10:00:01Z")?;
+                tx.mark_failed(id, "SendUnconfirmed")
+            })
+            .unwrap();
         assert_eq!(
-            store
-                .write(|tx| tx.retry_mail(id, later, later))
-                .unwrap()
-                .map(|f| f.0)
-                .as_deref(),
-            Some("cancelled")
+            store.write(|tx| tx.mail_state(id)).unwrap(),
+            Some((MailState::Failed, Some("2026-11-21T10:00:01Z".into())))
         );
+        let later = "2026-11-21T11:00:00Z";
+        store.write(|tx| tx.revive(id, later)).unwrap();
         let m = store.mail(id).unwrap().unwrap();
         assert_eq!(
-            (m.state.as_str(), m.attempts, m.next_attempt_at.as_str()),
-            ("queued", 0, later)
+            (
+                m.state,
+                m.attempts,
+                m.next_attempt_at.as_str(),
+                m.send_requested_at,
+                m.internet_message_id.as_deref()
+            ),
+            (MailState::Queued, 0, later, None, Some("<a@contoso.com>"))
         );
-        // A queued mail is not "retried"; an unknown one is None.
-        assert_eq!(
-            store
-                .write(|tx| tx.retry_mail(id, later, later))
-                .unwrap()
-                .map(|f| f.0)
-                .as_deref(),
-            Some("queued")
-        );
-        assert_eq!(store.write(|tx| tx.cancel_mail(42)).unwrap(), None);
         // Purge takes sent mails before the cut, and their attachments with them.
         store
             .write(|tx| {

@@ -2,7 +2,6 @@
 //! loopback, with a real session (device-code sign-in, the encrypted token file) and a
 //! real SQLite cache.
 
-use crate::error::Classify as _;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::auth::Session;
 use crate::config::Config;
-use crate::mail::{BodyType, NewMail};
+use crate::mail::queue::{RetryOutcome, RetryRefusal};
+use crate::mail::{BodyType, MailState, NewMail};
 use crate::paths::Paths;
 use crate::store::{AuditFilter, Store};
 use imm_emulators::identity::{IdentityOptions, IdentityProvider, TEST_CLIENT_ID};
@@ -160,14 +161,15 @@ impl Home {
         );
     }
 
-    /// `queue retry` of `id`, taking sends requested more than `settled` ago as settled;
-    /// returns the mail's state before and its send request's time.
-    fn retry(&self, id: i64, settled: chrono::Duration) -> Option<(String, Option<String>)> {
-        let now = Utc::now();
-        self.store
-            .borrow_mut()
-            .write(|tx| tx.retry_mail(id, &queue_time(now), &queue_time(now - settled)))
-            .unwrap()
+    /// `queue retry` of `id`, taking sends requested more than `settled` ago as settled.
+    fn retry(&self, id: i64, settled: chrono::Duration) -> RetryOutcome {
+        crate::mail::queue::retry(
+            &mut self.store.borrow_mut(),
+            id,
+            Utc::now(),
+            settled.to_std().unwrap(),
+        )
+        .unwrap()
     }
 
     fn assert_no_duplicates(&self) {
@@ -187,11 +189,11 @@ async fn twenty_one_queued_one_cycle_sends_twenty_and_the_next_the_last() {
         "{r:?}"
     );
     assert_eq!(h.graph.deliveries().total, 20);
-    assert_eq!(h.mail(ids[20]).state, "queued");
+    assert_eq!(h.mail(ids[20]).state, MailState::Queued);
     // Oldest first; each sent one keeps its ids, and Graph saw four at once, no more.
     for id in &ids[..20] {
         let m = h.mail(*id);
-        assert_eq!(m.state, "sent");
+        assert_eq!(m.state, MailState::Sent);
         assert_eq!(
             h.graph
                 .deliveries()
@@ -224,7 +226,7 @@ async fn twenty_one_queued_one_cycle_sends_twenty_and_the_next_the_last() {
     std::fs::write(file.path(), serde_json::to_vec(&st).unwrap()).unwrap();
     let next = h.drain().await;
     assert_eq!((next.sent, next.waiting), (1, 0));
-    assert_eq!(h.mail(ids[20]).state, "sent");
+    assert_eq!(h.mail(ids[20]).state, MailState::Sent);
     h.assert_no_duplicates();
     let sent = h.audit(Operation::SendEmail);
     assert_eq!(sent.len(), 21);
@@ -259,7 +261,7 @@ async fn throttling_waits_each_retry_after_form_then_sends() {
         let started = std::time::Instant::now();
         let r = h.drain().await;
         assert_eq!(r.sent, 1, "{r:?}");
-        assert_eq!(h.mail(id).state, "sent");
+        assert_eq!(h.mail(id).state, MailState::Sent);
         let last = h.audit(Operation::RateLimited).pop().unwrap();
         let wait = last["wait_ms"].as_u64().unwrap();
         assert!(waits.contains(&wait), "{form}: waited {wait} ms");
@@ -302,7 +304,7 @@ async fn without_retry_after_the_waits_are_one_two_then_four_seconds_in_paused_t
         .collect();
     assert_eq!(waits, vec![1000, 2000, 4000]);
     let m = h.mail(id);
-    assert_eq!((m.state.as_str(), m.attempts), ("queued", 3));
+    assert_eq!((m.state, m.attempts), (MailState::Queued, 3));
     assert!(m.last_error.as_deref().unwrap().contains("HTTP 503"));
     let due = chrono::DateTime::parse_from_rfc3339(&m.next_attempt_at).unwrap();
     let ahead = (due.with_timezone(&Utc) - wall).num_seconds();
@@ -322,13 +324,13 @@ async fn out_of_attempts_a_mail_fails_and_queue_retry_revives_it() {
     h.graph.fail_next(3, now503());
     let r = h.drain().await;
     assert_eq!(r.requeued, 1);
-    assert_eq!(h.mail(id).state, "queued");
+    assert_eq!(h.mail(id).state, MailState::Queued);
     // A fourth failure is the last.
     h.graph.fail_next(1, now503());
     let r = h.drain().await;
     assert_eq!(r.failed, 1);
     let m = h.mail(id);
-    assert_eq!((m.state.as_str(), m.attempts), ("failed", 4));
+    assert_eq!((m.state, m.attempts), (MailState::Failed, 4));
     let failed = h.audit(Operation::SendFailed);
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["status"].as_u64(), Some(503));
@@ -338,7 +340,7 @@ async fn out_of_attempts_a_mail_fails_and_queue_retry_revives_it() {
     let lookups = h.graph.requests().lookup;
     let r = h.drain().await;
     assert_eq!(r.sent, 1);
-    assert_eq!(h.mail(id).state, "sent");
+    assert_eq!(h.mail(id).state, MailState::Sent);
     // The revived mail was looked up (Sent Items, Drafts) before anything was created.
     assert_eq!(h.graph.requests().lookup, lookups + 2);
     h.assert_no_duplicates();
@@ -352,7 +354,7 @@ async fn an_ambiguous_504_after_the_send_went_through_is_not_sent_again() {
     let r = h.drain().await;
     assert_eq!((r.sent, r.found_sent), (0, 1), "{r:?}");
     let m = h.mail(id);
-    assert_eq!(m.state, "sent");
+    assert_eq!(m.state, MailState::Sent);
     assert_eq!(
         h.graph
             .deliveries()
@@ -369,7 +371,7 @@ async fn an_ambiguous_504_after_the_send_went_through_is_not_sent_again() {
     let r = h.drain().await;
     assert_eq!(r.sent, 1);
     assert_eq!(h.graph.requests().create_draft, 2, "the draft was reused");
-    assert_eq!(h.mail(id).state, "sent");
+    assert_eq!(h.mail(id).state, MailState::Sent);
     h.assert_no_duplicates();
 }
 
@@ -411,7 +413,7 @@ async fn a_mail_left_sending_by_a_crash_is_settled_by_a_lookup() {
     let r = h.drain().await;
     assert_eq!((r.sent, r.found_sent), (1, 1), "{r:?}");
     for id in &ids {
-        assert_eq!(h.mail(*id).state, "sent");
+        assert_eq!(h.mail(*id).state, MailState::Sent);
     }
     let d = h.graph.deliveries();
     assert_eq!(d.of("<crash-1@contoso.onmicrosoft.com>"), 1);
@@ -448,7 +450,7 @@ async fn a_401_costs_one_silent_refresh_then_the_send_goes_through() {
             .contains("refuses the signed-in account's token")
     );
     let m = h.mail(again);
-    assert_eq!((m.state.as_str(), m.attempts), ("queued", 1));
+    assert_eq!((m.state, m.attempts), (MailState::Queued, 1));
     assert!(m.last_error.unwrap().contains("HTTP 401"));
     h.assert_no_duplicates();
 }
@@ -460,7 +462,7 @@ async fn a_bad_recipient_fails_at_once_with_graphs_code() {
     let r = h.drain().await;
     assert_eq!(r.failed, 1);
     let m = h.mail(id);
-    assert_eq!((m.state.as_str(), m.attempts), ("failed", 1));
+    assert_eq!((m.state, m.attempts), (MailState::Failed, 1));
     let e = m.last_error.unwrap();
     assert!(e.contains("HTTP 400 ErrorInvalidRecipients"), "{e}");
     assert_eq!(h.graph.requests().create_draft, 1, "no repeat");
@@ -526,7 +528,7 @@ async fn a_retry_after_beyond_max_retry_wait_requeues_and_stops_the_cycle() {
     let m = h.mail(ids[0]);
     let due = chrono::DateTime::parse_from_rfc3339(&m.next_attempt_at).unwrap();
     assert!((due.with_timezone(&Utc) - Utc::now()).num_seconds() > 100);
-    assert_eq!(h.mail(ids[1]).state, "queued");
+    assert_eq!(h.mail(ids[1]).state, MailState::Queued);
     assert_eq!(h.mail(ids[1]).attempts, 0);
     // The two never attempted gave their tokens back; the throttled one spent its own.
     let b = r.bucket.unwrap();
@@ -594,7 +596,7 @@ async fn a_send_without_an_answer_waits_for_sent_items_and_is_never_sent_blind()
     let r = h.drain().await;
     assert_eq!((r.sent, r.requeued), (0, 1), "{r:?}");
     let m = h.mail(id);
-    assert_eq!(m.state, "queued");
+    assert_eq!(m.state, MailState::Queued);
     assert!(
         m.last_error
             .as_deref()
@@ -610,7 +612,7 @@ async fn a_send_without_an_answer_waits_for_sent_items_and_is_never_sent_blind()
     let r = h.drain().await;
     assert_eq!(r.found_sent, 1, "{r:?}");
     assert_eq!(r.bucket.as_ref().unwrap().sent_today, 1);
-    assert_eq!(h.mail(id).state, "sent");
+    assert_eq!(h.mail(id).state, MailState::Sent);
     let imid = h.mail(id).internet_message_id.unwrap();
     assert_eq!(h.graph.deliveries().of(&imid), 1);
 
@@ -681,7 +683,7 @@ async fn a_retry_after_an_unconfirmed_send_looks_first_and_finds_it_sent() {
     h.retry(id, chrono::Duration::seconds(1));
     let r = h.drain().await;
     assert_eq!((r.sent, r.found_sent), (0, 1), "{r:?}");
-    assert_eq!(h.mail(id).state, "sent");
+    assert_eq!(h.mail(id).state, MailState::Sent);
     h.assert_no_duplicates();
     assert_eq!(h.graph.requests().create_draft, 1);
 }
@@ -711,9 +713,15 @@ async fn a_lost_answer_on_the_last_attempt_waits_in_transit_then_needs_a_person(
         "{m:?}"
     );
     // Within a day of the request, a retry is refused: it may still arrive.
-    let found = h.retry(id, chrono::Duration::days(1)).unwrap();
-    assert_eq!((found.0.as_str(), found.1.is_some()), ("failed", true));
-    assert_eq!(h.mail(id).state, "failed");
+    let found = h.retry(id, chrono::Duration::days(1));
+    assert!(
+        matches!(
+            found,
+            RetryOutcome::Refused(RetryRefusal::MayStillArrive { .. })
+        ),
+        "{found:?}"
+    );
+    assert_eq!(h.mail(id).state, MailState::Failed);
     assert_eq!(h.graph.requests().create_draft, 1);
 }
 
@@ -730,7 +738,7 @@ async fn a_draft_found_again_that_is_gone_when_sent_is_in_transit() {
     let r = h.drain().await;
     assert_eq!((r.requeued, r.failed), (1, 0), "{r:?}");
     let m = h.mail(id);
-    assert_eq!(m.state, "queued");
+    assert_eq!(m.state, MailState::Queued);
     assert!(m.last_error.unwrap().contains("not yet in Sent Items"));
     assert_eq!(h.graph.requests().create_draft, 1);
 }
@@ -757,7 +765,7 @@ async fn a_drain_stopped_by_another_mails_long_retry_after_puts_back_the_mail_be
     assert_eq!((r.sent, r.requeued), (0, 2), "{r:?}");
     assert!(r.halted.is_some());
     let first = h.mail(ids[0]);
-    assert_eq!((first.state.as_str(), first.attempts), ("queued", 1));
+    assert_eq!((first.state, first.attempts), (MailState::Queued, 1));
     assert!(first.last_error.unwrap().contains("HTTP 503"));
     let second = h.mail(ids[1]);
     let due = chrono::DateTime::parse_from_rfc3339(&second.next_attempt_at).unwrap();

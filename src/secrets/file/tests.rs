@@ -1,9 +1,9 @@
-use crate::error::Classify as _;
 use std::os::unix::fs::PermissionsExt;
 
 use chrono::TimeZone;
 
 use super::*;
+use crate::error::Classify as _;
 
 const SECRET: &[u8] = br#"{"RefreshToken":{"x":{"secret":"0.AXoA-very-secret-refresh-token"}}}"#;
 const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
