@@ -27,8 +27,8 @@ pub fn default_steps(
     let session = crate::auth::step::SessionSlot::default();
     vec![
         Box::new(crate::auth::step::SignInStep::new(hub, session.clone())),
-        Box::new(crate::mail::outbox::MailStep::new(session.clone())),
-        Box::new(crate::sync::MailboxSync::new(session, progress)),
+        Box::new(crate::mail::step::MailStep::new(session.clone())),
+        Box::new(crate::sync::step::MailboxSync::new(session, progress)),
         Box::new(StoreMaintenance),
     ]
 }

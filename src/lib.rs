@@ -13,8 +13,8 @@
 //!   as pure functions, which the live sync reuses.
 //! - [`exchange`] is the client of Exchange Online's admin REST endpoint and the live
 //!   sync built on it: listings staged page by page, applied as one snapshot with a
-//!   change history, statistics fetched a bounded batch per cycle; [`sync`] is the cycle
-//!   step that runs it (or loads an export).
+//!   change history, statistics fetched a bounded batch per cycle; [`sync`] loads the
+//!   cache from it or from an export, for `mailboxes import` and for its cycle step.
 //! - [`store`] owns the SQLite database and every SQL statement; [`audit`] defines audit
 //!   events and the hash chain that makes the log tamper-evident. The store's upsert binds
 //!   parameters through SQLite's C API without copying them. Unsafe code is denied
@@ -28,9 +28,9 @@
 //! - [`mail`] checks outgoing mail and reads batches; [`mail::graph`] makes the Graph
 //!   mail calls; [`mail::outbox`] drains the queue each cycle without losing or doubling
 //!   a mail, paced by the token bucket in [`ratelimit`].
-//! - [`step`] is the interface every heartbeat step implements (below the capabilities
-//!   that implement it: the sign-in's step in [`auth::step`], the mail queue's in
-//!   [`mail::outbox`], the mailbox sync's in [`sync`]); [`error`] holds the one vocabulary
+//! - [`step`] is the interface every heartbeat step implements, below the capabilities
+//!   that implement it; each capability's step is its `step` module ([`auth::step`],
+//!   [`mail::step`], [`sync::step`]), and [`heartbeat::default_steps`] wires them; [`error`] holds the one vocabulary
 //!   every domain error maps to ([`error::Kind`]: transient, rate limited, sign-in,
 //!   refused, fatal), which retries, steps and `status` read.
 //! - [`heartbeat`] wires the steps in their order and runs one cycle of them, with each

@@ -17,6 +17,7 @@ pub mod graph;
 pub mod outbox;
 pub mod queue;
 mod state;
+pub mod step;
 
 pub use state::{MailState, UnknownMailState};
 

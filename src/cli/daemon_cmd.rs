@@ -136,7 +136,7 @@ fn sync_not_run(summary: &CycleSummary) -> Option<String> {
     let Some(step) = summary
         .steps
         .iter()
-        .find(|s| s.step == crate::sync::STEP_NAME)
+        .find(|s| s.step == crate::sync::step::STEP_NAME)
     else {
         return Some("the cycle had no mailbox sync step".into());
     };
