@@ -554,8 +554,7 @@ impl Drain<'_> {
             let known = imid != fresh_id;
             let requested = send_requested_at
                 .as_deref()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc));
+                .and_then(crate::time::parse);
             let err = match self.attempt(mail, sender, &imid, known, requested).await {
                 Ok(Settled::Sent) => return Ok(Turn::of(Outcome::Sent)),
                 Ok(Settled::FoundSent) => {

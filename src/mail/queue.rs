@@ -177,8 +177,8 @@ pub fn retry(
         Ok(match state {
             MailState::Failed | MailState::Cancelled => match requested {
                 Some(r) if r >= settled_before => {
-                    let settles_at = chrono::DateTime::parse_from_rfc3339(&r)
-                        .map(|t| queue_time(t.with_timezone(&Utc) + window))
+                    let settles_at = crate::time::parse(&r)
+                        .map(|t| queue_time(t + window))
                         .unwrap_or_default();
                     RetryOutcome::Refused(RetryRefusal::MayStillArrive {
                         id,
