@@ -4,8 +4,11 @@
 //!
 //! Each domain keeps its own error type, with its sources as sources, and says what each
 //! of its errors means by implementing [`Classify`]. The request loops (the sign-in's
-//! refresh, the mail sender, the Exchange client), the heartbeat's steps, `status` and the
-//! step history all read that [`Kind`], never booleans of their own or the error's text.
+//! refresh, the device flow, the mail sender, Exchange's throttling count), the
+//! heartbeat's steps and the step history read that [`Kind`], never the error's text;
+//! `status`'s attention flag is derived from it. What stays apart are facts about one
+//! request, not meanings: the Exchange client's own retry policy (`is_retryable`, a
+//! server's Retry-After) and whether a refusal was of the refresh token itself.
 
 use std::time::Duration;
 

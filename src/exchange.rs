@@ -190,10 +190,16 @@ impl crate::error::Classify for ExchangeError {
     /// role or a removal past the guard's limit is refused until a person acts; a sync
     /// that cannot be set up is our side's; a request given up means what its last
     /// failure meant; the rest (the network, a 5xx, an odd answer, an expired listing)
-    /// may clear at the next sync.
+    /// may clear at the next sync. A sign-in failure keeps its kind when it asks for a
+    /// new sign-in or a wait; any other (a client the provider refuses, a broken token
+    /// store) is the sign-in step's to report, and here counts as transient, so that
+    /// the sync keeps what it applied and tries again.
     fn kind(&self) -> Kind {
         match self {
-            ExchangeError::Auth(e) => e.kind(),
+            ExchangeError::Auth(e) => match e.kind() {
+                k @ (Kind::SignIn | Kind::Transient | Kind::RateLimited { .. }) => k,
+                Kind::Refused | Kind::Fatal => Kind::Transient,
+            },
             ExchangeError::Throttled { retry_after, .. } => {
                 Kind::RateLimited { wait: *retry_after }
             }

@@ -9,8 +9,8 @@
 //! and a second stop ends the loop at once.
 //!
 //! The loop takes its event sources (a stream of signals, the control requests' channel)
-//! as arguments, as mini-redis's `run(listener, shutdown)` does: [`super::run`] installs
-//! the real signal handlers and the socket outside it, and the tests below drive it
+//! as arguments, as mini-redis's `run(listener, shutdown)` does: the daemon's `serve`
+//! installs the real signal handlers and the socket outside it, and the tests below drive it
 //! in-process with tokio's paused time. Stops arrive as signals in that stream rather
 //! than as a one-shot shutdown future, because a second stop means something else (exit
 //! at once) than the first.
@@ -108,8 +108,10 @@ pub enum Event {
 pub enum Exit {
     /// Stopped cleanly: the state file says so and the DISCONNECT row is written.
     Stopped,
-    /// A second stop arrived while the first waited for the cycle: the process exits at
-    /// once (code 1) without its final records.
+    /// A second stop arrived while the first waited for the cycle: the process exits
+    /// (code 1) without the state file's final record or the DISCONNECT row, as soon as
+    /// the socket is closed. (Two stop signals never get this far: signal-hook's handler
+    /// exits on the second; a `stop` request followed by a signal does.)
     AtOnce,
 }
 
@@ -931,11 +933,12 @@ mod tests {
     }
 
     /// The sync's schedule is a leap day's midnight: only the first cycle (the schedule
-    /// never ran) and the tests' requests sync.
+    /// never ran) and the tests' requests sync. The audit pruning is off, so that the
+    /// audit rows are the loop's own.
     fn config_text(heartbeat_secs: u64) -> String {
         format!(
             "[heartbeat]\ninterval = \"{heartbeat_secs}s\"\n\n[daemon]\nshutdown_grace = \"5s\"\n\n\
-             [sync]\nschedule = \"0 0 29 2 *\"\nsource = \"export\"\nexport = \"/nonexistent/inactive-mailboxes.json\"\n"
+             [audit]\nprune_schedule = \"never\"\n\n[sync]\nschedule = \"0 0 29 2 *\"\nsource = \"export\"\nexport = \"/nonexistent/inactive-mailboxes.json\"\n"
         )
     }
 
@@ -947,8 +950,9 @@ mod tests {
         config: RefCell<String>,
         origin: Instant,
         seen: Rc<RefCell<Vec<Seen>>>,
-        signals: mpsc::UnboundedSender<Signal>,
-        requests: mpsc::Sender<control::Incoming>,
+        /// Taken (dropped) to close the source.
+        signals: RefCell<Option<mpsc::UnboundedSender<Signal>>>,
+        requests: RefCell<Option<mpsc::Sender<control::Incoming>>>,
     }
 
     type SignalStream = Pin<Box<dyn Stream<Item = Signal>>>;
@@ -968,8 +972,8 @@ mod tests {
                 config: RefCell::new(config_text(60)),
                 origin: Instant::now(),
                 seen: Rc::default(),
-                signals,
-                requests,
+                signals: RefCell::new(Some(signals)),
+                requests: RefCell::new(Some(requests)),
             };
             let sources = Sources {
                 signals: stream,
@@ -998,7 +1002,8 @@ mod tests {
 
         async fn ask(&self, command: Command) -> oneshot::Receiver<Response> {
             let (reply, answer) = oneshot::channel();
-            self.requests
+            let requests = self.requests.borrow().clone().expect("requests open");
+            requests
                 .send(control::Incoming { command, reply })
                 .await
                 .unwrap();
@@ -1006,7 +1011,8 @@ mod tests {
         }
 
         fn signal(&self, s: Signal) {
-            self.signals.send(s).unwrap();
+            let signals = self.signals.borrow().clone().expect("signals open");
+            signals.send(s).unwrap();
         }
 
         /// Sleeps until `secs` after the test's start.
@@ -1206,12 +1212,16 @@ mod tests {
         let sup = h.supervisor(secs(3600), false);
         let load = || h.load();
         let script = async {
+            // The first stop by request (two stop signals never reach the loop: the
+            // signal handler exits on the second), then one by signal.
             h.at(10).await;
-            h.signal(Signal::Stop(15));
-            h.at(12).await;
-            // A stop request while stopping is answered and changes nothing.
             let answer = data(h.ask(Command::Stop).await.await);
             assert_eq!(answer["stopping"], true);
+            h.at(11).await;
+            // Another stop request while stopping is answered and changes nothing.
+            let answer = data(h.ask(Command::Stop).await.await);
+            assert_eq!(answer["stopping"], true);
+            h.at(12).await;
             h.signal(Signal::Stop(2));
         };
         let (exit, ()) = tokio::join!(sup.run(sources, &load), script);
@@ -1222,30 +1232,42 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_idle_stop_ends_the_loop_and_closed_sources_do_not() {
+    async fn with_its_requests_closed_the_loop_goes_on_and_a_signal_stops_it() {
         let (h, sources) = Harness::new();
         let sup = h.supervisor(secs(1), true);
         let load = || h.load();
-        let Harness {
-            signals, requests, ..
-        } = &h;
-        let (signals, requests) = (signals.clone(), requests.clone());
         let script = async {
             h.at(5).await;
             let status = data(h.ask(Command::Status).await.await);
             assert_eq!(status["cycle_running"], false);
             assert_eq!(status["state"]["cycles"], 1);
+            drop(h.requests.borrow_mut().take());
             h.at(70).await;
-            assert_eq!(
-                h.seen().len(),
-                2,
-                "the heartbeat ran a second cycle at 60 s"
-            );
-            signals.send(Signal::Stop(15)).unwrap();
-            drop(requests);
+            assert_eq!(h.seen().len(), 2, "the heartbeat ran its cycle at 60 s");
+            h.signal(Signal::Stop(15));
         };
         let (exit, ()) = tokio::join!(sup.run(sources, &load), script);
         assert_eq!(exit.unwrap(), Exit::Stopped);
         assert_eq!(h.now(), secs(70));
+        assert_eq!(h.state().phase, Phase::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_its_signals_closed_the_loop_goes_on_and_a_request_stops_it() {
+        let (h, sources) = Harness::new();
+        let sup = h.supervisor(secs(1), true);
+        let load = || h.load();
+        let script = async {
+            h.at(5).await;
+            drop(h.signals.borrow_mut().take());
+            h.at(70).await;
+            assert_eq!(h.seen().len(), 2, "the heartbeat ran its cycle at 60 s");
+            let answer = data(h.ask(Command::Stop).await.await);
+            assert_eq!(answer["stopping"], true);
+        };
+        let (exit, ()) = tokio::join!(sup.run(sources, &load), script);
+        assert_eq!(exit.unwrap(), Exit::Stopped);
+        assert_eq!(h.now(), secs(70));
+        assert_eq!(h.state().phase, Phase::Stopped);
     }
 }

@@ -552,9 +552,7 @@ impl Drain<'_> {
             // sent: an earlier attempt (a crash, a lost answer, a retry after either) may
             // have sent it or left its draft.
             let known = imid != fresh_id;
-            let requested = send_requested_at
-                .as_deref()
-                .and_then(crate::time::parse);
+            let requested = send_requested_at.as_deref().and_then(crate::time::parse);
             let err = match self.attempt(mail, sender, &imid, known, requested).await {
                 Ok(Settled::Sent) => return Ok(Turn::of(Outcome::Sent)),
                 Ok(Settled::FoundSent) => {
