@@ -6,6 +6,8 @@
 #   mailboxes import FILE                   of a 10,000-record export      (target < 500 ms)
 #   status                                  with the daemon running        (target <  20 ms)
 #   send --batch FILE.jsonl                 of 10,000 mails, no daemon     (target < 1000 ms)
+#   mailboxes list --format table           one mailbox named 16 MB long, 120 columns
+#                                                                          (target < 1000 ms)
 #
 # and, through examples/daemon_footprint.rs, the daemon's start to READY=1 (target
 # < 100 ms), idle resident memory (target < 10 MB) and idle wakeups (target: none between
@@ -187,6 +189,25 @@ IMM_HOME="$work/home-10k" "${hf[@]}" --warmup "$warmup" \
 kill -TERM "$daemon"
 wait "$daemon"
 
+echo "== a table with a 16 MB cell" >&2
+# One mailbox whose display name is 16 MB long: every cell is cut to the table's width
+# before the layout, whose time grew with the square of a cell's length (a 1 MB name took
+# 107 s, a 16 MB one over 10 minutes).
+{
+    printf '[{"Identity": "big", "ExchangeGuid": "00000000-0000-0000-0000-00000000abcd", '
+    printf '"PrimarySmtpAddress": "big@contoso.com", "UserPrincipalName": "big@contoso.com", '
+    printf '"IsInactiveMailbox": true, "WhenSoftDeleted": "2024-01-01T00:00:00Z", '
+    printf '"LitigationHoldEnabled": true, "InPlaceHolds": [], "DisplayName": "'
+    head -c 16000000 /dev/zero | tr '\0' A
+    printf '"}]'
+} >"$work/export-huge-name.json"
+new_home "$work/home-huge"
+IMM_HOME="$work/home-huge" "$bin" mailboxes import "$work/export-huge-name.json" >/dev/null
+COLUMNS=120 IMM_HOME="$work/home-huge" "${hf[@]}" --warmup "$warmup" \
+    --export-markdown "$work/huge-cell.md" \
+    -n "list --format table (a 16 MB name, 120 columns)" \
+    "$bin mailboxes list --format table"
+
 echo "== daemon start and idle footprint" >&2
 "$(pwd)/target/release/examples/daemon_footprint" "$bin"
 
@@ -195,7 +216,7 @@ summary="$work/summary.md"
 {
     head -n 2 "$work/list.md" | sed -e '1s/$/ Target [ms] |/' -e '2s/$/---:|/'
     for part in list:100 search:50 import:500 import-fresh:500 send-fresh:1000 \
-        send-queued:1000 status:20; do
+        send-queued:1000 status:20 huge-cell:1000; do
         file="${part%%:*}" target="${part##*:}"
         tail -n +3 "$work/$file.md" | sed -e "s/\$/ < $target |/"
     done

@@ -58,8 +58,36 @@ impl Column {
 /// columns are left out until the rest fit, and cells still too wide are cut with an
 /// ellipsis instead of wrapping.
 pub fn table(columns: &[Column], rows: impl IntoIterator<Item = Vec<String>>) -> Table {
-    let rows: Vec<Vec<String>> = rows.into_iter().collect();
-    let width = table_width();
+    fitted(columns, rows, table_width())
+}
+
+/// Cuts `cell` to at most `max` characters, in time linear in `max`. The table's layout
+/// then cuts it to its column and adds the ellipsis, as it would have for the whole cell
+/// (a cell longer than the table can never show more); left whole, a multi-megabyte cell
+/// cost the layout time that grew with the square of its length.
+fn cut(cell: &mut String, max: usize) {
+    if cell.len() > max
+        && let Some((at, _)) = cell.char_indices().nth(max)
+    {
+        cell.truncate(at);
+    }
+}
+
+/// [`table`] for a given width (`None`: as wide as the cells are).
+fn fitted(
+    columns: &[Column],
+    rows: impl IntoIterator<Item = Vec<String>>,
+    width: Option<u16>,
+) -> Table {
+    let mut rows: Vec<Vec<String>> = rows.into_iter().collect();
+    if let Some(w) = width {
+        // One character more than the table is wide, so that the layout still sees the
+        // cell as too long and marks the cut.
+        let max = usize::from(w) + 1;
+        for cell in rows.iter_mut().flatten() {
+            cut(cell, max);
+        }
+    }
     let mut keep: Vec<usize> = (0..columns.len()).collect();
     if let Some(w) = width {
         let natural = |i: usize| {
@@ -157,4 +185,52 @@ pub fn opt<T: ToString>(v: &Option<T>) -> String {
 /// A money or size figure with two decimals.
 pub fn fixed2(v: f64) -> String {
     format!("{v:.2}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COLUMNS: [Column; 3] = [
+        Column::new("IDENTITY", false, 3),
+        Column::new("NAME", false, 2),
+        Column::new("SIZE MB", true, 1),
+    ];
+
+    fn row(name: &str) -> Vec<String> {
+        vec!["user.1@contoso.com".into(), name.into(), "12.50".into()]
+    }
+
+    #[test]
+    fn a_multi_megabyte_cell_is_cut_to_the_table_and_shows_as_a_shorter_one_would() {
+        let huge = "Ä".repeat(4 << 20);
+        let shown = fitted(&COLUMNS, [row(&huge)], Some(80)).to_string();
+        assert!(shown.len() < 1024, "{} bytes", shown.len());
+        assert!(shown.contains('…'), "{shown}");
+        // The same as a cell only just too long for the table.
+        let short = fitted(&COLUMNS, [row(&"Ä".repeat(200))], Some(80)).to_string();
+        assert_eq!(shown, short);
+        // Lines and wide characters: cut on a character boundary, first line shown.
+        let lines = format!("first line\n{}", "漢".repeat(1 << 20));
+        let shown = fitted(&COLUMNS, [row(&lines)], Some(80)).to_string();
+        assert!(shown.contains("first line"), "{shown}");
+        assert!(shown.len() < 1024);
+    }
+
+    #[test]
+    fn without_a_width_every_cell_is_whole() {
+        let long = "x".repeat(10_000);
+        let shown = fitted(&COLUMNS, [row(&long)], None).to_string();
+        assert!(shown.contains(&long));
+    }
+
+    #[test]
+    fn cut_counts_characters_not_bytes() {
+        let mut s = "ÄÖÜ".repeat(10);
+        cut(&mut s, 4);
+        assert_eq!(s, "ÄÖÜÄ");
+        let mut s = "short".to_string();
+        cut(&mut s, 80);
+        assert_eq!(s, "short");
+    }
 }
