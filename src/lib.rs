@@ -40,7 +40,9 @@
 //! - [`daemon`] is the top floor: the supervisor's event loop runs cycles on the
 //!   heartbeat, the schedule, signals and control requests. Nothing imports it but the
 //!   command line's dispatcher.
-//! - [`cli`] parses the command line, calls the above and formats the results.
+//! - [`cli`] parses the command line, calls the above and formats the results;
+//!   [`logging`] shapes the log lines for where stderr leads (the journal, a terminal,
+//!   a file).
 //! - The emulations of Microsoft's endpoints on loopback live in their own crate,
 //!   `imm-emulators` (`emulators/`), which the tests use and the daemon never depends on.
 //!
@@ -66,6 +68,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod import;
 pub mod inventory;
+pub mod logging;
 pub mod mail;
 pub mod notify;
 pub mod paths;

@@ -17,8 +17,10 @@ fn main() {
         }
     };
     match &cli.command {
-        cli::Command::Run(args) => init_logging("info", args.log_format == cli::LogFormat::Json),
-        _ => init_logging("warn", false),
+        cli::Command::Run(args) => {
+            imm_daemon::logging::init("info", args.log_format == cli::LogFormat::Json)
+        }
+        _ => imm_daemon::logging::init("warn", false),
     }
     match cli::run(cli) {
         Ok(()) => {}
@@ -30,23 +32,5 @@ fn main() {
             }
             std::process::exit(code);
         }
-    }
-}
-
-/// Logs go to stderr; the filter comes from IMM_LOG, else RUST_LOG, else `default`
-/// (`warn` for commands, `info` for the daemon).
-fn init_logging(default: &str, json: bool) {
-    let filter = std::env::var("IMM_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default.into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -411,6 +411,86 @@ fn logs_can_be_json() {
     );
 }
 
+/// Runs the daemon through one cycle with stderr written to a file of the test's, with
+/// `extra` in its environment (`JOURNAL_STREAM`: `Some(true)` naming that file,
+/// `Some(false)` naming another), and returns what it logged.
+fn logs_to_a_file(journal: Option<bool>, extra: &[(&str, &str)]) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let path = env.home.path().join("stderr.log");
+    let file = std::fs::File::create(&path).unwrap();
+    let meta = file.metadata().unwrap();
+    let mut cmd = env.std_cmd();
+    cmd.args(["run"])
+        .env("IMM_HOME", env.home.path())
+        .env("IMM_LOG", "info")
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NO_COLOR")
+        .stderr(Stdio::from(file));
+    match journal {
+        Some(true) => cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())),
+        Some(false) => cmd.env(
+            "JOURNAL_STREAM",
+            format!("{}:{}", meta.dev(), meta.ino() + 1),
+        ),
+        None => &mut cmd,
+    };
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    wait_for_state(&env, "start", |s| running(s) && s["cycles"] == 1);
+    send_signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(&path).unwrap()
+}
+
+/// Under systemd, journald reads each line's priority from its `<N>` prefix and keeps
+/// its own time; anywhere but a terminal, lines carry no colour codes.
+#[test]
+fn logs_fit_the_journal_and_plain_files() {
+    let journal = logs_to_a_file(Some(true), &[]);
+    let lines: Vec<&str> = journal.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>imm-daemon running pid=")),
+        "{journal}"
+    );
+    let dated = |l: &str| {
+        let b = l.as_bytes();
+        b.len() > 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[10] == b'T'
+    };
+    assert!(
+        lines.iter().all(|l| {
+            let rest = l.strip_prefix("<6>").or_else(|| l.strip_prefix("<4>"));
+            rest.is_some_and(|r| !dated(r))
+        }),
+        "every line has a priority and no timestamp: {journal}"
+    );
+    assert!(!journal.contains('\u{1b}'), "{journal}");
+
+    // A file that is not the journal stream (stderr redirected inside a unit), and a
+    // file with no journal at all: timestamped plain lines, no colour.
+    for (journal, extra) in [
+        (Some(false), &[][..]),
+        (None, &[][..]),
+        (None, &[("NO_COLOR", "1")][..]),
+    ] {
+        let text = logs_to_a_file(journal, extra);
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(!text.starts_with('<'), "{text}");
+        assert!(text.lines().all(dated), "every line is timestamped: {text}");
+        assert!(
+            text.lines()
+                .any(|l| l.contains(" INFO ") && l.contains("imm-daemon running")),
+            "{text}"
+        );
+    }
+}
+
 #[test]
 fn tells_systemd_ready_status_and_stopping() {
     use std::os::unix::net::UnixDatagram;
