@@ -102,17 +102,26 @@ pub(crate) fn skip_test(test: &str, why: &str) {
 /// text.
 #[cfg(test)]
 mod layers {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
-    fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                sources(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
+    /// Every source file below `src/`: its path from there (`/`-separated) and its text.
+    fn sources() -> Vec<(String, String)> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(root, &p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let rel = p.strip_prefix(root).unwrap().to_string_lossy();
+                    out.push((rel.replace('\\', "/"), std::fs::read_to_string(&p).unwrap()));
+                }
             }
         }
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut out = Vec::new();
+        walk(&src, &src, &mut out);
+        assert!(out.len() > 40, "the sources were not found");
+        out
     }
 
     /// Whether `text` names the top-level module `module` through `crate::`, either as
@@ -136,39 +145,23 @@ mod layers {
     }
 
     /// Which top-level modules each top-level module's files name.
-    fn graph(src: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-        let mut files = Vec::new();
-        sources(src, &mut files);
-        let modules: Vec<String> = std::fs::read_dir(src)
-            .unwrap()
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_suffix(".rs").map(str::to_string)
-            })
-            .filter(|m| m != "lib" && m != "main")
+    fn graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        let files = sources();
+        let modules: Vec<&str> = files
+            .iter()
+            .filter_map(|(rel, _)| rel.strip_suffix(".rs"))
+            .filter(|m| !m.contains('/') && *m != "lib" && *m != "main")
             .collect();
         let mut g = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
-        for f in &files {
-            let rel = f
-                .strip_prefix(src)
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/");
+        for (rel, text) in &files {
             if rel.starts_with("bin/") || rel == "lib.rs" || rel == "main.rs" {
                 continue;
             }
-            let owner = rel
-                .split('/')
-                .next()
-                .unwrap()
-                .trim_end_matches(".rs")
-                .to_string();
-            let text = std::fs::read_to_string(f).unwrap();
-            let deps = g.entry(owner.clone()).or_default();
+            let owner = rel.split('/').next().unwrap().trim_end_matches(".rs");
+            let deps = g.entry(owner.to_string()).or_default();
             for m in &modules {
-                if *m != owner && names(&text, m) {
-                    deps.insert(m.clone());
+                if *m != owner && names(text, m) {
+                    deps.insert(m.to_string());
                 }
             }
         }
@@ -198,8 +191,7 @@ mod layers {
 
     #[test]
     fn no_circle_runs_through_the_top_floors_or_the_foundations() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let g = graph(&src);
+        let g = graph();
         assert!(g.len() > 20, "the modules were not found: {g:?}");
         let kept = [
             "cli",
@@ -239,28 +231,18 @@ mod layers {
 
     #[test]
     fn nothing_below_the_daemon_imports_it_and_nothing_imports_the_command_line() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut files = Vec::new();
-        sources(&src, &mut files);
-        assert!(files.len() > 40, "the sources were not found");
         let mut wrong = Vec::new();
-        for f in &files {
-            let rel = f
-                .strip_prefix(&src)
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/");
-            let text = std::fs::read_to_string(f).unwrap();
+        for (rel, text) in &sources() {
             let in_cli = rel == "cli.rs" || rel.starts_with("cli/") || rel == "main.rs";
             let starts_daemon = rel == "cli.rs" || rel == "main.rs";
             let in_daemon = rel == "daemon.rs" || rel.starts_with("daemon/");
             if rel.starts_with("bin/") || rel == "lib.rs" {
                 continue;
             }
-            if !in_cli && names(&text, "cli") {
+            if !in_cli && names(text, "cli") {
                 wrong.push(format!("{rel} imports the command line"));
             }
-            if !starts_daemon && !in_daemon && names(&text, "daemon") {
+            if !starts_daemon && !in_daemon && names(text, "daemon") {
                 wrong.push(format!("{rel} imports the daemon"));
             }
         }
@@ -279,24 +261,15 @@ mod layers {
     /// configuration values that mail reuses), and not the daemon.
     #[test]
     fn the_configuration_imports_none_of_its_readers() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut files = Vec::new();
-        sources(&src, &mut files);
         let mut checked = 0;
         let mut wrong = Vec::new();
-        for f in &files {
-            let rel = f
-                .strip_prefix(&src)
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/");
+        for (rel, text) in &sources() {
             if rel != "config.rs" && !rel.starts_with("config/") {
                 continue;
             }
             checked += 1;
-            let text = std::fs::read_to_string(f).unwrap();
             for module in ["schedule", "store", "mail", "daemon"] {
-                if names(&text, module) {
+                if names(text, module) {
                     wrong.push(format!("{rel} imports crate::{module}"));
                 }
             }

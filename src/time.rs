@@ -58,7 +58,8 @@ pub fn stamp_micros(t: DateTime<Utc>) -> String {
 /// dropped, written by chrono.
 ///
 /// Differs from [`stamp`] (which keeps milliseconds) for the notification hooks' `at` and
-/// `expires_at`, which the programs and services receiving them read.
+/// `expires_at`, which the programs and services receiving them read (and the sandbox's
+/// console, which shows those events).
 pub fn stamp_secs(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }

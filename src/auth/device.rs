@@ -40,12 +40,6 @@ pub enum Attempt {
 }
 
 impl Attempt {
-    pub fn error(&self) -> &AuthError {
-        match self {
-            Attempt::NoCode(e) | Attempt::Polled { error: e, .. } => e,
-        }
-    }
-
     pub fn into_error(self) -> AuthError {
         match self {
             Attempt::NoCode(e) | Attempt::Polled { error: e, .. } => e,

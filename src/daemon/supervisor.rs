@@ -159,7 +159,6 @@ pub struct Supervisor {
     store: Rc<RefCell<Store>>,
     /// The steps, except while a cycle has them.
     steps: Option<Steps>,
-    step_names: Vec<&'static str>,
     state: DaemonState,
     notify: bool,
     /// The scheduled jobs and when each is next due.
@@ -215,17 +214,21 @@ async fn sleep_until_due(at: Option<chrono::DateTime<Utc>>) {
     }
 }
 
-/// Plans the scheduled jobs from their last runs in the database (none when they
-/// cannot be read: each job is then planned as if it never ran).
-fn plan_jobs(config: &Config, store: &Store) -> Jobs {
-    let runs = store.job_runs().unwrap_or_else(|e| {
+/// The jobs' last runs in the database; none when they cannot be read (each job is then
+/// planned and shown as if it never ran).
+fn job_runs(store: &Store) -> Vec<(Job, crate::schedule::JobRun)> {
+    store.job_runs().unwrap_or_else(|e| {
         tracing::warn!(
             "cannot read the jobs' last runs: {}",
             crate::error::chain(&e)
         );
         Vec::new()
-    });
-    Jobs::plan(config, &runs, Utc::now())
+    })
+}
+
+/// Plans the scheduled jobs from their last runs.
+fn plan_jobs(config: &Config, store: &Store) -> Jobs {
+    Jobs::plan(config, &job_runs(store), Utc::now())
 }
 
 impl Supervisor {
@@ -258,7 +261,6 @@ impl Supervisor {
             sync_pending: false,
             allow_removals: false,
             paths: Rc::new(paths.clone()),
-            step_names: steps.names(),
             steps: Some(steps),
             sync_progress,
             state: DaemonState {
@@ -307,7 +309,7 @@ impl Supervisor {
                 "pid": self.state.pid,
                 "version": self.state.daemon_version,
                 "heartbeat_secs": self.state.heartbeat_secs,
-                "steps": self.step_names,
+                "steps": self.steps.as_ref().map(Steps::names),
             })),
             Utc::now(),
         )?;
@@ -623,13 +625,7 @@ impl Supervisor {
     /// a cycle is running. Also answered during a cycle: steps hold the store only between
     /// awaits, so it is free whenever a request is read.
     fn status_response(&self) -> Response {
-        let runs = self.store.borrow().job_runs().unwrap_or_else(|e| {
-            tracing::warn!(
-                "cannot read the jobs' last runs: {}",
-                crate::error::chain(&e)
-            );
-            Vec::new()
-        });
+        let runs = job_runs(&self.store.borrow());
         let jobs = self.jobs.views(&self.config, &runs);
         let sync = self.sync_progress.lock().expect("not poisoned").clone();
         Response::ok(serde_json::json!({
@@ -684,15 +680,9 @@ impl Supervisor {
             Ok(_) => tracing::info!(job = Job::AuditPrune.name(), "{text}"),
             Err(_) => tracing::error!(job = Job::AuditPrune.name(), "audit pruning failed: {text}"),
         }
-        if let Err(e) = store.write(|tx| {
-            tx.record_job_run(
-                Job::AuditPrune,
-                &stamp(started),
-                &stamp(Utc::now()),
-                result.is_ok(),
-                &text,
-            )
-        }) {
+        if let Err(e) =
+            store.record_job_finished(Job::AuditPrune, started, Utc::now(), result.is_ok(), &text)
+        {
             tracing::error!(
                 "cannot record the audit pruning's run: {}",
                 crate::error::chain(&e)
@@ -727,15 +717,13 @@ impl Supervisor {
                 "cannot start the send day: {text}"
             ),
         }
-        if let Err(e) = self.store.borrow_mut().write(|tx| {
-            tx.record_job_run(
-                Job::SendDayReset,
-                &stamp(started),
-                &stamp(Utc::now()),
-                result.is_ok(),
-                &text,
-            )
-        }) {
+        if let Err(e) = self.store.borrow_mut().record_job_finished(
+            Job::SendDayReset,
+            started,
+            Utc::now(),
+            result.is_ok(),
+            &text,
+        ) {
             tracing::error!(
                 "cannot record the send day's start: {}",
                 crate::error::chain(&e)

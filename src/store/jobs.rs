@@ -1,5 +1,7 @@
 //! SQL of the `job_runs` table: each scheduled job's last run.
 
+use chrono::{DateTime, Utc};
+
 use super::{Store, StoreError, Tx};
 use crate::schedule::{Job, JobRun};
 
@@ -47,6 +49,20 @@ impl Tx<'_> {
 }
 
 impl Store {
+    /// Records a run of `job` that started at `started` and finished at `finished`, in
+    /// a transaction of its own (see [`Tx::record_job_run`]).
+    pub fn record_job_finished(
+        &mut self,
+        job: Job,
+        started: DateTime<Utc>,
+        finished: DateTime<Utc>,
+        ok: bool,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        let (started, finished) = (crate::time::stamp(started), crate::time::stamp(finished));
+        self.write(|tx| tx.record_job_run(job, &started, &finished, ok, text))
+    }
+
     /// Every job's last run. A database from before scheduled jobs has none.
     pub fn job_runs(&self) -> Result<Vec<(Job, JobRun)>, StoreError> {
         let exists: bool = self.conn.query_row(

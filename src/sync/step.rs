@@ -60,6 +60,21 @@ async fn read_off_runtime(
     }
 }
 
+/// Records the sync's run for the scheduler, which plans the next from its last success;
+/// a failure to record is logged (the sync is then planned as if it had not run).
+fn record_run(ctx: &StepContext<'_>, started: chrono::DateTime<Utc>, ok: bool, text: &str) {
+    let recorded =
+        ctx.store
+            .borrow_mut()
+            .record_job_finished(Job::MailboxSync, started, Utc::now(), ok, text);
+    if let Err(e) = recorded {
+        tracing::error!(
+            "cannot record the mailbox sync's run: {}",
+            crate::error::chain(&e)
+        );
+    }
+}
+
 /// The `mailbox_sync` cycle step: when the sync is due (its schedule fired, or someone
 /// asked), loads the configured source into the cache and records the run for the
 /// scheduler. With Exchange as the source it also fetches, every cycle, a batch of the
@@ -128,29 +143,12 @@ impl MailboxSync {
             // heartbeat.
             w.notify_one();
         }
-        if ctx.sync_due {
-            let finished = crate::time::stamp(Utc::now());
+        if ctx.sync_due && !matches!(result, Err(crate::exchange::ExchangeError::Cancelled)) {
             let (ok, text) = match &result {
                 Ok(o) => (true, o.summary()),
                 Err(e) => (false, crate::error::chain(e)),
             };
-            if !matches!(result, Err(crate::exchange::ExchangeError::Cancelled)) {
-                let recorded = ctx.store.borrow_mut().write(|tx| {
-                    tx.record_job_run(
-                        Job::MailboxSync,
-                        &crate::time::stamp(started),
-                        &finished,
-                        ok,
-                        &text,
-                    )
-                });
-                if let Err(e) = recorded {
-                    tracing::error!(
-                        "cannot record the mailbox sync's run: {}",
-                        crate::error::chain(&e)
-                    );
-                }
-            }
+            record_run(ctx, started, ok, &text);
         }
         match result {
             // The listing was applied; the statistics need a person (a role, a sign-in).
@@ -253,7 +251,6 @@ impl CycleStep for MailboxSync {
                 RemovalGuard::from_config(ctx.config, ctx.allow_removals),
                 Utc::now(),
             );
-            let finished = crate::time::stamp(Utc::now());
             let text = match &result {
                 Ok(l) => format!(
                     "loaded {} mailbox(es) from {}; removed {} no longer in it",
@@ -263,21 +260,7 @@ impl CycleStep for MailboxSync {
                 ),
                 Err(e) => crate::error::chain(e),
             };
-            let recorded = ctx.store.borrow_mut().write(|tx| {
-                tx.record_job_run(
-                    Job::MailboxSync,
-                    &crate::time::stamp(started),
-                    &finished,
-                    result.is_ok(),
-                    &text,
-                )
-            });
-            if let Err(e) = recorded {
-                tracing::error!(
-                    "cannot record the mailbox sync's run: {}",
-                    crate::error::chain(&e)
-                );
-            }
+            record_run(ctx, started, result.is_ok(), &text);
             match result {
                 Ok(l) => Ok(StepReport {
                     summary: text,

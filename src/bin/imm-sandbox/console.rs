@@ -20,7 +20,7 @@ use axum::extract::{Form, Json, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use imm_emulators::escape_html as esc;
 use imm_emulators::{
     Endpoint, ExchangeFailure, ExchangeServer, GraphFailure, GraphServer, IdentityProvider,
@@ -458,7 +458,7 @@ impl Sandbox {
         self.say(format!("notification hook: {name}{detail}"));
         let mut v = self.view();
         v.events.push(HookEvent {
-            received_at: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+            received_at: imm_daemon::time::stamp_secs(Utc::now()),
             event,
         });
         let over = v.events.len().saturating_sub(ACTIVITY_KEPT);
