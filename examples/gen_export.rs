@@ -1,7 +1,7 @@
 //! Generates a realistic `Get-Mailbox -InactiveMailboxOnly` export for benchmarks.
 //!
 //! ```text
-//! cargo run --release --example gen_export -- COUNT OUTPUT [--format json|csv]
+//! cargo run --release --example gen_export -- COUNT OUTPUT [--format json|csv] [--narrow]
 //! ```
 //!
 //! `json` (the default) writes what Windows PowerShell 5.1 writes for
@@ -11,6 +11,10 @@
 //! `#TYPE` line, multi-valued properties joined by spaces and dates as `M/d/yyyy h:mm:ss
 //! AM`. TotalItemSize and ItemCount (Get-MailboxStatistics properties) and LicenseType
 //! are included as an administrator's calculated properties would add them.
+//!
+//! `--narrow` keeps only the 19 properties the inventory reads ([`NARROW`]), as an
+//! administrator's `Select-Object` before `ConvertTo-Json` or `Export-Csv` would: the
+//! shape of export the original Python design of the inventory was measured with.
 //!
 //! The output is deterministic: the same COUNT always gives the same file. Every record
 //! has a distinct ExchangeGuid, DisplayName and PrimarySmtpAddress. Display names are
@@ -815,8 +819,31 @@ fn csv_cell(out: &mut String, val: &Val) {
     out.push('"');
 }
 
+/// The properties `--narrow` keeps, in the order they are written.
+pub const NARROW: [&str; 19] = [
+    "ExchangeGuid",
+    "DisplayName",
+    "PrimarySmtpAddress",
+    "UserPrincipalName",
+    "WhenSoftDeleted",
+    "IsInactiveMailbox",
+    "LitigationHoldEnabled",
+    "InPlaceHolds",
+    "ComplianceTagHoldApplied",
+    "DelayHoldApplied",
+    "DelayReleaseHoldApplied",
+    "AutoExpandingArchiveEnabled",
+    "ArchiveStatus",
+    "ExternalDirectoryObjectId",
+    "TotalItemSize",
+    "ItemCount",
+    "LicenseType",
+    "CustomAttribute1",
+    "CustomAttribute2",
+];
+
 fn usage() -> ! {
-    eprintln!("usage: gen_export COUNT OUTPUT [--format json|csv]");
+    eprintln!("usage: gen_export COUNT OUTPUT [--format json|csv] [--narrow]");
     std::process::exit(2);
 }
 
@@ -824,6 +851,16 @@ fn usage() -> ! {
 ///
 /// Public so that the benchmarks can include this file and parse the same data.
 pub fn generate(count: u64, csv: bool, w: &mut impl Write) -> std::io::Result<()> {
+    generate_with(count, csv, false, w)
+}
+
+/// [`generate`], with only the [`NARROW`] properties when `narrow`.
+pub fn generate_with(
+    count: u64,
+    csv: bool,
+    narrow: bool,
+    w: &mut impl Write,
+) -> std::io::Result<()> {
     let mut rng = Rng(0x1aa_5eed_2025);
     let mut buf = String::with_capacity(64 * 1024);
     if csv {
@@ -834,7 +871,19 @@ pub fn generate(count: u64, csv: bool, w: &mut impl Write) -> std::io::Result<()
         w.write_all(b"[\n")?;
     }
     for i in 0..count {
-        let rec = record(i, &mut rng);
+        let mut rec = record(i, &mut rng);
+        if narrow {
+            rec = NARROW
+                .iter()
+                .map(|name| {
+                    let at = rec
+                        .iter()
+                        .position(|(n, _)| n == name)
+                        .expect("every narrow property is in a full record");
+                    rec.swap_remove(at)
+                })
+                .collect();
+        }
         buf.clear();
         if csv {
             if i == 0 {
@@ -864,8 +913,10 @@ fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut positional = Vec::new();
     let mut format = String::from("json");
+    let mut narrow = false;
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--narrow" => narrow = true,
             "--format" => format = args.next().unwrap_or_else(|| usage()),
             f if f.starts_with("--format=") => format = f["--format=".len()..].to_string(),
             "-h" | "--help" => usage(),
@@ -883,11 +934,12 @@ fn main() -> std::io::Result<()> {
         _ => usage(),
     };
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&output)?);
-    generate(count, csv, &mut w)?;
+    generate_with(count, csv, narrow, &mut w)?;
     w.flush()?;
     eprintln!(
-        "wrote {count} record(s) ({}) to {}",
+        "wrote {count} record(s) ({}{}) to {}",
         if csv { "Export-Csv" } else { "ConvertTo-Json" },
+        if narrow { ", 19 properties" } else { "" },
         output.display()
     );
     Ok(())
