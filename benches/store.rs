@@ -10,8 +10,11 @@
 //! - `upsert_10k/update`: the same 10,000 mailboxes again into a database that already
 //!   holds them (the update path of a repeated snapshot import).
 //! - `upsert_1m/insert`: 1,000,000 mailboxes into a fresh database (target < 5 s).
-//! - `read/*`: what `mailboxes list` and `mailboxes search` read from the store, without
-//!   process start-up and output.
+//! - `read/*`: what `mailboxes list`, `mailboxes search` and `mailboxes stats` read from
+//!   the store, without process start-up and output: `search_100k` finds 11 rows,
+//!   `search_1pct_100k` 1,000 (1 %), both through the search index; `stats_10k` and
+//!   `stats_100k` tally the cache in one pass (targets < 5 ms and < 50 ms for the whole
+//!   command).
 //!
 //! The mailboxes are built before timing starts; opening the database and dropping it
 //! afterwards are not timed. Run with `cargo bench --bench store`; pass a filter such as
@@ -184,6 +187,21 @@ fn read(c: &mut Criterion) {
     };
     g.bench_function("search_100k", |b| {
         b.iter(|| black_box(store100k.mailboxes(&filter).expect("search")))
+    });
+    let one_percent = MailboxFilter {
+        // Users 42, 420..429, 4200..4299 and 42000..42999: 1,111 rows (1.1 %).
+        text: Some("User 42".into()),
+        ..MailboxFilter::default()
+    };
+    g.bench_function("search_1pct_100k", |b| {
+        b.iter(|| black_box(store100k.mailboxes(&one_percent).expect("search")))
+    });
+    let now = now();
+    g.bench_function("stats_10k", |b| {
+        b.iter(|| black_box(store10k.mailbox_tallies(now).expect("stats")))
+    });
+    g.bench_function("stats_100k", |b| {
+        b.iter(|| black_box(store100k.mailbox_tallies(now).expect("stats")))
     });
     g.finish();
 }

@@ -24,8 +24,8 @@ use serde_json::Value;
 
 use crate::config::InventoryConfig;
 pub use holds::{HoldType, classify_in_place_hold, hold_types};
-pub use recovery::{Blocker, recovery_blockers};
-pub use summary::{AGE_BANDS, Group, Summary, age_band, summarize};
+pub use recovery::{Blocker, RECOVERY_MIN_AGE_DAYS, recovery_blockers, recovery_eligible};
+pub use summary::{AGE_BANDS, Group, Summary, Tally, age_band, summarize};
 pub use values::{
     FieldError, MAX_FIGURE, bytes_to_mb, parse_item_count, parse_item_size, parse_ps_date,
 };

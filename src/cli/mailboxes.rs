@@ -354,11 +354,7 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
         }
         MailboxesCmd::Show { id, format } => show(&mut store, &cfg, &id, format, now, &mut out)?,
         MailboxesCmd::Stats { format } => {
-            let mut ms = store.all_mailboxes()?;
-            for m in &mut ms {
-                m.refresh(&cfg.inventory, now);
-            }
-            let summary = summarize(&ms, &cfg.inventory);
+            let summary = summarize(store.mailbox_tallies(now)?, &cfg.inventory);
             let cache = store.mailbox_stats()?;
             store.audit(
                 &AuditEvent::new(Operation::ListMailboxes)

@@ -13,6 +13,25 @@ pub struct Blocker {
     pub message: String,
 }
 
+/// How many days after its soft deletion an inactive mailbox can be recovered.
+pub const RECOVERY_MIN_AGE_DAYS: i64 = 30;
+
+/// Whether no rule of [`recovery_blockers`] blocks recovery, without writing the
+/// sentences: what the summaries count for every cached mailbox. `old_enough` is
+/// whether the mailbox was soft-deleted at least [`RECOVERY_MIN_AGE_DAYS`] ago (`false`
+/// when the date is unknown).
+pub fn recovery_eligible(
+    is_inactive: Option<bool>,
+    auto_expanding_archive: bool,
+    external_directory_object_id: Option<&str>,
+    old_enough: bool,
+) -> bool {
+    is_inactive != Some(false)
+        && !auto_expanding_archive
+        && old_enough
+        && external_directory_object_id.is_none_or(|s| s.trim().is_empty())
+}
+
 /// Recovery eligibility of an inactive mailbox (`New-Mailbox -InactiveMailbox`).
 ///
 /// Rules, from Microsoft's Purview documentation ("Recover an inactive mailbox", "Restore
@@ -55,7 +74,7 @@ pub fn recovery_blockers(
         );
     }
     match when_soft_deleted {
-        Some(d) if age_days(d, now) < 30 => push(
+        Some(d) if age_days(d, now) < RECOVERY_MIN_AGE_DAYS => push(
             "soft_deleted_under_30_days",
             format!(
                 "soft-deleted {} days ago: within 30 days, restore the user account in Entra ID instead of recovering the mailbox",
@@ -111,5 +130,33 @@ mod tests {
             codes(recovery_blockers(Some(true), false, Some("0e1f"), old, now)),
             ["directory_user_present"]
         );
+    }
+
+    #[test]
+    fn eligible_exactly_when_nothing_blocks() {
+        let now = dt("2025-03-01T12:00:00Z");
+        let dates = [
+            None,
+            Some(dt("2025-03-01T12:00:00Z")),
+            Some(dt("2025-01-30T12:00:00.001Z")),
+            Some(dt("2025-01-30T12:00:00Z")),
+            Some(dt("2024-01-01T00:00:00Z")),
+            Some(dt("2026-01-01T00:00:00Z")),
+        ];
+        for inactive in [None, Some(true), Some(false)] {
+            for expanding in [false, true] {
+                for id in [None, Some(""), Some(" \u{a0}\t"), Some("0e1f")] {
+                    for d in dates {
+                        let old_enough =
+                            d.is_some_and(|d| age_days(d, now) >= RECOVERY_MIN_AGE_DAYS);
+                        assert_eq!(
+                            recovery_eligible(inactive, expanding, id, old_enough),
+                            recovery_blockers(inactive, expanding, id, d, now).is_empty(),
+                            "{inactive:?} {expanding} {id:?} {d:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

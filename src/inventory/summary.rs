@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 
-use super::{InactiveMailbox, price_of};
+#[cfg(test)]
+use super::InactiveMailbox;
+use super::{HoldType, price_of};
 use crate::config::InventoryConfig;
 
 /// Counts and costs of one group in a [`Summary`].
@@ -54,19 +56,60 @@ pub fn age_band(days: Option<i64>) -> &'static str {
     .map_or("unknown", |(label, _, _)| label)
 }
 
-/// Sums mailboxes (already refreshed) into a [`Summary`].
-pub fn summarize(ms: &[InactiveMailbox], cfg: &InventoryConfig) -> Summary {
+/// The mailboxes that share everything the summary groups them by, as one pass over the
+/// cache counts them ([`crate::store::Store::mailbox_tallies`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tally {
+    pub company: Option<String>,
+    pub license: Option<String>,
+    /// Their hold types, as [`InactiveMailbox::hold_types`] has them.
+    pub holds: Vec<HoldType>,
+    /// Their [`age_band`] label.
+    pub age_band: &'static str,
+    pub count: u64,
+    /// How many of them can be recovered now.
+    pub recovery_eligible: u64,
+    /// Their sizes added up, unknown sizes as 0.
+    pub size_mb: f64,
+    /// How many of them have no size yet.
+    pub size_unknown: u64,
+}
+
+#[cfg(test)]
+impl Tally {
+    /// One refreshed mailbox as a tally of one: the per-mailbox rules the cache's pass
+    /// must agree with.
+    pub fn of(m: &InactiveMailbox) -> Tally {
+        Tally {
+            company: m.operating_company.clone(),
+            license: m.license_type.clone(),
+            holds: m.hold_types.clone(),
+            age_band: age_band(m.age_days),
+            count: 1,
+            recovery_eligible: u64::from(m.recovery_eligible),
+            size_mb: m.size_mb.unwrap_or(0.0),
+            size_unknown: u64::from(m.size_mb.is_none()),
+        }
+    }
+}
+
+/// Sums tallies into a [`Summary`], pricing each group's licence from the price table.
+pub fn summarize(tallies: impl IntoIterator<Item = Tally>, cfg: &InventoryConfig) -> Summary {
     use std::collections::BTreeMap;
-    fn add(map: &mut BTreeMap<String, Group>, key: &str, m: &InactiveMailbox) {
-        let g = map.entry(key.to_string()).or_insert_with(|| Group {
-            key: key.to_string(),
-            count: 0,
-            monthly_cost: 0.0,
-            size_mb: 0.0,
-        });
-        g.count += 1;
-        g.monthly_cost += m.monthly_cost;
-        g.size_mb += m.size_mb.unwrap_or(0.0);
+    fn add(map: &mut BTreeMap<String, Group>, key: &str, t: &Tally, cost: f64) {
+        if !map.contains_key(key) {
+            let group = Group {
+                key: key.to_string(),
+                count: 0,
+                monthly_cost: 0.0,
+                size_mb: 0.0,
+            };
+            map.insert(key.to_string(), group);
+        }
+        let g = map.get_mut(key).expect("inserted above");
+        g.count += t.count;
+        g.monthly_cost += cost;
+        g.size_mb += t.size_mb;
     }
     let (mut company, mut hold, mut band, mut unpriced) = Default::default();
     let mut s = Summary {
@@ -81,27 +124,30 @@ pub fn summarize(ms: &[InactiveMailbox], cfg: &InventoryConfig) -> Summary {
         without_license: 0,
         size_unknown: 0,
     };
-    for m in ms {
-        s.count += 1;
-        s.recovery_eligible += u64::from(m.recovery_eligible);
-        s.monthly_cost += m.monthly_cost;
-        s.size_mb += m.size_mb.unwrap_or(0.0);
-        s.size_unknown += u64::from(m.size_mb.is_none());
+    for t in tallies {
+        let price = t.license.as_deref().and_then(|l| price_of(cfg, l));
+        let cost = price.unwrap_or(0.0) * t.count as f64;
+        s.count += t.count;
+        s.recovery_eligible += t.recovery_eligible;
+        s.monthly_cost += cost;
+        s.size_mb += t.size_mb;
+        s.size_unknown += t.size_unknown;
         add(
             &mut company,
-            m.operating_company.as_deref().unwrap_or("(none)"),
-            m,
+            t.company.as_deref().unwrap_or("(none)"),
+            &t,
+            cost,
         );
-        if m.hold_types.is_empty() {
-            add(&mut hold, "none", m);
+        if t.holds.is_empty() {
+            add(&mut hold, "none", &t, cost);
         }
-        for h in &m.hold_types {
-            add(&mut hold, h.as_str(), m);
+        for h in &t.holds {
+            add(&mut hold, h.as_str(), &t, cost);
         }
-        add(&mut band, age_band(m.age_days), m);
-        match m.license_type.as_deref() {
-            None => s.without_license += 1,
-            Some(l) if price_of(cfg, l).is_none() => add(&mut unpriced, l, m),
+        add(&mut band, t.age_band, &t, cost);
+        match t.license.as_deref() {
+            None => s.without_license += t.count,
+            Some(l) if price.is_none() => add(&mut unpriced, l, &t, cost),
             Some(_) => {}
         }
     }
@@ -148,7 +194,7 @@ mod tests {
                 now,
             )
         };
-        let ms = vec![
+        let ms = [
             mk(
                 "11111111-1111-4111-8111-111111111111",
                 "E5",
@@ -171,7 +217,7 @@ mod tests {
                 "B",
             ),
         ];
-        let s = summarize(&ms, &c);
+        let s = summarize(ms.iter().map(Tally::of), &c);
         assert_eq!(s.count, 3);
         assert_eq!(s.recovery_eligible, 2);
         assert_eq!(s.monthly_cost, 93.0);

@@ -4,13 +4,17 @@ use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
+use rusqlite::types::ValueRef;
 use rusqlite::{Row, params};
 use serde::Serialize;
 
 use super::raw::{Param, RawStatement};
 use super::{Store, StoreError, Tx};
 use crate::audit::{AuditEvent, Operation};
-use crate::inventory::{HoldType, InactiveMailbox, parse_ps_date};
+use crate::inventory::{
+    AGE_BANDS, HoldType, InactiveMailbox, RECOVERY_MIN_AGE_DAYS, Tally, age_days, parse_ps_date,
+    recovery_eligible,
+};
 use crate::time::{push_stamp_millis, stamp_millis};
 
 fn parse_date(s: Option<String>) -> Option<DateTime<Utc>> {
@@ -332,6 +336,110 @@ pub struct StoreStats {
     pub file_size_bytes: u64,
 }
 
+/// Age bands and the recovery age of stored soft-delete times, as of one instant.
+///
+/// The program stores times as [`stamp_millis`] writes them, fixed width, so "at least
+/// N days old" is a text comparison with the stamp of `now` less N days (age in whole
+/// days, as [`crate::inventory::age_days`] counts it: at least N days old exactly when
+/// deleted at or before that instant, and times are stored to the millisecond). Text in
+/// another form (a database of the original tool) is parsed and aged as the mailbox
+/// listing does.
+struct Ages {
+    now: DateTime<Utc>,
+    /// The stamp of `now` less each band's first day, for the bands after the first.
+    band_cuts: Vec<String>,
+    recovery_cut: String,
+}
+
+impl Ages {
+    fn new(now: DateTime<Utc>) -> Ages {
+        let cut = |days: i64| stamp_millis(now - chrono::Duration::days(days));
+        Ages {
+            now,
+            band_cuts: AGE_BANDS[1..].iter().map(|(_, lo, _)| cut(*lo)).collect(),
+            recovery_cut: cut(RECOVERY_MIN_AGE_DAYS),
+        }
+    }
+
+    /// The band number (`AGE_BANDS.len()` for unknown) and whether recovery's age is
+    /// reached.
+    fn of(&self, stored: Option<&str>) -> (u8, bool) {
+        let unknown = AGE_BANDS.len() as u8;
+        let Some(text) = stored else {
+            return (unknown, false);
+        };
+        if is_stamp_millis(text) {
+            let band = self
+                .band_cuts
+                .iter()
+                .take_while(|cut| text <= cut.as_str())
+                .count();
+            return (band as u8, text <= self.recovery_cut.as_str());
+        }
+        match parse_date(Some(text.to_string())) {
+            None => (unknown, false),
+            Some(d) => {
+                let days = age_days(d, self.now);
+                let band = AGE_BANDS
+                    .iter()
+                    .position(|(_, lo, hi)| (*lo..=*hi).contains(&days))
+                    .unwrap_or(AGE_BANDS.len());
+                (band as u8, days >= RECOVERY_MIN_AGE_DAYS)
+            }
+        }
+    }
+
+    fn label(&self, band: u8) -> &'static str {
+        AGE_BANDS
+            .get(band as usize)
+            .map_or("unknown", |(l, _, _)| l)
+    }
+}
+
+/// The search index query for rows holding every three-character run of `text` (already
+/// folded), or `None` when `text` is shorter than that. Each run is quoted, so the
+/// search text's own quotes and operators are just characters.
+fn trigram_query(text: &str) -> Option<String> {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() < 3 {
+        return None;
+    }
+    let mut q = String::with_capacity(text.len() * 8);
+    for (i, run) in chars.windows(3).enumerate() {
+        if i > 0 {
+            q.push_str(" AND ");
+        }
+        q.push('"');
+        for &c in run {
+            if c == '"' {
+                q.push('"');
+            }
+            q.push(c);
+        }
+        q.push('"');
+    }
+    Some(q)
+}
+
+/// A text column, borrowed from the row.
+fn text<'r>(r: &'r Row<'_>, i: usize) -> rusqlite::Result<Option<&'r str>> {
+    Ok(r.get_ref(i)?.as_str_or_null()?)
+}
+
+/// Whether `s` has the form of [`stamp_millis`]: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn is_stamp_millis(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 24
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b'T',
+            13 | 16 => c == b':',
+            19 => c == b'.',
+            23 => c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
 impl Tx<'_> {
     /// Inserts or replaces one mailbox.
     pub fn upsert_mailbox(&mut self, m: &InactiveMailbox) -> Result<(), StoreError> {
@@ -360,10 +468,7 @@ impl Tx<'_> {
             ms.len() as i64 >= cached / 2
         };
         let rows: Vec<&InactiveMailbox> = if bulk {
-            self.tx.execute_batch(
-                "DROP INDEX IF EXISTS idx_mailboxes_smtp;
-                 DROP INDEX IF EXISTS idx_mailboxes_deleted;",
-            )?;
+            super::drop_mailbox_derived(&self.tx)?;
             identity_order(ms)
         } else {
             ms.iter().collect()
@@ -397,7 +502,7 @@ impl Tx<'_> {
             }
         }
         if bulk {
-            self.tx.execute_batch(super::MAILBOX_INDEXES)?;
+            super::build_mailbox_derived(&self.tx)?;
         }
         Ok(ms.len())
     }
@@ -476,21 +581,31 @@ impl Store {
 
     /// The cached mailboxes matching `filter`, in no particular order.
     pub fn mailboxes(&self, filter: &MailboxFilter) -> Result<Vec<InactiveMailbox>, StoreError> {
+        let text = filter.text.as_deref().map(str::to_lowercase);
+        // Three characters or more: the search index finds the candidates.
+        let candidates = text.as_deref().and_then(trigram_query);
         let mut st = self.conn.prepare_cached(&format!(
             "{SELECT}
              WHERE (?1 IS NULL OR instr(search_key, ?1) > 0 OR instr(primary_smtp, ?1) > 0)
                AND (?2 IS NULL OR operating_company = ?2 COLLATE NOCASE)
                AND (?3 IS NULL OR (json_valid(hold_types)
                     AND EXISTS (SELECT 1 FROM json_each(hold_types) WHERE value = ?3)))
-               AND (?4 IS NULL OR when_soft_deleted <= ?4)"
+               AND (?4 IS NULL OR when_soft_deleted <= ?4)
+               {}",
+            if candidates.is_some() {
+                "AND rowid IN (SELECT rowid FROM mailbox_search WHERE mailbox_search MATCH ?5)"
+            } else {
+                "AND ?5 IS NULL"
+            }
         ))?;
         let rows = st
             .query_map(
                 params![
-                    filter.text.as_deref().map(str::to_lowercase),
+                    text,
                     filter.company,
                     filter.hold.map(HoldType::as_str),
                     filter.deleted_before.map(stamp_millis),
+                    candidates,
                 ],
                 row_to_mailbox,
             )?
@@ -523,6 +638,67 @@ impl Store {
             return Ok(by_smtp);
         }
         query("user_principal_name = ?1 COLLATE NOCASE", key)
+    }
+
+    /// The cached mailboxes tallied by everything `mailboxes stats` groups them by, ages
+    /// and eligibility as of `now`: one pass over the table that reads eight columns and
+    /// never builds a mailbox, instead of loading and refreshing every row.
+    pub fn mailbox_tallies(&self, now: DateTime<Utc>) -> Result<Vec<Tally>, StoreError> {
+        let ages = Ages::new(now);
+        // Groups by the bytes of their key (company, licence, holds as stored, and the
+        // band), so that a row costs one hash of a reused buffer, not owned strings.
+        let mut groups: foldhash::HashMap<Vec<u8>, Tally> = foldhash::HashMap::default();
+        let mut key: Vec<u8> = Vec::with_capacity(256);
+        let mut st = self.conn.prepare_cached(
+            "SELECT operating_company, license_type, hold_types, when_soft_deleted, size_mb,
+                    is_inactive, auto_expanding_archive, external_directory_object_id
+             FROM inactive_mailboxes",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let (band, old_enough) = ages.of(text(r, 3)?);
+            key.clear();
+            for i in 0..3 {
+                match r.get_ref(i)? {
+                    ValueRef::Null => key.push(0),
+                    v => {
+                        let b = v.as_bytes().map_err(rusqlite::Error::from)?;
+                        key.push(1);
+                        key.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                        key.extend_from_slice(b);
+                    }
+                }
+            }
+            key.push(band);
+            let size: Option<f64> = r.get(4)?;
+            let eligible = recovery_eligible(
+                r.get(5)?,
+                r.get::<_, Option<bool>>(6)?.unwrap_or(false),
+                text(r, 7)?,
+                old_enough,
+            );
+            let t = match groups.get_mut(key.as_slice()) {
+                Some(t) => t,
+                None => {
+                    let t = Tally {
+                        company: r.get(0)?,
+                        license: r.get(1)?,
+                        holds: hold_list(text(r, 2)?),
+                        age_band: ages.label(band),
+                        count: 0,
+                        recovery_eligible: 0,
+                        size_mb: 0.0,
+                        size_unknown: 0,
+                    };
+                    groups.entry(key.clone()).or_insert(t)
+                }
+            };
+            t.count += 1;
+            t.recovery_eligible += u64::from(eligible);
+            t.size_mb += size.unwrap_or(0.0);
+            t.size_unknown += u64::from(size.is_none());
+        }
+        Ok(groups.into_values().collect())
     }
 
     /// Count, oldest and newest update, and the file's size.
@@ -603,7 +779,14 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(indexes, ["idx_mailboxes_deleted", "idx_mailboxes_smtp"]);
+        assert_eq!(
+            indexes,
+            [
+                "idx_mailboxes_deleted",
+                "idx_mailboxes_smtp",
+                "idx_mailboxes_updated"
+            ]
+        );
         let plan: String = store
             .conn
             .query_row(
@@ -747,6 +930,298 @@ mod tests {
                 (t(1), None)
             ]
         );
+    }
+
+    /// The cache's one pass gives the same summary as refreshing every mailbox and
+    /// tallying each by the per-mailbox rules, across every field it groups or counts by
+    /// and the instants where a band or the recovery age begins.
+    #[test]
+    fn tallies_agree_with_the_mailbox_rules() {
+        use crate::inventory::{Summary, summarize};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let cfg: crate::config::InventoryConfig = toml::from_str(
+            r#"
+default_license = "E3"
+prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
+"#,
+        )
+        .unwrap();
+        // Not a whole millisecond, as the clock is.
+        let now = Utc.with_ymd_and_hms(2025, 6, 1, 9, 30, 15).unwrap()
+            + chrono::Duration::nanoseconds(123_456_789);
+        let ms_before = |days: i64, ms: i64| {
+            let t = now - chrono::Duration::days(days) + chrono::Duration::milliseconds(ms);
+            // Stored to the millisecond.
+            crate::time::parse(&stamp_millis(t)).unwrap()
+        };
+        let mut dates = vec![None, Some(now + chrono::Duration::days(3))];
+        for days in [0, 29, 30, 31, 89, 90, 179, 180, 364, 365, 729, 730, 2000] {
+            for ms in [-1, 0, 1] {
+                dates.push(Some(ms_before(days, ms)));
+            }
+        }
+        let companies = [None, Some("Contoso"), Some("contoso"), Some("(none)")];
+        let licenses = [
+            None,
+            Some("E3"),
+            Some("e5"),
+            Some("F3"),
+            Some("Kiosk"),
+            Some("kiosk"),
+        ];
+        let hold_sets: [&[HoldType]; 4] = [
+            &[],
+            &[HoldType::Litigation],
+            &[HoldType::Litigation, HoldType::Ediscovery],
+            &[HoldType::Delay],
+        ];
+        let ids = [None, Some(""), Some(" \t"), Some("0e1f")];
+        let mut ms = Vec::new();
+        let mut rng = 0x5eed_u64;
+        let mut pick = |n: usize| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 33) as usize % n
+        };
+        for i in 0..3000u32 {
+            let mut m = mailbox(i);
+            m.operating_company = companies[pick(companies.len())].map(String::from);
+            m.license_type = licenses[pick(licenses.len())].map(String::from);
+            m.hold_types = hold_sets[pick(hold_sets.len())].to_vec();
+            m.when_soft_deleted = dates[pick(dates.len())];
+            m.size_mb = [None, Some(1.5), Some(1024.125)][pick(3)];
+            m.is_inactive = [None, Some(true), Some(false)][pick(3)];
+            m.auto_expanding_archive = pick(5) == 0;
+            m.external_directory_object_id = ids[pick(ids.len())].map(String::from);
+            ms.push(m);
+        }
+        store.write(|tx| tx.upsert_mailboxes(&ms)).unwrap();
+        // Dates not in the program's form (a database of the original tool), and one
+        // that does not parse.
+        store
+            .conn
+            .execute_batch(
+                "UPDATE inactive_mailboxes SET when_soft_deleted = '1/1/2024 12:00:00 AM'
+                  WHERE rowid % 7 = 0;
+                 UPDATE inactive_mailboxes SET when_soft_deleted = '3/1/2025 9:00:00 PM'
+                  WHERE rowid % 11 = 0;
+                 UPDATE inactive_mailboxes SET when_soft_deleted = 'yesterday'
+                  WHERE rowid % 13 = 0;
+                 UPDATE inactive_mailboxes SET hold_types = '[\"Litigation Hold\"]'
+                  WHERE rowid % 17 = 0;",
+            )
+            .unwrap();
+        let mut cached = store.all_mailboxes().unwrap();
+        for m in &mut cached {
+            m.refresh(&cfg, now);
+        }
+        let want = summarize(cached.iter().map(Tally::of), &cfg);
+        let got = summarize(store.mailbox_tallies(now).unwrap(), &cfg);
+        // Sizes are added in another order.
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
+        let sizes = |s: &Summary| {
+            let groups = [
+                &s.by_company,
+                &s.by_hold_type,
+                &s.by_age_band,
+                &s.unpriced_licenses,
+            ];
+            std::iter::once(s.size_mb)
+                .chain(groups.into_iter().flatten().map(|g| g.size_mb))
+                .collect::<Vec<_>>()
+        };
+        for (a, b) in sizes(&got).into_iter().zip(sizes(&want)) {
+            assert!(close(a, b), "{a} {b}");
+        }
+        let rounded = |s: &Summary| {
+            let mut s = s.clone();
+            s.size_mb = 0.0;
+            for g in s
+                .by_company
+                .iter_mut()
+                .chain(&mut s.by_hold_type)
+                .chain(&mut s.by_age_band)
+                .chain(&mut s.unpriced_licenses)
+            {
+                g.size_mb = 0.0;
+            }
+            s
+        };
+        assert_eq!(rounded(&got), rounded(&want));
+        // Every band, eligibility both ways and each kind of group were exercised.
+        assert_eq!(want.by_age_band.len(), AGE_BANDS.len() + 1);
+        assert!(want.recovery_eligible > 0 && want.recovery_eligible < want.count);
+        assert!(want.without_license > 0 && want.size_unknown > 0);
+        assert_eq!(want.unpriced_licenses.len(), 2);
+        assert_eq!(
+            summarize(store.mailbox_tallies(now).unwrap(), &cfg).count,
+            3000
+        );
+    }
+
+    /// Search through the index finds what a scan finds, for texts of every length and
+    /// with the index's own syntax in them, after every kind of write: new rows, renames
+    /// row by row, a bulk load, deletions and a clear.
+    #[test]
+    fn search_finds_what_a_scan_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let names = [
+            "Ada Lovelace",
+            "ÄRGER Ölmann",
+            "Straße Groß",
+            "say \"AND\" OR NOT (x*) ^y",
+            "İstanbul İnci",
+            "日本語の名前",
+            "grace hopper",
+            "Grace Hopper Jr",
+            "aaaa",
+            "",
+        ];
+        let build = |i: u32, name: &str| {
+            let mut m = mailbox(i);
+            m.display_name = (!name.is_empty()).then(|| name.to_string());
+            m
+        };
+        let mut all: Vec<InactiveMailbox> = (0..300)
+            .map(|i| build(i, names[i as usize % names.len()]))
+            .collect();
+        store
+            .write(|tx| tx.upsert_mailboxes_with(&all, 1000))
+            .unwrap();
+        let queries = [
+            "a",
+            "ad",
+            "ada",
+            "ada lovelace",
+            "LOVE",
+            "ärger",
+            "ÄRG",
+            "straße",
+            "groß",
+            "\"and\"",
+            "\" or",
+            "(x*)",
+            "^y",
+            "i̇stanbul",
+            "istanbul",
+            "日本",
+            "日本語",
+            "grace hopper",
+            "hopper jr",
+            "aaa",
+            "aaaa",
+            "aaaaa",
+            "user1",
+            "@contoso",
+            "user12@contoso.com",
+            "nothing here",
+            "\"",
+            "\"\"\"",
+            "renamed person 1",
+            "moved14@",
+            "@fabrikam.com",
+        ];
+        let check = |store: &Store, all: &[InactiveMailbox], when: &str| {
+            for q in queries {
+                let folded = q.to_lowercase();
+                let mut want: Vec<&str> = all
+                    .iter()
+                    .filter(|m| {
+                        m.display_name
+                            .as_deref()
+                            .is_some_and(|n| n.to_lowercase().contains(&folded))
+                            || m.primary_smtp
+                                .as_deref()
+                                .is_some_and(|s| s.contains(&folded))
+                    })
+                    .map(|m| m.identity.as_str())
+                    .collect();
+                want.sort();
+                let filter = MailboxFilter {
+                    text: Some(q.to_string()),
+                    ..MailboxFilter::default()
+                };
+                let found = store.mailboxes(&filter).unwrap();
+                let mut got: Vec<&str> = found.iter().map(|m| m.identity.as_str()).collect();
+                got.sort();
+                assert_eq!(got, want, "{when}: {q:?}");
+            }
+        };
+        check(&store, &all, "inserted row by row");
+        // Renames and address changes, row by row.
+        for i in (0..300).step_by(7) {
+            let m = &mut all[i];
+            m.display_name = Some(format!("Renamed Person {i}"));
+            m.primary_smtp = Some(format!("moved{i}@fabrikam.com"));
+            store.write(|tx| tx.upsert_mailbox(m)).unwrap();
+        }
+        check(&store, &all, "renamed");
+        // A bulk load over the table drops and rebuilds the index.
+        for (i, m) in all.iter_mut().enumerate().skip(1).step_by(3) {
+            m.display_name = Some(names[(i + 3) % names.len()].to_string());
+        }
+        store
+            .write(|tx| tx.upsert_mailboxes_with(&all, 10))
+            .unwrap();
+        check(&store, &all, "bulk loaded");
+        let gone: Vec<String> = all.drain(100..150).map(|m| m.identity).collect();
+        store
+            .write(|tx| {
+                for id in &gone {
+                    assert!(tx.delete_mailbox(id)?);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        check(&store, &all, "deleted");
+        // The index agrees with the rows it was built from (rank 1: compared with them).
+        store
+            .conn
+            .execute(
+                "INSERT INTO mailbox_search (mailbox_search, rank) VALUES ('integrity-check', 1)",
+                [],
+            )
+            .unwrap();
+        store.write(|tx| tx.clear_mailboxes()).unwrap();
+        all.clear();
+        check(&store, &all, "cleared");
+        let plan: String = store
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT rowid FROM mailbox_search WHERE mailbox_search MATCH 'x'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("VIRTUAL TABLE INDEX"), "{plan}");
+    }
+
+    #[test]
+    fn trigram_queries_quote_every_run() {
+        assert_eq!(trigram_query("ab"), None);
+        assert_eq!(trigram_query("ärg").as_deref(), Some("\"ärg\""));
+        assert_eq!(
+            trigram_query("a\"bc").as_deref(),
+            Some("\"a\"\"b\" AND \"\"\"bc\"")
+        );
+    }
+
+    #[test]
+    fn millisecond_stamps_are_recognised() {
+        assert!(is_stamp_millis("2025-01-02T03:04:05.678Z"));
+        for other in [
+            "2025-01-02T03:04:05Z",
+            "2025-01-02 03:04:05.678Z",
+            "2025-01-02T03:04:05.678+00:00",
+            "1/1/2024 12:00:00 AM",
+            "2025-01-02T03:04:05.6789",
+            "",
+        ] {
+            assert!(!is_stamp_millis(other), "{other}");
+        }
     }
 
     #[test]
