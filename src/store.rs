@@ -453,12 +453,18 @@ CREATE INDEX IF NOT EXISTS idx_mailboxes_deleted ON inactive_mailboxes(when_soft
 ";
 
 /// What is derived from `inactive_mailboxes` rows and rebuilt whole after a bulk load
-/// ([`drop_mailbox_derived`]): the original design's indexes, the index of update times
-/// (status's oldest and newest update without a scan) and the substring search index.
+/// ([`drop_mailbox_derived`]): the original design's indexes, the indexes that let
+/// `status` count without reading the table (update times, statistics times, and the
+/// few rows marked stale or without a size) and the substring search index.
 const MAILBOX_DERIVED: &str = "
 CREATE INDEX IF NOT EXISTS idx_mailboxes_smtp ON inactive_mailboxes(primary_smtp);
 CREATE INDEX IF NOT EXISTS idx_mailboxes_deleted ON inactive_mailboxes(when_soft_deleted);
 CREATE INDEX IF NOT EXISTS idx_mailboxes_updated ON inactive_mailboxes(last_updated);
+CREATE INDEX IF NOT EXISTS idx_mailboxes_stats_at ON inactive_mailboxes(stats_at);
+CREATE INDEX IF NOT EXISTS idx_mailboxes_stats_stale ON inactive_mailboxes(stats_at)
+    WHERE stats_stale = 1;
+CREATE INDEX IF NOT EXISTS idx_mailboxes_size_unknown ON inactive_mailboxes(size_bytes)
+    WHERE size_bytes IS NULL;
 INSERT INTO mailbox_search(mailbox_search) VALUES ('rebuild');
 CREATE TRIGGER IF NOT EXISTS mailbox_search_insert AFTER INSERT ON inactive_mailboxes
 BEGIN
@@ -495,6 +501,9 @@ fn drop_mailbox_derived(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> 
         "DROP INDEX IF EXISTS idx_mailboxes_smtp;
          DROP INDEX IF EXISTS idx_mailboxes_deleted;
          DROP INDEX IF EXISTS idx_mailboxes_updated;
+         DROP INDEX IF EXISTS idx_mailboxes_stats_at;
+         DROP INDEX IF EXISTS idx_mailboxes_stats_stale;
+         DROP INDEX IF EXISTS idx_mailboxes_size_unknown;
          DROP TRIGGER IF EXISTS mailbox_search_insert;
          DROP TRIGGER IF EXISTS mailbox_search_delete;
          DROP TRIGGER IF EXISTS mailbox_search_update;",
