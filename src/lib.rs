@@ -46,9 +46,11 @@
 //! - The emulations of Microsoft's endpoints on loopback live in their own crate,
 //!   `imm-emulators` (`emulators/`), which the tests use and the daemon never depends on.
 //!
-//! Data flow of an import: file bytes → [`import::parse_export`] →
-//! [`inventory::ExoMailbox`] → [`inventory::InactiveMailbox::build`] →
-//! [`store::Store::write`] (upserts, removals and their audit rows in one transaction).
+//! Data flow of an import: the file, decoded and parsed as a stream
+//! ([`import::read_export`], on a thread of its own) → [`inventory::ExoMailbox`] →
+//! [`inventory::InactiveMailbox::build`] → staged batch by batch in a temporary table
+//! ([`store::Store::import_stage`]) → [`store::Store::write`] (removals, upserts and
+//! their audit rows in one transaction, [`store::Tx::import_apply`]).
 //! A live sync: Exchange pages → [`exchange::Exchange::list_inactive_mailboxes`] → the
 //! same [`inventory::ExoMailbox`] → staged in a temporary table →
 //! [`store::Tx::apply_snapshot`] (cache, change history and audit rows in one

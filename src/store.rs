@@ -24,6 +24,7 @@
 pub mod audit_head;
 mod audit_log;
 mod cycles;
+mod import;
 mod jobs;
 mod mail_queue;
 mod mailboxes;

@@ -7,9 +7,16 @@
 //! launchd plist, desktop notification bodies).
 //!
 //! The decoding is written here (a BOM check and `char::decode_utf16`): the three
-//! encodings need no general-purpose encoding crate.
+//! encodings need no general-purpose encoding crate. [`decode`] takes a whole file;
+//! [`DecodeReader`] decodes a stream (an export of a million mailboxes is a gigabyte)
+//! a chunk at a time, with the same encodings found the same way and the same errors.
+//! `encoding_rs_io`, the streaming adapter of `encoding_rs`, was considered for it and
+//! left: it replaces invalid text with U+FFFD where an export must be refused with the
+//! place of the fault, does not recognise UTF-16 without a byte order mark, and has not
+//! had a release in years; the three encodings take a page of code.
 
 use std::borrow::Cow;
+use std::io::{self, BufRead, Read};
 
 /// The text encoding a file was found in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -27,7 +34,7 @@ pub enum Encoding {
 pub fn decode(bytes: &[u8]) -> Result<(Cow<'_, str>, Encoding), String> {
     let utf16 = |body: &[u8], le: bool| -> Result<String, String> {
         if !body.len().is_multiple_of(2) {
-            return Err("UTF-16 text with an odd number of bytes (the file is cut short)".into());
+            return Err(ODD_UTF16.into());
         }
         let units = body.chunks_exact(2).map(|c| {
             if le {
@@ -38,25 +45,369 @@ pub fn decode(bytes: &[u8]) -> Result<(Cow<'_, str>, Encoding), String> {
         });
         char::decode_utf16(units)
             .collect::<Result<String, _>>()
-            .map_err(|e| format!("invalid UTF-16 text: {e}"))
+            .map_err(|e| invalid_utf16(&e))
     };
-    let not_utf8 = |e: std::str::Utf8Error| {
-        format!(
-            "not UTF-8 text (byte {}); expected UTF-8, or UTF-16 with a byte order mark",
-            e.valid_up_to()
-        )
-    };
-    match bytes {
-        [0xEF, 0xBB, 0xBF, rest @ ..] => std::str::from_utf8(rest)
-            .map(|s| (Cow::Borrowed(s), Encoding::Utf8Bom))
+    let not_utf8 = |e: std::str::Utf8Error| not_utf8(e.valid_up_to() as u64);
+    let (encoding, skip) = sniff(bytes);
+    let body = &bytes[skip..];
+    match encoding {
+        Encoding::Utf8 | Encoding::Utf8Bom => std::str::from_utf8(body)
+            .map(|s| (Cow::Borrowed(s), encoding))
             .map_err(not_utf8),
-        [0xFF, 0xFE, rest @ ..] => Ok((Cow::Owned(utf16(rest, true)?), Encoding::Utf16Le)),
-        [0xFE, 0xFF, rest @ ..] => Ok((Cow::Owned(utf16(rest, false)?), Encoding::Utf16Be)),
+        Encoding::Utf16Le => Ok((Cow::Owned(utf16(body, true)?), encoding)),
+        Encoding::Utf16Be => Ok((Cow::Owned(utf16(body, false)?), encoding)),
+    }
+}
+
+/// The encoding the first bytes of a file say (at most three are looked at), and the
+/// length of its byte order mark.
+fn sniff(head: &[u8]) -> (Encoding, usize) {
+    match head {
+        [0xEF, 0xBB, 0xBF, ..] => (Encoding::Utf8Bom, 3),
+        [0xFF, 0xFE, ..] => (Encoding::Utf16Le, 2),
+        [0xFE, 0xFF, ..] => (Encoding::Utf16Be, 2),
         // UTF-16 LE without a byte order mark: ASCII text with every second byte zero.
-        [a, 0, ..] if *a != 0 => Ok((Cow::Owned(utf16(bytes, true)?), Encoding::Utf16Le)),
-        _ => std::str::from_utf8(bytes)
-            .map(|s| (Cow::Borrowed(s), Encoding::Utf8))
-            .map_err(not_utf8),
+        [a, 0, ..] if *a != 0 => (Encoding::Utf16Le, 0),
+        _ => (Encoding::Utf8, 0),
+    }
+}
+
+const ODD_UTF16: &str = "UTF-16 text with an odd number of bytes (the file is cut short)";
+
+fn invalid_utf16(e: &std::char::DecodeUtf16Error) -> String {
+    format!("invalid UTF-16 text: {e}")
+}
+
+/// `byte`: where the first invalid byte is, counted from after the byte order mark.
+fn not_utf8(byte: u64) -> String {
+    format!("not UTF-8 text (byte {byte}); expected UTF-8, or UTF-16 with a byte order mark")
+}
+
+/// Why a [`DecodeReader`] stopped.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// The text is not in the encoding its start says: the message [`decode`] gives for
+    /// the same file.
+    Text(String),
+    /// Reading the source failed.
+    Io(io::Error),
+}
+
+/// How many bytes a [`DecodeReader`] asks its source for at a time, at least.
+pub const CHUNK: usize = 256 * 1024;
+
+/// A reader of the UTF-8 text of a file in any of the [`Encoding`]s, decoded as it is
+/// read: its byte order mark is left out, UTF-8 is checked and handed on, UTF-16 is
+/// transcoded. It hands on whole characters only, so a buffer it fills is always valid
+/// UTF-8. The first fault stops it: every later read fails, and [`DecodeReader::finish`]
+/// tells what it was, in the words of [`decode`] (which also reports a UTF-16 file of odd
+/// length before a bad surrogate in it, so `finish` reads on to the end to tell).
+pub struct DecodeReader<R> {
+    inner: R,
+    encoding: Encoding,
+    /// Bytes asked of the source at a time, at least.
+    chunk: usize,
+    /// Decoded text: `out[pos..ready]` is ready to hand on; for UTF-8, `out[ready..]` is
+    /// the start of a character the source has not given the rest of yet.
+    out: Vec<u8>,
+    pos: usize,
+    ready: usize,
+    /// Where `out[0]` is in the text after the byte order mark (UTF-8 only).
+    base: u64,
+    /// UTF-16: an odd byte left over from the last read, and a high surrogate waiting
+    /// for its low half.
+    odd: Option<u8>,
+    high: Option<u16>,
+    /// UTF-16: a buffer for the bytes read, and how many were read after the byte
+    /// order mark (for the odd-length check).
+    raw: Vec<u8>,
+    body_len: u64,
+    eof: bool,
+    error: Option<DecodeError>,
+}
+
+impl<R: Read> DecodeReader<R> {
+    /// Reads the first bytes of `inner` to find its encoding.
+    pub fn new(inner: R) -> DecodeReader<R> {
+        DecodeReader::with_chunk(inner, CHUNK)
+    }
+
+    /// [`DecodeReader::new`], reading `chunk` bytes at a time (at least one; tests cut
+    /// the text into small pieces to see every character and token cut).
+    pub fn with_chunk(mut inner: R, chunk: usize) -> DecodeReader<R> {
+        let mut head = [0u8; 3];
+        let mut n = 0;
+        let mut error = None;
+        while n < head.len() {
+            match inner.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    error = Some(DecodeError::Io(e));
+                    break;
+                }
+            }
+        }
+        let (encoding, skip) = sniff(&head[..n]);
+        let mut r = DecodeReader {
+            inner,
+            encoding,
+            chunk: chunk.max(1),
+            out: Vec::new(),
+            pos: 0,
+            ready: 0,
+            base: 0,
+            odd: None,
+            high: None,
+            raw: Vec::new(),
+            body_len: 0,
+            eof: false,
+            error,
+        };
+        let rest = &head[skip.min(n)..n];
+        match encoding {
+            Encoding::Utf8 | Encoding::Utf8Bom => {
+                r.out.extend_from_slice(rest);
+                r.check_utf8();
+            }
+            Encoding::Utf16Le | Encoding::Utf16Be => r.transcode(rest),
+        }
+        r
+    }
+
+    /// The encoding found.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The decoded text read and not yet consumed: whole characters.
+    pub fn buffer(&self) -> &[u8] {
+        &self.out[self.pos..self.ready]
+    }
+
+    /// Whether the source is read to its end (everything decoded is in the buffer).
+    pub fn at_end(&self) -> bool {
+        self.eof && self.error.is_none()
+    }
+
+    /// Reads more of the source onto the end of the buffer (at least as much as the
+    /// buffer holds, so a long record is read in a number of steps that grows with the
+    /// logarithm of its length); returns how many decoded bytes were added, 0 at the end.
+    /// A fault of the text or the source is an error, then and on every call after.
+    pub fn fill_more(&mut self) -> io::Result<usize> {
+        let before = self.ready - self.pos;
+        while self.ready - self.pos == before {
+            if let Some(e) = &self.error {
+                return Err(stopped(e));
+            }
+            if self.eof {
+                return Ok(0);
+            }
+            if self.pos > 0 {
+                self.out.drain(..self.pos);
+                self.base += self.pos as u64;
+                self.ready -= self.pos;
+                self.pos = 0;
+            }
+            let want = self.chunk.max(self.out.len());
+            match self.encoding {
+                Encoding::Utf8 | Encoding::Utf8Bom => {
+                    let old = self.out.len();
+                    self.out.resize(old + want, 0);
+                    let n = read_some(&mut self.inner, &mut self.out[old..]);
+                    self.out.truncate(old + *n.as_ref().unwrap_or(&0));
+                    match n {
+                        Ok(0) => self.eof = true,
+                        Ok(_) => {}
+                        Err(e) => self.error = Some(DecodeError::Io(e)),
+                    }
+                    self.check_utf8();
+                }
+                Encoding::Utf16Le | Encoding::Utf16Be => {
+                    let mut raw = std::mem::take(&mut self.raw);
+                    raw.resize(want, 0);
+                    match read_some(&mut self.inner, &mut raw) {
+                        Ok(0) => {
+                            self.eof = true;
+                            self.transcode(&[]);
+                        }
+                        Ok(n) => self.transcode(&raw[..n]),
+                        Err(e) => self.error = Some(DecodeError::Io(e)),
+                    }
+                    self.raw = raw;
+                }
+            }
+        }
+        Ok(self.ready - self.pos - before)
+    }
+
+    /// Checks the UTF-8 read since the last check; at the end, a character cut short is
+    /// a fault too.
+    fn check_utf8(&mut self) {
+        match std::str::from_utf8(&self.out[self.ready..]) {
+            Ok(_) => self.ready = self.out.len(),
+            Err(e) => {
+                let at = self.ready + e.valid_up_to();
+                if e.error_len().is_some() || self.eof {
+                    self.fail_text(not_utf8(self.base + at as u64));
+                }
+                self.ready = at;
+            }
+        }
+    }
+
+    /// Transcodes UTF-16 bytes onto the buffer; `[]` at the end of the source.
+    fn transcode(&mut self, bytes: &[u8]) {
+        let le = self.encoding == Encoding::Utf16Le;
+        let unit = |a: u8, b: u8| {
+            if le {
+                u16::from_le_bytes([a, b])
+            } else {
+                u16::from_be_bytes([a, b])
+            }
+        };
+        self.body_len += bytes.len() as u64;
+        let mut rest = bytes;
+        if let (Some(a), [b, tail @ ..]) = (self.odd, rest) {
+            self.odd = None;
+            rest = tail;
+            self.push_unit(unit(a, *b));
+        }
+        let mut pairs = rest.chunks_exact(2);
+        for p in &mut pairs {
+            if self.error.is_some() {
+                return;
+            }
+            self.push_unit(unit(p[0], p[1]));
+        }
+        if let [b] = pairs.remainder() {
+            self.odd = Some(*b);
+        }
+        if self.eof && self.error.is_none() {
+            if self.odd.is_some() {
+                self.fail_text(ODD_UTF16.into());
+            } else if let Some(h) = self.high.take() {
+                self.fail_surrogate(h);
+            }
+        }
+    }
+
+    fn push_unit(&mut self, u: u16) {
+        let c = match (self.high.take(), u) {
+            (Some(h), 0xDC00..=0xDFFF) => {
+                char::from_u32(0x10000 + ((u32::from(h) - 0xD800) << 10) + (u32::from(u) - 0xDC00))
+            }
+            (Some(h), _) => return self.fail_surrogate(h),
+            (None, 0xD800..=0xDBFF) => {
+                self.high = Some(u);
+                return;
+            }
+            (None, 0xDC00..=0xDFFF) => return self.fail_surrogate(u),
+            (None, _) => char::from_u32(u32::from(u)),
+        };
+        let c = c.expect("a scalar value from UTF-16 units");
+        let mut b = [0u8; 4];
+        self.out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+        self.ready = self.out.len();
+    }
+
+    fn fail_surrogate(&mut self, unit: u16) {
+        let e = char::decode_utf16([unit])
+            .next()
+            .and_then(Result::err)
+            .expect("a lone surrogate does not decode");
+        self.fail_text(invalid_utf16(&e));
+    }
+
+    fn fail_text(&mut self, message: String) {
+        if self.error.is_none() {
+            self.error = Some(DecodeError::Text(message));
+        }
+    }
+
+    /// Reads the source to its end, decoding it, and returns the first fault, if any:
+    /// what to report instead of whatever a reader of the text made of it. Unread text
+    /// is discarded.
+    pub fn finish(&mut self) -> Option<DecodeError> {
+        loop {
+            self.pos = self.ready;
+            let surrogate = matches!(&self.error, Some(DecodeError::Text(m)) if m != ODD_UTF16)
+                && matches!(self.encoding, Encoding::Utf16Le | Encoding::Utf16Be);
+            if self.error.is_some() {
+                // A UTF-16 file of odd length is reported as that, before a bad surrogate.
+                if surrogate && self.odd_utf16() {
+                    self.error = Some(DecodeError::Text(ODD_UTF16.into()));
+                }
+                break;
+            }
+            if self.eof {
+                break;
+            }
+            let _ = self.fill_more();
+        }
+        self.error.take()
+    }
+
+    /// After a bad surrogate: whether the UTF-16 text's length is odd (reading the source
+    /// to its end). A read error on the way is the fault instead.
+    fn odd_utf16(&mut self) -> bool {
+        let mut odd = self.body_len % 2 == 1;
+        let mut buf = std::mem::take(&mut self.raw);
+        buf.resize(self.chunk, 0);
+        loop {
+            match read_some(&mut self.inner, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => odd ^= n % 2 == 1,
+                Err(e) => {
+                    self.error = Some(DecodeError::Io(e));
+                    return false;
+                }
+            }
+        }
+        self.eof = true;
+        odd
+    }
+}
+
+/// The error every read returns once a [`DecodeReader`] has stopped.
+fn stopped(e: &DecodeError) -> io::Error {
+    match e {
+        DecodeError::Text(m) => io::Error::new(io::ErrorKind::InvalidData, m.clone()),
+        DecodeError::Io(e) => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// One read, retried when interrupted.
+fn read_some(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+impl<R: Read> Read for DecodeReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: Read> BufRead for DecodeReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.ready {
+            self.fill_more()?;
+        }
+        Ok(self.buffer())
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.ready);
     }
 }
 
@@ -217,5 +568,114 @@ mod tests {
         assert!(decode(b"\xff\xfe\x41").unwrap_err().contains("odd number"));
         assert!(decode(b"\xfe\xff\xd8\x00").unwrap_err().contains("UTF-16"));
         assert!(decode(b"ok \xc3\x28").unwrap_err().contains("byte 3"));
+    }
+
+    /// The text a [`DecodeReader`] reading `chunk` bytes at a time hands on, or its fault.
+    fn streamed(bytes: &[u8], chunk: usize) -> Result<(String, Encoding), String> {
+        let mut r = DecodeReader::with_chunk(bytes, chunk);
+        let mut out = Vec::new();
+        let read = r.read_to_end(&mut out);
+        match r.finish() {
+            Some(DecodeError::Text(m)) => Err(m),
+            Some(DecodeError::Io(e)) => panic!("{e}"),
+            None => {
+                read.unwrap();
+                Ok((String::from_utf8(out).unwrap(), r.encoding()))
+            }
+        }
+    }
+
+    #[test]
+    fn streams_decode_as_whole_files_do() {
+        let text = "{\"subject\": \"Grüße 🙂\"}\r\n".repeat(5);
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let mut cases: Vec<Vec<u8>> = vec![
+            text.as_bytes().to_vec(),
+            [&[0xEF, 0xBB, 0xBF][..], text.as_bytes()].concat(),
+            [&[0xFF, 0xFE][..], &le].concat(),
+            [&[0xFE, 0xFF][..], &be].concat(),
+            le.clone(),
+            vec![],
+            vec![0xEF],
+            vec![0xEF, 0xBB],
+            vec![0xEF, 0xBB, 0xBF],
+            vec![0xFF],
+            vec![0xFF, 0xFE],
+            vec![0xFF, 0xFE, 0x41],
+            vec![0x41, 0x00],
+            vec![0x41, 0x00, 0x42],
+            b"ok \xc3\x28".to_vec(),
+            b"ok \xc3".to_vec(),
+            b"\xf0\x9f\x99".to_vec(),
+            [&[0xFE, 0xFF][..], &[0xD8, 0x00, 0x00, 0x41]].concat(),
+            [&[0xFE, 0xFF][..], &[0xDC, 0x00]].concat(),
+            [&[0xFE, 0xFF][..], &[0x00, 0x41, 0xD8, 0x3D]].concat(),
+            [&[0xFE, 0xFF][..], &[0xD8, 0x00, 0x00, 0x41, 0x00]].concat(),
+        ];
+        // Random bytes that start like each encoding: cut characters, lone surrogates,
+        // odd lengths, invalid UTF-8 at every place.
+        let mut rng = fastrand::Rng::with_seed(16);
+        let pieces: [&[u8]; 10] = [
+            b"a",
+            b"\x00",
+            b"\xc3\xa9",
+            b"\xf0\x9f\x99\x82",
+            b"\xd8",
+            b"\xdc",
+            b"\x3d",
+            b"\xff",
+            b"\xe2\x82",
+            b"\n",
+        ];
+        for start in [
+            &b""[..],
+            b"\xEF\xBB\xBF",
+            b"\xFF\xFE",
+            b"\xFE\xFF",
+            b"A\x00",
+        ] {
+            for _ in 0..400 {
+                let mut v = start.to_vec();
+                for _ in 0..rng.usize(0..16) {
+                    v.extend_from_slice(pieces[rng.usize(0..pieces.len())]);
+                }
+                cases.push(v);
+            }
+        }
+        for bytes in &cases {
+            let whole = decode(bytes).map(|(t, e)| (t.into_owned(), e));
+            for chunk in [1, 2, 3, 4, 5, 7, CHUNK] {
+                assert_eq!(
+                    streamed(bytes, chunk),
+                    whole,
+                    "{bytes:x?} in chunks of {chunk}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_source_is_a_read_error() {
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("the share went away"));
+                }
+                self.0 -= 1;
+                buf[0] = b'x';
+                Ok(1)
+            }
+        }
+        for n in [0, 1, 5] {
+            let mut r = DecodeReader::with_chunk(Failing(n), 4);
+            let mut out = Vec::new();
+            assert!(r.read_to_end(&mut out).is_err());
+            match r.finish() {
+                Some(DecodeError::Io(e)) => assert_eq!(e.to_string(), "the share went away"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -36,7 +36,7 @@ fn search_key(out: &mut String, display_name: Option<&str>) {
 }
 
 /// Batches at least this large, and at least half the table's size, are bulk loads.
-const BULK_ROWS: usize = 50_000;
+pub(super) const BULK_ROWS: usize = 50_000;
 
 /// Columns written by an upsert, in parameter order.
 pub(super) const UPSERT_COLUMN_NAMES: [&str; UPSERT_COLUMNS] = [
@@ -234,7 +234,7 @@ fn identity_order(ms: &[InactiveMailbox]) -> Vec<&InactiveMailbox> {
 }
 
 /// The value of a GUID in canonical form (lower-case hex, hyphenated); `None` otherwise.
-fn guid_key(s: &str) -> Option<u128> {
+pub(super) fn guid_key(s: &str) -> Option<u128> {
     let b = s.as_bytes();
     if b.len() != 36 {
         return None;

@@ -2,36 +2,44 @@
 //! PowerShell export read off the runtime) into the cache when the sync is due, and
 //! fetches a batch of the mailbox statistics still due every cycle.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::{LoadError, RemovalGuard, store_export};
 use crate::config::InventoryConfig;
 use crate::error::{Classify as _, Kind};
-use crate::import::{Export, ImportError};
+use crate::import::{ImportError, Summary};
 use crate::schedule::Job;
 use crate::step::{CycleStep, StepContext, StepError, StepFuture, StepReport};
+use crate::store::Store;
 
 /// A read that timed out and whose thread is still blocked.
 struct StuckRead {
-    handle: tokio::task::JoinHandle<Result<Export, ImportError>>,
+    handle: tokio::task::JoinHandle<Result<Summary, Option<ImportError>>>,
     since: String,
 }
 
-/// Reads the export off the async runtime, so that a file on a hung network share
-/// neither freezes the daemon nor outlives `timeout`. A read that timed out keeps its
-/// thread (nothing can unblock it); while it stays blocked no new read is started, so a
-/// share that stays hung costs one thread, not one per retry. `None`: the daemon is
-/// stopping and the read was abandoned (nothing was written).
-async fn read_off_runtime(
+/// Reads the export off the async runtime and stages it batch by batch as the reading
+/// thread hands the batches on, so that a file on a hung network share neither freezes
+/// the daemon nor outlives `timeout` (which covers reading and staging), and the daemon
+/// holds a few batches, not the file.
+/// Staging writes only the connection's temporary database: the cache is not locked
+/// while the file is read. A read that timed out keeps its thread (nothing can unblock
+/// it); while it stays blocked no new read is started, so a share that stays hung costs
+/// one thread, not one per retry. `None`: the daemon is stopping and the read was
+/// abandoned (nothing was written, the staging is ended).
+async fn stage_off_runtime(
+    store: &RefCell<Store>,
     file: &Path,
     cfg: &InventoryConfig,
+    now: DateTime<Utc>,
     timeout: std::time::Duration,
     cancel: &tokio_util::sync::CancellationToken,
     stuck: &mut Option<StuckRead>,
-) -> Option<Result<Export, LoadError>> {
+) -> Option<Result<Summary, LoadError>> {
     if let Some(s) = stuck.as_ref()
         && !s.handle.is_finished()
     {
@@ -41,22 +49,54 @@ async fn read_off_runtime(
         }));
     }
     *stuck = None;
+    if let Err(e) = store.borrow_mut().import_begin() {
+        return Some(Err(e.into()));
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let (path, inventory) = (file.to_path_buf(), cfg.clone());
-    let mut read =
-        tokio::task::spawn_blocking(move || crate::import::read_export(&path, &inventory));
+    let mut read = tokio::task::spawn_blocking(move || {
+        super::read_staging(&path, &inventory, now, |m| tx.blocking_send(m).is_ok())
+    });
+    let mut timed_out = |handle| {
+        *stuck = Some(StuckRead {
+            handle,
+            since: crate::time::stamp(Utc::now()),
+        });
+        Some(Err(LoadError::TimedOut {
+            path: file.to_path_buf(),
+            after: humantime::format_duration(timeout).to_string(),
+        }))
+    };
+    let cancelled = || {
+        let _ = store.borrow_mut().import_end();
+        None
+    };
+    // Until the reader is done (it drops its sender), stage what it hands on; a failure
+    // to stage drops the receiver, which stops the reader at its next batch.
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(batch) => {
+                    if let Err(e) = store.borrow_mut().import_stage(&batch) {
+                        return Some(Err(e.into()));
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => return timed_out(read),
+            _ = cancel.cancelled() => return cancelled(),
+        }
+    }
     tokio::select! {
         r = &mut read => Some(match r {
-            Ok(r) => r.map_err(LoadError::from),
+            Ok(Ok(summary)) => Ok(summary),
+            Ok(Err(Some(e))) => Err(LoadError::Read(e)),
+            Ok(Err(None)) => Err(LoadError::Panicked("the reader stopped without a reason".into())),
             Err(e) => Err(LoadError::Panicked(e.to_string())),
         }),
-        _ = tokio::time::sleep(timeout) => {
-            *stuck = Some(StuckRead { handle: read, since: crate::time::stamp(Utc::now()) });
-            Some(Err(LoadError::TimedOut {
-                path: file.to_path_buf(),
-                after: humantime::format_duration(timeout).to_string(),
-            }))
-        }
-        _ = cancel.cancelled() => None,
+        _ = tokio::time::sleep_until(deadline) => timed_out(read),
+        _ = cancel.cancelled() => cancelled(),
     }
 }
 
@@ -219,9 +259,11 @@ impl CycleStep for MailboxSync {
                 ));
             };
             let started = Utc::now();
-            let Some(read) = read_off_runtime(
+            let Some(read) = stage_off_runtime(
+                ctx.store,
                 export.as_path(),
                 &ctx.config.inventory,
+                started,
                 ctx.config.sync.timeout.get(),
                 ctx.cancel,
                 &mut self.stuck,
@@ -235,16 +277,15 @@ impl CycleStep for MailboxSync {
             // The write runs on the runtime without yielding, so a database another
             // process keeps locked holds the daemon up to its busy timeout from here.
             match &read {
-                Ok(e) => tracing::debug!(
+                Ok(s) => tracing::debug!(
                     "read {} mailbox record(s) from {}; writing them to the cache",
-                    e.mailboxes.len(),
+                    s.records,
                     export.as_path().display()
                 ),
                 Err(_) => tracing::debug!("the export could not be read; recording that"),
             }
             let result = store_export(
                 &mut ctx.store.borrow_mut(),
-                &ctx.config.inventory,
                 export.as_path(),
                 read,
                 false,
