@@ -205,10 +205,7 @@ impl Tx<'_> {
             staged as i64 >= cached / 2
         };
         if bulk {
-            self.tx.execute_batch(
-                "DROP INDEX IF EXISTS idx_mailboxes_smtp;
-                 DROP INDEX IF EXISTS idx_mailboxes_deleted;",
-            )?;
+            super::drop_mailbox_derived(&self.tx)?;
         }
         let updates: Vec<String> = UPSERT_COLUMN_NAMES
             .iter()
@@ -227,7 +224,7 @@ impl Tx<'_> {
         )?;
         debug_assert_eq!(written, staged);
         if bulk {
-            self.tx.execute_batch(super::MAILBOX_INDEXES)?;
+            super::build_mailbox_derived(&self.tx)?;
         }
         Ok(staged)
     }
@@ -338,15 +335,46 @@ mod tests {
             )
             .unwrap();
         assert_eq!(temp, 0, "the staging table is dropped");
-        let indexes: i64 = new
-            .conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('idx_mailboxes_smtp', 'idx_mailboxes_deleted')",
+        // Every index and search trigger is back, and the search index agrees with the
+        // rows (rank 1: compared with them) and finds what the old way's does.
+        let derived = |store: &Store| -> Vec<String> {
+            store
+                .conn
+                .prepare(
+                    "SELECT type || ' ' || name FROM sqlite_master
+                     WHERE tbl_name = 'inactive_mailboxes' AND sql IS NOT NULL
+                       AND type IN ('index', 'trigger') ORDER BY 1",
+                )
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(derived(&new), derived(&old));
+        assert_eq!(derived(&new).len(), 9, "{:?}", derived(&new));
+        new.conn
+            .execute(
+                "INSERT INTO mailbox_search (mailbox_search, rank) VALUES ('integrity-check', 1)",
                 [],
-                |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(indexes, 2);
+        let search = |store: &Store| {
+            let filter = crate::store::MailboxFilter {
+                text: Some("listed".into()),
+                ..Default::default()
+            };
+            let mut ids: Vec<String> = store
+                .mailboxes(&filter)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.identity)
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(search(&new), search(&old));
+        assert_eq!(search(&new).len(), snapshot.len());
     }
 
     #[test]
