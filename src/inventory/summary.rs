@@ -97,16 +97,12 @@ impl Tally {
 pub fn summarize(tallies: impl IntoIterator<Item = Tally>, cfg: &InventoryConfig) -> Summary {
     use std::collections::BTreeMap;
     fn add(map: &mut BTreeMap<String, Group>, key: &str, t: &Tally, cost: f64) {
-        if !map.contains_key(key) {
-            let group = Group {
-                key: key.to_string(),
-                count: 0,
-                monthly_cost: 0.0,
-                size_mb: 0.0,
-            };
-            map.insert(key.to_string(), group);
-        }
-        let g = map.get_mut(key).expect("inserted above");
+        let g = map.entry(key.to_string()).or_insert_with(|| Group {
+            key: key.to_string(),
+            count: 0,
+            monthly_cost: 0.0,
+            size_mb: 0.0,
+        });
         g.count += t.count;
         g.monthly_cost += cost;
         g.size_mb += t.size_mb;

@@ -17,8 +17,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::mailboxes::{BULK_ROWS, RowText, UPSERT_COLUMN_NAMES, UPSERT_COLUMNS, guid_key};
-use super::raw::{Param, RawStatement};
+use super::mailboxes::{BULK_ROWS, UPSERT_COLUMN_NAMES, UPSERT_COLUMNS, guid_key, write_rows};
 use super::{Store, StoreError, Tx};
 use crate::audit::{AuditEvent, Operation};
 use crate::inventory::InactiveMailbox;
@@ -60,33 +59,8 @@ impl Store {
                     vec![row.as_str(); rows].join(",")
                 )
             };
-            let mut chunks = batch.chunks_exact(STAGE_CHUNK);
-            if chunks.len() > 0 {
-                let mut st = RawStatement::prepare(&tx, &insert(STAGE_CHUNK))?;
-                let mut texts: Vec<RowText> = std::iter::repeat_with(RowText::default)
-                    .take(STAGE_CHUNK)
-                    .collect();
-                for chunk in &mut chunks {
-                    for (text, m) in texts.iter_mut().zip(chunk) {
-                        text.fill(m);
-                    }
-                    let params: Vec<Param<'_>> = texts
-                        .iter()
-                        .zip(chunk)
-                        .flat_map(|(text, m)| text.params(m))
-                        .collect();
-                    st.execute(&params)?;
-                }
-            }
-            let rest = chunks.remainder();
-            if !rest.is_empty() {
-                let mut st = RawStatement::prepare(&tx, &insert(1))?;
-                let mut text = RowText::default();
-                for m in rest {
-                    text.fill(m);
-                    st.execute(&text.params(m))?;
-                }
-            }
+            let chunked = insert(STAGE_CHUNK);
+            write_rows(&tx, Some((&chunked, STAGE_CHUNK)), &insert(1), batch)?;
         }
         tx.commit()?;
         Ok(())

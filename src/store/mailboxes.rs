@@ -1,6 +1,5 @@
 //! SQL of the `inactive_mailboxes` table.
 
-use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
@@ -10,7 +9,6 @@ use serde::Serialize;
 
 use super::raw::{Param, RawStatement};
 use super::{Store, StoreError, Tx};
-use crate::audit::{AuditEvent, Operation};
 use crate::inventory::{
     AGE_BANDS, HoldType, InactiveMailbox, RECOVERY_MIN_AGE_DAYS, Tally, age_days, parse_ps_date,
     recovery_eligible,
@@ -207,6 +205,44 @@ impl RowText {
             Param::Text(&self.key),
         ]
     }
+}
+
+/// Writes `rows` with `one`, a statement of one row's [`RowText::params`], or, given
+/// `chunked` (a statement of `n` rows and `n`), `n` rows a statement as far as whole
+/// statements go and the rest with `one`.
+pub(super) fn write_rows<M: std::borrow::Borrow<InactiveMailbox>>(
+    conn: &rusqlite::Connection,
+    chunked: Option<(&str, usize)>,
+    one: &str,
+    rows: &[M],
+) -> Result<(), StoreError> {
+    let mut rest = rows;
+    if let Some((sql, n)) = chunked {
+        let mut st = RawStatement::prepare(conn, sql)?;
+        let mut texts: Vec<RowText> = std::iter::repeat_with(RowText::default).take(n).collect();
+        let mut chunks = rows.chunks_exact(n);
+        for chunk in &mut chunks {
+            for (text, m) in texts.iter_mut().zip(chunk) {
+                text.fill(m.borrow());
+            }
+            let params: Vec<Param<'_>> = texts
+                .iter()
+                .zip(chunk)
+                .flat_map(|(text, m)| text.params(m.borrow()))
+                .collect();
+            st.execute(&params)?;
+        }
+        rest = chunks.remainder();
+    }
+    if !rest.is_empty() {
+        let mut st = RawStatement::prepare(conn, one)?;
+        let mut text = RowText::default();
+        for m in rest {
+            text.fill(m.borrow());
+            st.execute(&text.params(m.borrow()))?;
+        }
+    }
+    Ok(())
 }
 
 /// `ms` in the order of their identities, a mailbox listed twice in the order of its
@@ -473,34 +509,8 @@ impl Tx<'_> {
         } else {
             ms.iter().collect()
         };
-        let mut rest = &rows[..];
-        if bulk {
-            let mut st = RawStatement::prepare(&self.tx, &UPSERT_CHUNK)?;
-            let mut texts: Vec<RowText> = std::iter::repeat_with(RowText::default)
-                .take(BULK_CHUNK)
-                .collect();
-            let mut chunks = rows.chunks_exact(BULK_CHUNK);
-            for chunk in &mut chunks {
-                for (text, m) in texts.iter_mut().zip(chunk) {
-                    text.fill(m);
-                }
-                let params: Vec<Param<'_>> = texts
-                    .iter()
-                    .zip(chunk)
-                    .flat_map(|(text, m)| text.params(m))
-                    .collect();
-                st.execute(&params)?;
-            }
-            rest = chunks.remainder();
-        }
-        if !rest.is_empty() {
-            let mut st = RawStatement::prepare(&self.tx, &UPSERT)?;
-            let mut text = RowText::default();
-            for m in rest {
-                text.fill(m);
-                st.execute(&text.params(m))?;
-            }
-        }
+        let chunked = bulk.then(|| (UPSERT_CHUNK.as_str(), BULK_CHUNK));
+        write_rows(&self.tx, chunked, &UPSERT, &rows)?;
         if bulk {
             super::build_mailbox_derived(&self.tx)?;
         }
@@ -508,8 +518,10 @@ impl Tx<'_> {
     }
 
     /// Makes the cache a snapshot: removes every cached mailbox `snapshot` does not hold,
-    /// each with a MAILBOX_REMOVED audit row carrying `details`; returns how many. Shared
-    /// by the import of exports and the live sync.
+    /// each with a MAILBOX_REMOVED audit row carrying `details`; returns how many. The
+    /// way imports did it before they were staged, kept for the test that holds the
+    /// staged way to it (`store::import`).
+    #[cfg(test)]
     pub fn remove_absent_mailboxes(
         &mut self,
         snapshot: &[InactiveMailbox],
@@ -525,7 +537,7 @@ impl Tx<'_> {
         for id in &gone {
             self.delete_mailbox(id)?;
             self.audit(
-                &AuditEvent::new(Operation::MailboxRemoved)
+                &crate::audit::AuditEvent::new(crate::audit::Operation::MailboxRemoved)
                     .identity(id.clone())
                     .details(details.clone()),
                 now,
@@ -534,27 +546,15 @@ impl Tx<'_> {
         Ok(gone.len())
     }
 
-    /// How many cached mailboxes `snapshot` lacks, and how many are cached.
-    pub fn count_absent_mailboxes(
-        &mut self,
-        snapshot: &[InactiveMailbox],
-    ) -> Result<(u64, u64), StoreError> {
-        let mut cached = self.mailbox_identities()?;
-        let total = cached.len() as u64;
-        for m in snapshot {
-            cached.remove(&m.identity);
-        }
-        Ok((cached.len() as u64, total))
-    }
-
     /// The identities of every cached mailbox.
-    pub fn mailbox_identities(&mut self) -> Result<HashSet<String>, StoreError> {
+    #[cfg(test)]
+    pub fn mailbox_identities(&mut self) -> Result<std::collections::HashSet<String>, StoreError> {
         let mut st = self
             .tx
             .prepare_cached("SELECT identity FROM inactive_mailboxes")?;
         let ids = st
             .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<HashSet<String>>>()?;
+            .collect::<rusqlite::Result<std::collections::HashSet<String>>>()?;
         Ok(ids)
     }
 
@@ -595,6 +595,7 @@ impl Store {
             if candidates.is_some() {
                 "AND rowid IN (SELECT rowid FROM mailbox_search WHERE mailbox_search MATCH ?5)"
             } else {
+                // Keeps ?5 bound in both forms of the statement.
                 "AND ?5 IS NULL"
             }
         ))?;

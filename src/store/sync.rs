@@ -275,11 +275,10 @@ impl Store {
         // Four counts that each read an index range (status runs this), where one pass of
         // sums would read the whole table.
         let count = |sql: &str, cutoff: Option<&str>| -> Result<u64, StoreError> {
-            let mut st = self.conn.prepare_cached(sql)?;
-            let n: i64 = match cutoff {
-                Some(c) => st.query_row([c], |r| r.get(0))?,
-                None => st.query_row([], |r| r.get(0))?,
-            };
+            let n: i64 = self
+                .conn
+                .prepare_cached(sql)?
+                .query_row(rusqlite::params_from_iter(cutoff), |r| r.get(0))?;
             Ok(n as u64)
         };
         let cutoff = stamp_millis(cutoff);
