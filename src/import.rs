@@ -13,9 +13,9 @@
 //! - JSON is read through serde, keeping only the fields the inventory reads, so a full
 //!   Get-Mailbox object of two hundred properties costs little more than skipping it.
 //!   Each record (and each property of the envelope's or a single record's object) is
-//!   parsed by serde_json straight from the decoded text in the buffer, which is as fast
-//!   as parsing a file held in memory; a record the buffer's end cuts is parsed again
-//!   once more is read. The structure around the records is read by `Json` in
+//!   parsed by serde_json straight from the decoded text in the buffer (a `str`, whose
+//!   strings serde_json need not check again), which is as fast as parsing a file held
+//!   in memory; a record the buffer's end cuts is parsed again once more is read. The structure around the records is read by `Json` in
 //!   serde_json's steps, so an error reads as serde_json's for the whole file, line and
 //!   column included (serde_json's streaming reader, `from_reader`, took 1.6 times as
 //!   long and places some errors a column apart). Records parsed on their own get
@@ -271,18 +271,17 @@ fn parse<R: Read>(
 /// character, left unread.
 fn skip_whitespace<R: Read>(dec: &mut DecodeReader<R>) -> io::Result<Option<char>> {
     loop {
-        let buf = dec.fill_buf()?;
-        if buf.is_empty() {
+        if dec.fill_buf()?.is_empty() {
             return Ok(None);
         }
-        let text = std::str::from_utf8(buf).expect("the decoder hands on whole characters");
+        let text = dec.text();
         match text.char_indices().find(|(_, c)| !c.is_whitespace()) {
             Some((i, c)) => {
                 dec.consume(i);
                 return Ok(Some(c));
             }
             None => {
-                let n = buf.len();
+                let n = text.len();
                 dec.consume(n);
             }
         }
@@ -554,15 +553,17 @@ impl<R: Read> Json<'_, '_, R> {
         seed: impl Copy + for<'de> DeserializeSeed<'de, Value = T>,
     ) -> Result<T, Fail> {
         loop {
-            let buf = self.dec.buffer();
+            let buf = self.dec.text();
             let parsed = {
-                let mut de = serde_json::Deserializer::from_slice(buf);
+                let mut de = serde_json::Deserializer::from_str(buf);
                 seed.deserialize(&mut de)
                     .map(|v| (v, de.into_iter::<IgnoredAny>().byte_offset()))
             };
             let at_end = match &parsed {
                 Ok((_, len)) => *len == buf.len(),
-                Err(e) => e.is_eof() || index_of(buf, e.line(), e.column()) + 2 > buf.len(),
+                Err(e) => {
+                    e.is_eof() || index_of(buf.as_bytes(), e.line(), e.column()) + 2 > buf.len()
+                }
             };
             if at_end && self.dec.fill_more().map_err(|_| Fail::Decoder)? > 0 {
                 continue;

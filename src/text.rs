@@ -98,30 +98,30 @@ pub const CHUNK: usize = 256 * 1024;
 
 /// A reader of the UTF-8 text of a file in any of the [`Encoding`]s, decoded as it is
 /// read: its byte order mark is left out, UTF-8 is checked and handed on, UTF-16 is
-/// transcoded. It hands on whole characters only, so a buffer it fills is always valid
-/// UTF-8. The first fault stops it: every later read fails, and [`DecodeReader::finish`]
-/// tells what it was, in the words of [`decode`] (which also reports a UTF-16 file of odd
-/// length before a bad surrogate in it, so `finish` reads on to the end to tell).
+/// transcoded. The text read and not yet consumed is a `str` ([`DecodeReader::text`]),
+/// which serde_json parses faster than bytes (it need not check strings again). The
+/// first fault stops it: every later read fails, and [`DecodeReader::finish`] tells what
+/// it was, in the words of [`decode`] (which also reports a UTF-16 file of odd length
+/// before a bad surrogate in it, so `finish` reads on to the end to tell).
 pub struct DecodeReader<R> {
     inner: R,
     encoding: Encoding,
     /// Bytes asked of the source at a time, at least.
     chunk: usize,
-    /// Decoded text: `out[pos..ready]` is ready to hand on; for UTF-8, `out[ready..]` is
-    /// the start of a character the source has not given the rest of yet.
-    out: Vec<u8>,
+    /// Decoded text; `text[pos..]` is not consumed yet. A reader of bytes may leave
+    /// `pos` inside a character.
+    text: String,
     pos: usize,
-    ready: usize,
-    /// Where `out[0]` is in the text after the byte order mark (UTF-8 only).
-    base: u64,
-    /// UTF-16: an odd byte left over from the last read, and a high surrogate waiting
-    /// for its low half.
-    odd: Option<u8>,
-    high: Option<u16>,
-    /// UTF-16: a buffer for the bytes read, and how many were read after the byte
-    /// order mark (for the odd-length check).
+    /// UTF-8: bytes read and not decoded yet, the start of a character the read cut;
+    /// UTF-16: the bytes of a read.
     raw: Vec<u8>,
-    body_len: u64,
+    /// UTF-16: an odd byte left over from the last read.
+    odd: Option<u8>,
+    /// UTF-8: how many bytes were decoded (where a fault in `raw` is); UTF-16: how many
+    /// were read after the byte order mark (for the odd-length check).
+    done: u64,
+    /// UTF-16: a high surrogate waiting for its low half.
+    high: Option<u16>,
     eof: bool,
     error: Option<DecodeError>,
 }
@@ -154,23 +154,18 @@ impl<R: Read> DecodeReader<R> {
             inner,
             encoding,
             chunk: chunk.max(1),
-            out: Vec::new(),
+            text: String::new(),
             pos: 0,
-            ready: 0,
-            base: 0,
-            odd: None,
-            high: None,
             raw: Vec::new(),
-            body_len: 0,
+            odd: None,
+            done: 0,
+            high: None,
             eof: false,
             error,
         };
         let rest = &head[skip.min(n)..n];
         match encoding {
-            Encoding::Utf8 | Encoding::Utf8Bom => {
-                r.out.extend_from_slice(rest);
-                r.check_utf8();
-            }
+            Encoding::Utf8 | Encoding::Utf8Bom => r.raw.extend_from_slice(rest),
             Encoding::Utf16Le | Encoding::Utf16Be => r.transcode(rest),
         }
         r
@@ -181,23 +176,23 @@ impl<R: Read> DecodeReader<R> {
         self.encoding
     }
 
-    /// The decoded text read and not yet consumed: whole characters.
+    /// The decoded text read and not yet consumed (whole characters: only for a reader
+    /// that consumes whole characters).
+    pub fn text(&self) -> &str {
+        &self.text[self.pos..]
+    }
+
+    /// The same as bytes.
     pub fn buffer(&self) -> &[u8] {
-        &self.out[self.pos..self.ready]
+        &self.text.as_bytes()[self.pos..]
     }
 
-    /// Whether the source is read to its end (everything decoded is in the buffer).
-    pub fn at_end(&self) -> bool {
-        self.eof && self.error.is_none()
-    }
-
-    /// Reads more of the source onto the end of the buffer (at least as much as the
-    /// buffer holds, so a long record is read in a number of steps that grows with the
-    /// logarithm of its length); returns how many decoded bytes were added, 0 at the end.
-    /// A fault of the text or the source is an error, then and on every call after.
+    /// Reads more of the source onto the end of the text (at least as much as is
+    /// unconsumed, so a long record is read in a number of steps that grows with the
+    /// logarithm of its length); returns how many bytes of text were added, 0 at the
+    /// end. A fault of the text or the source is an error, then and on every call after.
     pub fn fill_more(&mut self) -> io::Result<usize> {
-        let before = self.ready - self.pos;
-        while self.ready - self.pos == before {
+        loop {
             if let Some(e) = &self.error {
                 return Err(stopped(e));
             }
@@ -205,60 +200,73 @@ impl<R: Read> DecodeReader<R> {
                 return Ok(0);
             }
             if self.pos > 0 {
-                self.out.drain(..self.pos);
-                self.base += self.pos as u64;
-                self.ready -= self.pos;
-                self.pos = 0;
-            }
-            let want = self.chunk.max(self.out.len());
-            match self.encoding {
-                Encoding::Utf8 | Encoding::Utf8Bom => {
-                    let old = self.out.len();
-                    self.out.resize(old + want, 0);
-                    let n = read_some(&mut self.inner, &mut self.out[old..]);
-                    self.out.truncate(old + *n.as_ref().unwrap_or(&0));
-                    match n {
-                        Ok(0) => self.eof = true,
-                        Ok(_) => {}
-                        Err(e) => self.error = Some(DecodeError::Io(e)),
-                    }
-                    self.check_utf8();
+                // A reader of bytes may have stopped inside a character.
+                let mut cut = self.pos;
+                while !self.text.is_char_boundary(cut) {
+                    cut -= 1;
                 }
+                self.text.drain(..cut);
+                self.pos -= cut;
+            }
+            let before = self.text.len();
+            let want = self.chunk.max(self.text.len() - self.pos);
+            if !matches!(self.encoding, Encoding::Utf8 | Encoding::Utf8Bom) {
+                self.raw.clear();
+            }
+            let old = self.raw.len();
+            self.raw.resize(old + want, 0);
+            let n = read_some(&mut self.inner, &mut self.raw[old..]);
+            self.raw.truncate(old + *n.as_ref().unwrap_or(&0));
+            match n {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) => {
+                    self.error = Some(DecodeError::Io(e));
+                    continue;
+                }
+            }
+            match self.encoding {
+                Encoding::Utf8 | Encoding::Utf8Bom => self.check_utf8(),
                 Encoding::Utf16Le | Encoding::Utf16Be => {
-                    let mut raw = std::mem::take(&mut self.raw);
-                    raw.resize(want, 0);
-                    match read_some(&mut self.inner, &mut raw) {
-                        Ok(0) => {
-                            self.eof = true;
-                            self.transcode(&[]);
-                        }
-                        Ok(n) => self.transcode(&raw[..n]),
-                        Err(e) => self.error = Some(DecodeError::Io(e)),
-                    }
+                    let raw = std::mem::take(&mut self.raw);
+                    self.transcode(&raw);
                     self.raw = raw;
                 }
             }
-        }
-        Ok(self.ready - self.pos - before)
-    }
-
-    /// Checks the UTF-8 read since the last check; at the end, a character cut short is
-    /// a fault too.
-    fn check_utf8(&mut self) {
-        match std::str::from_utf8(&self.out[self.ready..]) {
-            Ok(_) => self.ready = self.out.len(),
-            Err(e) => {
-                let at = self.ready + e.valid_up_to();
-                if e.error_len().is_some() || self.eof {
-                    self.fail_text(not_utf8(self.base + at as u64));
-                }
-                self.ready = at;
+            if self.text.len() > before {
+                return Ok(self.text.len() - before);
             }
         }
     }
 
-    /// Transcodes UTF-16 bytes onto the buffer; `[]` at the end of the source.
+    /// Moves the UTF-8 read into the text, up to a character the read cut (all of it at
+    /// the end, where a cut character is a fault too).
+    fn check_utf8(&mut self) {
+        let complete = if self.eof {
+            self.raw.len()
+        } else {
+            complete_utf8(&self.raw)
+        };
+        match std::str::from_utf8(&self.raw[..complete]) {
+            Ok(s) => {
+                self.text.push_str(s);
+                self.done += complete as u64;
+                self.raw.drain(..complete);
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                let s = std::str::from_utf8(&self.raw[..valid]).expect("checked as valid");
+                self.text.push_str(s);
+                self.done += valid as u64;
+                self.raw.drain(..valid);
+                self.fail_text(not_utf8(self.done));
+            }
+        }
+    }
+
+    /// Transcodes UTF-16 bytes onto the text; `[]` at the end of the source.
     fn transcode(&mut self, bytes: &[u8]) {
+        self.done += bytes.len() as u64;
         let le = self.encoding == Encoding::Utf16Le;
         let unit = |a: u8, b: u8| {
             if le {
@@ -267,7 +275,6 @@ impl<R: Read> DecodeReader<R> {
                 u16::from_be_bytes([a, b])
             }
         };
-        self.body_len += bytes.len() as u64;
         let mut rest = bytes;
         if let (Some(a), [b, tail @ ..]) = (self.odd, rest) {
             self.odd = None;
@@ -306,10 +313,7 @@ impl<R: Read> DecodeReader<R> {
             (None, 0xDC00..=0xDFFF) => return self.fail_surrogate(u),
             (None, _) => char::from_u32(u32::from(u)),
         };
-        let c = c.expect("a scalar value from UTF-16 units");
-        let mut b = [0u8; 4];
-        self.out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
-        self.ready = self.out.len();
+        self.text.push(c.expect("a scalar value from UTF-16 units"));
     }
 
     fn fail_surrogate(&mut self, unit: u16) {
@@ -331,7 +335,7 @@ impl<R: Read> DecodeReader<R> {
     /// is discarded.
     pub fn finish(&mut self) -> Option<DecodeError> {
         loop {
-            self.pos = self.ready;
+            self.pos = self.text.len();
             let surrogate = matches!(&self.error, Some(DecodeError::Text(m)) if m != ODD_UTF16)
                 && matches!(self.encoding, Encoding::Utf16Le | Encoding::Utf16Be);
             if self.error.is_some() {
@@ -352,9 +356,8 @@ impl<R: Read> DecodeReader<R> {
     /// After a bad surrogate: whether the UTF-16 text's length is odd (reading the source
     /// to its end). A read error on the way is the fault instead.
     fn odd_utf16(&mut self) -> bool {
-        let mut odd = self.body_len % 2 == 1;
-        let mut buf = std::mem::take(&mut self.raw);
-        buf.resize(self.chunk, 0);
+        let mut odd = self.done % 2 == 1;
+        let mut buf = vec![0; self.chunk];
         loop {
             match read_some(&mut self.inner, &mut buf) {
                 Ok(0) => break,
@@ -368,6 +371,26 @@ impl<R: Read> DecodeReader<R> {
         self.eof = true;
         odd
     }
+}
+
+/// How much of `bytes` ends with a whole UTF-8 character: all of it, or all but the
+/// start of a character cut at the end (what is invalid is left to `str::from_utf8`).
+fn complete_utf8(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    for back in 1..=len.min(4) {
+        let b = bytes[len - back];
+        if b & 0xC0 == 0x80 {
+            continue;
+        }
+        let need = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if need > back { len - back } else { len };
+    }
+    len
 }
 
 /// The error every read returns once a [`DecodeReader`] has stopped.
@@ -400,14 +423,14 @@ impl<R: Read> Read for DecodeReader<R> {
 
 impl<R: Read> BufRead for DecodeReader<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if self.pos == self.ready {
+        if self.pos == self.text.len() {
             self.fill_more()?;
         }
         Ok(self.buffer())
     }
 
     fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.ready);
+        self.pos = (self.pos + n).min(self.text.len());
     }
 }
 
