@@ -19,8 +19,8 @@
 //!   events and the hash chain that makes the log tamper-evident. The store's upsert binds
 //!   parameters through SQLite's C API without copying them. Unsafe code is denied
 //!   (`[lints]` in Cargo.toml) except where allowed by name: that module, the call to
-//!   glibc's `malloc_trim` after a sync ([`exchange::sync`]), and the process's ids and
-//!   passwd/group lookups of [`paths::strict`].
+//!   glibc's `malloc_trim` ([`memory`]), and the process's ids and passwd/group lookups
+//!   of [`paths::strict`].
 //! - [`secrets`] keeps the sign-in's one secret (the token cache) in the OS keychain or an
 //!   AES-256-GCM encrypted file.
 //! - [`auth`] signs in to Microsoft (device code flow, silent refresh) and hands out
@@ -72,6 +72,7 @@ pub mod import;
 pub mod inventory;
 pub mod logging;
 pub mod mail;
+pub mod memory;
 pub mod notify;
 pub mod paths;
 pub mod ratelimit;

@@ -411,6 +411,14 @@ impl Store {
         Ok((log.max(0) as u64, copied.max(0) as u64))
     }
 
+    /// Frees the pages SQLite keeps cached for this connection (its own database and the
+    /// temporary one a sync stages into), for an idle process; the next statement reads
+    /// what it needs again, from the system's file cache. Pages in use stay.
+    pub fn release_memory(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("PRAGMA shrink_memory")?;
+        Ok(())
+    }
+
     /// The size of the database file in bytes (the WAL not included).
     pub fn file_size(&self) -> Result<u64, StoreError> {
         std::fs::metadata(&self.path)

@@ -688,6 +688,8 @@ impl Supervisor {
                 crate::error::chain(&e)
             );
         }
+        drop(store);
+        self.give_back_memory();
     }
 
     /// The scheduled start of the send bucket's day at local midnight: the bucket file
@@ -812,6 +814,18 @@ impl Supervisor {
             msgs.push(sd_notify::NotifyState::Watchdog);
         }
         self.notify(&msgs);
+        self.give_back_memory();
+    }
+
+    /// Before idling: SQLite's cached pages and the allocator's free pages go back to the
+    /// system, so the idle daemon holds what it uses, not the peak of the work just done
+    /// (a sync, a drain, an export). The next cycle reads its few pages again from the
+    /// system's file cache.
+    fn give_back_memory(&self) {
+        if let Err(e) = self.store.borrow().release_memory() {
+            tracing::debug!("cannot release SQLite's cache: {}", crate::error::chain(&e));
+        }
+        crate::memory::trim();
     }
 
     fn stop(mut self) -> Result<(), DaemonError> {

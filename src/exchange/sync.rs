@@ -290,21 +290,8 @@ pub async fn run(r: &Run<'_>, list: bool) -> Result<Outcome, ExchangeError> {
             crate::error::chain(&e)
         );
     }
-    release_memory();
     *r.progress.lock().expect("not poisoned") = None;
     result
-}
-
-/// Gives the heap a sync freed back to the system: glibc keeps freed memory for reuse,
-/// so after a sync of a large tenant the idle daemon would stay at the sync's peak.
-/// Only glibc has `malloc_trim`; elsewhere the allocator's own policy applies.
-#[allow(unsafe_code)]
-fn release_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers; it only walks the allocator's free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 async fn run_inner(

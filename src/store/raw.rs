@@ -5,9 +5,9 @@
 //! a row) that allocation, copy and release was a quarter of all instructions executed
 //! (callgrind, 100,000 rows). rusqlite offers no way to bind with `SQLITE_STATIC`, so this
 //! module does it through the C API (`rusqlite::ffi`) on the connection rusqlite owns. It
-//! is the crate's main unsafe code (the others, each allowed by name: `malloc_trim`, and the
-//! process's ids and passwd lookups in `paths::strict`); its soundness rests on one rule,
-//! kept by the API shape:
+//! is the crate's main unsafe code (the others, each allowed by name: `malloc_trim` in
+//! `memory`, and the process's ids and passwd lookups in `paths::strict`); its soundness
+//! rests on one rule, kept by the API shape:
 //! [`RawStatement::execute`] binds, steps, resets and clears the bindings in one call, so
 //! no pointer SQLite was given outlives the borrowed values it points into.
 #![allow(unsafe_code)]

@@ -8,6 +8,8 @@ mod daemon;
 mod exchange;
 mod hardening;
 mod import;
+#[cfg(target_os = "linux")]
+mod layout;
 mod mail;
 mod mailboxes;
 mod refusals;
