@@ -125,6 +125,13 @@ fn rss_kib(pid: u32) -> [u64; 3] {
     })
 }
 
+/// The process's threads now.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 fn mb([all, anon, file]: [u64; 3]) -> String {
     format!(
         "{:.1} MB ({:.1} MB anonymous, {:.1} MB file-backed)",
@@ -223,9 +230,16 @@ fn main() {
                 let synced = t0.elapsed();
                 std::thread::sleep(Duration::from_secs(3));
                 println!(
-                    "daemon: 3 s after a {what} of {n} ({:.1} s): {}",
+                    "daemon: 3 s after a {what} of {n} ({:.1} s): {}, {} threads",
                     synced.as_secs_f64(),
-                    mb(rss_kib(daemon.id()))
+                    mb(rss_kib(daemon.id())),
+                    threads(daemon.id())
+                );
+                std::thread::sleep(Duration::from_secs(12));
+                println!(
+                    "daemon: 15 s after: {}, {} threads",
+                    mb(rss_kib(daemon.id())),
+                    threads(daemon.id())
                 );
             }
             let batch = home.path().join("batch.jsonl");
