@@ -159,13 +159,15 @@ fn cli(bin: &str, home: &Path, args: &[&str]) {
     );
 }
 
-/// Writes the configuration and signs in with a device code approved here.
+/// Writes the configuration, with the heartbeat installed daemons have, and signs in
+/// with a device code approved here. `extra` holds top-level keys and further tables.
 fn sign_in(bin: &str, home: &Path, idp: &IdentityProvider, extra: &str) {
     std::fs::create_dir_all(home.join("config")).unwrap();
     std::fs::write(
         home.join("config/config.toml"),
         format!(
-            "client_id = \"{TEST_CLIENT_ID}\"\nauthority = \"{}\"\n{extra}[auth]\ntoken_store = \"file\"\n",
+            "client_id = \"{TEST_CLIENT_ID}\"\nauthority = \"{}\"\n{extra}\
+             [heartbeat]\ninterval = \"1h\"\n[auth]\ntoken_store = \"file\"\n",
             idp.authority()
         ),
     )
@@ -360,43 +362,38 @@ fn main() {
     .expect("the identity emulator starts");
 
     eprintln!("== start and idle, signed in");
-    let small = ExchangeServer::start_in_background(
-        ExchangeOptions {
-            token_checker: Some(idp.token_checker()),
-            ..ExchangeOptions::default()
-        },
-        synthetic_tenant(100, 42),
-    )
-    .expect("the Exchange emulator starts");
+    // An emulated Exchange tenant of `n` mailboxes that accepts the identity emulator's
+    // tokens.
+    let exchange = |n: usize| {
+        ExchangeServer::start_in_background(
+            ExchangeOptions {
+                token_checker: Some(idp.token_checker()),
+                ..ExchangeOptions::default()
+            },
+            synthetic_tenant(n, 42),
+        )
+        .expect("the Exchange emulator starts")
+    };
+    let small = exchange(100);
     let home = d.join("signed-in");
     sign_in(
         &bin,
         &home,
         &idp,
-        &format!(
-            "exchange_url = \"{}\"\n[heartbeat]\ninterval = \"1h\"\n",
-            small.base_url()
-        ),
+        &format!("exchange_url = \"{}\"\n", small.base_url()),
     );
     let signed = stop(start_traced(&bin, &home, &d.join("signed-in.cg")));
     scenarios.push(("start and idle, signed in", vec![signed]));
 
     eprintln!("== a sync of an emulated tenant");
-    let exo = ExchangeServer::start_in_background(
-        ExchangeOptions {
-            token_checker: Some(idp.token_checker()),
-            ..ExchangeOptions::default()
-        },
-        synthetic_tenant(10_000, 42),
-    )
-    .expect("the Exchange emulator starts");
+    let exo = exchange(10_000);
     let home = d.join("sync");
     sign_in(
         &bin,
         &home,
         &idp,
         &format!(
-            "exchange_url = \"{}\"\n[heartbeat]\ninterval = \"1h\"\n\
+            "exchange_url = \"{}\"\n\
              [sync]\nsource = \"exchange\"\nschedule = \"never\"\nstatistics_per_cycle = 0\n",
             exo.base_url()
         ),
@@ -418,7 +415,7 @@ fn main() {
         &home,
         &idp,
         &format!(
-            "graph_url = \"{}\"\nexchange_url = \"{}\"\n[heartbeat]\ninterval = \"1h\"\n\
+            "graph_url = \"{}\"\nexchange_url = \"{}\"\n\
              [mail]\ncapacity = 1000\nrefill_every = \"1s\"\ndaily_cap = 100000\n",
             graph.base_url(),
             small.base_url()

@@ -35,6 +35,8 @@ pub use mail_queue::{AttachmentInfo, Attempt, Enqueued, QueueCounts, QueuedMail}
 pub use sign_in::SignInRow;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
@@ -42,14 +44,14 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit_log::{AuditFilter, PruneOutcome};
 pub use cycles::CycleRow;
-pub use mailboxes::{MailboxFilter, StoreStats};
+pub use mailboxes::{CATCH_UP_LIMIT, CachedTallies, MailboxFilter, StoreStats, TallyCache};
 pub use sync::{
     ChangeKind, MailboxChange, Snapshot, Staged, StatisticsDue, StatisticsResult, SyncRun,
     SyncRunRow,
 };
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// `PRAGMA application_id` of an imm-daemon database ("IMMD").
 const APPLICATION_ID: i64 = 0x494d_4d44;
@@ -131,6 +133,10 @@ pub struct Store {
     path: PathBuf,
     /// Where the audit chain's head is kept outside the database, if anywhere.
     audit_head: Option<PathBuf>,
+    /// Set by SQLite (an update hook) whenever this connection changes a row of
+    /// `inactive_mailboxes`, by any statement or trigger; [`Store::write`] turns it into
+    /// a new generation of the cached `stats` tallies before it commits.
+    mailboxes_changed: Arc<AtomicBool>,
 }
 
 /// A write transaction; commits when the closure given to [`Store::write`] succeeds.
@@ -170,6 +176,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             audit_head: None,
+            mailboxes_changed: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -211,12 +218,28 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             audit_head: None,
+            mailboxes_changed: Arc::new(AtomicBool::new(false)),
         };
+        store.watch_mailboxes().map_err(open_err)?;
         store.prepare(busy).map_err(|e| match e {
             StoreError::Sql(source) => open_err(source),
             other => other,
         })?;
         Ok(store)
+    }
+
+    /// Has SQLite tell this store when its connection changes a cached mailbox: each
+    /// row written, by our statements or their triggers, sets `mailboxes_changed`. Only
+    /// a truncating `DELETE` without a `WHERE` would not be seen, and the table's
+    /// triggers rule that out (and the one such statement marks the change itself).
+    fn watch_mailboxes(&mut self) -> rusqlite::Result<()> {
+        let changed = Arc::clone(&self.mailboxes_changed);
+        self.conn
+            .update_hook(Some(move |_, db: &str, table: &str, _| {
+                if table == "inactive_mailboxes" && db == "main" {
+                    changed.store(true, Ordering::Relaxed);
+                }
+            }))
     }
 
     /// The database file's path.
@@ -346,6 +369,7 @@ impl Store {
                     tx.execute_batch(MIGRATION_9).map_err(fail)?;
                     build_mailbox_derived(&tx).map_err(fail)?;
                 }
+                10 => tx.execute_batch(MIGRATION_10).map_err(fail)?,
                 _ => {
                     return Err(StoreError::Damaged {
                         path: self.path.clone(),
@@ -380,6 +404,15 @@ impl Store {
             };
             let value = f(&mut tx)?;
             let last_audit = tx.last_audit.take();
+            if self.mailboxes_changed.swap(false, Ordering::Relaxed) {
+                // Any cached tallies now describe an older table.
+                tx.tx
+                    .execute(
+                        "UPDATE mailbox_tally_state SET generation = generation + 1",
+                        [],
+                    )
+                    .map_err(StoreError::from)?;
+            }
             tx.tx.commit().map_err(StoreError::from)?;
             (value, last_audit)
         };
@@ -703,6 +736,31 @@ CREATE VIRTUAL TABLE mailbox_search USING fts5(
     search_key, primary_smtp,
     content = 'inactive_mailboxes', content_rowid = 'rowid',
     tokenize = 'trigram case_sensitive 1', detail = none
+);
+";
+
+/// Version 10: the tallies `mailboxes stats` sums, kept between runs. They are cached as
+/// of an instant (`as_of`) for one generation of the mailbox table; every transaction
+/// that changes a cached mailbox starts a new generation ([`Store::write`]), which the
+/// cache then no longer answers for. Rows are the groups of
+/// `crate::store::mailboxes::Groups`: company, licence, hold types as a bit set, age band.
+const MIGRATION_10: &str = "
+CREATE TABLE mailbox_tally_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    generation INTEGER NOT NULL,
+    cached_generation INTEGER,
+    as_of TEXT
+);
+INSERT INTO mailbox_tally_state (id, generation) VALUES (1, 0);
+CREATE TABLE mailbox_tally_cache (
+    company TEXT,
+    license TEXT,
+    holds INTEGER NOT NULL,
+    band INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    recovery_eligible INTEGER NOT NULL,
+    size_mb REAL NOT NULL,
+    size_unknown INTEGER NOT NULL
 );
 ";
 

@@ -354,13 +354,21 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
         }
         MailboxesCmd::Show { id, format } => show(&mut store, &cfg, &id, format, now, &mut out)?,
         MailboxesCmd::Stats { format } => {
-            let summary = summarize(store.mailbox_tallies(now)?, &cfg.inventory);
+            let crate::store::CachedTallies { tallies, keep, .. } =
+                store.cached_mailbox_tallies(now)?;
+            let summary = summarize(tallies, &cfg.inventory);
             let cache = store.mailbox_stats()?;
-            store.audit(
-                &AuditEvent::new(Operation::ListMailboxes)
-                    .details(json!({"stats": true, "count": summary.count})),
-                now,
-            )?;
+            store.write(|tx| {
+                // Kept in the audit row's transaction: no commit of its own.
+                if let Some(keep) = &keep {
+                    tx.keep_mailbox_tallies(keep)?;
+                }
+                tx.audit(
+                    &AuditEvent::new(Operation::ListMailboxes)
+                        .details(json!({"stats": true, "count": summary.count})),
+                    now,
+                )
+            })?;
             write_stats(&mut out, &summary, &cache, Format::resolve(format))?;
         }
         MailboxesCmd::Export {
