@@ -1566,6 +1566,9 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
             "日本語",
             "grace hopper",
             "hopper jr",
+            "final grace",
+            "zwischen",
+            "user 9000",
             "aaa",
             "aaaa",
             "aaaaa",
@@ -1632,6 +1635,38 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
             })
             .unwrap();
         check(&store, &all, "deleted");
+        // Many changes to the same rows in one transaction, queued and applied in order
+        // at its commit: a new row renamed twice, a row deleted and added again (the
+        // newest rowid, which SQLite gives out again), a row added and deleted.
+        let mut fresh = mailbox(90_001);
+        let last = all.pop().unwrap();
+        let brief = mailbox(90_002);
+        store
+            .write(|tx| {
+                tx.upsert_mailbox(&fresh)?;
+                fresh.display_name = Some("Zwischen Name".into());
+                tx.upsert_mailbox(&fresh)?;
+                fresh.display_name = Some("Final Grace".into());
+                fresh.primary_smtp = Some("final.grace@contoso.com".into());
+                tx.upsert_mailbox(&fresh)?;
+                assert!(tx.delete_mailbox(&last.identity)?);
+                tx.upsert_mailbox(&brief)?;
+                assert!(tx.delete_mailbox(&brief.identity)?);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        all.push(fresh);
+        check(&store, &all, "churned in one transaction");
+        store.write(|tx| tx.upsert_mailbox(&last)).unwrap();
+        all.push(last);
+        check(&store, &all, "added again");
+        let queued: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM mailbox_search_pending", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(queued, 0, "nothing stays queued after a commit");
         // The index agrees with the rows it was built from (rank 1: compared with them).
         store
             .conn
