@@ -75,11 +75,13 @@ static UPSERT: LazyLock<String> = LazyLock::new(|| upsert_sql(1));
 
 /// The upsert of [`BULK_CHUNK`] rows. One statement for many rows saves SQLite's
 /// per-statement work (opening cursors, halting, resetting): 16% fewer instructions and
-/// about 10% less time for a million-row bulk load. It is not used when the secondary
-/// indexes are in place: a multi-row statement must be able to undo itself, so every index
-/// page it changes that existed before it is copied to a statement journal first, which
-/// made the row-by-row path slower, not faster. Rows of one statement are applied in order,
-/// so a mailbox listed twice ends as its last listing, as on the row-by-row path.
+/// about 10% less time for a million-row bulk load. A statement that may need undoing
+/// copies every page it changes to a statement journal first; since the table has the
+/// search index's triggers, every upsert is such a statement, one row or many, so fewer
+/// statements copy fewer pages: 10,000 upserts into a fresh database took 91 ms in
+/// statements of 64 rows against 224 ms row by row, and 77 against 136 ms over the same
+/// rows (criterion). Rows of one statement are applied in order, so a mailbox listed twice
+/// ends as its last listing.
 static UPSERT_CHUNK: LazyLock<String> = LazyLock::new(|| upsert_sql(BULK_CHUNK));
 
 /// The upsert of `rows` rows.
@@ -640,7 +642,8 @@ impl Tx<'_> {
         } else {
             ms.iter().collect()
         };
-        let chunked = bulk.then(|| (UPSERT_CHUNK.as_str(), BULK_CHUNK));
+        // In statements of many rows either way (see UPSERT_CHUNK).
+        let chunked = Some((UPSERT_CHUNK.as_str(), BULK_CHUNK));
         write_rows(&self.tx, chunked, &UPSERT, &rows)?;
         if bulk {
             super::build_mailbox_derived(&self.tx)?;
@@ -1090,11 +1093,26 @@ mod tests {
         store
             .write(|tx| tx.upsert_mailboxes_with(&again, 10))
             .unwrap();
-        // A batch small next to the table takes the row-by-row path.
+        // A batch small next to the table keeps the indexes; its 100 rows go in one
+        // statement of 64 and 36 of one row, a mailbox listed twice in the first.
+        let mut small: Vec<_> = (900..999).map(mailbox).collect();
+        let mut again_small = mailbox(920);
+        again_small.display_name = Some("Later".into());
+        small.insert(40, again_small);
+        store
+            .write(|tx| tx.upsert_mailboxes_with(&small, 1000))
+            .unwrap();
+        // One row alone.
         store
             .write(|tx| tx.upsert_mailboxes_with(&[mailbox(999)], 10))
             .unwrap();
-        assert_eq!(store.all_mailboxes().unwrap().len(), 401);
+        assert_eq!(store.all_mailboxes().unwrap().len(), 500);
+        assert_eq!(
+            store.find_mailboxes("user920@contoso.com").unwrap()[0]
+                .display_name
+                .as_deref(),
+            Some("Later")
+        );
         let name = |addr: &str| store.find_mailboxes(addr).unwrap()[0].display_name.clone();
         assert_eq!(name("user100@contoso.com").as_deref(), Some("Renamed"));
         assert_eq!(name("user150@contoso.com").as_deref(), Some("Last"));
