@@ -354,8 +354,11 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
         }
         MailboxesCmd::Show { id, format } => show(&mut store, &cfg, &id, format, now, &mut out)?,
         MailboxesCmd::Stats { format } => {
-            let crate::store::CachedTallies { tallies, keep, .. } =
-                store.cached_mailbox_tallies(now)?;
+            let crate::store::CachedTallies {
+                tallies,
+                keep,
+                from_cache,
+            } = store.cached_mailbox_tallies(now, kept_tallies_trusted(&ctx.paths))?;
             let summary = summarize(tallies, &cfg.inventory);
             let cache = store.mailbox_stats()?;
             store.write(|tx| {
@@ -369,7 +372,13 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
                     now,
                 )
             })?;
-            write_stats(&mut out, &summary, &cache, Format::resolve(format))?;
+            write_stats(
+                &mut out,
+                &summary,
+                &cache,
+                from_cache,
+                Format::resolve(format),
+            )?;
         }
         MailboxesCmd::Export {
             format,
@@ -660,10 +669,25 @@ fn write_changes(
     }
 }
 
+/// Whether `stats` may answer from the tallies an earlier run kept: not while a daemon
+/// runs that writes the table by older rules (one of an older build, started before this
+/// one migrated the database), nor when that cannot be told.
+fn kept_tallies_trusted(paths: &crate::paths::Paths) -> bool {
+    match crate::control::lock::InstanceLock::probe(&paths.lock_file) {
+        Ok(false) => true,
+        Ok(true) => matches!(
+            crate::control::state::DaemonState::load(&paths.state_file),
+            Ok(Some(s)) if s.schema_version == Some(crate::store::SCHEMA_VERSION)
+        ),
+        Err(_) => false,
+    }
+}
+
 fn write_stats(
     out: &mut impl Write,
     s: &Summary,
     cache: &crate::store::StoreStats,
+    from_kept: bool,
     format: Format,
 ) -> anyhow::Result<()> {
     let sections = [
@@ -676,6 +700,9 @@ fn write_stats(
         Format::Json => {
             let mut v = serde_json::to_value(s)?;
             v["cache"] = serde_json::to_value(cache)?;
+            // Whether the tallies were kept by an earlier `stats` and moved forward, or
+            // counted in one pass over the table.
+            v["cache"]["tallies"] = if from_kept { "kept" } else { "counted" }.into();
             output::write_json(out, &v)
         }
         Format::Csv => {

@@ -32,6 +32,11 @@ pub struct DaemonState {
     pub cycles: u64,
     /// The last completed cycle.
     pub last_cycle: Option<CycleSummary>,
+    /// The database schema version this daemon's build writes; absent from older builds.
+    /// A running daemon of another schema writes by older rules: it does not start a new
+    /// generation of the kept `stats` tallies, so `stats` does not trust them beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
 }
 
 /// Whether the daemon was running when the file was written.
@@ -121,6 +126,7 @@ mod tests {
             next_cycle_at: Some("2026-11-21T00:10:00Z".into()),
             cycles: 1,
             last_cycle: None,
+            schema_version: Some(crate::store::SCHEMA_VERSION),
         }
     }
 

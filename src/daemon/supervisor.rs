@@ -274,6 +274,7 @@ impl Supervisor {
                 next_cycle_at: None,
                 cycles: 0,
                 last_cycle: None,
+                schema_version: Some(crate::store::SCHEMA_VERSION),
             },
             heartbeat: heartbeat_timer(interval),
             last_tick: Instant::now(),

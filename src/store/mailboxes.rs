@@ -833,7 +833,15 @@ impl Store {
     /// mailboxes. Otherwise, or when the cache is more than [`CATCH_UP_LIMIT`] old, it is
     /// one pass over the table. The answer comes with what to keep for the next run, when
     /// it differs from what is kept: give it to [`Tx::keep_mailbox_tallies`].
-    pub fn cached_mailbox_tallies(&self, now: DateTime<Utc>) -> Result<CachedTallies, StoreError> {
+    ///
+    /// `trust_kept` false (another program writes the table by older rules, which start no
+    /// new generation: a daemon of an older build still running after this one migrated
+    /// the database) counts in one pass and keeps nothing.
+    pub fn cached_mailbox_tallies(
+        &self,
+        now: DateTime<Utc>,
+        trust_kept: bool,
+    ) -> Result<CachedTallies, StoreError> {
         // One read transaction: the state row, the cached groups and the table they are
         // checked against are one snapshot.
         let tx = self.conn.unchecked_transaction()?;
@@ -849,7 +857,8 @@ impl Store {
             .as_deref()
             .and_then(crate::time::parse)
             .filter(|t0| *t0 <= now && now - *t0 <= CATCH_UP_LIMIT);
-        let from_cache = since.is_some() && !unseen_changes && cached == Some(generation);
+        let from_cache =
+            trust_kept && since.is_some() && !unseen_changes && cached == Some(generation);
         let (groups, keep) = match since {
             Some(t0) if from_cache => {
                 let mut groups = self.kept_groups()?;
@@ -860,7 +869,7 @@ impl Store {
                 let (groups, odd_dates) = self.tally_pass(now)?;
                 // Dates not in the program's own form (a database of the original tool)
                 // cannot be found by the index range that moves a cache forward.
-                (groups, odd_dates == 0 && !unseen_changes)
+                (groups, trust_kept && odd_dates == 0 && !unseen_changes)
             }
         };
         drop(tx);
@@ -1445,7 +1454,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         // Runs `stats` at `now`: checks its answer against a pass, keeps what it offers,
         // and says whether it came from kept tallies.
         let stats = |store: &mut Store, now: DateTime<Utc>| {
-            let got = store.cached_mailbox_tallies(now).unwrap();
+            let got = store.cached_mailbox_tallies(now, true).unwrap();
             assert_same_summary(
                 &summarize(got.tallies, &cfg),
                 &summarize(store.mailbox_tallies(now).unwrap(), &cfg),
@@ -1465,6 +1474,9 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
             (true, false),
             "same instant: nothing moved"
         );
+        // Not trusted (an older build's daemon writes beside it): counted, not kept.
+        let untrusted = store.cached_mailbox_tallies(start, false).unwrap();
+        assert!(!untrusted.from_cache && untrusted.keep.is_none());
         // The rows sit on each edge and a millisecond either side of it: the first
         // millisecond moves those just after an edge into the next band, then nothing
         // moves until the next rows reach an edge, days later.
@@ -1507,7 +1519,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         // Counted, then another process writes before they are kept: not kept.
         store.write(|tx| tx.upsert_mailbox(&ms[8])).unwrap();
         let counted = store
-            .cached_mailbox_tallies(now)
+            .cached_mailbox_tallies(now, true)
             .unwrap()
             .keep
             .expect("counted");

@@ -1016,3 +1016,48 @@ fn a_stop_blocked_in_the_database_still_ends_and_a_second_signal_ends_it_at_once
     let (code, log) = daemon.wait(Duration::from_secs(15));
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// `stats` answers from the tallies an earlier `stats` kept, beside a daemon of this
+/// build too; beside a daemon whose state file does not name this build's schema (one of
+/// an older build, which writes without starting a new generation of the table) it counts
+/// every time and keeps nothing, and trusts the kept tallies again once it has stopped.
+#[test]
+fn stats_trust_kept_tallies_only_beside_a_daemon_of_this_schema() {
+    let env = Env::new();
+    env.import(&[
+        record(
+            "11111111-1111-4111-8111-111111111111",
+            "Ada",
+            "ada@contoso.com",
+            days_ago_ms(40),
+        ),
+        record(
+            "22222222-2222-4222-8222-222222222222",
+            "Grace",
+            "grace@contoso.com",
+            days_ago_ms(400),
+        ),
+    ]);
+    let tallies = |env: &Env| {
+        let v = env.json(&["mailboxes", "stats"]);
+        assert_eq!(v["count"], 2, "{v}");
+        v["cache"]["tallies"].as_str().unwrap().to_string()
+    };
+    assert_eq!(tallies(&env), "counted");
+    assert_eq!(tallies(&env), "kept");
+    let mut daemon = Daemon::start(&env);
+    let s = wait_for_state(&env, "start", |s| running(s) && s["cycles"] == 1);
+    assert!(s["schema_version"].as_i64().is_some(), "{s}");
+    assert_eq!(tallies(&env), "kept");
+    // The state file of an older build's daemon: no schema version.
+    let state_file = env.home.path().join("state/daemon-state.json");
+    let mut older = s.clone();
+    older.as_object_mut().unwrap().remove("schema_version");
+    std::fs::write(&state_file, older.to_string()).unwrap();
+    assert_eq!(tallies(&env), "counted");
+    assert_eq!(tallies(&env), "counted", "nothing kept beside it");
+    daemon.signal("TERM");
+    let (code, _) = daemon.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    assert_eq!(tallies(&env), "kept");
+}
