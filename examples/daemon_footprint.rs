@@ -13,6 +13,9 @@
 //! the loader, so anonymous), the heap and other anonymous memory, stacks and the shared
 //! libraries (file-backed and shared with every process that uses them).
 
+#[path = "common/login.rs"]
+mod login;
+
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -110,19 +113,7 @@ fn sign_in(
         ),
     )
     .unwrap();
-    let child = Command::new(bin)
-        .arg("login")
-        .env("IMM_HOME", home.join("home"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let code = p
-        .wait_for_user_code(Duration::from_secs(10))
-        .expect("a device code");
-    p.approve(&code);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "login failed");
+    login::login(bin, &home.join("home"), p);
 }
 
 fn idle(bin: &str, home: &std::path::Path, what: &str) {

@@ -42,6 +42,9 @@
 //! not gathered: the layout never changes what the program does, only where its code
 //! sits. Run this again after larger changes to what the daemon does at start or idle.
 
+#[path = "common/login.rs"]
+mod login;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -172,21 +175,7 @@ fn sign_in(bin: &str, home: &Path, idp: &IdentityProvider, extra: &str) {
         ),
     )
     .unwrap();
-    let child = Command::new(bin)
-        .arg("login")
-        .env("IMM_HOME", home)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let code = idp
-        .wait_for_user_code(Duration::from_secs(10))
-        .expect("a device code");
-    assert!(idp.approve(&code));
-    assert!(
-        child.wait_with_output().unwrap().status.success(),
-        "login failed"
-    );
+    login::login(bin, home, idp);
 }
 
 /// The functions of `bin` that a callgrind output file saw run.

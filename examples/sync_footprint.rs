@@ -12,6 +12,9 @@
 //! drained 10,000 queued mails to the emulated Graph (one cycle, the send bucket raised to
 //! let them all go). `IMM_BENCH_DAEMON_ONLY=1` measures the daemon alone.
 
+#[path = "common/login.rs"]
+mod login;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,19 +66,7 @@ fn home(t: &Tenant, bin: &str, sync: &str) -> tempfile::TempDir {
         ),
     )
     .unwrap();
-    let mut login = Command::new(bin)
-        .arg("login")
-        .env("IMM_HOME", dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let code = t
-        .idp
-        .wait_for_user_code(Duration::from_secs(10))
-        .expect("a device code");
-    assert!(t.idp.approve(&code));
-    assert!(login.wait().unwrap().success(), "login failed");
+    login::login(bin, dir.path(), &t.idp);
     dir
 }
 

@@ -44,7 +44,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit_log::{AuditFilter, PruneOutcome};
 pub use cycles::CycleRow;
-pub use mailboxes::{CATCH_UP_LIMIT, CachedTallies, MailboxFilter, StoreStats, TallyCache};
+pub use mailboxes::{CachedTallies, MailboxFilter, StoreStats, TallyCache};
 pub use sync::{
     ChangeKind, MailboxChange, Snapshot, Staged, StatisticsDue, StatisticsResult, SyncRun,
     SyncRunRow,
@@ -230,8 +230,8 @@ impl Store {
 
     /// Has SQLite tell this store when its connection changes a cached mailbox: each
     /// row written, by our statements or their triggers, sets `mailboxes_changed`. Only
-    /// a truncating `DELETE` without a `WHERE` would not be seen, and the table's
-    /// triggers rule that out (and the one such statement marks the change itself).
+    /// a `DELETE` without a `WHERE` that SQLite carries out by truncating the table would
+    /// not be seen, and the table's triggers rule that out.
     fn watch_mailboxes(&mut self) -> rusqlite::Result<()> {
         let changed = Arc::clone(&self.mailboxes_changed);
         self.conn
@@ -776,10 +776,10 @@ CREATE VIRTUAL TABLE mailbox_search USING fts5(
 ";
 
 /// Version 10 (with the search index's triggers queueing their changes, see
-/// [`apply_search_changes`]): the tallies `mailboxes stats` sums, kept between runs. They are cached as
-/// of an instant (`as_of`) for one generation of the mailbox table; every transaction
-/// that changes a cached mailbox starts a new generation ([`Store::write`]), which the
-/// cache then no longer answers for. Rows are the groups of
+/// [`apply_search_changes`]): the tallies `mailboxes stats` sums, kept between runs. They
+/// are kept as of an instant (`as_of`) for one generation of the mailbox table; every
+/// transaction that changes a cached mailbox starts a new generation ([`Store::write`]),
+/// which the kept tallies then no longer answer for. Rows are the groups of
 /// `crate::store::mailboxes::Groups`: company, licence, hold types as a bit set, age band.
 const MIGRATION_10: &str = "
 CREATE TABLE mailbox_tally_state (

@@ -450,7 +450,7 @@ const TALLY_COLUMNS: &str = "operating_company, license_type, hold_types, when_s
 
 /// How far cached tallies are moved forward; older ones are counted again. A week moves
 /// about 3 % of the mailboxes (dates spread over three years) through the index.
-pub const CATCH_UP_LIMIT: chrono::Duration = chrono::Duration::days(7);
+const CATCH_UP_LIMIT: chrono::Duration = chrono::Duration::days(7);
 
 /// What one group of mailboxes shares: company, licence, hold types (one bit per
 /// [`HoldType::ALL`] entry) and age band (`AGE_BANDS.len()` for unknown).
@@ -473,16 +473,12 @@ struct Counts {
 
 impl Counts {
     /// Adds (`sign` 1) or takes away (-1) `other`.
-    fn add(&mut self, other: Counts, sign: i8) {
+    fn add(&mut self, other: &Counts, sign: i8) {
         let n = i64::from(sign);
         self.count += n * other.count;
         self.recovery_eligible += n * other.recovery_eligible;
         self.size_mb += f64::from(sign) * other.size_mb;
         self.size_unknown += n * other.size_unknown;
-    }
-
-    fn merge(&mut self, other: &Counts) {
-        self.add(other.clone(), 1);
     }
 }
 
@@ -703,14 +699,9 @@ impl Tx<'_> {
 
     /// Empties the cache; returns how many mailboxes it held.
     pub fn clear_mailboxes(&mut self) -> Result<usize, StoreError> {
-        let n = self.tx.execute("DELETE FROM inactive_mailboxes", [])?;
-        // Were the table ever to lose its triggers, this statement would empty it
-        // without telling the update hook; the tallies' generation moves on regardless.
-        self.tx.execute(
-            "UPDATE mailbox_tally_state SET generation = generation + 1",
-            [],
-        )?;
-        Ok(n)
+        // The table's triggers keep SQLite from emptying it in one step, so the update
+        // hook sees every row go and `Store::write` starts a new generation.
+        Ok(self.tx.execute("DELETE FROM inactive_mailboxes", [])?)
     }
 
     /// Keeps the tallies of [`Store::cached_mailbox_tallies`] for the next run, unless
@@ -873,21 +864,24 @@ impl Store {
             }
         };
         drop(tx);
-        if !keep {
-            return Ok(CachedTallies {
-                tallies: groups.into_tallies(),
-                from_cache,
-                keep: None,
-            });
-        }
+        let (tallies, keep) = if keep {
+            let tallies = groups.to_tallies();
+            let as_of = stamp_millis(now);
+            (
+                tallies,
+                Some(TallyCache {
+                    generation,
+                    as_of,
+                    groups,
+                }),
+            )
+        } else {
+            (groups.into_tallies(), None)
+        };
         Ok(CachedTallies {
-            tallies: groups.to_tallies(),
+            tallies,
             from_cache,
-            keep: Some(TallyCache {
-                generation,
-                as_of: stamp_millis(now),
-                groups,
-            }),
+            keep,
         })
     }
 
@@ -937,12 +931,12 @@ impl Store {
                         .1
                 }
             };
-            c.add(row_counts(r, old_enough)?, 1);
+            c.add(&row_counts(r, old_enough)?, 1);
         }
         // Hold lists stored in different forms or orders are one group.
         let mut groups = Groups::default();
         for (k, c) in by_bytes.into_values() {
-            groups.0.entry(k).or_default().merge(&c);
+            groups.0.entry(k).or_default().add(&c, 1);
         }
         Ok((groups, odd_dates))
     }
@@ -1015,7 +1009,7 @@ impl Store {
                     band: was,
                 };
                 if let Some(c) = groups.0.get_mut(&k) {
-                    c.add(row_counts(r, was_old)?, -1);
+                    c.add(&row_counts(r, was_old)?, -1);
                     if c.count <= 0 {
                         groups.0.remove(&k);
                     }
@@ -1025,7 +1019,7 @@ impl Store {
                     .0
                     .entry(k)
                     .or_default()
-                    .add(row_counts(r, is_old)?, 1);
+                    .add(&row_counts(r, is_old)?, 1);
                 moved += 1;
             }
         }
