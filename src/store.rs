@@ -242,6 +242,13 @@ impl Store {
             }))
     }
 
+    /// Begins a read transaction: every read on this store until the guard drops sees one
+    /// snapshot of the database, and takes the read lock once instead of once a statement.
+    /// Dropping the guard ends it. Only for reads: a write in it would be rolled back.
+    pub fn read_snapshot(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        Ok(self.conn.unchecked_transaction()?)
+    }
+
     /// The database file's path.
     pub fn path(&self) -> &Path {
         &self.path

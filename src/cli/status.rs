@@ -386,6 +386,11 @@ pub fn gather(ctx: &Context, now: DateTime<Utc>) -> Status {
         .database
         .exists()
         .then(|| Store::open_read_only(&p.database));
+    // Every figure below from one snapshot, and one read lock instead of one a query.
+    let _snapshot = match &db {
+        Some(Ok(store)) => store.read_snapshot().ok(),
+        _ => None,
+    };
     let runs: Result<Vec<(Job, JobRun)>, String> = match &db {
         Some(Ok(store)) => store.job_runs().map_err(|e| crate::error::chain(&e)),
         Some(Err(e)) => Err(crate::error::chain(e)),
@@ -858,7 +863,8 @@ fn describe_job(j: &JobView) -> String {
 /// Runs `status`; the exit code says the health.
 pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<()> {
     let status = gather(ctx, Utc::now());
-    let mut out = std::io::stdout().lock();
+    // One write for the whole report (stdout alone writes each line on its own).
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         super::output::write_json_pretty(&mut out, &status)?;
     } else {

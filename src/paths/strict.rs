@@ -50,7 +50,7 @@ pub struct Unsafe {
 
 /// Checks `path` (a file or folder, existing or not) and every folder above it.
 pub fn check(path: &Path) -> Result<(), StrictError> {
-    check_as(path, &Me::current())
+    check_as(path, Me::current())
 }
 
 /// Checks each of `paths` as [`check`] does, and what lies directly in each of `dirs`
@@ -59,11 +59,11 @@ pub fn check(path: &Path) -> Result<(), StrictError> {
 pub fn check_all(paths: &[&Path], dirs: &[&Path]) -> Result<(), StrictError> {
     let me = Me::current();
     for p in paths {
-        check_as(p, &me)?;
+        check_as(p, me)?;
     }
     for d in dirs {
-        check_as(d, &me)?;
-        contents_as(d, &me)?;
+        check_as(d, me)?;
+        contents_as(d, me)?;
     }
     Ok(())
 }
@@ -209,8 +209,15 @@ struct Me {
 }
 
 impl Me {
+    /// The user this process runs as, looked up once: every folder check of a command
+    /// needs them, and the password database lookup is the slow part of a check.
+    fn current() -> &'static Me {
+        static ME: std::sync::OnceLock<Me> = std::sync::OnceLock::new();
+        ME.get_or_init(Me::look_up)
+    }
+
     #[allow(unsafe_code)]
-    fn current() -> Me {
+    fn look_up() -> Me {
         // SAFETY: geteuid and getegid cannot fail and touch no memory of ours.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let pw = passwd(uid);
