@@ -358,9 +358,9 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
                 tallies,
                 keep,
                 from_cache,
+                cache,
             } = store.cached_mailbox_tallies(now, kept_tallies_trusted(&ctx.paths))?;
             let summary = summarize(tallies, &cfg.inventory);
-            let cache = store.mailbox_stats()?;
             store.write(|tx| {
                 // Kept in the audit row's transaction: no commit of its own.
                 if let Some(keep) = &keep {

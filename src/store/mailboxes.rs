@@ -549,6 +549,8 @@ pub struct CachedTallies {
     pub from_cache: bool,
     /// What to keep for the next run, if it differs from what is kept.
     pub keep: Option<TallyCache>,
+    /// The cache's figures, from the same snapshot; the count is the tallies' own.
+    pub cache: StoreStats,
 }
 
 /// Tallies to keep for the next `stats`, from [`Store::cached_mailbox_tallies`].
@@ -835,11 +837,11 @@ impl Store {
     ) -> Result<CachedTallies, StoreError> {
         // One read transaction: the state row, the cached groups and the table they are
         // checked against are one snapshot.
-        let tx = self.conn.unchecked_transaction()?;
+        let snapshot = self.read_snapshot()?;
         // Rows this connection changed outside `Store::write` (a migration) have not
         // started a new generation yet.
         let unseen_changes = self.mailboxes_changed.load(Ordering::Relaxed);
-        let (generation, cached, as_of): (i64, Option<i64>, Option<String>) = tx.query_row(
+        let (generation, cached, as_of): (i64, Option<i64>, Option<String>) = self.conn.query_row(
             "SELECT generation, cached_generation, as_of FROM mailbox_tally_state",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -863,7 +865,9 @@ impl Store {
                 (groups, trust_kept && odd_dates == 0 && !unseen_changes)
             }
         };
-        drop(tx);
+        let counted = groups.0.values().map(|c| c.count).sum::<i64>();
+        let cache = self.mailbox_stats_of(counted.max(0) as u64)?;
+        drop(snapshot);
         let (tallies, keep) = if keep {
             let tallies = groups.to_tallies();
             let as_of = stamp_millis(now);
@@ -882,6 +886,7 @@ impl Store {
             tallies,
             from_cache,
             keep,
+            cache,
         })
     }
 
@@ -1034,11 +1039,16 @@ impl Store {
 
     /// Count, oldest and newest update, and the file's size.
     pub fn mailbox_stats(&self) -> Result<StoreStats, StoreError> {
-        // Apart, so that the oldest and newest are each one step down the index of update
-        // times; together they would walk all of it.
         let count: i64 =
             self.conn
                 .query_row("SELECT count(*) FROM inactive_mailboxes", [], |r| r.get(0))?;
+        self.mailbox_stats_of(count as u64)
+    }
+
+    /// [`Store::mailbox_stats`] for a count already known (`stats` sums its tallies).
+    fn mailbox_stats_of(&self, count: u64) -> Result<StoreStats, StoreError> {
+        // Apart, so that the oldest and newest are each one step down the index of update
+        // times; together they would walk all of it.
         let oldest: Option<String> = self.conn.query_row(
             "SELECT min(last_updated) FROM inactive_mailboxes",
             [],
@@ -1050,7 +1060,7 @@ impl Store {
             |r| r.get(0),
         )?;
         Ok(StoreStats {
-            count: count as u64,
+            count,
             oldest_update: oldest,
             newest_update: newest,
             file_size_bytes: self.file_size()?,
@@ -1455,6 +1465,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         // and says whether it came from kept tallies.
         let stats = |store: &mut Store, now: DateTime<Utc>| {
             let got = store.cached_mailbox_tallies(now, true).unwrap();
+            assert_eq!(got.cache, store.mailbox_stats().unwrap());
             assert_same_summary(
                 &summarize(got.tallies, &cfg),
                 &summarize(store.mailbox_tallies(now).unwrap(), &cfg),
