@@ -52,6 +52,7 @@ depends="$(field Depends)"
 # shellcheck disable=SC2016 # the literal $auto
 [[ "$depends" != *'$auto'* ]] || fail "Depends was not computed: $depends"
 [[ "$depends" =~ (^|, )libc6\ \(\>=\ [0-9] ]] || fail "Depends has no versioned libc6: $depends"
+[[ "$depends" =~ (^|, )tzdata(,|$) ]] || fail "Depends lacks tzdata (named time zones): $depends"
 ok "Package imm-daemon $version, Depends: $depends"
 
 # The files installed, exactly, with owner and mode. A new asset in Cargo.toml needs its

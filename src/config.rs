@@ -8,6 +8,7 @@
 //! sections are made of are in `config/values.rs`, re-exported here.
 
 mod values;
+pub mod zone;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -741,7 +742,8 @@ busy_timeout = "2m"
 
 [schedule]
 # The time zone the cron expressions below are read in: an IANA name such as
-# "Europe/Berlin", or "local" for the system's.
+# "Europe/Berlin" (read from the system's time zone database), or "local" for the
+# system's zone.
 timezone = "local"
 
 [sync]

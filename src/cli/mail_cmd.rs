@@ -363,7 +363,7 @@ pub fn queue(ctx: &Context, cmd: QueueCmd) -> anyhow::Result<()> {
         },
         QueueCmd::Purge { sent_older_than } => {
             let zone = ctx.config()?.schedule.timezone;
-            match mail_queue::purge(&mut store, sent_older_than, zone, now)? {
+            match mail_queue::purge(&mut store, sent_older_than, &zone, now)? {
                 PurgeOutcome::Refused(why) => return Err(why.into()),
                 PurgeOutcome::Purged {
                     purged,

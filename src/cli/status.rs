@@ -141,7 +141,7 @@ fn queue(
         }
     };
     let settings = crate::mail::outbox::Settings::from_config(config, paths);
-    let zone = settings.zone;
+    let zone = &settings.zone;
     let since = crate::time::stamp_millis(zone.start_of_day(zone.date_of(now)));
     let read = || -> Result<_, crate::store::StoreError> {
         Ok((

@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, TimeZone, Timelike, Utc};
+
+use super::zone::NamedZone;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Where the mailbox sync reads the tenant's inactive mailboxes.
@@ -680,11 +682,12 @@ impl<'de> Deserialize<'de> for When {
 }
 
 /// The time zone schedules follow: the system's, or a named IANA zone.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Zone {
     #[default]
     Local,
-    Named(chrono_tz::Tz),
+    /// Read from the system's time zone database (see [`super::zone`]).
+    Named(NamedZone),
 }
 
 impl Zone {
@@ -717,12 +720,7 @@ impl Zone {
         if t.eq_ignore_ascii_case("local") {
             return Ok(Zone::Local);
         }
-        t.parse::<chrono_tz::Tz>().map(Zone::Named).map_err(|_| {
-            format!(
-                "`{t}` is not a time zone; write an IANA name such as \"Europe/Berlin\" or \
-                 \"America/New_York\", or \"local\" for the system's"
-            )
-        })
+        NamedZone::load(t).map(Zone::Named)
     }
 }
 
@@ -759,7 +757,7 @@ mod tests {
 
     #[test]
     fn cron_expressions_with_and_without_seconds_and_never() {
-        let utc = Zone::Named(chrono_tz::UTC);
+        let utc = Zone::parse("UTC").expect("the system's time zone database has UTC");
         let w = When::parse("30 3 * * *").unwrap();
         assert_eq!(
             w.next_after(&utc, t("2026-11-21T03:29:59Z")),

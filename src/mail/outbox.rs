@@ -89,7 +89,7 @@ impl Settings {
         let m = &config.mail;
         Settings {
             params: params(config),
-            zone: config.schedule.timezone,
+            zone: config.schedule.timezone.clone(),
             attempts_per_cycle: m.attempts_per_cycle.get(),
             max_attempts_total: m.max_attempts_total.get(),
             max_retry_wait: m.max_retry_wait.get(),

@@ -230,7 +230,7 @@ pub enum PurgeRefusal {
 pub fn purge(
     store: &mut Store,
     sent_older_than: Duration,
-    zone: Zone,
+    zone: &Zone,
     now: DateTime<Utc>,
 ) -> Result<PurgeOutcome, StoreError> {
     let Some(cutoff) = chrono::Duration::from_std(sent_older_than)
@@ -622,10 +622,11 @@ mod tests {
         // Before midnight in UTC, but today in Berlin.
         let today = sent_at(&mut q, "2026-11-20T23:30:00.000Z");
         let failed = q.mail_in(MailState::Failed, None);
-        let berlin = Zone::Named(chrono_tz::Europe::Berlin);
+        let berlin = Zone::parse("Europe/Berlin")
+            .expect("the system's time zone database has Europe/Berlin");
         let month = Duration::from_secs(30 * 86_400);
         assert_eq!(
-            purge(&mut q.store, month, berlin, now()).unwrap(),
+            purge(&mut q.store, month, &berlin, now()).unwrap(),
             PurgeOutcome::Purged {
                 purged: 1,
                 sent_before: "2026-10-22T10:00:00.000Z".into()
@@ -633,7 +634,7 @@ mod tests {
         );
         // However short the duration, the cut is today's midnight.
         assert_eq!(
-            purge(&mut q.store, Duration::ZERO, berlin, now()).unwrap(),
+            purge(&mut q.store, Duration::ZERO, &berlin, now()).unwrap(),
             PurgeOutcome::Purged {
                 purged: 1,
                 sent_before: "2026-11-20T23:00:00.000Z".into()
@@ -648,7 +649,7 @@ mod tests {
         // A duration beyond any time is refused, with nothing read or written.
         let base = q.operations().len();
         for far in [Duration::MAX, Duration::from_secs(400_000 * 366 * 86_400)] {
-            let refused = purge(&mut q.store, far, berlin, now()).unwrap();
+            let refused = purge(&mut q.store, far, &berlin, now()).unwrap();
             assert_eq!(refused, PurgeOutcome::Refused(PurgeRefusal::TooFarBack));
             let PurgeOutcome::Refused(why) = refused else {
                 unreachable!()
