@@ -97,15 +97,22 @@ impl Tally {
 pub fn summarize(tallies: impl IntoIterator<Item = Tally>, cfg: &InventoryConfig) -> Summary {
     use std::collections::BTreeMap;
     fn add(map: &mut BTreeMap<String, Group>, key: &str, t: &Tally, cost: f64) {
-        let g = map.entry(key.to_string()).or_insert_with(|| Group {
-            key: key.to_string(),
-            count: 0,
-            monthly_cost: 0.0,
-            size_mb: 0.0,
-        });
-        g.count += t.count;
-        g.monthly_cost += cost;
-        g.size_mb += t.size_mb;
+        // Most tallies fall in a group already there: no key is made to own for them.
+        if let Some(g) = map.get_mut(key) {
+            g.count += t.count;
+            g.monthly_cost += cost;
+            g.size_mb += t.size_mb;
+            return;
+        }
+        map.insert(
+            key.to_string(),
+            Group {
+                key: key.to_string(),
+                count: t.count,
+                monthly_cost: cost,
+                size_mb: t.size_mb,
+            },
+        );
     }
     let (mut company, mut hold, mut band, mut unpriced) = Default::default();
     let mut s = Summary {
