@@ -204,14 +204,16 @@ fn read(c: &mut Criterion) {
     g.bench_function("stats_100k", |b| {
         b.iter(|| black_box(store100k.mailbox_tallies(now).expect("stats")))
     });
-    // Tallies kept by a `stats` an hour earlier, moved forward to now.
+    // Tallies kept by a `stats` an hour earlier, moved forward to now and summed (the
+    // hour moves a few mailboxes to another band, so the kept summary cannot answer).
+    let cfg = imm_daemon::config::InventoryConfig::default();
     for (name, store) in [
         ("stats_kept_10k", &mut store10k),
         ("stats_kept_100k", &mut store100k),
     ] {
         let earlier = now - chrono::Duration::hours(1);
         let keep = store
-            .cached_mailbox_tallies(earlier, true)
+            .cached_mailbox_summary(earlier, true, &cfg)
             .expect("stats")
             .keep
             .expect("counted");
@@ -222,12 +224,34 @@ fn read(c: &mut Criterion) {
         );
         g.bench_function(name, |b| {
             b.iter(|| {
-                let got = store.cached_mailbox_tallies(now, true).expect("stats");
-                assert!(got.from_cache);
-                black_box(got.tallies)
+                let got = store
+                    .cached_mailbox_summary(now, true, &cfg)
+                    .expect("stats");
+                assert!(got.from_cache && !got.from_report);
+                black_box(got.summary)
             })
         });
     }
+    // The summary kept by a `stats` at the same instant: nothing moved since.
+    let keep = store10k
+        .cached_mailbox_summary(now, true, &cfg)
+        .expect("stats")
+        .keep
+        .expect("moved");
+    assert!(
+        store10k
+            .write(|tx| tx.keep_mailbox_tallies(&keep))
+            .expect("kept")
+    );
+    g.bench_function("stats_kept_summary_10k", |b| {
+        b.iter(|| {
+            let got = store10k
+                .cached_mailbox_summary(now, true, &cfg)
+                .expect("stats");
+            assert!(got.from_report);
+            black_box(got.summary)
+        })
+    });
     g.finish();
 }
 

@@ -44,14 +44,14 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use audit_log::{AuditFilter, PruneOutcome};
 pub use cycles::CycleRow;
-pub use mailboxes::{CachedTallies, MailboxFilter, StoreStats, TallyCache};
+pub use mailboxes::{CachedSummary, MailboxFilter, StoreStats, TallyCache};
 pub use sync::{
     ChangeKind, MailboxChange, Snapshot, Staged, StatisticsDue, StatisticsResult, SyncRun,
     SyncRunRow,
 };
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// `PRAGMA application_id` of an imm-daemon database ("IMMD").
 const APPLICATION_ID: i64 = 0x494d_4d44;
@@ -387,6 +387,7 @@ impl Store {
                     build_mailbox_derived(&tx).map_err(fail)?;
                     tx.execute_batch(MIGRATION_10).map_err(fail)?;
                 }
+                11 => tx.execute_batch(MIGRATION_11).map_err(fail)?,
                 _ => {
                     return Err(StoreError::Damaged {
                         path: self.path.clone(),
@@ -806,6 +807,14 @@ CREATE TABLE mailbox_tally_cache (
     size_mb REAL NOT NULL,
     size_unknown INTEGER NOT NULL
 );
+";
+
+/// Version 11: the summary `mailboxes stats` made of the kept tallies (JSON), and the
+/// price table it was priced with (JSON), kept beside them so that the next `stats` on
+/// the same tallies and prices reads it instead of the groups; replaced with the groups.
+const MIGRATION_11: &str = "
+ALTER TABLE mailbox_tally_state ADD COLUMN summary TEXT;
+ALTER TABLE mailbox_tally_state ADD COLUMN summary_prices TEXT;
 ";
 
 #[cfg(test)]

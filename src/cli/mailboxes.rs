@@ -12,7 +12,7 @@ use super::output::{self, Column, Format, fixed2, opt};
 use super::{Context, SilentExit, exit};
 use crate::audit::{AuditEvent, Operation};
 use crate::config::Config;
-use crate::inventory::{HoldType, InactiveMailbox, Summary, summarize};
+use crate::inventory::{HoldType, InactiveMailbox, Summary};
 use crate::store::{MailboxFilter, Store};
 
 #[derive(Debug, Subcommand)]
@@ -354,13 +354,17 @@ pub fn run(ctx: &Context, cmd: MailboxesCmd) -> anyhow::Result<()> {
         }
         MailboxesCmd::Show { id, format } => show(&mut store, &cfg, &id, format, now, &mut out)?,
         MailboxesCmd::Stats { format } => {
-            let crate::store::CachedTallies {
-                tallies,
+            let crate::store::CachedSummary {
+                summary,
                 keep,
                 from_cache,
                 cache,
-            } = store.cached_mailbox_tallies(now, kept_tallies_trusted(&ctx.paths))?;
-            let summary = summarize(tallies, &cfg.inventory);
+                ..
+            } = store.cached_mailbox_summary(
+                now,
+                kept_tallies_trusted(&ctx.paths),
+                &cfg.inventory,
+            )?;
             store.write(|tx| {
                 // Kept in the audit row's transaction: no commit of its own.
                 if let Some(keep) = &keep {

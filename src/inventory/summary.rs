@@ -1,7 +1,7 @@
 //! Summaries of the inventory (`mailboxes stats`): totals by company, hold type and age
 //! band, and the licences missing from the price table.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
 use super::InactiveMailbox;
@@ -9,7 +9,7 @@ use super::{HoldType, price_of};
 use crate::config::InventoryConfig;
 
 /// Counts and costs of one group in a [`Summary`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Group {
     pub key: String,
     pub count: u64,
@@ -18,7 +18,7 @@ pub struct Group {
 }
 
 /// Totals of the inventory by company, hold type and age band.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub count: u64,
     pub recovery_eligible: u64,

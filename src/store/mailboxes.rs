@@ -9,9 +9,10 @@ use serde::Serialize;
 
 use super::raw::{Param, RawStatement};
 use super::{Store, StoreError, Tx};
+use crate::config::InventoryConfig;
 use crate::inventory::{
-    AGE_BANDS, HoldType, InactiveMailbox, RECOVERY_MIN_AGE_DAYS, Tally, age_days, parse_ps_date,
-    recovery_eligible,
+    AGE_BANDS, HoldType, InactiveMailbox, RECOVERY_MIN_AGE_DAYS, Summary, Tally, age_days,
+    parse_ps_date, recovery_eligible, summarize,
 };
 use crate::time::{push_stamp_millis, stamp_millis};
 use std::sync::atomic::Ordering;
@@ -541,26 +542,51 @@ fn tally(k: GroupKey, c: &Counts) -> Tally {
     }
 }
 
-/// The answer of [`Store::cached_mailbox_tallies`].
+/// The answer of [`Store::cached_mailbox_summary`].
 #[derive(Debug)]
-pub struct CachedTallies {
-    pub tallies: Vec<Tally>,
-    /// Whether they were moved forward from kept tallies rather than counted.
+pub struct CachedSummary {
+    pub summary: Summary,
+    /// Whether it came from kept tallies (moved forward) rather than a count.
     pub from_cache: bool,
+    /// Whether the summary itself was kept: no kept tally had moved since, and the price
+    /// table is the one it was priced with.
+    pub from_report: bool,
     /// What to keep for the next run, if it differs from what is kept.
     pub keep: Option<TallyCache>,
-    /// The cache's figures, from the same snapshot; the count is the tallies' own.
+    /// The cache's figures, from the same snapshot; the count is the summary's own.
     pub cache: StoreStats,
 }
 
-/// Tallies to keep for the next `stats`, from [`Store::cached_mailbox_tallies`].
+/// What to keep for the next `stats`, from [`Store::cached_mailbox_summary`].
 #[derive(Debug, Clone)]
 pub struct TallyCache {
     /// The generation of the table they were counted from.
     generation: i64,
     /// The instant they are for, as stored.
     as_of: String,
-    groups: Groups,
+    /// New groups, or `None` when the kept ones stand and only the report is new.
+    groups: Option<Groups>,
+    /// The summary of the groups, as JSON.
+    summary: String,
+    /// The price table it was priced with ([`prices_key`]).
+    prices: String,
+}
+
+/// The price table as the kept summary's key: the only part of the configuration a
+/// summary depends on beyond the tallies. A map with ordered keys, so the same table is
+/// the same text.
+fn prices_key(cfg: &InventoryConfig) -> String {
+    serde_json::to_string(&cfg.prices).expect("prices serialize")
+}
+
+/// One mailbox that changed group between two instants (band or recovery age).
+struct Move {
+    /// Its group before (with the band it had).
+    from: GroupKey,
+    /// The band it has now.
+    band: u8,
+    was: Counts,
+    is: Counts,
 }
 
 /// The search index query for rows holding every three-character run of `text` (already
@@ -706,8 +732,9 @@ impl Tx<'_> {
         Ok(self.tx.execute("DELETE FROM inactive_mailboxes", [])?)
     }
 
-    /// Keeps the tallies of [`Store::cached_mailbox_tallies`] for the next run, unless
-    /// the table changed since they were counted (another process wrote meanwhile).
+    /// Keeps the tallies and summary of [`Store::cached_mailbox_summary`] for the next
+    /// run, unless the table changed since they were counted (another process wrote
+    /// meanwhile), or, for a summary of tallies already kept, those were replaced since.
     /// Returns whether they were kept.
     pub fn keep_mailbox_tallies(&mut self, cache: &TallyCache) -> Result<bool, StoreError> {
         let generation: i64 =
@@ -718,13 +745,21 @@ impl Tx<'_> {
         if generation != cache.generation {
             return Ok(false);
         }
+        let Some(groups) = &cache.groups else {
+            let n = self.tx.execute(
+                "UPDATE mailbox_tally_state SET summary = ?1, summary_prices = ?2
+                 WHERE cached_generation = ?3 AND as_of = ?4",
+                params![cache.summary, cache.prices, cache.generation, cache.as_of],
+            )?;
+            return Ok(n == 1);
+        };
         self.tx.execute("DELETE FROM mailbox_tally_cache", [])?;
         let mut insert = self.tx.prepare_cached(
             "INSERT INTO mailbox_tally_cache (company, license, holds, band, count,
                  recovery_eligible, size_mb, size_unknown)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        for (k, c) in &cache.groups.0 {
+        for (k, c) in &groups.0 {
             insert.execute(params![
                 k.company,
                 k.license,
@@ -737,8 +772,9 @@ impl Tx<'_> {
             ])?;
         }
         self.tx.execute(
-            "UPDATE mailbox_tally_state SET cached_generation = ?1, as_of = ?2",
-            params![generation, cache.as_of],
+            "UPDATE mailbox_tally_state SET cached_generation = ?1, as_of = ?2, summary = ?3,
+                 summary_prices = ?4",
+            params![generation, cache.as_of, cache.summary, cache.prices],
         )?;
         Ok(true)
     }
@@ -819,32 +855,44 @@ impl Store {
         Ok(self.tally_pass(now)?.0.into_tallies())
     }
 
-    /// [`Store::mailbox_tallies`], from the tallies an earlier run kept when the table has
-    /// not changed since: they are moved forward to `now` by re-banding only the mailboxes
-    /// whose age crossed a band's first day or the recovery age in between (found through
-    /// the index of deletion dates), so the cost is the number of groups, not of
-    /// mailboxes. Otherwise, or when the cache is more than [`CATCH_UP_LIMIT`] old, it is
-    /// one pass over the table. The answer comes with what to keep for the next run, when
-    /// it differs from what is kept: give it to [`Tx::keep_mailbox_tallies`].
+    /// The summary of `mailboxes stats` as of `now`, priced by `cfg`: summed from the
+    /// tallies an earlier run kept when the table has not changed since, moved forward to
+    /// `now` by re-banding only the mailboxes whose age crossed a band's first day or the
+    /// recovery age in between (found through the index of deletion dates), so the cost
+    /// is the number of groups, not of mailboxes. When none crossed and the price table is
+    /// the same, the summary kept with the tallies is the answer, and the groups are not
+    /// read at all. Otherwise, or when the kept tallies are more than [`CATCH_UP_LIMIT`]
+    /// old, it is one pass over the table. The answer comes with what to keep for the
+    /// next run, when it differs from what is kept: give it to
+    /// [`Tx::keep_mailbox_tallies`].
     ///
     /// `trust_kept` false (another program writes the table by older rules, which start no
     /// new generation: a daemon of an older build still running after this one migrated
     /// the database) counts in one pass and keeps nothing.
-    pub fn cached_mailbox_tallies(
+    pub fn cached_mailbox_summary(
         &self,
         now: DateTime<Utc>,
         trust_kept: bool,
-    ) -> Result<CachedTallies, StoreError> {
-        // One read transaction: the state row, the cached groups and the table they are
-        // checked against are one snapshot.
+        cfg: &InventoryConfig,
+    ) -> Result<CachedSummary, StoreError> {
+        // One read transaction: the state row, the kept groups and summary, and the table
+        // they are checked against are one snapshot.
         let snapshot = self.read_snapshot()?;
         // Rows this connection changed outside `Store::write` (a migration) have not
         // started a new generation yet.
         let unseen_changes = self.mailboxes_changed.load(Ordering::Relaxed);
-        let (generation, cached, as_of): (i64, Option<i64>, Option<String>) = self.conn.query_row(
-            "SELECT generation, cached_generation, as_of FROM mailbox_tally_state",
+        type State = (
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (generation, cached, as_of, kept_summary, kept_prices): State = self.conn.query_row(
+            "SELECT generation, cached_generation, as_of, summary, summary_prices
+             FROM mailbox_tally_state",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?;
         let since = as_of
             .as_deref()
@@ -852,39 +900,69 @@ impl Store {
             .filter(|t0| *t0 <= now && now - *t0 <= CATCH_UP_LIMIT);
         let from_cache =
             trust_kept && since.is_some() && !unseen_changes && cached == Some(generation);
+        let prices = prices_key(cfg);
+        // What to keep: Some(true) new groups, as of now; Some(false) only a summary of
+        // the kept groups; None nothing.
         let (groups, keep) = match since {
             Some(t0) if from_cache => {
+                let moves = self.catch_up(t0, now)?;
+                if moves.is_empty() && kept_prices.as_deref() == Some(prices.as_str()) {
+                    // A kept summary this build cannot read is summed again and replaced.
+                    let kept = kept_summary.as_deref().map(serde_json::from_str::<Summary>);
+                    if let Some(Ok(summary)) = kept {
+                        let cache = self.mailbox_stats_of(summary.count)?;
+                        return Ok(CachedSummary {
+                            summary,
+                            from_cache: true,
+                            from_report: true,
+                            keep: None,
+                            cache,
+                        });
+                    }
+                }
                 let mut groups = self.kept_groups()?;
-                let moved = self.catch_up(&mut groups, t0, now)?;
-                (groups, moved > 0)
+                let moved = !moves.is_empty();
+                for m in moves {
+                    if let Some(c) = groups.0.get_mut(&m.from) {
+                        c.add(&m.was, -1);
+                        if c.count <= 0 {
+                            groups.0.remove(&m.from);
+                        }
+                    }
+                    let to = GroupKey {
+                        band: m.band,
+                        ..m.from
+                    };
+                    groups.0.entry(to).or_default().add(&m.is, 1);
+                }
+                (groups, Some(moved))
             }
             _ => {
                 let (groups, odd_dates) = self.tally_pass(now)?;
                 // Dates not in the program's own form (a database of the original tool)
                 // cannot be found by the index range that moves a cache forward.
-                (groups, trust_kept && odd_dates == 0 && !unseen_changes)
+                let keep = trust_kept && odd_dates == 0 && !unseen_changes;
+                (groups, keep.then_some(true))
             }
         };
-        let counted = groups.0.values().map(|c| c.count).sum::<i64>();
-        let cache = self.mailbox_stats_of(counted.max(0) as u64)?;
+        let summary = summarize(groups.to_tallies(), cfg);
+        let cache = self.mailbox_stats_of(summary.count)?;
         drop(snapshot);
-        let (tallies, keep) = if keep {
-            let tallies = groups.to_tallies();
-            let as_of = stamp_millis(now);
-            (
-                tallies,
-                Some(TallyCache {
-                    generation,
-                    as_of,
-                    groups,
-                }),
-            )
-        } else {
-            (groups.into_tallies(), None)
-        };
-        Ok(CachedTallies {
-            tallies,
+        let keep = keep.map(|new_groups| TallyCache {
+            generation,
+            as_of: if new_groups {
+                stamp_millis(now)
+            } else {
+                as_of.unwrap_or_default()
+            },
+            groups: new_groups.then_some(groups),
+            summary: serde_json::to_string(&summary).expect("a summary serializes"),
+            prices,
+        });
+        Ok(CachedSummary {
+            summary,
             from_cache,
+            from_report: false,
             keep,
             cache,
         })
@@ -980,15 +1058,10 @@ impl Store {
         Ok(groups)
     }
 
-    /// Moves `groups`, tallied as of `then`, to `now`: every mailbox whose deletion date
-    /// lies between a band's first day (or the recovery age) as counted from `then` and
-    /// as counted from `now` leaves its old group for its new one. Returns how many moved.
-    fn catch_up(
-        &self,
-        groups: &mut Groups,
-        then: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<usize, StoreError> {
+    /// The mailboxes that change group between `then` and `now`: those whose deletion
+    /// date lies between a band's first day (or the recovery age) as counted from `then`
+    /// and as counted from `now`.
+    fn catch_up(&self, then: DateTime<Utc>, now: DateTime<Utc>) -> Result<Vec<Move>, StoreError> {
         let (before, after) = (Ages::new(then), Ages::new(now));
         let cuts = before
             .cuts()
@@ -1000,7 +1073,7 @@ impl Store {
              WHERE when_soft_deleted > ?1 AND when_soft_deleted <= ?2"
         ))?;
         let mut seen = std::collections::HashSet::new();
-        let mut moved = 0;
+        let mut moves = Vec::new();
         for (from, to) in cuts {
             let mut rows = st.query([from, to])?;
             while let Some(r) = rows.next()? {
@@ -1013,28 +1086,20 @@ impl Store {
                 if (was, was_old) == (is, is_old) {
                     continue;
                 }
-                let k = GroupKey {
-                    company: r.get(0)?,
-                    license: r.get(1)?,
-                    holds: hold_bits(text(r, 2)?),
-                    band: was,
-                };
-                if let Some(c) = groups.0.get_mut(&k) {
-                    c.add(&row_counts(r, was_old)?, -1);
-                    if c.count <= 0 {
-                        groups.0.remove(&k);
-                    }
-                }
-                let k = GroupKey { band: is, ..k };
-                groups
-                    .0
-                    .entry(k)
-                    .or_default()
-                    .add(&row_counts(r, is_old)?, 1);
-                moved += 1;
+                moves.push(Move {
+                    from: GroupKey {
+                        company: r.get(0)?,
+                        license: r.get(1)?,
+                        holds: hold_bits(text(r, 2)?),
+                        band: was,
+                    },
+                    band: is,
+                    was: row_counts(r, was_old)?,
+                    is: row_counts(r, is_old)?,
+                });
             }
         }
-        Ok(moved)
+        Ok(moves)
     }
 
     /// Count, oldest and newest update, and the file's size.
@@ -1447,6 +1512,77 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         );
     }
 
+    /// The summary kept with the tallies answers the next `stats` only for the price table
+    /// it was priced with; another table sums the kept groups again and keeps its own
+    /// summary beside them; a kept summary that does not read is summed again and
+    /// replaced; and a summary of groups another process has replaced since is not kept.
+    #[test]
+    fn kept_summary_answers_only_for_its_prices() {
+        use crate::inventory::summarize;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let priced = |prices: &str| -> crate::config::InventoryConfig {
+            toml::from_str(&format!(
+                "default_license = \"E3\"\nprices = {{ {prices} }}"
+            ))
+            .unwrap()
+        };
+        let (a, b) = (priced("E3 = 36.0, E5 = 57.0"), priced("E3 = 20.0"));
+        let now = test_now();
+        store
+            .write(|tx| tx.upsert_mailboxes(&varied_mailboxes(now)))
+            .unwrap();
+        // Runs `stats` priced by `cfg`: checks its answer against a pass, keeps what it
+        // offers, and says whether the kept summary answered and whether it kept anything.
+        let stats = |store: &mut Store, cfg: &crate::config::InventoryConfig| {
+            let got = store.cached_mailbox_summary(now, true, cfg).unwrap();
+            assert_same_summary(
+                &got.summary,
+                &summarize(store.mailbox_tallies(now).unwrap(), cfg),
+            );
+            if let Some(keep) = &got.keep {
+                assert!(store.write(|tx| tx.keep_mailbox_tallies(keep)).unwrap());
+            }
+            (got.from_report, got.keep.map(|k| k.groups.is_some()))
+        };
+        let counted = store.cached_mailbox_summary(now, true, &a).unwrap();
+        assert!(!counted.from_report);
+        let keep = counted.keep.expect("counted and kept");
+        assert!(store.write(|tx| tx.keep_mailbox_tallies(&keep)).unwrap());
+        // Read back, the kept summary is the one made, to the last bit of every sum.
+        let kept = store.cached_mailbox_summary(now, true, &a).unwrap();
+        assert!(kept.from_report && kept.keep.is_none());
+        assert_eq!(kept.summary, counted.summary);
+        assert_eq!(kept.cache, store.mailbox_stats().unwrap());
+        assert_eq!(stats(&mut store, &a), (true, None), "kept summary");
+        assert_eq!(stats(&mut store, &b), (false, Some(false)), "other prices");
+        assert_eq!(stats(&mut store, &b), (true, None));
+        assert_eq!(stats(&mut store, &a), (false, Some(false)), "back again");
+        // A kept summary that does not read.
+        store
+            .conn
+            .execute("UPDATE mailbox_tally_state SET summary = '{\"count\":'", [])
+            .unwrap();
+        assert_eq!(stats(&mut store, &a), (false, Some(false)), "damaged");
+        assert_eq!(stats(&mut store, &a), (true, None));
+        // Summed from the kept groups, but another process keeps new groups (counted
+        // later, as of another instant) before this one keeps its summary: not kept.
+        let offer = store
+            .cached_mailbox_summary(now, true, &b)
+            .unwrap()
+            .keep
+            .expect("a summary for other prices");
+        let other = Store::open(store.path()).unwrap();
+        let later = other
+            .cached_mailbox_summary(now + chrono::Duration::days(3), true, &a)
+            .unwrap()
+            .keep
+            .expect("moved");
+        drop(other);
+        assert!(store.write(|tx| tx.keep_mailbox_tallies(&later)).unwrap());
+        assert!(!store.write(|tx| tx.keep_mailbox_tallies(&offer)).unwrap());
+    }
+
     /// Tallies kept by one `stats` and moved forward by the next agree with a pass over
     /// the table at every instant, including the milliseconds where mailboxes change band
     /// or reach the recovery age; any write, a clock that went back, a cache too old to
@@ -1464,12 +1600,14 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         // Runs `stats` at `now`: checks its answer against a pass, keeps what it offers,
         // and says whether it came from kept tallies.
         let stats = |store: &mut Store, now: DateTime<Utc>| {
-            let got = store.cached_mailbox_tallies(now, true).unwrap();
+            let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
             assert_eq!(got.cache, store.mailbox_stats().unwrap());
             assert_same_summary(
-                &summarize(got.tallies, &cfg),
+                &got.summary,
                 &summarize(store.mailbox_tallies(now).unwrap(), &cfg),
             );
+            // The kept summary is the answer exactly when nothing moved.
+            assert_eq!(got.from_report, got.from_cache && got.keep.is_none());
             if let Some(keep) = &got.keep {
                 assert!(store.write(|tx| tx.keep_mailbox_tallies(keep)).unwrap());
             }
@@ -1486,7 +1624,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
             "same instant: nothing moved"
         );
         // Not trusted (an older build's daemon writes beside it): counted, not kept.
-        let untrusted = store.cached_mailbox_tallies(start, false).unwrap();
+        let untrusted = store.cached_mailbox_summary(start, false, &cfg).unwrap();
         assert!(!untrusted.from_cache && untrusted.keep.is_none());
         // The rows sit on each edge and a millisecond either side of it: the first
         // millisecond moves those just after an edge into the next band, then nothing
@@ -1530,7 +1668,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         // Counted, then another process writes before they are kept: not kept.
         store.write(|tx| tx.upsert_mailbox(&ms[8])).unwrap();
         let counted = store
-            .cached_mailbox_tallies(now, true)
+            .cached_mailbox_summary(now, true, &cfg)
             .unwrap()
             .keep
             .expect("counted");
