@@ -809,9 +809,10 @@ CREATE TABLE mailbox_tally_cache (
 );
 ";
 
-/// Version 11: the summary `mailboxes stats` made of the kept tallies (JSON), and the
-/// price table it was priced with (JSON), kept beside them so that the next `stats` on
-/// the same tallies and prices reads it instead of the groups; replaced with the groups.
+/// Version 11: the summary `mailboxes stats` made of the kept tallies (JSON), and in
+/// `summary_prices` the key it answers for (its form, the tallies' generation and instant,
+/// and the price table: `store::mailboxes::summary_key`), kept beside them so that the
+/// next `stats` on the same tallies and prices reads it instead of the groups.
 const MIGRATION_11: &str = "
 ALTER TABLE mailbox_tally_state ADD COLUMN summary TEXT;
 ALTER TABLE mailbox_tally_state ADD COLUMN summary_prices TEXT;

@@ -57,7 +57,8 @@ impl NamedZone {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"_-+".contains(&b))
             });
-        if !valid {
+        // `right/` zones count leap seconds, which the program's clock does not.
+        if !valid || name.starts_with("right/") {
             return Err(not_a_zone(name));
         }
         let dirs = zoneinfo_dirs();
@@ -70,7 +71,18 @@ impl NamedZone {
             ));
         };
         let path = dir.join(name);
-        let data = read_zone_file(&path).map_err(|_| not_a_zone(name))?;
+        let data = read_zone_file(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "{}; {} has no such zone (an old name such as \"US/Eastern\" may need \
+                     the tzdata-legacy package)",
+                    not_a_zone(name),
+                    dir.display()
+                )
+            } else {
+                not_a_zone(name)
+            }
+        })?;
         let tz = jiff::tz::TimeZone::tzif(name, &data).map_err(|_| not_a_zone(name))?;
         Ok(NamedZone(Arc::new(Inner {
             name: name.to_string(),
@@ -112,10 +124,11 @@ fn zoneinfo_dirs() -> Vec<PathBuf> {
 
 fn read_zone_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    if !file.metadata()?.is_file() {
+    // Checked before opening: a FIFO or device under the folder would block or stream.
+    if !std::fs::metadata(path)?.is_file() {
         return Err(std::io::ErrorKind::InvalidInput.into());
     }
+    let file = std::fs::File::open(path)?;
     let mut data = Vec::new();
     file.take(MAX_ZONE_FILE + 1).read_to_end(&mut data)?;
     if data.len() as u64 > MAX_ZONE_FILE {
@@ -299,6 +312,7 @@ mod tests {
             "Europe//Berlin",
             "Europe/Berlin ",
             "zone.tab",
+            "right/Europe/Berlin",
         ] {
             let e = NamedZone::load(bad)
                 .map(|z| z.name().to_string())

@@ -566,17 +566,31 @@ pub struct TallyCache {
     as_of: String,
     /// New groups, or `None` when the kept ones stand and only the report is new.
     groups: Option<Groups>,
-    /// The summary of the groups, as JSON.
-    summary: String,
-    /// The price table it was priced with ([`prices_key`]).
-    prices: String,
+    /// The summary of the groups, as JSON, unless it cannot be kept.
+    summary: Option<String>,
+    /// What it was summed from and priced with ([`summary_key`]).
+    key: String,
 }
 
-/// The price table as the kept summary's key: the only part of the configuration a
-/// summary depends on beyond the tallies. A map with ordered keys, so the same table is
-/// the same text.
-fn prices_key(cfg: &InventoryConfig) -> String {
-    serde_json::to_string(&cfg.prices).expect("prices serialize")
+/// The form of the kept summary: raise it whenever `summarize` or [`Summary`] changes, so
+/// that a summary kept by an earlier build is summed again instead of read.
+const SUMMARY_FORM: u32 = 1;
+
+/// The kept summary's key: its form, the kept tallies it sums (their generation and
+/// instant, so that a keep of new groups by any build, even one that knows nothing of
+/// summaries, sets it aside) and the price table, the only part of the configuration a
+/// summary depends on beyond the tallies (a map with ordered keys, so the same table is
+/// the same text).
+fn summary_key(generation: i64, as_of: &str, cfg: &InventoryConfig) -> String {
+    let prices = serde_json::to_string(&cfg.prices).expect("prices serialize");
+    format!("{SUMMARY_FORM} {generation} {as_of} {prices}")
+}
+
+/// The summary as kept, if it reads back as it is (totals too large for a float, which
+/// JSON writes as `null`, would not).
+fn keepable(summary: &Summary) -> Option<String> {
+    let text = serde_json::to_string(summary).ok()?;
+    serde_json::from_str::<Summary>(&text).ok().map(|_| text)
 }
 
 /// One mailbox that changed group between two instants (band or recovery age).
@@ -749,7 +763,7 @@ impl Tx<'_> {
             let n = self.tx.execute(
                 "UPDATE mailbox_tally_state SET summary = ?1, summary_prices = ?2
                  WHERE cached_generation = ?3 AND as_of = ?4",
-                params![cache.summary, cache.prices, cache.generation, cache.as_of],
+                params![cache.summary, cache.key, cache.generation, cache.as_of],
             )?;
             return Ok(n == 1);
         };
@@ -774,7 +788,7 @@ impl Tx<'_> {
         self.tx.execute(
             "UPDATE mailbox_tally_state SET cached_generation = ?1, as_of = ?2, summary = ?3,
                  summary_prices = ?4",
-            params![generation, cache.as_of, cache.summary, cache.prices],
+            params![generation, cache.as_of, cache.summary, cache.key],
         )?;
         Ok(true)
     }
@@ -888,7 +902,7 @@ impl Store {
             Option<String>,
             Option<String>,
         );
-        let (generation, cached, as_of, kept_summary, kept_prices): State = self.conn.query_row(
+        let (generation, cached, as_of, kept_summary, kept_key): State = self.conn.query_row(
             "SELECT generation, cached_generation, as_of, summary, summary_prices
              FROM mailbox_tally_state",
             [],
@@ -900,13 +914,14 @@ impl Store {
             .filter(|t0| *t0 <= now && now - *t0 <= CATCH_UP_LIMIT);
         let from_cache =
             trust_kept && since.is_some() && !unseen_changes && cached == Some(generation);
-        let prices = prices_key(cfg);
+
         // What to keep: Some(true) new groups, as of now; Some(false) only a summary of
         // the kept groups; None nothing.
         let (groups, keep) = match since {
             Some(t0) if from_cache => {
                 let moves = self.catch_up(t0, now)?;
-                if moves.is_empty() && kept_prices.as_deref() == Some(prices.as_str()) {
+                let key = summary_key(generation, as_of.as_deref().unwrap_or_default(), cfg);
+                if moves.is_empty() && kept_key.as_deref() == Some(key.as_str()) {
                     // A kept summary this build cannot read is summed again and replaced.
                     let kept = kept_summary.as_deref().map(serde_json::from_str::<Summary>);
                     if let Some(Ok(summary)) = kept {
@@ -948,16 +963,21 @@ impl Store {
         let summary = summarize(groups.to_tallies(), cfg);
         let cache = self.mailbox_stats_of(summary.count)?;
         drop(snapshot);
-        let keep = keep.map(|new_groups| TallyCache {
-            generation,
-            as_of: if new_groups {
+        let keep = keep.and_then(|new_groups| {
+            let as_of = if new_groups {
                 stamp_millis(now)
             } else {
                 as_of.unwrap_or_default()
-            },
-            groups: new_groups.then_some(groups),
-            summary: serde_json::to_string(&summary).expect("a summary serializes"),
-            prices,
+            };
+            let summary = keepable(&summary);
+            // Kept groups that stand need nothing kept but a summary.
+            (new_groups || summary.is_some()).then(|| TallyCache {
+                generation,
+                key: summary_key(generation, &as_of, cfg),
+                as_of,
+                groups: new_groups.then_some(groups),
+                summary,
+            })
         });
         Ok(CachedSummary {
             summary,
@@ -1565,6 +1585,21 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
             .unwrap();
         assert_eq!(stats(&mut store, &a), (false, Some(false)), "damaged");
         assert_eq!(stats(&mut store, &a), (true, None));
+        // An older build keeps new groups without a summary (here: the same instant,
+        // written in another form): the summary kept before no longer answers.
+        store
+            .conn
+            .execute(
+                "UPDATE mailbox_tally_state SET as_of = ?1",
+                [now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)],
+            )
+            .unwrap();
+        assert_eq!(stats(&mut store, &a), (false, Some(false)), "older keep");
+        assert_eq!(stats(&mut store, &a), (true, None));
+        // Totals too large for a float are not kept (JSON would write them as null).
+        let huge = priced("E3 = 1e308, E5 = 1e308");
+        assert_eq!(stats(&mut store, &huge), (false, None), "not keepable");
+        assert_eq!(stats(&mut store, &huge), (false, None));
         // Summed from the kept groups, but another process keeps new groups (counted
         // later, as of another instant) before this one keeps its summary: not kept.
         let offer = store
