@@ -12,9 +12,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, TimeZone, Timelike, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::zone::NamedZone;
-use serde::{Deserialize, Deserializer, Serialize};
 
 /// Where the mailbox sync reads the tenant's inactive mailboxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -10,12 +10,12 @@
 //! daemon's resident memory, whatever zone was configured, if any.
 //!
 //! Instead a named zone is read, when the configuration is, from the compiled zone file
-//! the system keeps (`$TZDIR`, else `/usr/share/zoneinfo` and the other usual folders,
-//! as the C library does), so it also follows the system's tzdata updates. jiff parses the
-//! file (TZif, with the POSIX rule for times past its last transition) and resolves local
-//! times (gaps and folds); this module only adapts it to chrono's trait. jiff's own
-//! database lookup is not used: on first use it lists the whole zoneinfo folder, some
-//! 1,800 files, where one zone needs one file.
+//! the system keeps (`$TZDIR`, else `/usr/share/zoneinfo` and the other folders jiff
+//! looks in), so it also follows the system's tzdata updates. jiff parses the file (TZif,
+//! with the POSIX rule for times past its last transition) and resolves local times (gaps
+//! and folds); this module only adapts it to chrono's trait. jiff's own database lookup
+//! is not used: on first use it lists the whole zoneinfo folder (900 files on Debian 12),
+//! where one zone needs one file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use chrono::{FixedOffset, MappedLocalTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
-/// Where the C library and jiff look for compiled zone files, after `$TZDIR`.
+/// Where jiff looks for compiled zone files, after `$TZDIR` (glibc: the first).
 const ZONEINFO_DIRECTORIES: &[&str] = &[
     "/usr/share/zoneinfo",
     "/usr/lib/zoneinfo",
@@ -243,7 +243,9 @@ mod tests {
             Ok(z) => Some(z),
             Err(e) => {
                 // CI installs tzdata; elsewhere a machine without it skips, saying so.
-                assert!(std::env::var_os("CI").is_none(), "{e}");
+                let ci = std::env::var("CI")
+                    .is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"));
+                assert!(!ci, "{e}");
                 crate::skip_test("named time zones", &e);
                 None
             }

@@ -550,7 +550,7 @@ pub struct CachedSummary {
     pub from_cache: bool,
     /// Whether the summary itself was kept: no kept tally had moved since, and the price
     /// table is the one it was priced with.
-    pub from_report: bool,
+    pub from_kept_summary: bool,
     /// What to keep for the next run, if it differs from what is kept.
     pub keep: Option<TallyCache>,
     /// The cache's figures, from the same snapshot; the count is the summary's own.
@@ -564,7 +564,7 @@ pub struct TallyCache {
     generation: i64,
     /// The instant they are for, as stored.
     as_of: String,
-    /// New groups, or `None` when the kept ones stand and only the report is new.
+    /// New groups, or `None` when the kept ones stand and only the summary is new.
     groups: Option<Groups>,
     /// The summary of the groups, as JSON, unless it cannot be kept.
     summary: Option<String>,
@@ -591,6 +591,15 @@ fn summary_key(generation: i64, as_of: &str, cfg: &InventoryConfig) -> String {
 fn keepable(summary: &Summary) -> Option<String> {
     let text = serde_json::to_string(summary).ok()?;
     serde_json::from_str::<Summary>(&text).ok().map(|_| text)
+}
+
+/// What a `stats` has to keep for the next one.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// Groups counted or moved forward to now, with their summary.
+    Groups,
+    /// Only a summary of the kept groups, which stand.
+    Summary,
 }
 
 /// One mailbox that changed group between two instants (band or recovery age).
@@ -914,9 +923,6 @@ impl Store {
             .filter(|t0| *t0 <= now && now - *t0 <= CATCH_UP_LIMIT);
         let from_cache =
             trust_kept && since.is_some() && !unseen_changes && cached == Some(generation);
-
-        // What to keep: Some(true) new groups, as of now; Some(false) only a summary of
-        // the kept groups; None nothing.
         let (groups, keep) = match since {
             Some(t0) if from_cache => {
                 let moves = self.catch_up(t0, now)?;
@@ -929,7 +935,7 @@ impl Store {
                         return Ok(CachedSummary {
                             summary,
                             from_cache: true,
-                            from_report: true,
+                            from_kept_summary: true,
                             keep: None,
                             cache,
                         });
@@ -950,39 +956,42 @@ impl Store {
                     };
                     groups.0.entry(to).or_default().add(&m.is, 1);
                 }
-                (groups, Some(moved))
+                (
+                    groups,
+                    Some(if moved { Keep::Groups } else { Keep::Summary }),
+                )
             }
             _ => {
                 let (groups, odd_dates) = self.tally_pass(now)?;
                 // Dates not in the program's own form (a database of the original tool)
                 // cannot be found by the index range that moves a cache forward.
                 let keep = trust_kept && odd_dates == 0 && !unseen_changes;
-                (groups, keep.then_some(true))
+                (groups, keep.then_some(Keep::Groups))
             }
         };
         let summary = summarize(groups.to_tallies(), cfg);
         let cache = self.mailbox_stats_of(summary.count)?;
         drop(snapshot);
-        let keep = keep.and_then(|new_groups| {
-            let as_of = if new_groups {
-                stamp_millis(now)
-            } else {
-                as_of.unwrap_or_default()
-            };
+        let keep = keep.and_then(|keep| {
             let summary = keepable(&summary);
-            // Kept groups that stand need nothing kept but a summary.
-            (new_groups || summary.is_some()).then(|| TallyCache {
+            let (as_of, groups) = match keep {
+                Keep::Groups => (stamp_millis(now), Some(groups)),
+                // Kept groups that stand need nothing kept but a summary.
+                Keep::Summary if summary.is_some() => (as_of.unwrap_or_default(), None),
+                Keep::Summary => return None,
+            };
+            Some(TallyCache {
                 generation,
                 key: summary_key(generation, &as_of, cfg),
                 as_of,
-                groups: new_groups.then_some(groups),
+                groups,
                 summary,
             })
         });
         Ok(CachedSummary {
             summary,
             from_cache,
-            from_report: false,
+            from_kept_summary: false,
             keep,
             cache,
         })
@@ -1563,15 +1572,15 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
             if let Some(keep) = &got.keep {
                 assert!(store.write(|tx| tx.keep_mailbox_tallies(keep)).unwrap());
             }
-            (got.from_report, got.keep.map(|k| k.groups.is_some()))
+            (got.from_kept_summary, got.keep.map(|k| k.groups.is_some()))
         };
         let counted = store.cached_mailbox_summary(now, true, &a).unwrap();
-        assert!(!counted.from_report);
+        assert!(!counted.from_kept_summary);
         let keep = counted.keep.expect("counted and kept");
         assert!(store.write(|tx| tx.keep_mailbox_tallies(&keep)).unwrap());
         // Read back, the kept summary is the one made, to the last bit of every sum.
         let kept = store.cached_mailbox_summary(now, true, &a).unwrap();
-        assert!(kept.from_report && kept.keep.is_none());
+        assert!(kept.from_kept_summary && kept.keep.is_none());
         assert_eq!(kept.summary, counted.summary);
         assert_eq!(kept.cache, store.mailbox_stats().unwrap());
         assert_eq!(stats(&mut store, &a), (true, None), "kept summary");
@@ -1642,7 +1651,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
                 &summarize(store.mailbox_tallies(now).unwrap(), &cfg),
             );
             // The kept summary is the answer exactly when nothing moved.
-            assert_eq!(got.from_report, got.from_cache && got.keep.is_none());
+            assert_eq!(got.from_kept_summary, got.from_cache && got.keep.is_none());
             if let Some(keep) = &got.keep {
                 assert!(store.write(|tx| tx.keep_mailbox_tallies(keep)).unwrap());
             }
