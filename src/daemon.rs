@@ -68,11 +68,12 @@ pub fn run(
 ) -> Result<(), DaemonError> {
     let config = load_config()?;
     let lock = InstanceLock::acquire(&paths.lock_file)?;
-    let store = Store::open_audited(
+    let mut store = Store::open_audited(
         &paths.database,
         &paths.audit_head,
         crate::store::BUSY_TIMEOUT,
     )?;
+    store.for_long_running()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -196,7 +196,7 @@ impl Store {
             "DROP TABLE IF EXISTS temp.sync_stage;
              {}
              PRAGMA shrink_memory;",
-            super::READ_SETTINGS
+            self.settings
         ))?;
         Ok(())
     }
