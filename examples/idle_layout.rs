@@ -79,6 +79,9 @@ fn start_traced(bin: &str, home: &Path, out: &Path) -> Traced {
         .arg(bin)
         .arg("run")
         .env("IMM_HOME", home)
+        // Set as the daemon would set it by starting itself again, which valgrind
+        // (`--trace-children=no`) would not follow.
+        .env("GLIBC_TUNABLES", imm_daemon::memory::NO_THREAD_CACHE)
         .env("NOTIFY_SOCKET", &sock_path)
         .env_remove("WATCHDOG_USEC")
         .stdout(Stdio::null())

@@ -18,7 +18,15 @@ fn main() {
     };
     match &cli.command {
         cli::Command::Run(args) => {
-            imm_daemon::logging::init("info", args.log_format == cli::LogFormat::Json)
+            // Returns only if the program was not started again (see the function).
+            let not_restarted = imm_daemon::memory::exec_without_thread_cache();
+            imm_daemon::logging::init("info", args.log_format == cli::LogFormat::Json);
+            if let Some(e) = not_restarted {
+                tracing::warn!(
+                    "cannot start again with glibc's per-thread allocation cache off ({e}); \
+                     memory after large work may stay up to a megabyte higher"
+                );
+            }
         }
         _ => imm_daemon::logging::init("warn", false),
     }

@@ -172,6 +172,59 @@ pub(crate) fn running(s: &Value) -> bool {
     s["phase"] == "running"
 }
 
+/// The daemon starts itself again, in the same process, with glibc's per-thread cache
+/// off (`memory::exec_without_thread_cache`): its environment then says so, a tunable
+/// the user set is kept beside it, and a `tcache_count` the user chose stands.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_daemon_runs_with_glibcs_thread_cache_off_and_keeps_the_users_tunables() {
+    // (given, what the environment must then hold, what it must not)
+    let off = "glibc.malloc.tcache_count=0";
+    for (given, holds, lacks) in [
+        (None, vec![off], vec![]),
+        (
+            Some("glibc.malloc.trim_threshold=131072"),
+            vec!["glibc.malloc.trim_threshold=131072", off],
+            vec![],
+        ),
+        (
+            Some("glibc.malloc.tcache_count=2"),
+            vec!["glibc.malloc.tcache_count=2"],
+            vec![off],
+        ),
+    ] {
+        let env = Env::new();
+        config(&env, "[heartbeat]\ninterval = \"1h\"\n");
+        let mut cmd = env.std_cmd();
+        cmd.arg("run")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("GLIBC_TUNABLES")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(g) = given {
+            cmd.env("GLIBC_TUNABLES", g);
+        }
+        let mut child = cmd.spawn().expect("the daemon starts");
+        let s = wait_for_state(&env, "the first cycle", |s| running(s) && s["cycles"] == 1);
+        // The same process, started again: the pid the daemon reports is the child's.
+        assert_eq!(s["pid"], child.id());
+        // The environment the process was started with. glibc may cut the tunables
+        // apart in place as it reads them (2.36 writes a NUL over each `:`), so each
+        // tunable is looked for on its own.
+        let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        for t in &holds {
+            assert!(environ.contains(t), "given {given:?}: {t} missing");
+        }
+        for t in &lacks {
+            assert!(!environ.contains(t), "given {given:?}: {t} set");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 #[test]
 fn runs_cycles_on_signals_reloads_safely_and_stops_cleanly() {
     let env = Env::new();
