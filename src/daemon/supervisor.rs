@@ -819,14 +819,15 @@ impl Supervisor {
     }
 
     /// Before idling: SQLite's cached pages and the allocator's free pages go back to the
-    /// system, so the idle daemon holds what it uses, not the peak of the work just done
-    /// (a sync, a drain, an export). The next cycle reads its few pages again from the
-    /// system's file cache.
+    /// system, and the program's code pages are unmapped, so the idle daemon holds what
+    /// it uses, not the peak of the work just done (a sync, a drain, an export). The next
+    /// cycle reads its few pages again from the system's file cache.
     fn give_back_memory(&self) {
         if let Err(e) = self.store.borrow().release_memory() {
             tracing::debug!("cannot release SQLite's cache: {}", crate::error::chain(&e));
         }
         crate::memory::trim();
+        crate::memory::release_code();
     }
 
     fn stop(mut self) -> Result<(), DaemonError> {

@@ -207,8 +207,11 @@ fn the_daemon_runs_with_glibcs_thread_cache_off_and_keeps_the_users_tunables() {
         }
         let mut child = cmd.spawn().expect("the daemon starts");
         let s = wait_for_state(&env, "the first cycle", |s| running(s) && s["cycles"] == 1);
-        // The same process, started again: the pid the daemon reports is the child's.
+        // The same process, started again: the pid the daemon reports is the child's,
+        // and it keeps its name.
         assert_eq!(s["pid"], child.id());
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
+        assert_eq!(comm.trim_end(), "imm-daemon");
         // The environment the process was started with. glibc may cut the tunables
         // apart in place as it reads them (2.36 writes a NUL over each `:`), so each
         // tunable is looked for on its own.
