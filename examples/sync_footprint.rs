@@ -116,6 +116,24 @@ fn rss_kib(pid: u32) -> [u64; 3] {
     })
 }
 
+/// The process's peak resident memory (VmHWM) in KiB since its start or the last
+/// [`reset_peak`].
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Starts the process's peak resident memory again from its current figure.
+fn reset_peak(pid: u32) {
+    // Linux: writing 5 to clear_refs resets VmHWM (the process is ours).
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
 /// The process's threads now.
 fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -210,6 +228,7 @@ fn main() {
             let idle = rss_kib(daemon.id());
             println!("daemon: idle {}", mb(idle));
             for what in ["first sync", "unchanged resync"] {
+                reset_peak(daemon.id());
                 let t0 = Instant::now();
                 let ok = Command::new(&bin)
                     .arg("sync")
@@ -221,8 +240,9 @@ fn main() {
                 let synced = t0.elapsed();
                 std::thread::sleep(Duration::from_secs(3));
                 println!(
-                    "daemon: 3 s after a {what} of {n} ({:.1} s): {}, {} threads",
+                    "daemon: 3 s after a {what} of {n} ({:.1} s, peak {:.1} MB): {}, {} threads",
                     synced.as_secs_f64(),
+                    peak_kib(daemon.id()) as f64 / 1024.0,
                     mb(rss_kib(daemon.id())),
                     threads(daemon.id())
                 );
@@ -235,6 +255,7 @@ fn main() {
             }
             let batch = home.path().join("batch.jsonl");
             std::fs::write(&batch, mail_batch(10_000)).unwrap();
+            reset_peak(daemon.id());
             let t0 = Instant::now();
             for args in [&["send", "--batch"][..], &["cycle"][..]] {
                 let mut cmd = Command::new(&bin);
@@ -249,8 +270,9 @@ fn main() {
             let drained = t0.elapsed();
             std::thread::sleep(Duration::from_secs(3));
             println!(
-                "daemon: 3 s after draining 10000 mails ({:.1} s): {}",
+                "daemon: 3 s after draining 10000 mails ({:.1} s, peak {:.1} MB): {}",
                 drained.as_secs_f64(),
+                peak_kib(daemon.id()) as f64 / 1024.0,
                 mb(rss_kib(daemon.id()))
             );
             let _ = Command::new("kill").arg(daemon.id().to_string()).status();

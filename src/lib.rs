@@ -18,9 +18,11 @@
 //! - [`store`] owns the SQLite database and every SQL statement; [`audit`] defines audit
 //!   events and the hash chain that makes the log tamper-evident. The store's upsert binds
 //!   parameters through SQLite's C API without copying them. Unsafe code is denied
-//!   (`[lints]` in Cargo.toml) except where allowed by name: that module, the call to
-//!   glibc's `malloc_trim` ([`memory`]), and the process's ids and passwd/group lookups
-//!   of [`paths::strict`].
+//!   (`[lints]` in Cargo.toml) except where allowed by name: that module; in [`memory`],
+//!   the calls to glibc's `malloc_trim` and `getauxval` and to `madvise`, and the
+//!   environment put back in the daemon started again (before any thread, which
+//!   `src/main.rs` promises at its one call); and the process's ids and passwd/group
+//!   lookups of [`paths::strict`].
 //! - [`secrets`] keeps the sign-in's one secret (the token cache) in the OS keychain or an
 //!   AES-256-GCM encrypted file.
 //! - [`auth`] signs in to Microsoft (device code flow, silent refresh) and hands out

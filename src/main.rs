@@ -1,4 +1,6 @@
-//! The `imm-daemon` binary: parses arguments, sets up logging, maps errors to exit codes.
+//! The `imm-daemon` binary: parses arguments, starts the daemon again once with glibc's
+//! per-thread cache off (`memory::exec_without_thread_cache`), sets up logging, maps
+//! errors to exit codes.
 
 use clap::Parser;
 use imm_daemon::cli::{self, Cli};
@@ -19,7 +21,9 @@ fn main() {
     match &cli.command {
         cli::Command::Run(args) => {
             // Returns only if the program was not started again (see the function).
-            let not_restarted = imm_daemon::memory::exec_without_thread_cache();
+            // SAFETY: no other thread has started yet.
+            #[allow(unsafe_code)]
+            let not_restarted = unsafe { imm_daemon::memory::exec_without_thread_cache() };
             imm_daemon::logging::init("info", args.log_format == cli::LogFormat::Json);
             if let Some(e) = not_restarted {
                 tracing::warn!(

@@ -28,8 +28,13 @@ use std::ffi::OsString;
 /// MB of code mapped, counted in its resident memory and kept from reclaim while mapped;
 /// unmapped, they are the file cache's to keep or drop, and the next cycle maps back the
 /// few hundred kilobytes the idle daemon runs (the layout gathers them,
-/// `link/idle-code.ld`). Returns how many bytes of mappings were released (0 where
-/// there is no `/proc`). Code pages are never written, so nothing is lost.
+/// `link/idle-code.ld`), from memory while the system has kept them, else from disk.
+///
+/// A code page the process has its own copy of is kept: a debugger's breakpoint, or a
+/// uprobe, writes its instruction into a private copy of the page, and unmapping that
+/// copy would remove the breakpoint. Only runs of pages that are the file's own (or not
+/// mapped) are released, as `/proc/self/pagemap` tells them apart. Returns how many
+/// bytes of mappings were released (0 where there is no `/proc`).
 pub fn release_code() -> usize {
     #[cfg(target_os = "linux")]
     {
@@ -39,12 +44,15 @@ pub fn release_code() -> usize {
     0
 }
 
+/// The address ranges of the program's code: its private read-only executable mappings,
+/// as `/proc/self/maps` lists them. A mapping is the program's when its path is the one
+/// `/proc/self/exe` names; a path the kernel cannot show plainly (a binary deleted since
+/// it started, a name with a newline) matches nothing, and nothing is released.
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn release_code_linux() -> std::io::Result<usize> {
+fn code_mappings() -> std::io::Result<Vec<(usize, usize)>> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let maps = std::fs::read_to_string("/proc/self/maps")?;
-    let mut released = 0;
+    let mut ranges = Vec::new();
     for line in maps.lines() {
         // start-end perms offset dev inode, then the path after padding
         let mut f = line.splitn(6, ' ');
@@ -57,28 +65,103 @@ fn release_code_linux() -> std::io::Result<usize> {
         let Some((start, end)) = range.split_once('-') else {
             continue;
         };
-        let (Ok(start), Ok(end)) = (
+        if let (Ok(start), Ok(end)) = (
             usize::from_str_radix(start, 16),
             usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        // SAFETY: the range is a private, read-only, executable mapping of the program's
-        // own file, as the kernel lists it. MADV_DONTNEED drops this process's page
-        // table entries for it; the next access maps the same page of the file again.
-        // Code pages are never written, so no private copy is discarded, and the
-        // mapping itself (and every pointer into it) stays valid.
-        let rc =
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
-        if rc == 0 {
-            released += end - start;
+        ) {
+            ranges.push((start, end));
+        }
+    }
+    Ok(ranges)
+}
+
+const PAGE: usize = 4096;
+
+/// The pagemap entries of the pages from `start` to `end` (page-aligned), into `into`.
+#[cfg(target_os = "linux")]
+fn page_entries(
+    pagemap: &mut std::fs::File,
+    (start, end): (usize, usize),
+    into: &mut Vec<u64>,
+) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = vec![0u8; (end - start) / PAGE * 8];
+    pagemap.seek(SeekFrom::Start((start / PAGE * 8) as u64))?;
+    pagemap.read_exact(&mut bytes)?;
+    into.clear();
+    into.extend(
+        bytes
+            .chunks_exact(8)
+            .map(|e| u64::from_le_bytes(e.try_into().expect("8 bytes"))),
+    );
+    Ok(())
+}
+
+/// Whether a pagemap entry is a page of the process's own: present and not the file's
+/// (bit 63 set, bit 61 clear), or swapped out (bit 62), which only private copies are.
+#[cfg(target_os = "linux")]
+fn is_private_copy(entry: u64) -> bool {
+    (entry >> 63 & 1 == 1 && entry >> 61 & 1 == 0) || entry >> 62 & 1 == 1
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn release_code_linux() -> std::io::Result<usize> {
+    if page_size() != PAGE {
+        return Ok(0);
+    }
+    let mut pagemap = std::fs::File::open("/proc/self/pagemap")?;
+    let mut entries = Vec::new();
+    let mut released = 0;
+    for (start, end) in code_mappings()? {
+        page_entries(&mut pagemap, (start, end), &mut entries)?;
+        // Runs of pages between private copies.
+        let mut run = 0;
+        for i in 0..=entries.len() {
+            if i < entries.len() && !is_private_copy(entries[i]) {
+                continue;
+            }
+            if i > run {
+                let (from, len) = (start + run * PAGE, (i - run) * PAGE);
+                // SAFETY: the range lies in a private, read-only, executable mapping of
+                // the program's own file, as the kernel lists it. MADV_DONTNEED drops its
+                // page table entries; the next access maps the same page of the file
+                // again, and the mapping itself (and every pointer into it) stays valid.
+                // The range held none of the process's own copies of its pages when the
+                // pagemap was read; a breakpoint written into it in the microseconds
+                // since would be removed, which costs a debugging session a stop, never
+                // the program its memory.
+                let rc =
+                    unsafe { libc::madvise(from as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+                if rc == 0 {
+                    released += len;
+                }
+            }
+            run = i + 1;
         }
     }
     Ok(released)
 }
 
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn page_size() -> usize {
+    // SAFETY: sysconf takes no pointers.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(0)
+}
+
 /// The tunable that turns glibc's per-thread cache off.
 pub const NO_THREAD_CACHE: &str = "glibc.malloc.tcache_count=0";
+
+/// Set only in the environment of the program started again, to what `GLIBC_TUNABLES`
+/// held before: `-` when it was not set, `=` and its value when it was. Its presence
+/// makes the start again happen at most once, whatever glibc did with the tunables
+/// (in a secure-execution process, one with set-user-id or file capabilities, glibc
+/// drops them, and without this the daemon would start itself again forever); its
+/// value lets the daemon put back the user's tunables, so that the commands it starts
+/// (notification hooks) run with the environment the daemon was given.
+pub const RESTARTED_VAR: &str = "IMM_DAEMON_RESTARTED";
 
 /// What `GLIBC_TUNABLES` must hold for the daemon's process, given what it holds now:
 /// `None` when it already names a `tcache_count` (the user's choice stands, and the
@@ -97,24 +180,89 @@ pub fn tunables_without_thread_cache(current: Option<&std::ffi::OsStr>) -> Optio
     }
 }
 
-/// For the daemon, before it starts any thread or opens anything: replaces the process
-/// (same process id, name, arguments and environment) with the program started again with
-/// glibc's per-thread cache off ([`NO_THREAD_CACHE`] added to `GLIBC_TUNABLES`). Returns
-/// only when it did not: nothing to do (not glibc, or `GLIBC_TUNABLES` already names a
-/// `tcache_count`), `None`; or the program could not be started again (`/proc` not
-/// mounted, say), the reason, and the daemon runs on with the cache.
-pub fn exec_without_thread_cache() -> Option<std::io::Error> {
+/// [`RESTARTED_VAR`]'s value for what `GLIBC_TUNABLES` holds before the start again.
+pub fn restarted_marker(before: Option<&std::ffi::OsStr>) -> OsString {
+    match before {
+        None => "-".into(),
+        Some(v) => {
+            let mut m = OsString::from("=");
+            m.push(v);
+            m
+        }
+    }
+}
+
+/// What `GLIBC_TUNABLES` held before the start again, from [`RESTARTED_VAR`]'s value
+/// ([`restarted_marker`]'s inverse): `None` when it was not set, or the marker is not
+/// one of ours (it is then taken as "not set").
+pub fn tunables_before_restart(marker: &std::ffi::OsStr) -> Option<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    marker
+        .as_bytes()
+        .strip_prefix(b"=")
+        .map(|v| std::ffi::OsStr::from_bytes(v).to_os_string())
+}
+
+/// Why the daemon does not start itself again where it could: a process glibc treats as
+/// secure-execution (set-user-id or file capabilities: glibc drops the tunables), and a
+/// process with a preloaded library (valgrind, heaptrack and other tools preload theirs,
+/// and would lose the daemon or run their own program in its place). Profiling the
+/// daemon as it runs in service can set `GLIBC_TUNABLES` with
+/// `glibc.malloc.tcache_count=0` itself.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn restart_is_unsafe() -> bool {
+    // SAFETY: getauxval reads the auxiliary vector the kernel gave the process; it takes
+    // no pointers.
+    let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
+    secure || std::env::var_os("LD_PRELOAD").is_some_and(|v| !v.is_empty())
+}
+
+/// For the daemon, first thing in `main`: replaces the process (same process id, name,
+/// arguments and environment) with the program started again with glibc's per-thread
+/// cache off ([`NO_THREAD_CACHE`] added to `GLIBC_TUNABLES`). In the program started
+/// again it puts back the environment the daemon was given (the tunables as they were,
+/// [`RESTARTED_VAR`] removed): glibc read the tunables as the process started, and the
+/// daemon's children should not inherit ours.
+///
+/// Returns only when it did not start the program again: nothing to do (not glibc, the
+/// program was started again already, `GLIBC_TUNABLES` names a `tcache_count`, or
+/// starting again is unsafe, see [`restart_is_unsafe`]), `None`; or the program could
+/// not be started again (a binary removed since), the reason, and the daemon runs on
+/// with the cache.
+///
+/// # Safety
+/// No other thread may be running: it changes the process's environment.
+#[allow(unsafe_code)]
+pub unsafe fn exec_without_thread_cache() -> Option<std::io::Error> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        let tunables =
-            tunables_without_thread_cache(std::env::var_os("GLIBC_TUNABLES").as_deref())?;
+        if let Some(marker) = std::env::var_os(RESTARTED_VAR) {
+            // SAFETY: the caller promises no other thread runs, so none reads the
+            // environment as it changes.
+            unsafe {
+                std::env::remove_var(RESTARTED_VAR);
+                match tunables_before_restart(&marker) {
+                    Some(v) => std::env::set_var("GLIBC_TUNABLES", v),
+                    None => std::env::remove_var("GLIBC_TUNABLES"),
+                }
+            }
+            return None;
+        }
+        if restart_is_unsafe() {
+            return None;
+        }
+        let before = std::env::var_os("GLIBC_TUNABLES");
+        let tunables = tunables_without_thread_cache(before.as_deref())?;
         let mut args = std::env::args_os();
         let argv0 = args.next()?;
         // The program's own path, not `/proc/self/exe`, so that the process keeps its
         // name (`ps`, `pgrep`, the journal's _COMM), which the kernel takes from the
-        // path started. A binary removed or replaced since has a path that no longer
-        // names it ("… (deleted)"): then the start fails and the daemon runs on.
+        // file name started. This path has its symbolic links resolved, so a daemon
+        // started through a link of another name takes the file's. A binary removed or
+        // replaced since has a path that no longer names it ("… (deleted)"): then the
+        // start fails and the daemon runs on.
         let exe = match std::env::current_exe() {
             Ok(p) => p,
             Err(e) => return Some(e),
@@ -123,6 +271,7 @@ pub fn exec_without_thread_cache() -> Option<std::io::Error> {
             std::process::Command::new(exe)
                 .arg0(argv0)
                 .args(args)
+                .env(RESTARTED_VAR, restarted_marker(before.as_deref()))
                 .env("GLIBC_TUNABLES", tunables)
                 .exec(),
         )
@@ -152,26 +301,12 @@ mod tests {
     /// the present bits of `/proc/self/pagemap`.
     #[cfg(target_os = "linux")]
     fn code_pages_mapped() -> usize {
-        use std::io::{Read, Seek, SeekFrom};
-        let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         let mut pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let mut entries = Vec::new();
         let mut mapped = 0;
-        for line in maps.lines() {
-            let f: Vec<&str> = line.splitn(6, ' ').collect();
-            if f.len() < 6 || f[1] != "r-xp" || std::path::Path::new(f[5].trim_start()) != exe {
-                continue;
-            }
-            let (start, end) = f[0].split_once('-').unwrap();
-            let start = usize::from_str_radix(start, 16).unwrap() / 4096;
-            let end = usize::from_str_radix(end, 16).unwrap() / 4096;
-            let mut entries = vec![0u8; (end - start) * 8];
-            pagemap.seek(SeekFrom::Start(start as u64 * 8)).unwrap();
-            pagemap.read_exact(&mut entries).unwrap();
-            mapped += entries
-                .chunks_exact(8)
-                .filter(|e| u64::from_le_bytes((*e).try_into().unwrap()) >> 63 == 1)
-                .count();
+        for range in code_mappings().unwrap() {
+            page_entries(&mut pagemap, range, &mut entries).unwrap();
+            mapped += entries.iter().filter(|e| *e >> 63 == 1).count();
         }
         mapped
     }
@@ -193,13 +328,43 @@ mod tests {
                 .unwrap();
             store.checkpoint().unwrap();
             drop(store);
+            // A debugger's breakpoint, as debuggers write it: one byte of code written
+            // through /proc/self/mem gives the process its own copy of that page (here
+            // the same byte, so the code is unchanged).
+            let at = is_private_copy as fn(u64) -> bool as usize;
+            let page = at / PAGE * PAGE;
+            let entry = |pagemap: &mut std::fs::File| {
+                let mut e = Vec::new();
+                page_entries(pagemap, (page, page + PAGE), &mut e).unwrap();
+                e[0]
+            };
+            {
+                use std::io::{Read, Seek, SeekFrom, Write};
+                let mut mem = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/proc/self/mem")
+                    .unwrap();
+                let mut byte = [0u8];
+                mem.seek(SeekFrom::Start(at as u64)).unwrap();
+                mem.read_exact(&mut byte).unwrap();
+                mem.seek(SeekFrom::Start(at as u64)).unwrap();
+                mem.write_all(&byte).unwrap();
+            }
+            let mut pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+            assert!(is_private_copy(entry(&mut pagemap)), "no private copy made");
             let _ = code_pages_mapped();
             let before = code_pages_mapped();
             assert!(before > 0);
-            assert!(release_code() >= before * 4096);
+            assert!(release_code() >= (before - 1) * PAGE);
             let after = code_pages_mapped();
             println!("code pages mapped: {before} before, {after} after");
             assert!(after * 2 < before, "{after} of {before} pages still mapped");
+            // The breakpoint's page stayed, the process's own copy.
+            assert!(
+                is_private_copy(entry(&mut pagemap)),
+                "the private copy went"
+            );
             assert_eq!(
                 tunables_without_thread_cache(None),
                 Some(NO_THREAD_CACHE.into())

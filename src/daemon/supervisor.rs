@@ -826,8 +826,9 @@ impl Supervisor {
         if let Err(e) = self.store.borrow().release_memory() {
             tracing::debug!("cannot release SQLite's cache: {}", crate::error::chain(&e));
         }
-        crate::memory::trim();
+        // Code first: what it allocates to read the process's maps is then trimmed too.
         crate::memory::release_code();
+        crate::memory::trim();
     }
 
     fn stop(mut self) -> Result<(), DaemonError> {

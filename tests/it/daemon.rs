@@ -174,35 +174,73 @@ pub(crate) fn running(s: &Value) -> bool {
 
 /// The daemon starts itself again, in the same process, with glibc's per-thread cache
 /// off (`memory::exec_without_thread_cache`): its environment then says so, a tunable
-/// the user set is kept beside it, and a `tcache_count` the user chose stands.
+/// the user set is kept beside it, and a `tcache_count` the user chose stands. It does
+/// not start again under a preloaded library (a profiler's), nor a second time: a
+/// process started again whose tunables glibc dropped (as it does for set-user-id
+/// programs) runs on.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn the_daemon_runs_with_glibcs_thread_cache_off_and_keeps_the_users_tunables() {
-    // (given, what the environment must then hold, what it must not)
     let off = "glibc.malloc.tcache_count=0";
-    for (given, holds, lacks) in [
-        (None, vec![off], vec![]),
-        (
-            Some("glibc.malloc.trim_threshold=131072"),
-            vec!["glibc.malloc.trim_threshold=131072", off],
-            vec![],
-        ),
-        (
-            Some("glibc.malloc.tcache_count=2"),
-            vec!["glibc.malloc.tcache_count=2"],
-            vec![off],
-        ),
+    struct Case {
+        tunables: Option<&'static str>,
+        extra: Vec<(&'static str, &'static str)>,
+        holds: Vec<&'static str>,
+        lacks: Vec<&'static str>,
+    }
+    for case in [
+        Case {
+            tunables: None,
+            extra: vec![],
+            holds: vec![off, "IMM_DAEMON_RESTARTED=-"],
+            lacks: vec![],
+        },
+        Case {
+            tunables: Some("glibc.malloc.trim_threshold=131072"),
+            extra: vec![],
+            holds: vec![
+                "glibc.malloc.trim_threshold=131072",
+                off,
+                "IMM_DAEMON_RESTARTED==glibc.malloc.trim_threshold=131072",
+            ],
+            lacks: vec![],
+        },
+        Case {
+            tunables: Some("glibc.malloc.tcache_count=2"),
+            extra: vec![],
+            holds: vec!["glibc.malloc.tcache_count=2"],
+            lacks: vec![off, "IMM_DAEMON_RESTARTED"],
+        },
+        // A profiler's library preloaded (here the C library itself, which changes
+        // nothing else).
+        Case {
+            tunables: None,
+            extra: vec![("LD_PRELOAD", "libc.so.6")],
+            holds: vec![],
+            lacks: vec![off, "IMM_DAEMON_RESTARTED"],
+        },
+        // Started again already, the tunables gone: no third start, no loop.
+        Case {
+            tunables: None,
+            extra: vec![("IMM_DAEMON_RESTARTED", "-")],
+            holds: vec![],
+            lacks: vec![off],
+        },
     ] {
+        let given = (case.tunables, &case.extra);
         let env = Env::new();
         config(&env, "[heartbeat]\ninterval = \"1h\"\n");
         let mut cmd = env.std_cmd();
         cmd.arg("run")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("GLIBC_TUNABLES")
+            .env_remove("LD_PRELOAD")
+            .env_remove("IMM_DAEMON_RESTARTED")
+            .envs(case.extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(g) = given {
+        if let Some(g) = case.tunables {
             cmd.env("GLIBC_TUNABLES", g);
         }
         let mut child = cmd.spawn().expect("the daemon starts");
@@ -217,10 +255,10 @@ fn the_daemon_runs_with_glibcs_thread_cache_off_and_keeps_the_users_tunables() {
         // tunable is looked for on its own.
         let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
         let environ = String::from_utf8_lossy(&environ);
-        for t in &holds {
+        for t in &case.holds {
             assert!(environ.contains(t), "given {given:?}: {t} missing");
         }
-        for t in &lacks {
+        for t in &case.lacks {
             assert!(!environ.contains(t), "given {given:?}: {t} set");
         }
         let _ = child.kill();

@@ -414,3 +414,70 @@ fn consent_withdrawn_for_exchange_alone_is_not_a_lost_sign_in() {
         "no device flow for a consent problem"
     );
 }
+
+/// After a cycle that synced, the idle daemon keeps neither the database mapped (its
+/// connection reads without SQLite's memory map, `Store::for_long_running`) nor most of
+/// the code the sync ran (`memory::release_code`): both would stay in its resident
+/// memory for as long as it idles.
+#[cfg(target_os = "linux")]
+#[test]
+fn after_a_sync_the_idle_daemon_keeps_neither_the_database_nor_the_syncs_code_mapped() {
+    let p = provider(fast());
+    let x = exchange(&p, 300, Duration::ZERO);
+    let env = signed_in(
+        &p,
+        &x,
+        "schedule = \"0 0 1 1 *\"\npage_size = 100\nstatistics_per_cycle = 1000\nconcurrency = 2\n",
+        "",
+    );
+    let db = env.db();
+    let daemon = Daemon::start(&env);
+    crate::daemon::wait_for_state(&env, "a cycle that synced", |s| {
+        crate::daemon::running(s)
+            && s["cycles"] == 1
+            && s["last_cycle"]["steps"][2]["status"] == "ok"
+    });
+    assert_eq!(identities(&env), tenant(&x));
+    // The cycle's end is written before the memory is given back: wait for it.
+    let (mut db_mapped, mut code) = (true, (0, 0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", daemon.pid())).unwrap();
+        db_mapped = false;
+        code = (0, 0);
+        let mut in_code = false;
+        for line in smaps.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.first()
+                .is_some_and(|r| r.contains('-') && !r.ends_with(':'))
+            {
+                let path = f.get(5).copied().unwrap_or("");
+                db_mapped |= std::path::Path::new(path) == db;
+                in_code = f[1] == "r-xp" && path.ends_with("/imm-daemon");
+                if in_code {
+                    let (a, b) = f[0].split_once('-').unwrap();
+                    code.1 += (u64::from_str_radix(b, 16).unwrap()
+                        - u64::from_str_radix(a, 16).unwrap())
+                        / 1024;
+                }
+            } else if in_code && f.first() == Some(&"Rss:") {
+                code.0 += f[1].parse::<u64>().unwrap();
+            }
+        }
+        println!(
+            "database mapped: {db_mapped}; code resident {} of {} KiB",
+            code.0, code.1
+        );
+        if !db_mapped && code.0 * 2 < code.1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!db_mapped, "the idle daemon keeps the database mapped");
+    assert!(
+        code.0 * 2 < code.1,
+        "the idle daemon keeps {} of its {} KiB of code mapped",
+        code.0,
+        code.1
+    );
+}

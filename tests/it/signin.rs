@@ -272,7 +272,7 @@ fn a_revoked_grant_makes_sign_in_required_notifies_with_the_code_and_recovers() 
     let hook = env.write(
         "hook.sh",
         format!(
-            "#!/bin/sh\n{{ echo \"event=$IMM_EVENT code=$IMM_USER_CODE uri=$IMM_VERIFICATION_URI expires=$IMM_EXPIRES_AT\"; }} >> '{}'\n",
+            "#!/bin/sh\n{{ echo \"event=$IMM_EVENT code=$IMM_USER_CODE uri=$IMM_VERIFICATION_URI expires=$IMM_EXPIRES_AT\"; echo \"tunables=${{GLIBC_TUNABLES-unset}} restarted=${{IMM_DAEMON_RESTARTED-unset}}\"; }} >> '{}'\n",
             events.display()
         ),
     );
@@ -323,6 +323,16 @@ fn a_revoked_grant_makes_sign_in_required_notifies_with_the_code_and_recovers() 
         assert!(Instant::now() < deadline, "the hook did not run");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The hook has the environment the daemon was given, not the tunables the daemon
+    // started itself again with (`memory::exec_without_thread_cache`).
+    let given = std::env::var("GLIBC_TUNABLES").unwrap_or_else(|_| "unset".into());
+    assert!(
+        std::fs::read_to_string(&events)
+            .unwrap()
+            .contains(&format!("tunables={given} restarted=unset\n")),
+        "{}",
+        std::fs::read_to_string(&events).unwrap()
+    );
     // `login --no-wait` shows the daemon's code instead of starting a flow of its own.
     let (child, first) = start_login(&env, &["--no-wait"]);
     let (code_status, _, _) = finish(child);
