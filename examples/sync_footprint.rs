@@ -7,10 +7,14 @@
 //! here), then times, with `/usr/bin/time`, a first sync with every statistic fetched
 //! (`statistics_per_cycle` large), an unchanged resync, and, for the largest tenant, the
 //! peak memory of a first sync with the default statistics batch; last it measures the
-//! running daemon's resident memory (all, anonymous, file-backed) idle, 3 s after a first
-//! sync of that tenant asked of it, 3 s after an unchanged resync, and 3 s after it
+//! running daemon's resident memory (all, anonymous, file-backed) idle, then 1 s and 5 s
+//! after a first sync of that tenant asked of it, after an unchanged resync, and after it
 //! drained 10,000 queued mails to the emulated Graph (one cycle, the send bucket raised to
-//! let them all go). `IMM_BENCH_DAEMON_ONLY=1` measures the daemon alone.
+//! let them all go), with the peak of each. The daemon gives memory back at a cycle's end
+//! and again 3 s later, once the cycle's connections are closed; the 5 s figures (and the
+//! idle one, 5 s after start) come after both. `IMM_BENCH_DAEMON_ONLY=1` measures the
+//! daemon alone; `IMM_BENCH_SMAPS=1` lists the resident memory by mapping;
+//! `IMM_BENCH_DAEMON_LOG=FILE` keeps the daemon's log.
 
 #[path = "common/login.rs"]
 mod login;
@@ -134,6 +138,34 @@ fn reset_peak(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
+/// With `IMM_BENCH_SMAPS` set: the process's resident KiB by mapping (file and
+/// permissions, or `[anon]`), largest first, for comparing the idle daemon with itself
+/// after a step.
+fn print_mappings(pid: u32, when: &str) {
+    if std::env::var_os("IMM_BENCH_SMAPS").is_none() {
+        return;
+    }
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first()
+            .is_some_and(|r| r.contains('-') && !r.ends_with(':'))
+        {
+            current = format!("{} {}", f.get(5).copied().unwrap_or("[anon]"), f[1]);
+        } else if f.first() == Some(&"Rss:") {
+            *by.entry(current.clone()).or_default() += f[1].parse::<u64>().unwrap();
+        }
+    }
+    let mut rows: Vec<_> = by.into_iter().filter(|(_, kib)| *kib > 0).collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+    println!("  mappings {when}:");
+    for (m, kib) in rows {
+        println!("    {kib:>6} KiB {m}");
+    }
+}
+
 /// The process's threads now.
 fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -216,17 +248,23 @@ fn main() {
                 "statistics_per_cycle = 0\n\
                  [mail]\ncapacity = 10000\nrefill_every = \"1s\"\ndaily_cap = 1000000\n",
             );
+            // IMM_BENCH_DAEMON_LOG=FILE keeps the daemon's log (IMM_LOG sets its filter).
+            let log = match std::env::var_os("IMM_BENCH_DAEMON_LOG") {
+                Some(f) => Stdio::from(std::fs::File::create(f).unwrap()),
+                None => Stdio::null(),
+            };
             let mut daemon = Command::new(&bin)
                 .arg("run")
                 .env("IMM_HOME", home.path())
                 .env_remove("NOTIFY_SOCKET")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_secs(3));
+            std::thread::sleep(Duration::from_secs(5));
             let idle = rss_kib(daemon.id());
             println!("daemon: idle {}", mb(idle));
+            print_mappings(daemon.id(), "idle");
             for what in ["first sync", "unchanged resync"] {
                 reset_peak(daemon.id());
                 let t0 = Instant::now();
@@ -238,20 +276,21 @@ fn main() {
                     .unwrap();
                 assert!(ok.success());
                 let synced = t0.elapsed();
-                std::thread::sleep(Duration::from_secs(3));
+                std::thread::sleep(Duration::from_secs(1));
                 println!(
-                    "daemon: 3 s after a {what} of {n} ({:.1} s, peak {:.1} MB): {}, {} threads",
+                    "daemon: 1 s after a {what} of {n} ({:.1} s, peak {:.1} MB): {}, {} threads",
                     synced.as_secs_f64(),
                     peak_kib(daemon.id()) as f64 / 1024.0,
                     mb(rss_kib(daemon.id())),
                     threads(daemon.id())
                 );
-                std::thread::sleep(Duration::from_secs(12));
+                std::thread::sleep(Duration::from_secs(4));
                 println!(
-                    "daemon: 15 s after: {}, {} threads",
+                    "daemon: 5 s after: {}, {} threads",
                     mb(rss_kib(daemon.id())),
                     threads(daemon.id())
                 );
+                print_mappings(daemon.id(), &format!("5 s after a {what}"));
             }
             let batch = home.path().join("batch.jsonl");
             std::fs::write(&batch, mail_batch(10_000)).unwrap();
@@ -268,13 +307,16 @@ fn main() {
                 assert!(cmd.status().unwrap().success(), "{args:?}");
             }
             let drained = t0.elapsed();
-            std::thread::sleep(Duration::from_secs(3));
+            std::thread::sleep(Duration::from_secs(1));
             println!(
-                "daemon: 3 s after draining 10000 mails ({:.1} s, peak {:.1} MB): {}",
+                "daemon: 1 s after draining 10000 mails ({:.1} s, peak {:.1} MB): {}",
                 drained.as_secs_f64(),
                 peak_kib(daemon.id()) as f64 / 1024.0,
                 mb(rss_kib(daemon.id()))
             );
+            std::thread::sleep(Duration::from_secs(4));
+            println!("daemon: 5 s after: {}", mb(rss_kib(daemon.id())));
+            print_mappings(daemon.id(), "5 s after the drain");
             let _ = Command::new("kill").arg(daemon.id().to_string()).status();
             let _ = daemon.wait();
         }

@@ -76,6 +76,11 @@ pub fn run(
     store.for_long_running()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Helper threads (name lookups, keychain calls, file reads) end a second after
+        // their last job rather than ten, so they are gone before the daemon gives back
+        // memory after a cycle (`supervisor::SETTLE_AFTER_CYCLE`); a new one costs tens
+        // of microseconds.
+        .thread_keep_alive(Duration::from_secs(1))
         .build()
         .map_err(DaemonError::Runtime)?;
     let result = runtime.block_on(async {

@@ -415,10 +415,55 @@ fn consent_withdrawn_for_exchange_alone_is_not_a_lost_sign_in() {
     );
 }
 
+/// The idle daemon's resident code (KiB) and the size of its code mappings (KiB), and
+/// whether it has `db` mapped, from `/proc/PID/smaps`.
+#[cfg(target_os = "linux")]
+fn daemon_mappings(pid: u32, db: &std::path::Path) -> (u64, u64, bool) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let (mut resident, mut size, mut db_mapped, mut in_code) = (0, 0, false, false);
+    for line in smaps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first()
+            .is_some_and(|r| r.contains('-') && !r.ends_with(':'))
+        {
+            let path = f.get(5).copied().unwrap_or("");
+            db_mapped |= std::path::Path::new(path) == db;
+            in_code = f[1] == "r-xp" && path.ends_with("/imm-daemon");
+            if in_code {
+                let (a, b) = f[0].split_once('-').unwrap();
+                size += (u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap())
+                    / 1024;
+            }
+        } else if in_code && f.first() == Some(&"Rss:") {
+            resident += f[1].parse::<u64>().unwrap();
+        }
+    }
+    (resident, size, db_mapped)
+}
+
+/// Polls `pid`'s mappings until `done` holds of them or 10 s pass; returns the last.
+#[cfg(target_os = "linux")]
+fn mappings_until(
+    pid: u32,
+    db: &std::path::Path,
+    done: impl Fn((u64, u64, bool)) -> bool,
+) -> (u64, u64, bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = daemon_mappings(pid, db);
+        if done(m) || std::time::Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// After a cycle that synced, the idle daemon keeps neither the database mapped (its
 /// connection reads without SQLite's memory map, `Store::for_long_running`) nor most of
 /// the code the sync ran (`memory::release_code`): both would stay in its resident
-/// memory for as long as it idles.
+/// memory for as long as it idles. Memory is given back again once the cycle's
+/// connections are closed; requests answered between cycles (`status`) map code back,
+/// which goes again once no request came for a while.
 #[cfg(target_os = "linux")]
 #[test]
 fn after_a_sync_the_idle_daemon_keeps_neither_the_database_nor_the_syncs_code_mapped() {
@@ -438,46 +483,25 @@ fn after_a_sync_the_idle_daemon_keeps_neither_the_database_nor_the_syncs_code_ma
             && s["last_cycle"]["steps"][2]["status"] == "ok"
     });
     assert_eq!(identities(&env), tenant(&x));
-    // The cycle's end is written before the memory is given back: wait for it.
-    let (mut db_mapped, mut code) = (true, (0, 0));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", daemon.pid())).unwrap();
-        db_mapped = false;
-        code = (0, 0);
-        let mut in_code = false;
-        for line in smaps.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.first()
-                .is_some_and(|r| r.contains('-') && !r.ends_with(':'))
-            {
-                let path = f.get(5).copied().unwrap_or("");
-                db_mapped |= std::path::Path::new(path) == db;
-                in_code = f[1] == "r-xp" && path.ends_with("/imm-daemon");
-                if in_code {
-                    let (a, b) = f[0].split_once('-').unwrap();
-                    code.1 += (u64::from_str_radix(b, 16).unwrap()
-                        - u64::from_str_radix(a, 16).unwrap())
-                        / 1024;
-                }
-            } else if in_code && f.first() == Some(&"Rss:") {
-                code.0 += f[1].parse::<u64>().unwrap();
-            }
-        }
-        println!(
-            "database mapped: {db_mapped}; code resident {} of {} KiB",
-            code.0, code.1
-        );
-        if !db_mapped && code.0 * 2 < code.1 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Memory is given back at the cycle's end and again once its connections are gone
+    // (`SETTLE_AFTER_CYCLE`), with no request asked of the daemon meanwhile.
+    daemon.wait_for_log("memory given back", 1);
+    let (code, size, db_mapped) =
+        mappings_until(daemon.pid(), &db, |(code, size, db)| !db && code * 2 < size);
+    println!("after the sync: code resident {code} of {size} KiB, database mapped: {db_mapped}");
     assert!(!db_mapped, "the idle daemon keeps the database mapped");
     assert!(
-        code.0 * 2 < code.1,
-        "the idle daemon keeps {} of its {} KiB of code mapped",
-        code.0,
-        code.1
+        code * 2 < size,
+        "the idle daemon keeps {code} of its {size} KiB of code mapped"
+    );
+    for _ in 0..3 {
+        status(&env);
+    }
+    let (answered, _, _) = daemon_mappings(daemon.pid(), &db);
+    let (quiet, _, _) = mappings_until(daemon.pid(), &db, |(code, _, _)| code * 4 < answered * 3);
+    println!("code resident after three status requests {answered} KiB, then {quiet} KiB");
+    assert!(
+        quiet * 4 < answered * 3,
+        "the code status ran stays mapped: {answered} KiB, then {quiet} KiB"
     );
 }
