@@ -119,8 +119,9 @@ fn sign_in(
 fn idle(bin: &str, home: &std::path::Path, what: &str) {
     let (child, _) = start(bin, home);
     let pid = child.id();
-    // tokio's blocking-pool threads (name lookups, file reads) end 10 s after their last
-    // task; counting starts once they are gone, so every thread counted lives throughout.
+    // The daemon's blocking-pool threads (name lookups, file reads) end 1 s after their
+    // last task, and it gives memory back again 3 s after a cycle; counting starts well
+    // after both, so every thread counted lives throughout.
     std::thread::sleep(Duration::from_secs(12));
     let (before, _) = switches(pid);
     std::thread::sleep(Duration::from_secs(10));
