@@ -101,18 +101,22 @@ pub enum Event {
     CycleDone(Steps, CycleSummary),
     /// The shutdown grace ran out with the cycle still running.
     GraceOver,
-    /// No request came for [`QUIET_AFTER_REQUESTS`] after the last one answered between
-    /// cycles, or [`SETTLE_AFTER_CYCLE`] passed since a cycle ended: the memory taken
-    /// since the last give-back is given back.
-    Quiet,
+    /// A give-back is due ([`GiveBack`]): the memory taken since the last one goes back.
+    GiveBack,
 }
 
 /// How long after the last request answered between cycles the daemon gives back the
 /// memory the answers took (the code they ran, chiefly: `status` maps back about a
-/// megabyte of it). Long enough that a client polling `status` (a sync's progress, a
-/// monitor) is not slowed by code mapped back at every request, short enough that the
-/// idle daemon is back to its idle figure soon after.
+/// megabyte of it): requests that follow each other closely (a sync's progress bar asks
+/// every 120 ms) do not each map the code back, and the idle daemon is back to its idle
+/// figure soon after the last.
 const QUIET_AFTER_REQUESTS: Duration = Duration::from_secs(2);
+
+/// How long requests can put the give-back off, from the first answered since the last
+/// one: a client that asks more often than [`QUIET_AFTER_REQUESTS`] (a monitor polling
+/// `status` every second) gets the code its requests run mapped back every ten seconds,
+/// and the daemon never holds it longer.
+const MOST_PUT_OFF_BY_REQUESTS: Duration = Duration::from_secs(10);
 
 /// How long after a cycle's end the daemon gives back memory a second time. The first,
 /// at the end, comes before the cycle's connections close: the HTTP pool lets an idle
@@ -122,6 +126,50 @@ const QUIET_AFTER_REQUESTS: Duration = Duration::from_secs(2);
 /// that takes it down and frees its buffers, which after a sync of 100,000 mailboxes
 /// left 1.4 MB of code and 0.5 MB of heap in the idle daemon.
 const SETTLE_AFTER_CYCLE: Duration = Duration::from_secs(2 * crate::http::POOL_IDLE.as_secs() + 1);
+
+/// When the idle daemon gives memory back next, besides at every cycle's end.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct GiveBack {
+    /// [`SETTLE_AFTER_CYCLE`] after the last cycle's end, until then.
+    settle: Option<Instant>,
+    /// [`QUIET_AFTER_REQUESTS`] after the last request answered since the last give-back,
+    /// but no later than [`MOST_PUT_OFF_BY_REQUESTS`] after the first.
+    quiet: Option<Instant>,
+    /// The first request answered since the last give-back.
+    first_request: Option<Instant>,
+}
+
+impl GiveBack {
+    /// The earliest give-back due, if any.
+    fn next(&self) -> Option<Instant> {
+        match (self.settle, self.quiet) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A request was answered (or a reload made) at `now`.
+    fn answered(&mut self, now: Instant) {
+        let first = *self.first_request.get_or_insert(now);
+        self.quiet = Some((now + QUIET_AFTER_REQUESTS).min(first + MOST_PUT_OFF_BY_REQUESTS));
+    }
+
+    /// A cycle ended at `now` (and memory was given back then).
+    fn cycle_ended(&mut self, now: Instant) {
+        self.settle = Some(now + SETTLE_AFTER_CYCLE);
+    }
+
+    /// Memory was given back at `now`: what requests took is back, and so is what a
+    /// cycle left, if its settling time has come. A cycle's settling still to come stays
+    /// due: its connections close after this.
+    fn given(&mut self, now: Instant) {
+        self.quiet = None;
+        self.first_request = None;
+        if self.settle.is_some_and(|t| t <= now) {
+            self.settle = None;
+        }
+    }
+}
 
 /// How the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,9 +245,8 @@ pub struct Supervisor {
     last_tick: Instant,
     running: Option<Running>,
     owed: Owed,
-    /// When the memory that requests answered between cycles took is given back, if any
-    /// were answered since the last time.
-    quiet_at: Option<Instant>,
+    /// When memory is next given back between cycles, if it is due.
+    give_back: GiveBack,
     requests_open: bool,
     signals_open: bool,
     stop_shared: StopShared,
@@ -307,7 +354,7 @@ impl Supervisor {
             shutdown: CancellationToken::new(),
             running: None,
             owed: Owed::default(),
-            quiet_at: None,
+            give_back: GiveBack::default(),
             requests_open: true,
             signals_open: true,
             stop_shared,
@@ -395,9 +442,9 @@ impl Supervisor {
             }
         };
         let heartbeat = &mut self.heartbeat;
-        let quiet_at = self.quiet_at;
-        let quiet = async move {
-            match quiet_at {
+        let give_back_at = self.give_back.next();
+        let give_back = async move {
+            match give_back_at {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
@@ -421,7 +468,7 @@ impl Supervisor {
             t = heartbeat.tick(), if idle => Event::Tick(t),
             _ = sleep_until_due(self.jobs.next_due()), if idle => Event::JobDue,
             _ = self.hub.wake.notified(), if idle => Event::SignInNews,
-            _ = quiet, if idle => Event::Quiet,
+            _ = give_back, if idle => Event::GiveBack,
         }
     }
 
@@ -455,6 +502,8 @@ impl Supervisor {
             }
             Event::Signal(Signal::Reload) => {
                 if idle {
+                    // A reload runs code the idle daemon does not; give it back after.
+                    self.give_back.answered(Instant::now());
                     self.reload(load_config, Vec::new()).await?;
                 } else {
                     self.owed.reload.get_or_insert_with(Vec::new);
@@ -474,11 +523,10 @@ impl Supervisor {
                 self.begin_stop();
             }
             Event::Request(control::Incoming { command, reply }) => {
-                // Counted from the last request; a cycle's end gives back sooner.
-                self.quiet_at = Some(Instant::now() + QUIET_AFTER_REQUESTS);
+                self.give_back.answered(Instant::now());
                 return self.request(command, reply, load_config).await;
             }
-            Event::Quiet => self.give_back_memory(),
+            Event::GiveBack => self.give_back_memory(),
             Event::RequestsClosed => {
                 // The socket server is gone; the daemon goes on without it.
                 tracing::error!("the control socket stopped accepting requests");
@@ -852,7 +900,7 @@ impl Supervisor {
         self.notify(&msgs);
         self.give_back_memory();
         // And again once the cycle's connections and helper threads are gone.
-        self.quiet_at = Some(Instant::now() + SETTLE_AFTER_CYCLE);
+        self.give_back.cycle_ended(Instant::now());
     }
 
     /// Before idling: SQLite's cached pages and the allocator's free pages go back to the
@@ -860,7 +908,7 @@ impl Supervisor {
     /// it uses, not the peak of the work just done (a sync, a drain, an export). The next
     /// cycle reads its few pages again from the system's file cache.
     fn give_back_memory(&mut self) {
-        self.quiet_at = None;
+        self.give_back.given(Instant::now());
         if let Err(e) = self.store.borrow().release_memory() {
             tracing::debug!("cannot release SQLite's cache: {}", crate::error::chain(&e));
         }
@@ -910,6 +958,39 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// When memory is given back between cycles: a request right after a cycle's end does
+    /// not cancel the cycle's own later give-back, requests close together put theirs
+    /// off, but never more than ten seconds past the first.
+    #[test]
+    fn give_backs_come_after_the_cycle_settles_and_after_requests_within_a_bound() {
+        let t0 = Instant::now();
+        let s = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        let mut g = GiveBack::default();
+        assert_eq!(g.next(), None);
+        // A cycle ends at 0 and a progress request comes at 0.1.
+        g.given(s(0.0));
+        g.cycle_ended(s(0.0));
+        g.answered(s(0.1));
+        assert_eq!(g.next(), Some(s(2.1)));
+        g.given(s(2.1));
+        // The cycle's own give-back, once its connections are closed, is still due.
+        assert_eq!(g.next(), Some(s(3.0)));
+        g.given(s(3.0));
+        assert_eq!(g.next(), None);
+        // A monitor polling every second from 10 s on: the give-back comes at 20 s, not
+        // 2 s after a last request that never comes.
+        for i in 0..15 {
+            g.answered(s(10.0 + f64::from(i)));
+            assert!(g.next().unwrap() <= s(20.0));
+        }
+        assert_eq!(g.next(), Some(s(20.0)));
+        g.given(s(20.0));
+        assert_eq!(g.next(), None);
+        // The polling goes on: the next bound counts from the first request after it.
+        g.answered(s(21.0));
+        assert_eq!(g.next(), Some(s(23.0)));
+    }
     use crate::step::{StepError, StepFuture, StepReport};
     use std::path::Path;
     use tokio::sync::{mpsc, oneshot};

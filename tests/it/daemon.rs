@@ -42,6 +42,11 @@ impl Daemon {
         }
     }
 
+    /// Its log so far.
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// How many times `text` is in its log so far.
     pub(crate) fn logged(&self, text: &str) -> usize {
         std::fs::read_to_string(&self.log)
@@ -250,7 +255,9 @@ fn the_daemon_runs_with_glibcs_thread_cache_off_and_keeps_the_users_tunables() {
         assert_eq!(s["pid"], child.id());
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
         assert_eq!(comm.trim_end(), "imm-daemon");
-        // The environment the process was started with. glibc may cut the tunables
+        // The environment the process was started with (`/proc/PID/environ` shows it as
+        // it was at the start again; the tunables put back afterwards are in the C
+        // library's copy, which the sign-in hook test sees). glibc may cut the tunables
         // apart in place as it reads them (2.36 writes a NUL over each `:`), so each
         // tunable is looked for on its own.
         let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();

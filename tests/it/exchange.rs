@@ -484,8 +484,19 @@ fn after_a_sync_the_idle_daemon_keeps_neither_the_database_nor_the_syncs_code_ma
     });
     assert_eq!(identities(&env), tenant(&x));
     // Memory is given back at the cycle's end and again once its connections are gone
-    // (`SETTLE_AFTER_CYCLE`), with no request asked of the daemon meanwhile.
+    // (`SETTLE_AFTER_CYCLE`, 3 s later), with no request asked of the daemon meanwhile.
     daemon.wait_for_log("memory given back", 1);
+    let given: Vec<chrono::DateTime<chrono::FixedOffset>> = daemon
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("memory given back"))
+        .map(|l| chrono::DateTime::parse_from_rfc3339(l.split(' ').next().unwrap()).unwrap())
+        .collect();
+    let apart = (given[1] - given[0]).to_std().unwrap();
+    assert!(
+        apart >= Duration::from_millis(2900) && apart < Duration::from_secs(6),
+        "the second give-back came {apart:?} after the first"
+    );
     let (code, size, db_mapped) =
         mappings_until(daemon.pid(), &db, |(code, size, db)| !db && code * 2 < size);
     println!("after the sync: code resident {code} of {size} KiB, database mapped: {db_mapped}");

@@ -325,7 +325,8 @@ fn a_revoked_grant_makes_sign_in_required_notifies_with_the_code_and_recovers() 
     }
     // The hook has the environment the daemon was given, not the tunables the daemon
     // started itself again with (`memory::exec_without_thread_cache`).
-    let given = std::env::var("GLIBC_TUNABLES").unwrap_or_else(|_| "unset".into());
+    let given = std::env::var_os("GLIBC_TUNABLES")
+        .map_or_else(|| "unset".into(), |v| v.to_string_lossy().into_owned());
     assert!(
         std::fs::read_to_string(&events)
             .unwrap()
