@@ -15,6 +15,8 @@
 
 #[path = "common/login.rs"]
 mod login;
+#[path = "common/procfs.rs"]
+mod procfs;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
@@ -58,15 +60,6 @@ fn stop(mut child: Child) {
         .status()
         .unwrap();
     child.wait().unwrap();
-}
-
-fn proc_field(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc (Linux)");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
 }
 
 /// Context switches of every thread of the process (each thread's own count is in its
@@ -128,10 +121,10 @@ fn idle(bin: &str, home: &std::path::Path, what: &str) {
     let (after, threads) = switches(pid);
     println!(
         "idle, {what}: VmRSS {} kB ({} kB anonymous, {} kB file-backed), VmHWM {} kB, {} context switches in 10 s over its {threads} threads",
-        proc_field(pid, "VmRSS:"),
-        proc_field(pid, "RssAnon:"),
-        proc_field(pid, "RssFile:"),
-        proc_field(pid, "VmHWM:"),
+        procfs::status_kib(pid, "VmRSS:"),
+        procfs::status_kib(pid, "RssAnon:"),
+        procfs::status_kib(pid, "RssFile:"),
+        procfs::status_kib(pid, "VmHWM:"),
         after.saturating_sub(before)
     );
     println!("  {}", breakdown(pid));

@@ -18,6 +18,8 @@
 
 #[path = "common/login.rs"]
 mod login;
+#[path = "common/procfs.rs"]
+mod procfs;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -109,33 +111,20 @@ fn timed(bin: &str, home: &Path, args: &[&str]) -> (f64, u64) {
 
 /// VmRSS, RssAnon and RssFile of a process, in KiB.
 fn rss_kib(pid: u32) -> [u64; 3] {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    ["VmRSS:", "RssAnon:", "RssFile:"].map(|key| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    })
+    ["VmRSS:", "RssAnon:", "RssFile:"].map(|key| procfs::status_kib(pid, key))
 }
 
 /// The process's peak resident memory (VmHWM) in KiB since its start or the last
 /// [`reset_peak`].
 fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    procfs::status_kib(pid, "VmHWM:")
 }
 
 /// Starts the process's peak resident memory again from its current figure.
 fn reset_peak(pid: u32) {
-    // Linux: writing 5 to clear_refs resets VmHWM (the process is ours).
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    // Linux: writing 5 to clear_refs resets VmHWM (the process is ours). A peak that
+    // could not be reset would be reported as the step's, so this must not fail quietly.
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("VmHWM reset");
 }
 
 /// With `IMM_BENCH_SMAPS` set: the process's resident KiB by mapping (file and

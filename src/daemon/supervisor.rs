@@ -958,6 +958,9 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::step::{StepError, StepFuture, StepReport};
+    use std::path::Path;
+    use tokio::sync::{mpsc, oneshot};
 
     /// When memory is given back between cycles: a request right after a cycle's end does
     /// not cancel the cycle's own later give-back, requests close together put theirs
@@ -991,9 +994,6 @@ mod tests {
         g.answered(s(21.0));
         assert_eq!(g.next(), Some(s(23.0)));
     }
-    use crate::step::{StepError, StepFuture, StepReport};
-    use std::path::Path;
-    use tokio::sync::{mpsc, oneshot};
 
     /// What the fixture step saw on one run.
     #[derive(Debug, Clone, PartialEq)]
