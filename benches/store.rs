@@ -15,7 +15,11 @@
 //!   `search_1pct_100k` 1,000 (1 %), both through the search index; `stats_10k` and
 //!   `stats_100k` tally the cache in one pass (targets < 5 ms and < 50 ms for the whole
 //!   command); `stats_kept_10k` and `stats_kept_100k` move tallies an earlier `stats`
-//!   kept an hour before forward to now, as `stats` does when the table has not changed.
+//!   kept an hour before forward to now, as `stats` does when the table has not changed;
+//!   `stats_written_100k` sums the tallies a write of 100 sizes just carried forward.
+//! - `write/sizes_100_kept_100k` and `write/sizes_100_unkept_100k`: the statistics phase's
+//!   write of 100 sizes into the 100,000-mailbox cache, with tallies kept (the write folds
+//!   its changes into them) and with none kept.
 //!
 //! The mailboxes are built before timing starts; opening the database and dropping it
 //! afterwards are not timed. Run with `cargo bench --bench store`; pass a filter such as
@@ -240,6 +244,88 @@ fn read(c: &mut Criterion) {
     // The summary kept by a `stats` at the same instant: nothing moved since.
     keep_at(&mut store10k, now);
     bench_stats(&mut g, "stats_kept_summary_10k", &store10k, true);
+    g.finish();
+    written(c, &mut store100k, now, &cfg);
+}
+
+/// New sizes for the first 100 cached mailboxes, as the statistics phase writes a batch:
+/// `round` 0 and 1 give different sizes, so each write changes every row it names.
+fn sizes_of_100(round: u64) -> Vec<imm_daemon::store::StatisticsResult> {
+    mailboxes(100)
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| imm_daemon::store::StatisticsResult {
+            identity: m.identity,
+            size_bytes: Some((i as u64 + 1) * (1 << 20) * (round + 1)),
+            item_count: Some(10),
+        })
+        .collect()
+}
+
+/// `write/*`: the write of 100 sizes into the 100,000-mailbox cache, with tallies kept
+/// (the write folds its changes into them: `sizes_100_kept_100k`) and with none kept
+/// (`sizes_100_unkept_100k`: the triggers queue nothing); and `read/stats_written_100k`,
+/// the `stats` right after such a write, summing the groups the write carried forward.
+fn written(
+    c: &mut Criterion,
+    store: &mut Store,
+    now: DateTime<Utc>,
+    cfg: &imm_daemon::config::InventoryConfig,
+) {
+    let batches = [sizes_of_100(0), sizes_of_100(1)];
+    let mut round = 0;
+    let mut write = |store: &mut Store| {
+        round += 1;
+        store
+            .write(|tx| tx.store_statistics(&batches[round % 2], now))
+            .expect("sizes written");
+    };
+    // Runs a `stats` and keeps what it offers; says whether it summed kept tallies.
+    let stats = |store: &mut Store| {
+        let got = store.cached_mailbox_summary(now, true, cfg).expect("stats");
+        if let Some(keep) = &got.keep {
+            assert!(
+                store
+                    .write(|tx| tx.keep_mailbox_tallies(keep))
+                    .expect("kept")
+            );
+        }
+        got.from_cache
+    };
+    stats(store);
+    let mut g = c.benchmark_group("write");
+    g.sample_size(30);
+    g.bench_function("sizes_100_kept_100k", |b| b.iter(|| write(store)));
+    g.finish();
+    assert!(stats(store), "the writes carried the tallies");
+    let mut g = c.benchmark_group("read");
+    g.sample_size(30);
+    g.bench_function("stats_written_100k", |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                write(store);
+                let start = std::time::Instant::now();
+                let got = store.cached_mailbox_summary(now, true, cfg).expect("stats");
+                took += start.elapsed();
+                assert!(got.from_cache && !got.from_kept_summary);
+                black_box(got.summary);
+            }
+            took
+        })
+    });
+    g.finish();
+    rusqlite::Connection::open(store.path())
+        .and_then(|db| {
+            db.execute(
+                "UPDATE mailbox_tally_state SET cached_generation = NULL",
+                [],
+            )
+        })
+        .expect("tallies set aside");
+    let mut g = c.benchmark_group("write");
+    g.sample_size(30);
+    g.bench_function("sizes_100_unkept_100k", |b| b.iter(|| write(store)));
     g.finish();
 }
 

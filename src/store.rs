@@ -51,7 +51,7 @@ pub use sync::{
 };
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// `PRAGMA application_id` of an imm-daemon database ("IMMD").
 const APPLICATION_ID: i64 = 0x494d_4d44;
@@ -403,6 +403,7 @@ impl Store {
                     tx.execute_batch(MIGRATION_10).map_err(fail)?;
                 }
                 11 => tx.execute_batch(MIGRATION_11).map_err(fail)?,
+                12 => tx.execute_batch(MIGRATION_12).map_err(fail)?,
                 _ => {
                     return Err(StoreError::Damaged {
                         path: self.path.clone(),
@@ -439,13 +440,9 @@ impl Store {
             let last_audit = tx.last_audit.take();
             if self.mailboxes_changed.swap(false, Ordering::Relaxed) {
                 apply_search_changes(&tx.tx).map_err(StoreError::from)?;
-                // Any cached tallies now describe an older table.
-                tx.tx
-                    .execute(
-                        "UPDATE mailbox_tally_state SET generation = generation + 1",
-                        [],
-                    )
-                    .map_err(StoreError::from)?;
+                // A new generation of the table, which the kept tallies follow when the
+                // changes they were told of are all they need.
+                mailboxes::carry_kept_tallies(&tx.tx).map_err(StoreError::from)?;
             }
             tx.tx.commit().map_err(StoreError::from)?;
             (value, last_audit)
@@ -605,7 +602,9 @@ fn build_mailbox_derived(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()>
 /// Drops what [`build_mailbox_derived`] builds, before a bulk load: rebuilding an index
 /// (a sort) or the search index (one pass) is several times faster than updating it row
 /// by row, and the load and the rebuild are one transaction, so readers never see the
-/// table without them.
+/// table without them. The kept tallies are set aside too: counting the table again is
+/// faster than following half of it or more row by row, and with none kept, the triggers
+/// of [`MIGRATION_12`] queue nothing during the load.
 fn drop_mailbox_derived(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
         "DROP INDEX IF EXISTS idx_mailboxes_smtp;
@@ -616,7 +615,8 @@ fn drop_mailbox_derived(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> 
          DROP INDEX IF EXISTS idx_mailboxes_size_unknown;
          DROP TRIGGER IF EXISTS mailbox_search_insert;
          DROP TRIGGER IF EXISTS mailbox_search_delete;
-         DROP TRIGGER IF EXISTS mailbox_search_update;",
+         DROP TRIGGER IF EXISTS mailbox_search_update;
+         UPDATE mailbox_tally_state SET cached_generation = NULL;",
     )
 }
 
@@ -840,6 +840,64 @@ CREATE TABLE mailbox_tally_cache (
 const MIGRATION_11: &str = "
 ALTER TABLE mailbox_tally_state ADD COLUMN summary TEXT;
 ALTER TABLE mailbox_tally_state ADD COLUMN summary_prices TEXT;
+";
+
+/// Version 12: the kept tallies follow every write instead of being counted again after
+/// it. While tallies are kept for the table's current generation, triggers queue each
+/// changed row's old and new tally columns (a sign, -1 for what left its group and 1 for
+/// what joined one) in `mailbox_tally_pending`; [`Store::write`] folds the queue into the
+/// kept groups before it commits (`store::mailboxes::carry_kept_tallies`) and empties it.
+/// Only the columns the tallies read start a change: a sync that rewrites update times
+/// queues nothing. With no tallies kept (none counted yet, or set aside by a bulk load)
+/// the triggers queue nothing. The index finds a group by its key when a change is folded
+/// in.
+const MIGRATION_12: &str = "
+CREATE TABLE mailbox_tally_pending (
+    sign INTEGER NOT NULL,
+    operating_company TEXT,
+    license_type TEXT,
+    hold_types TEXT,
+    when_soft_deleted TEXT,
+    size_mb REAL,
+    is_inactive INTEGER,
+    auto_expanding_archive INTEGER,
+    external_directory_object_id TEXT
+);
+CREATE INDEX mailbox_tally_groups ON mailbox_tally_cache(company, license, holds, band);
+CREATE TRIGGER mailbox_tally_insert AFTER INSERT ON inactive_mailboxes
+WHEN (SELECT cached_generation = generation FROM mailbox_tally_state)
+BEGIN
+    INSERT INTO mailbox_tally_pending VALUES (1, new.operating_company, new.license_type,
+        new.hold_types, new.when_soft_deleted, new.size_mb, new.is_inactive,
+        new.auto_expanding_archive, new.external_directory_object_id);
+END;
+CREATE TRIGGER mailbox_tally_delete AFTER DELETE ON inactive_mailboxes
+WHEN (SELECT cached_generation = generation FROM mailbox_tally_state)
+BEGIN
+    INSERT INTO mailbox_tally_pending VALUES (-1, old.operating_company, old.license_type,
+        old.hold_types, old.when_soft_deleted, old.size_mb, old.is_inactive,
+        old.auto_expanding_archive, old.external_directory_object_id);
+END;
+CREATE TRIGGER mailbox_tally_update AFTER UPDATE OF operating_company, license_type,
+    hold_types, when_soft_deleted, size_mb, is_inactive, auto_expanding_archive,
+    external_directory_object_id ON inactive_mailboxes
+WHEN (old.operating_company IS NOT new.operating_company
+      OR old.license_type IS NOT new.license_type
+      OR old.hold_types IS NOT new.hold_types
+      OR old.when_soft_deleted IS NOT new.when_soft_deleted
+      OR old.size_mb IS NOT new.size_mb
+      OR old.is_inactive IS NOT new.is_inactive
+      OR old.auto_expanding_archive IS NOT new.auto_expanding_archive
+      OR old.external_directory_object_id IS NOT new.external_directory_object_id)
+    AND (SELECT cached_generation = generation FROM mailbox_tally_state)
+BEGIN
+    INSERT INTO mailbox_tally_pending VALUES (-1, old.operating_company, old.license_type,
+        old.hold_types, old.when_soft_deleted, old.size_mb, old.is_inactive,
+        old.auto_expanding_archive, old.external_directory_object_id);
+    INSERT INTO mailbox_tally_pending VALUES (1, new.operating_company, new.license_type,
+        new.hold_types, new.when_soft_deleted, new.size_mb, new.is_inactive,
+        new.auto_expanding_archive, new.external_directory_object_id);
+END;
 ";
 
 #[cfg(test)]

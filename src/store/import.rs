@@ -171,7 +171,11 @@ impl Tx<'_> {
         self.import_apply_with(staged, BULK_ROWS)
     }
 
-    fn import_apply_with(&mut self, staged: usize, bulk_rows: usize) -> Result<usize, StoreError> {
+    pub(super) fn import_apply_with(
+        &mut self,
+        staged: usize,
+        bulk_rows: usize,
+    ) -> Result<usize, StoreError> {
         let bulk = staged >= bulk_rows && {
             let cached: i64 =
                 self.tx
@@ -326,7 +330,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(derived(&new), derived(&old));
-        assert_eq!(derived(&new).len(), 9, "{:?}", derived(&new));
+        assert_eq!(derived(&new).len(), 12, "{:?}", derived(&new));
         new.conn
             .execute(
                 "INSERT INTO mailbox_search (mailbox_search, rank) VALUES ('integrity-check', 1)",

@@ -612,6 +612,144 @@ struct Move {
     is: Counts,
 }
 
+/// What [`carry_kept_tallies`] made of a write's changes.
+enum Carry {
+    /// The kept groups do not follow: none are kept for the generation written, or a
+    /// change cannot be placed in its group by the kept instant.
+    No,
+    /// They follow, unchanged (the changes cancelled out): so does their summary.
+    Unchanged,
+    /// They follow, changed.
+    Changed,
+}
+
+/// Ends a write that changed cached mailboxes (from [`Store::write`], before it commits):
+/// starts a new generation of the table and, when tallies are kept for the generation
+/// written, folds the changes the triggers of schema version 12 queued into them, so
+/// they stand for the new generation. Each queued row's group is its group at the kept
+/// instant, so the groups remain the table as of that instant and `stats` moves them to
+/// its own as it does for groups kept by a count. A change whose deletion date is not in
+/// the program's form, or a group that would count below zero (tallies that were not the
+/// table's), sets the kept tallies aside instead: the next `stats` counts again.
+pub(super) fn carry_kept_tallies(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let (generation, cached, as_of, key): (i64, Option<i64>, Option<String>, Option<String>) = conn
+        .query_row(
+            "SELECT generation, cached_generation, as_of, summary_prices
+             FROM mailbox_tally_state",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+    let kept_at = as_of.as_deref().and_then(crate::time::parse);
+    let carry = match kept_at {
+        Some(at) if cached == Some(generation) => fold_pending(conn, at)?,
+        _ => Carry::No,
+    };
+    conn.execute("DELETE FROM mailbox_tally_pending", [])?;
+    let next = generation + 1;
+    match carry {
+        Carry::No => conn.execute(
+            "UPDATE mailbox_tally_state SET generation = ?1",
+            params![next],
+        )?,
+        Carry::Unchanged => {
+            // The same groups have the same summary; its key names the new generation.
+            let key = key.and_then(|k| rekey(&k, generation, next));
+            conn.execute(
+                "UPDATE mailbox_tally_state
+                 SET generation = ?1, cached_generation = ?1, summary_prices = ?2,
+                     summary = CASE WHEN ?2 IS NULL THEN NULL ELSE summary END",
+                params![next, key],
+            )?
+        }
+        Carry::Changed => conn.execute(
+            "UPDATE mailbox_tally_state
+             SET generation = ?1, cached_generation = ?1, summary = NULL,
+                 summary_prices = NULL",
+            params![next],
+        )?,
+    };
+    Ok(())
+}
+
+/// Folds the queued changes into the kept groups, each in its group as of `at`.
+fn fold_pending(conn: &rusqlite::Connection, at: DateTime<Utc>) -> rusqlite::Result<Carry> {
+    let ages = Ages::new(at);
+    let mut changes: foldhash::HashMap<GroupKey, Counts> = foldhash::HashMap::default();
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {TALLY_COLUMNS}, sign FROM mailbox_tally_pending"
+    ))?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let deleted = text(r, 3)?;
+        if deleted.is_some_and(|d| !is_stamp_millis(d)) {
+            return Ok(Carry::No);
+        }
+        let (band, old_enough) = ages.of(deleted);
+        let key = GroupKey {
+            company: r.get(0)?,
+            license: r.get(1)?,
+            holds: hold_bits(text(r, 2)?),
+            band,
+        };
+        let sign: i64 = r.get(8)?;
+        changes
+            .entry(key)
+            .or_default()
+            .add(&row_counts(r, old_enough)?, if sign < 0 { -1 } else { 1 });
+    }
+    drop(rows);
+    changes.retain(|_, c| *c != Counts::default());
+    if changes.is_empty() {
+        return Ok(Carry::Unchanged);
+    }
+    let mut update = conn.prepare_cached(
+        "UPDATE mailbox_tally_cache
+         SET count = count + ?5, recovery_eligible = recovery_eligible + ?6,
+             size_mb = size_mb + ?7, size_unknown = size_unknown + ?8
+         WHERE company IS ?1 AND license IS ?2 AND holds = ?3 AND band = ?4",
+    )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO mailbox_tally_cache (company, license, holds, band, count,
+             recovery_eligible, size_mb, size_unknown)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for (k, c) in &changes {
+        let p = params![
+            k.company,
+            k.license,
+            k.holds,
+            k.band,
+            c.count,
+            c.recovery_eligible,
+            c.size_mb,
+            c.size_unknown
+        ];
+        if update.execute(p)? == 0 {
+            insert.execute(p)?;
+        }
+    }
+    let impossible: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM mailbox_tally_cache
+                        WHERE count < 0 OR recovery_eligible < 0 OR size_unknown < 0
+                           OR recovery_eligible > count OR size_unknown > count)",
+        [],
+        |r| r.get(0),
+    )?;
+    if impossible {
+        return Ok(Carry::No);
+    }
+    conn.execute("DELETE FROM mailbox_tally_cache WHERE count = 0", [])?;
+    Ok(Carry::Changed)
+}
+
+/// A kept summary's key ([`summary_key`]) for generation `to`, when it is the key of
+/// generation `from`.
+fn rekey(key: &str, from: i64, to: i64) -> Option<String> {
+    let (form, rest) = key.split_once(' ')?;
+    let (generation, tail) = rest.split_once(' ')?;
+    (generation.parse::<i64>().ok()? == from).then(|| format!("{form} {to} {tail}"))
+}
+
 /// The search index query for rows holding every three-character run of `text` (already
 /// folded), or `None` when `text` is shorter than that. Each run is quoted, so the
 /// search text's own quotes and operators are just characters.
@@ -776,7 +914,10 @@ impl Tx<'_> {
             )?;
             return Ok(n == 1);
         };
-        self.tx.execute("DELETE FROM mailbox_tally_cache", [])?;
+        self.tx.execute_batch(
+            "DELETE FROM mailbox_tally_cache;
+             DELETE FROM mailbox_tally_pending;",
+        )?;
         let mut insert = self.tx.prepare_cached(
             "INSERT INTO mailbox_tally_cache (company, license, holds, band, count,
                  recovery_eligible, size_mb, size_unknown)
@@ -879,7 +1020,8 @@ impl Store {
     }
 
     /// The summary of `mailboxes stats` as of `now`, priced by `cfg`: summed from the
-    /// tallies an earlier run kept when the table has not changed since, moved forward to
+    /// tallies an earlier run kept (which every write since carried forward, see
+    /// [`carry_kept_tallies`]) when they stand for the table's generation, moved forward to
     /// `now` by re-banding only the mailboxes whose age crossed a band's first day or the
     /// recovery age in between (found through the index of deletion dates), so the cost
     /// is the number of groups, not of mailboxes. When none crossed and the price table is
@@ -1698,32 +1840,44 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         );
         let now = now - chrono::Duration::hours(1);
         assert!(stats(&mut store, now).0);
-        // Every kind of write starts a new generation.
+        // Every kind of write carries the kept tallies to its new generation: the next
+        // `stats` sums them (and keeps the sum) without counting.
         ms[5].operating_company = Some("Moved Ltd".into());
         store.write(|tx| tx.upsert_mailbox(&ms[5])).unwrap();
-        assert_eq!(stats(&mut store, now), (false, true), "an upsert");
-        assert!(stats(&mut store, now).0);
+        assert_eq!(stats(&mut store, now), (true, true), "an upsert");
+        assert_eq!(stats(&mut store, now), (true, false));
+        // A write the tallies do not read keeps the summary too.
+        store.write(|tx| tx.upsert_mailbox(&ms[5])).unwrap();
+        let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
+        assert!(got.from_kept_summary, "an unchanged upsert");
         let id = ms[6].identity.clone();
         assert!(store.write(|tx| tx.delete_mailbox(&id)).unwrap());
-        assert_eq!(stats(&mut store, now), (false, true), "a deletion");
+        assert_eq!(stats(&mut store, now), (true, true), "a deletion");
         let bulk: Vec<_> = (5000..5400).map(mailbox).collect();
         store.write(|tx| tx.upsert_mailboxes(&bulk)).unwrap();
-        assert_eq!(stats(&mut store, now), (false, true), "a bulk load");
-        // Counted, then another process writes before they are kept: not kept.
+        assert_eq!(stats(&mut store, now), (true, true), "400 new rows");
+        // Summed, then another process writes before the sum is kept: not kept.
+        ms[8].size_mb = Some(7.25);
         store.write(|tx| tx.upsert_mailbox(&ms[8])).unwrap();
-        let counted = store
+        let summed = store
             .cached_mailbox_summary(now, true, &cfg)
             .unwrap()
             .keep
-            .expect("counted");
+            .expect("summed");
         let mut other = Store::open(store.path()).unwrap();
         other
             .write(|tx| tx.delete_mailbox(&ms[7].identity))
             .unwrap();
-        assert!(!store.write(|tx| tx.keep_mailbox_tallies(&counted)).unwrap());
-        assert_eq!(stats(&mut store, now), (false, true), "the other's write");
+        assert!(!store.write(|tx| tx.keep_mailbox_tallies(&summed)).unwrap());
+        assert_eq!(stats(&mut store, now), (true, true), "the other's write");
         store.write(|tx| tx.clear_mailboxes()).unwrap();
-        assert_eq!(stats(&mut store, now), (false, true), "a clear");
+        assert_eq!(stats(&mut store, now), (true, true), "a clear");
+        // A bulk load sets them aside (an import of half the table or more).
+        store.import_begin().unwrap();
+        store.import_stage(&ms).unwrap();
+        store.write(|tx| tx.import_apply_with(ms.len(), 1)).unwrap();
+        store.import_end().unwrap();
+        assert_eq!(stats(&mut store, now), (false, true), "a bulk load");
         // Dates in the original tool's form, written outside `Store::write`: counted
         // every time, never kept.
         store.write(|tx| tx.upsert_mailboxes(&ms)).unwrap();
@@ -1737,6 +1891,266 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         assert_eq!(stats(&mut store, now), (false, false));
         store.write(|tx| tx.upsert_mailbox(&ms[1])).unwrap();
         assert_eq!(stats(&mut store, now), (false, false));
+    }
+
+    /// The kept groups as a count of the table gives them at the kept instant (sizes to
+    /// within rounding: added in another order).
+    fn assert_kept_groups_are_a_count(store: &Store) {
+        let (cached, generation, as_of): (Option<i64>, i64, String) = store
+            .conn
+            .query_row(
+                "SELECT cached_generation, generation, as_of FROM mailbox_tally_state",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(cached, Some(generation), "kept for the current generation");
+        let at = crate::time::parse(&as_of).unwrap();
+        let kept = store.kept_groups().unwrap();
+        let counted = store.tally_pass(at).unwrap().0;
+        let mut kept_keys: Vec<_> = kept.0.keys().cloned().collect();
+        let mut counted_keys: Vec<_> = counted.0.keys().cloned().collect();
+        let order = |a: &GroupKey, b: &GroupKey| {
+            (&a.company, &a.license, a.holds, a.band)
+                .cmp(&(&b.company, &b.license, b.holds, b.band))
+        };
+        kept_keys.sort_by(order);
+        counted_keys.sort_by(order);
+        assert_eq!(kept_keys, counted_keys);
+        for (k, want) in &counted.0 {
+            let got = &kept.0[k];
+            assert_eq!(
+                (got.count, got.recovery_eligible, got.size_unknown),
+                (want.count, want.recovery_eligible, want.size_unknown),
+                "{k:?}"
+            );
+            assert!(
+                (got.size_mb - want.size_mb).abs() <= 1e-9 * want.size_mb.abs().max(1.0),
+                "{k:?}: {} {}",
+                got.size_mb,
+                want.size_mb
+            );
+        }
+        let pending: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM mailbox_tally_pending", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(pending, 0, "no change is left queued");
+    }
+
+    /// Random writes of every kind the program makes (upserts changing any field the
+    /// tallies read, new rows, deletions, sizes written by the statistics phase, writes the
+    /// tallies do not read, removal of absent rows) with the clock moving between them:
+    /// after each, the kept groups are what a count gives, and `stats` sums them without
+    /// counting.
+    #[test]
+    fn kept_tallies_follow_random_writes_as_a_count_would() {
+        use crate::inventory::summarize;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let cfg = crate::config::InventoryConfig::default();
+        let mut now = test_now();
+        let varied = varied_mailboxes(now);
+        let mut ms: Vec<_> = varied[..600].to_vec();
+        store.write(|tx| tx.upsert_mailboxes(&ms)).unwrap();
+        let keep = store
+            .cached_mailbox_summary(now, true, &cfg)
+            .unwrap()
+            .keep
+            .unwrap();
+        assert!(store.write(|tx| tx.keep_mailbox_tallies(&keep)).unwrap());
+        let mut rng = 0x7a11_u64;
+        let mut pick = |n: usize| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 33) as usize % n
+        };
+        let mut next_id = 20_000;
+        for step in 0..300 {
+            match pick(8) {
+                // Fields of a few mailboxes take values of other varied mailboxes.
+                0..=2 => {
+                    let n = 1 + pick(20);
+                    let mut changed = Vec::new();
+                    for _ in 0..n {
+                        let i = pick(ms.len());
+                        let from = &varied[pick(varied.len())];
+                        let m = &mut ms[i];
+                        match pick(8) {
+                            0 => m.operating_company = from.operating_company.clone(),
+                            1 => m.license_type = from.license_type.clone(),
+                            2 => m.hold_types = from.hold_types.clone(),
+                            3 => m.when_soft_deleted = from.when_soft_deleted,
+                            4 => m.size_mb = from.size_mb,
+                            5 => m.is_inactive = from.is_inactive,
+                            6 => m.auto_expanding_archive = from.auto_expanding_archive,
+                            _ => {
+                                m.external_directory_object_id =
+                                    from.external_directory_object_id.clone()
+                            }
+                        }
+                        changed.push(m.clone());
+                    }
+                    store.write(|tx| tx.upsert_mailboxes(&changed)).unwrap();
+                }
+                3 => {
+                    let mut m = varied[pick(varied.len())].clone();
+                    next_id += 1;
+                    m.identity = mailbox(next_id).identity;
+                    store.write(|tx| tx.upsert_mailbox(&m)).unwrap();
+                    ms.push(m);
+                }
+                4 if ms.len() > 1 => {
+                    let m = ms.swap_remove(pick(ms.len()));
+                    assert!(store.write(|tx| tx.delete_mailbox(&m.identity)).unwrap());
+                }
+                // Sizes, as the statistics phase writes them.
+                5 => {
+                    let results: Vec<_> = (0..1 + pick(30))
+                        .map(|_| {
+                            let i = pick(ms.len());
+                            let bytes =
+                                [None, Some(0), Some(1_572_864), Some(3_000_000_007)][pick(4)];
+                            ms[i].size_mb = bytes.map(crate::inventory::bytes_to_mb);
+                            crate::store::StatisticsResult {
+                                identity: ms[i].identity.clone(),
+                                size_bytes: bytes,
+                                item_count: Some(3),
+                            }
+                        })
+                        .collect();
+                    store
+                        .write(|tx| tx.store_statistics(&results, now))
+                        .unwrap();
+                }
+                // Nothing the tallies read.
+                6 => {
+                    let m = ms[pick(ms.len())].clone();
+                    store.write(|tx| tx.upsert_mailbox(&m)).unwrap();
+                }
+                // The clock moves (up to two days), and `stats` keeps what it summed.
+                _ => {
+                    now += chrono::Duration::milliseconds(pick(172_800_000) as i64);
+                    let as_of: String = store
+                        .conn
+                        .query_row("SELECT as_of FROM mailbox_tally_state", [], |r| r.get(0))
+                        .unwrap();
+                    let kept_at = crate::time::parse(&as_of).unwrap();
+                    let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
+                    // Tallies older than the catch-up limit are counted again.
+                    assert_eq!(
+                        got.from_cache,
+                        now - kept_at <= CATCH_UP_LIMIT,
+                        "step {step}"
+                    );
+                    assert_same_summary(
+                        &got.summary,
+                        &summarize(store.mailbox_tallies(now).unwrap(), &cfg),
+                    );
+                    if let Some(keep) = &got.keep {
+                        assert!(store.write(|tx| tx.keep_mailbox_tallies(keep)).unwrap());
+                    }
+                }
+            }
+            assert_kept_groups_are_a_count(&store);
+        }
+        // Removing what a sync no longer lists.
+        let listed: Vec<_> = ms.iter().step_by(3).cloned().collect();
+        store
+            .write(|tx| tx.remove_absent_mailboxes(&listed, &serde_json::json!({}), now))
+            .unwrap();
+        assert_kept_groups_are_a_count(&store);
+        let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
+        assert!(got.from_cache);
+        assert_same_summary(
+            &got.summary,
+            &summarize(store.mailbox_tallies(now).unwrap(), &cfg),
+        );
+    }
+
+    /// Tallies a write did not fold in are counted again: a write by a build that knows
+    /// nothing of the queue (it starts a new generation and leaves its queued changes),
+    /// a change whose date is not in the program's form, and kept tallies that were not
+    /// the table's (a group would count below zero).
+    #[test]
+    fn kept_tallies_not_carried_are_counted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let cfg = crate::config::InventoryConfig::default();
+        let now = test_now();
+        let mut ms = varied_mailboxes(now);
+        store.write(|tx| tx.upsert_mailboxes(&ms)).unwrap();
+        let stats = |store: &mut Store| {
+            let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
+            if let Some(keep) = &got.keep {
+                assert!(store.write(|tx| tx.keep_mailbox_tallies(keep)).unwrap());
+            }
+            got.from_cache
+        };
+        assert!(!stats(&mut store));
+        assert!(stats(&mut store));
+        // An older build's write, from another connection.
+        let other = rusqlite::Connection::open(store.path()).unwrap();
+        other
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 UPDATE inactive_mailboxes SET operating_company = 'Elsewhere' WHERE rowid <= 40;
+                 UPDATE mailbox_tally_state SET generation = generation + 1;
+                 COMMIT;",
+            )
+            .unwrap();
+        assert!(!stats(&mut store), "an older build's write");
+        assert_kept_groups_are_a_count(&store);
+        ms[0].size_mb = Some(99.0);
+        store.write(|tx| tx.upsert_mailbox(&ms[0])).unwrap();
+        assert!(stats(&mut store), "carried again");
+        assert_kept_groups_are_a_count(&store);
+        // A date in the original tool's form, written in a transaction of the program.
+        store
+            .write(|tx| {
+                tx.tx.execute(
+                    "UPDATE inactive_mailboxes SET when_soft_deleted = '1/1/2024 12:00:00 AM'
+                     WHERE rowid = 3",
+                    [],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert!(!stats(&mut store), "a date not in the program's form");
+        store.write(|tx| tx.upsert_mailboxes(&ms)).unwrap();
+        assert!(!stats(&mut store), "counted again");
+        assert!(stats(&mut store));
+        // Kept tallies one short of the table: the deletion of the group's last mailboxes
+        // would take it below zero.
+        other
+            .execute_batch(
+                "UPDATE mailbox_tally_cache SET count = count - 1
+                 WHERE rowid = (SELECT min(rowid) FROM mailbox_tally_cache)",
+            )
+            .unwrap();
+        let (company, license): (Option<String>, Option<String>) = other
+            .query_row(
+                "SELECT company, license FROM mailbox_tally_cache
+                 WHERE rowid = (SELECT min(rowid) FROM mailbox_tally_cache)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        store
+            .write(|tx| {
+                tx.tx.execute(
+                    "DELETE FROM inactive_mailboxes
+                     WHERE operating_company IS ?1 AND license_type IS ?2",
+                    params![company, license],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert!(!stats(&mut store), "a group below zero");
+        assert_kept_groups_are_a_count(&store);
     }
 
     /// Search through the index finds what a scan finds, for texts of every length and

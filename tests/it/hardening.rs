@@ -298,7 +298,7 @@ fn any_schema_version_in_the_header_gives_the_damaged_error_never_a_panic() {
         assert!(err.contains(&v.to_string()), "{v}: {err}");
     }
     // A version a little beyond this build's is a newer imm-daemon's, not damage.
-    set_user_version(&env, 12);
+    set_user_version(&env, imm_daemon::store::SCHEMA_VERSION + 1);
     let err = env.fails(&["mailboxes", "list"], 69);
     assert!(err.contains("newer imm-daemon"), "{err}");
 }

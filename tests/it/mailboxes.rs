@@ -247,6 +247,78 @@ fn stats_by_company_hold_and_age() {
     );
 }
 
+/// After a write, `stats` sums the tallies the write carried forward, with the write's
+/// changes in them, and answers what a count of the table answers: after a merge import
+/// that moves a mailbox to another company, puts it on hold and changes its size, and
+/// after a snapshot import that removes one.
+#[test]
+fn stats_after_a_write_sum_the_tallies_it_carried() {
+    let env = seeded();
+    let stats = |env: &Env| {
+        let mut v = env.json(&["mailboxes", "stats"]);
+        let tallies = v["cache"]["tallies"].as_str().unwrap().to_string();
+        // What differs between two answers on the same table.
+        v["cache"].as_object_mut().unwrap().remove("tallies");
+        v["cache"]
+            .as_object_mut()
+            .unwrap()
+            .remove("file_size_bytes");
+        (tallies, v)
+    };
+    // What a count gives: the tallies kept are set aside first, as a write they were
+    // not told of does.
+    let counted = |env: &Env| {
+        env.open_db()
+            .execute(
+                "UPDATE mailbox_tally_state SET generation = generation + 1",
+                [],
+            )
+            .unwrap();
+        let (how, v) = stats(env);
+        assert_eq!(how, "counted");
+        v
+    };
+    assert_eq!(stats(&env).0, "counted");
+    assert_eq!(stats(&env).0, "kept");
+    let mut ben = record(G2, "Ben Baker", "ben@contoso.com", days_ago_ms(10));
+    ben["InPlaceHolds"] = json!(["UniH0123"]);
+    ben["LitigationHoldEnabled"] = json!(true);
+    ben["LicenseType"] = json!("E3");
+    ben["CustomAttribute1"] = json!("Fabrikam");
+    ben["TotalItemSize"] = json!("5 MB (5,242,880 bytes)");
+    let file = env.write("ben.json", serde_json::to_vec(&[&ben]).unwrap());
+    env.ok(&["mailboxes", "import", "--merge", file.to_str().unwrap()]);
+    let (how, carried) = stats(&env);
+    assert_eq!(how, "kept", "the merge carried the tallies");
+    assert_eq!(
+        carried["by_company"],
+        json!([
+            {"key": "Contoso", "count": 1, "monthly_cost": 57.0, "size_mb": 2.0},
+            {"key": "Fabrikam", "count": 2, "monthly_cost": 36.0, "size_mb": 5.0},
+        ]),
+        "{carried}"
+    );
+    assert_eq!(carried, counted(&env));
+    // A snapshot without Cat (the count above kept its tallies).
+    let mut ann = record(G1, "Ann Archer", "ann@contoso.com", days_ago_ms(400));
+    ann["LitigationHoldEnabled"] = json!(true);
+    ann["LicenseType"] = json!("E5");
+    ann["CustomAttribute1"] = json!("Contoso");
+    ann["TotalItemSize"] = json!("2 MB (2,097,152 bytes)");
+    ann["ItemCount"] = json!(20);
+    let file = env.write("snapshot.json", serde_json::to_vec(&[&ann, &ben]).unwrap());
+    env.ok(&[
+        "mailboxes",
+        "import",
+        "--allow-removals",
+        file.to_str().unwrap(),
+    ]);
+    let (how, carried) = stats(&env);
+    assert_eq!(how, "kept", "the snapshot carried the tallies");
+    assert_eq!(carried["count"], 2, "{carried}");
+    assert_eq!(carried, counted(&env));
+}
+
 #[test]
 fn export_writes_private_files_and_is_audited() {
     let env = seeded();
