@@ -615,9 +615,20 @@ fn drop_mailbox_derived(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> 
          DROP INDEX IF EXISTS idx_mailboxes_size_unknown;
          DROP TRIGGER IF EXISTS mailbox_search_insert;
          DROP TRIGGER IF EXISTS mailbox_search_delete;
-         DROP TRIGGER IF EXISTS mailbox_search_update;
-         UPDATE mailbox_tally_state SET cached_generation = NULL;",
+         DROP TRIGGER IF EXISTS mailbox_search_update;",
+    )?;
+    set_kept_tallies_aside(tx)
+}
+
+/// Sets the kept `stats` tallies aside ahead of a write that changes much of the table:
+/// following each change costs more than counting again at the next `stats`, and with
+/// none kept, the triggers of [`MIGRATION_12`] queue nothing.
+fn set_kept_tallies_aside(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE mailbox_tally_state SET cached_generation = NULL",
+        [],
     )
+    .map(drop)
 }
 
 /// Version 1: the original design's tables, columns and indexes. `IF NOT EXISTS` adopts a

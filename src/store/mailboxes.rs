@@ -10,11 +10,13 @@ use serde::Serialize;
 use super::raw::{Param, RawStatement};
 use super::{Store, StoreError, Tx};
 use crate::config::InventoryConfig;
+use crate::config::Price;
 use crate::inventory::{
     AGE_BANDS, HoldType, InactiveMailbox, RECOVERY_MIN_AGE_DAYS, Summary, Tally, age_days,
     parse_ps_date, recovery_eligible, summarize,
 };
 use crate::time::{push_stamp_millis, stamp_millis};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 fn parse_date(s: Option<String>) -> Option<DateTime<Utc>> {
@@ -646,22 +648,43 @@ pub(super) fn carry_kept_tallies(conn: &rusqlite::Connection) -> rusqlite::Resul
     };
     conn.execute("DELETE FROM mailbox_tally_pending", [])?;
     let next = generation + 1;
-    match carry {
-        Carry::No => conn.execute(
+    if matches!(carry, Carry::No) {
+        conn.execute(
             "UPDATE mailbox_tally_state SET generation = ?1",
             params![next],
-        )?,
-        Carry::Unchanged => {
-            // The same groups have the same summary; its key names the new generation.
-            let key = key.and_then(|k| rekey(&k, generation, next));
-            conn.execute(
-                "UPDATE mailbox_tally_state
-                 SET generation = ?1, cached_generation = ?1, summary_prices = ?2,
-                     summary = CASE WHEN ?2 IS NULL THEN NULL ELSE summary END",
-                params![next, key],
-            )?
+        )?;
+        return Ok(());
+    }
+    // The kept summary's price table, when the summary is of the groups carried.
+    let as_of = as_of.unwrap_or_default();
+    let priced = key
+        .as_deref()
+        .and_then(key_parts)
+        .filter(|(g, at, _)| *g == generation && *at == as_of)
+        .map(|(_, _, prices)| InventoryConfig {
+            prices,
+            ..InventoryConfig::default()
+        });
+    let summary = match (&carry, priced) {
+        // The same groups have the same summary; its key names the new generation.
+        (Carry::Unchanged, Some(cfg)) => Some((None, summary_key(next, &as_of, &cfg))),
+        // New groups are summed again with the kept summary's prices (the only part of
+        // the configuration a summary depends on), so that the next `stats` with the
+        // same price table reads the summary instead of the groups.
+        (Carry::Changed, Some(cfg)) => {
+            let summary = summarize(read_kept_groups(conn)?.into_tallies(), &cfg);
+            keepable(&summary).map(|text| (Some(text), summary_key(next, &as_of, &cfg)))
         }
-        Carry::Changed => conn.execute(
+        _ => None,
+    };
+    match summary {
+        Some((text, key)) => conn.execute(
+            "UPDATE mailbox_tally_state
+             SET generation = ?1, cached_generation = ?1, summary_prices = ?2,
+                 summary = coalesce(?3, summary)",
+            params![next, key, text],
+        )?,
+        None => conn.execute(
             "UPDATE mailbox_tally_state
              SET generation = ?1, cached_generation = ?1, summary = NULL,
                  summary_prices = NULL",
@@ -669,6 +692,38 @@ pub(super) fn carry_kept_tallies(conn: &rusqlite::Connection) -> rusqlite::Resul
         )?,
     };
     Ok(())
+}
+
+/// The groups kept by the last run that kept any.
+fn read_kept_groups(conn: &rusqlite::Connection) -> rusqlite::Result<Groups> {
+    let mut st = conn.prepare_cached(
+        "SELECT company, license, holds, band, count, recovery_eligible, size_mb,
+                size_unknown
+         FROM mailbox_tally_cache",
+    )?;
+    // Room for as many groups as are kept, and no more: the map is touched page by
+    // page as it fills, and room for 4,096 groups (720 KB) cost about 0.3 ms of page
+    // faults for the 1,272 of a 10,000-mailbox cache.
+    let kept: i64 = conn.query_row("SELECT count(*) FROM mailbox_tally_cache", [], |r| r.get(0))?;
+    let mut rows = st.query([])?;
+    let mut groups = Groups::default();
+    groups.0.reserve(usize::try_from(kept).unwrap_or(0));
+    while let Some(r) = rows.next()? {
+        let key = GroupKey {
+            company: r.get(0)?,
+            license: r.get(1)?,
+            holds: r.get(2)?,
+            band: r.get(3)?,
+        };
+        let counts = Counts {
+            count: r.get(4)?,
+            recovery_eligible: r.get(5)?,
+            size_mb: r.get(6)?,
+            size_unknown: r.get(7)?,
+        };
+        groups.0.insert(key, counts);
+    }
+    Ok(groups)
 }
 
 /// Folds the queued changes into the kept groups, each in its group as of `at`.
@@ -742,12 +797,17 @@ fn fold_pending(conn: &rusqlite::Connection, at: DateTime<Utc>) -> rusqlite::Res
     Ok(Carry::Changed)
 }
 
-/// A kept summary's key ([`summary_key`]) for generation `to`, when it is the key of
-/// generation `from`.
-fn rekey(key: &str, from: i64, to: i64) -> Option<String> {
-    let (form, rest) = key.split_once(' ')?;
-    let (generation, tail) = rest.split_once(' ')?;
-    (generation.parse::<i64>().ok()? == from).then(|| format!("{form} {to} {tail}"))
+/// The generation, instant and price table a kept summary's key ([`summary_key`]) names,
+/// when it is of this build's form.
+fn key_parts(key: &str) -> Option<(i64, &str, BTreeMap<String, Price>)> {
+    let mut parts = key.splitn(4, ' ');
+    if parts.next()?.parse::<u32>().ok()? != SUMMARY_FORM {
+        return None;
+    }
+    let generation = parts.next()?.parse().ok()?;
+    let as_of = parts.next()?;
+    let prices = serde_json::from_str(parts.next()?).ok()?;
+    Some((generation, as_of, prices))
 }
 
 /// The search index query for rows holding every three-character run of `text` (already
@@ -1197,36 +1257,7 @@ impl Store {
 
     /// The groups kept by the last run that kept any.
     fn kept_groups(&self) -> Result<Groups, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT company, license, holds, band, count, recovery_eligible, size_mb,
-                    size_unknown
-             FROM mailbox_tally_cache",
-        )?;
-        // Room for as many groups as are kept, and no more: the map is touched page by
-        // page as it fills, and room for 4,096 groups (720 KB) cost about 0.3 ms of page
-        // faults for the 1,272 of a 10,000-mailbox cache.
-        let kept: i64 =
-            self.conn
-                .query_row("SELECT count(*) FROM mailbox_tally_cache", [], |r| r.get(0))?;
-        let mut rows = st.query([])?;
-        let mut groups = Groups::default();
-        groups.0.reserve(usize::try_from(kept).unwrap_or(0));
-        while let Some(r) = rows.next()? {
-            let key = GroupKey {
-                company: r.get(0)?,
-                license: r.get(1)?,
-                holds: r.get(2)?,
-                band: r.get(3)?,
-            };
-            let counts = Counts {
-                count: r.get(4)?,
-                recovery_eligible: r.get(5)?,
-                size_mb: r.get(6)?,
-                size_unknown: r.get(7)?,
-            };
-            groups.0.insert(key, counts);
-        }
-        Ok(groups)
+        Ok(read_kept_groups(&self.conn)?)
     }
 
     /// The mailboxes that change group between `then` and `now`: those whose deletion
@@ -1840,25 +1871,56 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         );
         let now = now - chrono::Duration::hours(1);
         assert!(stats(&mut store, now).0);
-        // Every kind of write carries the kept tallies to its new generation: the next
-        // `stats` sums them (and keeps the sum) without counting.
+        // Every kind of write carries the kept tallies to its new generation, and their
+        // summary, summed again with the price table it was kept with: the next `stats`
+        // with that table reads the summary, counting nothing and summing nothing.
         ms[5].operating_company = Some("Moved Ltd".into());
         store.write(|tx| tx.upsert_mailbox(&ms[5])).unwrap();
-        assert_eq!(stats(&mut store, now), (true, true), "an upsert");
-        assert_eq!(stats(&mut store, now), (true, false));
-        // A write the tallies do not read keeps the summary too.
+        assert_eq!(stats(&mut store, now), (true, false), "an upsert");
+        let kept_summary = |store: &Store, cfg: &InventoryConfig| {
+            store
+                .cached_mailbox_summary(now, true, cfg)
+                .unwrap()
+                .from_kept_summary
+        };
+        assert!(kept_summary(&store, &cfg));
+        // A write the tallies do not read.
         store.write(|tx| tx.upsert_mailbox(&ms[5])).unwrap();
-        let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
-        assert!(got.from_kept_summary, "an unchanged upsert");
+        assert!(kept_summary(&store, &cfg), "an unchanged upsert");
         let id = ms[6].identity.clone();
         assert!(store.write(|tx| tx.delete_mailbox(&id)).unwrap());
-        assert_eq!(stats(&mut store, now), (true, true), "a deletion");
+        assert_eq!(stats(&mut store, now), (true, false), "a deletion");
         let bulk: Vec<_> = (5000..5400).map(mailbox).collect();
         store.write(|tx| tx.upsert_mailboxes(&bulk)).unwrap();
-        assert_eq!(stats(&mut store, now), (true, true), "400 new rows");
+        assert_eq!(stats(&mut store, now), (true, false), "400 new rows");
+        // Another price table: the groups are summed and the sum kept, with its prices,
+        // which the next write sums with.
+        let priced = InventoryConfig {
+            prices: [
+                ("E3".to_string(), Price::try_from(36.0).unwrap()),
+                ("e5".to_string(), Price::try_from(57.5).unwrap()),
+            ]
+            .into(),
+            ..InventoryConfig::default()
+        };
+        let got = store.cached_mailbox_summary(now, true, &priced).unwrap();
+        assert!(got.from_cache && !got.from_kept_summary);
+        assert_same_summary(
+            &got.summary,
+            &summarize(store.mailbox_tallies(now).unwrap(), &priced),
+        );
+        let summed = got.keep.expect("summed");
+        assert!(store.write(|tx| tx.keep_mailbox_tallies(&summed)).unwrap());
+        assert!(!kept_summary(&store, &cfg), "the kept summary is of the other prices");
+        ms[9].license_type = Some("E5".into());
+        store.write(|tx| tx.upsert_mailbox(&ms[9])).unwrap();
+        let got = store.cached_mailbox_summary(now, true, &priced).unwrap();
+        assert!(got.from_kept_summary, "summed at the write with the kept prices");
+        assert_same_summary(
+            &got.summary,
+            &summarize(store.mailbox_tallies(now).unwrap(), &priced),
+        );
         // Summed, then another process writes before the sum is kept: not kept.
-        ms[8].size_mb = Some(7.25);
-        store.write(|tx| tx.upsert_mailbox(&ms[8])).unwrap();
         let summed = store
             .cached_mailbox_summary(now, true, &cfg)
             .unwrap()
@@ -1871,7 +1933,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         assert!(!store.write(|tx| tx.keep_mailbox_tallies(&summed)).unwrap());
         assert_eq!(stats(&mut store, now), (true, true), "the other's write");
         store.write(|tx| tx.clear_mailboxes()).unwrap();
-        assert_eq!(stats(&mut store, now), (true, true), "a clear");
+        assert_eq!(stats(&mut store, now), (true, false), "a clear");
         // A bulk load sets them aside (an import of half the table or more).
         store.import_begin().unwrap();
         store.import_stage(&ms).unwrap();
@@ -2151,6 +2213,69 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
             .unwrap();
         assert!(!stats(&mut store), "a group below zero");
         assert_kept_groups_are_a_count(&store);
+    }
+
+    /// A sync that changes a few mailboxes carries the kept tallies; one that changes a
+    /// quarter of the table or more (a first sync) sets them aside, and the next `stats`
+    /// counts.
+    #[test]
+    fn syncs_carry_kept_tallies_unless_they_change_much_of_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let cfg = crate::config::InventoryConfig::default();
+        let now = test_now();
+        let mut ms = varied_mailboxes(now);
+        ms.truncate(400);
+        let figures = serde_json::json!({});
+        let sync = |store: &mut Store, ms: &[InactiveMailbox]| {
+            store.stage_reset().unwrap();
+            let staged: Vec<_> = ms
+                .iter()
+                .map(|m| crate::store::Staged {
+                    mailbox: m,
+                    when_changed: None,
+                })
+                .collect();
+            store.stage_page(&staged).unwrap();
+            store
+                .write(|tx| {
+                    let id = tx.record_sync(&crate::store::SyncRun {
+                        source: "exchange",
+                        started_at: now,
+                        finished_at: now,
+                        ok: true,
+                        figures: &figures,
+                        error: None,
+                    })?;
+                    tx.apply_snapshot(id, now)
+                })
+                .unwrap();
+            store.stage_drop().unwrap();
+        };
+        let stats = |store: &mut Store| {
+            let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
+            if let Some(keep) = &got.keep {
+                assert!(store.write(|tx| tx.keep_mailbox_tallies(keep)).unwrap());
+            }
+            got.from_cache
+        };
+        assert!(!stats(&mut store), "nothing kept yet");
+        sync(&mut store, &ms);
+        assert!(!stats(&mut store), "the first sync set them aside");
+        assert!(stats(&mut store));
+        // Ten of 400 leave, one holds changes, two move company: carried.
+        ms.truncate(390);
+        ms[0].hold_types = vec![HoldType::Litigation, HoldType::Delay];
+        ms[1].operating_company = Some("Moved Ltd".into());
+        ms[2].operating_company = None;
+        sync(&mut store, &ms);
+        assert_kept_groups_are_a_count(&store);
+        assert!(stats(&mut store), "a few changes carried");
+        // 200 new ones.
+        let more: Vec<_> = (9000..9200).map(mailbox).collect();
+        ms.extend(more);
+        sync(&mut store, &ms);
+        assert!(!stats(&mut store), "half the table new: counted");
     }
 
     /// Search through the index finds what a scan finds, for texts of every length and

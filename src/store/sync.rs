@@ -600,6 +600,12 @@ impl Tx<'_> {
             self.record_changes(&chunk.changes, sync_id, &at, now)?;
             after = last;
         }
+        // Kept `stats` tallies follow a few changes row by row; for a quarter of the table
+        // or more (a first sync), counting again at the next `stats` costs less.
+        let cached_before = (out.listed + out.removed).saturating_sub(out.added);
+        if (out.added + out.removed + out.changed) * 4 > cached_before {
+            super::set_kept_tallies_aside(&self.tx)?;
+        }
         if out.removed > 0 {
             self.tx.execute(
                 "DELETE FROM inactive_mailboxes WHERE NOT EXISTS
