@@ -614,6 +614,26 @@ struct Move {
     is: Counts,
 }
 
+/// Adds a group to the kept tallies; its parameters are [`group_params`].
+const INSERT_GROUP: &str = "INSERT INTO mailbox_tally_cache (company, license, holds, band,
+         count, recovery_eligible, size_mb, size_unknown)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// A group's key and counts as the parameters ?1 to ?8 of [`INSERT_GROUP`] and of the
+/// update in [`fold_pending`].
+fn group_params<'a>(k: &'a GroupKey, c: &'a Counts) -> [&'a dyn rusqlite::ToSql; 8] {
+    [
+        &k.company,
+        &k.license,
+        &k.holds,
+        &k.band,
+        &c.count,
+        &c.recovery_eligible,
+        &c.size_mb,
+        &c.size_unknown,
+    ]
+}
+
 /// What [`carry_kept_tallies`] made of a write's changes.
 enum Carry {
     /// The kept groups do not follow: none are kept for the generation written, or a
@@ -763,24 +783,10 @@ fn fold_pending(conn: &rusqlite::Connection, at: DateTime<Utc>) -> rusqlite::Res
              size_mb = size_mb + ?7, size_unknown = size_unknown + ?8
          WHERE company IS ?1 AND license IS ?2 AND holds = ?3 AND band = ?4",
     )?;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO mailbox_tally_cache (company, license, holds, band, count,
-             recovery_eligible, size_mb, size_unknown)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
+    let mut insert = conn.prepare_cached(INSERT_GROUP)?;
     for (k, c) in &changes {
-        let p = params![
-            k.company,
-            k.license,
-            k.holds,
-            k.band,
-            c.count,
-            c.recovery_eligible,
-            c.size_mb,
-            c.size_unknown
-        ];
-        if update.execute(p)? == 0 {
-            insert.execute(p)?;
+        if update.execute(group_params(k, c))? == 0 {
+            insert.execute(group_params(k, c))?;
         }
     }
     let impossible: bool = conn.query_row(
@@ -978,22 +984,9 @@ impl Tx<'_> {
             "DELETE FROM mailbox_tally_cache;
              DELETE FROM mailbox_tally_pending;",
         )?;
-        let mut insert = self.tx.prepare_cached(
-            "INSERT INTO mailbox_tally_cache (company, license, holds, band, count,
-                 recovery_eligible, size_mb, size_unknown)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
+        let mut insert = self.tx.prepare_cached(INSERT_GROUP)?;
         for (k, c) in &groups.0 {
-            insert.execute(params![
-                k.company,
-                k.license,
-                k.holds,
-                k.band,
-                c.count,
-                c.recovery_eligible,
-                c.size_mb,
-                c.size_unknown
-            ])?;
+            insert.execute(group_params(k, c))?;
         }
         self.tx.execute(
             "UPDATE mailbox_tally_state SET cached_generation = ?1, as_of = ?2, summary = ?3,
@@ -1911,11 +1904,17 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         );
         let summed = got.keep.expect("summed");
         assert!(store.write(|tx| tx.keep_mailbox_tallies(&summed)).unwrap());
-        assert!(!kept_summary(&store, &cfg), "the kept summary is of the other prices");
+        assert!(
+            !kept_summary(&store, &cfg),
+            "the kept summary is of the other prices"
+        );
         ms[9].license_type = Some("E5".into());
         store.write(|tx| tx.upsert_mailbox(&ms[9])).unwrap();
         let got = store.cached_mailbox_summary(now, true, &priced).unwrap();
-        assert!(got.from_kept_summary, "summed at the write with the kept prices");
+        assert!(
+            got.from_kept_summary,
+            "summed at the write with the kept prices"
+        );
         assert_same_summary(
             &got.summary,
             &summarize(store.mailbox_tallies(now).unwrap(), &priced),

@@ -6,6 +6,17 @@ use crate::support::{Env, G1, G2, G3, ORIGINAL_COLUMNS, days_ago_ms, mode, recor
 
 /// Three mailboxes: Ann (litigation, E5, Contoso, 400 days), Ben (eDiscovery, E3, 10 days,
 /// auto-expanding archive), Cat (no hold, unpriced license, Fabrikam by domain, 800 days).
+/// Ann, as `seeded` imports her.
+fn ann() -> Value {
+    let mut ann = record(G1, "Ann Archer", "ann@contoso.com", days_ago_ms(400));
+    ann["LitigationHoldEnabled"] = json!(true);
+    ann["LicenseType"] = json!("E5");
+    ann["CustomAttribute1"] = json!("Contoso");
+    ann["TotalItemSize"] = json!("2 MB (2,097,152 bytes)");
+    ann["ItemCount"] = json!(20);
+    ann
+}
+
 fn seeded() -> Env {
     let env = Env::new();
     std::fs::create_dir_all(env.config_file().parent().unwrap()).unwrap();
@@ -15,12 +26,7 @@ fn seeded() -> Env {
          prices = { E3 = 36.0, E5 = 57.0 }\ncompany_domains = { \"fabrikam.com\" = \"Fabrikam\" }\n",
     )
     .unwrap();
-    let mut ann = record(G1, "Ann Archer", "ann@contoso.com", days_ago_ms(400));
-    ann["LitigationHoldEnabled"] = json!(true);
-    ann["LicenseType"] = json!("E5");
-    ann["CustomAttribute1"] = json!("Contoso");
-    ann["TotalItemSize"] = json!("2 MB (2,097,152 bytes)");
-    ann["ItemCount"] = json!(20);
+    let ann = ann();
     let mut ben = record(G2, "Ben Baker", "ben@contoso.com", days_ago_ms(10));
     ben["InPlaceHolds"] = json!(["UniH0123"]);
     ben["LicenseType"] = json!("E3");
@@ -300,12 +306,7 @@ fn stats_after_a_write_sum_the_tallies_it_carried() {
     );
     assert_eq!(carried, counted(&env));
     // A snapshot without Cat (the count above kept its tallies).
-    let mut ann = record(G1, "Ann Archer", "ann@contoso.com", days_ago_ms(400));
-    ann["LitigationHoldEnabled"] = json!(true);
-    ann["LicenseType"] = json!("E5");
-    ann["CustomAttribute1"] = json!("Contoso");
-    ann["TotalItemSize"] = json!("2 MB (2,097,152 bytes)");
-    ann["ItemCount"] = json!(20);
+    let ann = ann();
     let file = env.write("snapshot.json", serde_json::to_vec(&[&ann, &ben]).unwrap());
     env.ok(&[
         "mailboxes",
