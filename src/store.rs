@@ -156,6 +156,9 @@ pub struct Store {
 pub struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
     user: &'a str,
+    /// Whether this transaction (or this connection outside one) changed a cached
+    /// mailbox so far: tallies counted before may not be kept in it.
+    mailboxes_changed: &'a AtomicBool,
     /// The newest audit row this transaction added: id and hash.
     last_audit: Option<(i64, String)>,
 }
@@ -426,6 +429,7 @@ impl Store {
         E: From<StoreError>,
     {
         let user = crate::audit::os_user();
+        let changed = Arc::clone(&self.mailboxes_changed);
         let (value, last_audit) = {
             let tx = self
                 .conn
@@ -434,6 +438,7 @@ impl Store {
             let mut tx = Tx {
                 tx,
                 user: &user,
+                mailboxes_changed: &changed,
                 last_audit: None,
             };
             let value = f(&mut tx)?;

@@ -572,6 +572,8 @@ pub struct TallyCache {
     summary: Option<String>,
     /// What it was summed from and priced with ([`summary_key`]).
     key: String,
+    /// Whether the groups were counted from the table (rather than kept ones moved).
+    counted: bool,
 }
 
 /// The form of the kept summary: raise it whenever `summarize` or [`Summary`] changes, so
@@ -780,7 +782,11 @@ fn fold_pending(conn: &rusqlite::Connection, at: DateTime<Utc>) -> rusqlite::Res
     let mut update = conn.prepare_cached(
         "UPDATE mailbox_tally_cache
          SET count = count + ?5, recovery_eligible = recovery_eligible + ?6,
-             size_mb = size_mb + ?7, size_unknown = size_unknown + ?8
+             -- A group with no known size left sums to 0, not to what the additions and
+             -- subtractions of sizes in floating point leave.
+             size_mb = CASE WHEN count + ?5 = size_unknown + ?8 THEN 0.0
+                            ELSE size_mb + ?7 END,
+             size_unknown = size_unknown + ?8
          WHERE company IS ?1 AND license IS ?2 AND holds = ?3 AND band = ?4",
     )?;
     let mut insert = conn.prepare_cached(INSERT_GROUP)?;
@@ -964,12 +970,24 @@ impl Tx<'_> {
     /// meanwhile), or, for a summary of tallies already kept, those were replaced since.
     /// Returns whether they were kept.
     pub fn keep_mailbox_tallies(&mut self, cache: &TallyCache) -> Result<bool, StoreError> {
-        let generation: i64 =
-            self.tx
-                .query_row("SELECT generation FROM mailbox_tally_state", [], |r| {
-                    r.get(0)
-                })?;
+        // Mailboxes changed earlier in this transaction are not in what was counted, and
+        // its end would carry the tallies over them as if they were.
+        if self.mailboxes_changed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let (generation, queued): (i64, bool) = self.tx.query_row(
+            "SELECT generation, EXISTS (SELECT 1 FROM mailbox_tally_pending)
+             FROM mailbox_tally_state",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         if generation != cache.generation {
+            return Ok(false);
+        }
+        // Changes queued since (written without a new generation, outside
+        // `Store::write`) are in groups counted from the table, but not in kept groups
+        // moved forward, nor in their summary: those are not kept.
+        if queued && !cache.counted {
             return Ok(false);
         }
         let Some(groups) = &cache.groups else {
@@ -1105,19 +1123,36 @@ impl Store {
             Option<String>,
             Option<String>,
             Option<String>,
+            bool,
         );
-        let (generation, cached, as_of, kept_summary, kept_key): State = self.conn.query_row(
-            "SELECT generation, cached_generation, as_of, summary, summary_prices
-             FROM mailbox_tally_state",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )?;
+        // Changes queued and not folded (written outside `Store::write`, without a new
+        // generation) are not in the kept tallies.
+        let (generation, cached, as_of, kept_summary, kept_key, queued): State =
+            self.conn.query_row(
+                "SELECT generation, cached_generation, as_of, summary, summary_prices,
+                        EXISTS (SELECT 1 FROM mailbox_tally_pending)
+                 FROM mailbox_tally_state",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )?;
         let since = as_of
             .as_deref()
             .and_then(crate::time::parse)
             .filter(|t0| *t0 <= now && now - *t0 <= CATCH_UP_LIMIT);
-        let from_cache =
-            trust_kept && since.is_some() && !unseen_changes && cached == Some(generation);
+        let from_cache = trust_kept
+            && since.is_some()
+            && !unseen_changes
+            && !queued
+            && cached == Some(generation);
         let (groups, keep) = match since {
             Some(t0) if from_cache => {
                 let moves = self.catch_up(t0, now)?;
@@ -1181,6 +1216,7 @@ impl Store {
                 as_of,
                 groups,
                 summary,
+                counted: !from_cache,
             })
         });
         Ok(CachedSummary {
@@ -1980,6 +2016,9 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         assert_eq!(kept_keys, counted_keys);
         for (k, want) in &counted.0 {
             let got = &kept.0[k];
+            if got.count == got.size_unknown {
+                assert_eq!(got.size_mb, 0.0, "{k:?}: no known size, no sum");
+            }
             assert_eq!(
                 (got.count, got.recovery_eligible, got.size_unknown),
                 (want.count, want.recovery_eligible, want.size_unknown),
@@ -2211,6 +2250,81 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
             })
             .unwrap();
         assert!(!stats(&mut store), "a group below zero");
+        assert_kept_groups_are_a_count(&store);
+        // A write that queues its changes without starting a new generation (outside
+        // `Store::write`): `stats` counts, and its count empties the queue.
+        other
+            .execute_batch("UPDATE inactive_mailboxes SET license_type = 'Z1' WHERE rowid <= 5")
+            .unwrap();
+        assert!(!stats(&mut store), "changes queued, not folded");
+        assert_kept_groups_are_a_count(&store);
+        assert!(stats(&mut store));
+        // Kept groups moved forward are not kept over changes queued meanwhile.
+        let later = now + chrono::Duration::days(6);
+        let moved = store
+            .cached_mailbox_summary(later, true, &cfg)
+            .unwrap()
+            .keep
+            .expect("moved groups to keep");
+        other
+            .execute_batch("UPDATE inactive_mailboxes SET license_type = 'Z2' WHERE rowid <= 5")
+            .unwrap();
+        assert!(!store.write(|tx| tx.keep_mailbox_tallies(&moved)).unwrap());
+        // Nor are tallies counted before mailboxes changed in the same transaction.
+        other
+            .execute_batch("UPDATE mailbox_tally_state SET generation = generation + 1")
+            .unwrap();
+        let counted = store
+            .cached_mailbox_summary(now, true, &cfg)
+            .unwrap()
+            .keep
+            .expect("counted");
+        ms[1].operating_company = Some("Later Ltd".into());
+        let kept = store
+            .write(|tx| {
+                tx.upsert_mailbox(&ms[1])?;
+                tx.keep_mailbox_tallies(&counted)
+            })
+            .unwrap();
+        assert!(!kept, "counted before the change in its own transaction");
+        assert!(!stats(&mut store));
+        assert_kept_groups_are_a_count(&store);
+    }
+
+    /// Sizes added and taken away in floating point leave a remainder (0.1 + 0.2 - 0.1 -
+    /// 0.2 is not 0): a kept group whose mailboxes have no known size left sums to 0, as a
+    /// count gives.
+    #[test]
+    fn a_kept_group_left_with_no_known_size_sums_to_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let cfg = crate::config::InventoryConfig::default();
+        let now = test_now();
+        let ms: Vec<_> = [Some(0.1), Some(0.2), None]
+            .into_iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let mut m = mailbox(i as u32);
+                m.size_mb = size;
+                m
+            })
+            .collect();
+        store.write(|tx| tx.upsert_mailboxes(&ms)).unwrap();
+        let keep = store
+            .cached_mailbox_summary(now, true, &cfg)
+            .unwrap()
+            .keep
+            .unwrap();
+        assert!(store.write(|tx| tx.keep_mailbox_tallies(&keep)).unwrap());
+        for m in &ms[..2] {
+            assert!(store.write(|tx| tx.delete_mailbox(&m.identity)).unwrap());
+        }
+        let kept = store.kept_groups().unwrap();
+        let sizes: Vec<_> = kept.0.values().map(|c| (c.count, c.size_mb)).collect();
+        assert_eq!(sizes, [(1, 0.0)]);
+        let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
+        assert!(got.from_cache);
+        assert_eq!(got.summary.size_mb, 0.0);
         assert_kept_groups_are_a_count(&store);
     }
 
