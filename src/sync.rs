@@ -195,6 +195,8 @@ fn write(
             )?
         };
         let n = tx.import_apply(summary.records)?;
+        // A bulk load set the kept `stats` tallies aside: counted now, in the same write.
+        tx.keep_tallies_counted_now(now)?;
         tx.audit(
             &AuditEvent::new(Operation::ImportMailboxes).details(json!({
                 "file": file_label,

@@ -475,6 +475,8 @@ async fn listing(
         crate::inventory::RemovalGuard::from_config(r.config, r.allow_removals)
             .check(absent, cached)?;
         let snapshot = tx.apply_snapshot(id, now)?;
+        // A first sync set the kept `stats` tallies aside: counted now, in the same write.
+        tx.keep_tallies_counted_now(now)?;
         let figures = json!({
             "pages": listing.pages,
             "restarts": listing.restarts,

@@ -716,6 +716,62 @@ pub(super) fn carry_kept_tallies(conn: &rusqlite::Connection) -> rusqlite::Resul
     Ok(())
 }
 
+/// The pass over the whole table, and how many rows have a deletion date not in the
+/// program's form.
+fn count_tallies(
+    conn: &rusqlite::Connection,
+    now: DateTime<Utc>,
+) -> Result<(Groups, u64), StoreError> {
+    let ages = Ages::new(now);
+    // Groups by the bytes of their key (company, licence, holds as stored, and the
+    // band), so that a row costs one hash of a reused buffer, not owned strings.
+    let mut by_bytes: foldhash::HashMap<Vec<u8>, (GroupKey, Counts)> = foldhash::HashMap::default();
+    let mut key: Vec<u8> = Vec::with_capacity(256);
+    let mut odd_dates = 0;
+    let mut st = conn.prepare_cached(&format!("SELECT {TALLY_COLUMNS} FROM inactive_mailboxes"))?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let deleted = text(r, 3)?;
+        odd_dates += u64::from(deleted.is_some_and(|d| !is_stamp_millis(d)));
+        let (band, old_enough) = ages.of(deleted);
+        key.clear();
+        for i in 0..3 {
+            match r.get_ref(i)? {
+                ValueRef::Null => key.push(0),
+                v => {
+                    let b = v.as_bytes().map_err(rusqlite::Error::from)?;
+                    key.push(1);
+                    key.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                    key.extend_from_slice(b);
+                }
+            }
+        }
+        key.push(band);
+        let c = match by_bytes.get_mut(key.as_slice()) {
+            Some((_, c)) => c,
+            None => {
+                let k = GroupKey {
+                    company: r.get(0)?,
+                    license: r.get(1)?,
+                    holds: hold_bits(text(r, 2)?),
+                    band,
+                };
+                &mut by_bytes
+                    .entry(key.clone())
+                    .or_insert((k, Counts::default()))
+                    .1
+            }
+        };
+        c.add(&row_counts(r, old_enough)?, 1);
+    }
+    // Hold lists stored in different forms or orders are one group.
+    let mut groups = Groups::default();
+    for (k, c) in by_bytes.into_values() {
+        groups.0.entry(k).or_default().add(&c, 1);
+    }
+    Ok((groups, odd_dates))
+}
+
 /// The groups kept by the last run that kept any.
 fn read_kept_groups(conn: &rusqlite::Connection) -> rusqlite::Result<Groups> {
     let mut st = conn.prepare_cached(
@@ -963,6 +1019,43 @@ impl Tx<'_> {
         // The table's triggers keep SQLite from emptying it in one step, so the update
         // hook sees every row go and `Store::write` starts a new generation.
         Ok(self.tx.execute("DELETE FROM inactive_mailboxes", [])?)
+    }
+
+    /// After a bulk load (an import, a sync), counts the tallies in this transaction and
+    /// keeps them as of `now` when none are kept for the table (a bulk load set them
+    /// aside, or none were ever counted), so that the next `stats` sums kept tallies
+    /// instead of counting: one pass over the table, in the write that had to read or
+    /// write all of it anyway. Nothing is kept while a deletion date is not in the
+    /// program's form (see [`Store::cached_mailbox_summary`]). Returns whether it counted.
+    pub fn keep_tallies_counted_now(&mut self, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let current: bool = self.tx.query_row(
+            "SELECT cached_generation IS generation FROM mailbox_tally_state",
+            [],
+            |r| r.get(0),
+        )?;
+        if current {
+            return Ok(false);
+        }
+        let (groups, odd_dates) = count_tallies(&self.tx, now)?;
+        if odd_dates > 0 {
+            return Ok(false);
+        }
+        self.tx.execute_batch(
+            "DELETE FROM mailbox_tally_cache;
+             DELETE FROM mailbox_tally_pending;",
+        )?;
+        let mut insert = self.tx.prepare_cached(INSERT_GROUP)?;
+        for (k, c) in &groups.0 {
+            insert.execute(group_params(k, c))?;
+        }
+        // No summary: the next `stats` sums the groups with its own price table and keeps
+        // that. The end of the write carries the groups to the generation it starts.
+        self.tx.execute(
+            "UPDATE mailbox_tally_state SET cached_generation = generation, as_of = ?1,
+                 summary = NULL, summary_prices = NULL",
+            params![stamp_millis(now)],
+        )?;
+        Ok(true)
     }
 
     /// Keeps the tallies and summary of [`Store::cached_mailbox_summary`] for the next
@@ -1231,57 +1324,7 @@ impl Store {
     /// The pass over the whole table, and how many rows have a deletion date not in the
     /// program's form.
     fn tally_pass(&self, now: DateTime<Utc>) -> Result<(Groups, u64), StoreError> {
-        let ages = Ages::new(now);
-        // Groups by the bytes of their key (company, licence, holds as stored, and the
-        // band), so that a row costs one hash of a reused buffer, not owned strings.
-        let mut by_bytes: foldhash::HashMap<Vec<u8>, (GroupKey, Counts)> =
-            foldhash::HashMap::default();
-        let mut key: Vec<u8> = Vec::with_capacity(256);
-        let mut odd_dates = 0;
-        let mut st = self
-            .conn
-            .prepare_cached(&format!("SELECT {TALLY_COLUMNS} FROM inactive_mailboxes"))?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let deleted = text(r, 3)?;
-            odd_dates += u64::from(deleted.is_some_and(|d| !is_stamp_millis(d)));
-            let (band, old_enough) = ages.of(deleted);
-            key.clear();
-            for i in 0..3 {
-                match r.get_ref(i)? {
-                    ValueRef::Null => key.push(0),
-                    v => {
-                        let b = v.as_bytes().map_err(rusqlite::Error::from)?;
-                        key.push(1);
-                        key.extend_from_slice(&(b.len() as u64).to_le_bytes());
-                        key.extend_from_slice(b);
-                    }
-                }
-            }
-            key.push(band);
-            let c = match by_bytes.get_mut(key.as_slice()) {
-                Some((_, c)) => c,
-                None => {
-                    let k = GroupKey {
-                        company: r.get(0)?,
-                        license: r.get(1)?,
-                        holds: hold_bits(text(r, 2)?),
-                        band,
-                    };
-                    &mut by_bytes
-                        .entry(key.clone())
-                        .or_insert((k, Counts::default()))
-                        .1
-                }
-            };
-            c.add(&row_counts(r, old_enough)?, 1);
-        }
-        // Hold lists stored in different forms or orders are one group.
-        let mut groups = Groups::default();
-        for (k, c) in by_bytes.into_values() {
-            groups.0.entry(k).or_default().add(&c, 1);
-        }
-        Ok((groups, odd_dates))
+        count_tallies(&self.conn, now)
     }
 
     /// The groups kept by the last run that kept any.
@@ -2340,7 +2383,9 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         let mut ms = varied_mailboxes(now);
         ms.truncate(400);
         let figures = serde_json::json!({});
-        let sync = |store: &mut Store, ms: &[InactiveMailbox]| {
+        // A sync; with `count`, as the live sync does, counting the tallies afterwards
+        // when none are kept.
+        let sync = |store: &mut Store, ms: &[InactiveMailbox], count: bool| {
             store.stage_reset().unwrap();
             let staged: Vec<_> = ms
                 .iter()
@@ -2360,7 +2405,11 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
                         figures: &figures,
                         error: None,
                     })?;
-                    tx.apply_snapshot(id, now)
+                    tx.apply_snapshot(id, now)?;
+                    if count {
+                        tx.keep_tallies_counted_now(now)?;
+                    }
+                    Ok::<_, StoreError>(())
                 })
                 .unwrap();
             store.stage_drop().unwrap();
@@ -2373,7 +2422,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
             got.from_cache
         };
         assert!(!stats(&mut store), "nothing kept yet");
-        sync(&mut store, &ms);
+        sync(&mut store, &ms, false);
         assert!(!stats(&mut store), "the first sync set them aside");
         assert!(stats(&mut store));
         // Ten of 400 leave, one holds changes, two move company: carried.
@@ -2381,14 +2430,45 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         ms[0].hold_types = vec![HoldType::Litigation, HoldType::Delay];
         ms[1].operating_company = Some("Moved Ltd".into());
         ms[2].operating_company = None;
-        sync(&mut store, &ms);
+        sync(&mut store, &ms, false);
         assert_kept_groups_are_a_count(&store);
         assert!(stats(&mut store), "a few changes carried");
         // 200 new ones.
         let more: Vec<_> = (9000..9200).map(mailbox).collect();
-        ms.extend(more);
-        sync(&mut store, &ms);
+        ms.extend(more.clone());
+        sync(&mut store, &ms, false);
         assert!(!stats(&mut store), "half the table new: counted");
+        // As the live sync does it: counted in the sync's own write.
+        ms.extend((9200..9600).map(mailbox));
+        sync(&mut store, &ms, true);
+        assert_kept_groups_are_a_count(&store);
+        assert!(stats(&mut store), "counted by the sync");
+        // Kept tallies that stand are not counted again.
+        ms.truncate(ms.len() - 1);
+        sync(&mut store, &ms, true);
+        assert_kept_groups_are_a_count(&store);
+        assert!(stats(&mut store), "carried");
+        // Nor are they kept while a deletion date is not in the program's form: a merge
+        // import leaves an unlisted row of the original tool's as it is.
+        store
+            .conn
+            .execute_batch(
+                "UPDATE inactive_mailboxes SET when_soft_deleted = 'yesterday' WHERE rowid = 2;
+                 UPDATE mailbox_tally_state SET cached_generation = NULL;",
+            )
+            .unwrap();
+        let listed = &ms[5..10];
+        store.import_begin().unwrap();
+        store.import_stage(listed).unwrap();
+        let counted = store
+            .write(|tx| {
+                tx.import_apply(listed.len())?;
+                tx.keep_tallies_counted_now(now)
+            })
+            .unwrap();
+        store.import_end().unwrap();
+        assert!(!counted, "an odd date: nothing kept");
+        assert!(!stats(&mut store));
     }
 
     /// Search through the index finds what a scan finds, for texts of every length and

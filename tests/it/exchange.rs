@@ -92,6 +92,8 @@ fn sync_lists_the_tenant_and_reports_changes_status_and_unknown_sizes() {
     assert!(table.contains("unknown"), "{table}");
     let stats = env.json(&["mailboxes", "stats"]);
     assert_eq!(stats["size_unknown"], 200);
+    // The sync counted and kept the tallies in its own write.
+    assert_eq!(stats["cache"]["tallies"], "kept", "{stats}");
     let text = env.ok(&["mailboxes", "stats", "--format", "table"]);
     assert!(
         text.contains("200 mailbox(es) have no statistics yet"),

@@ -284,7 +284,7 @@ fn stats_after_a_write_sum_the_tallies_it_carried() {
         assert_eq!(how, "counted");
         v
     };
-    assert_eq!(stats(&env).0, "counted");
+    // The import counted and kept the tallies in its own write.
     assert_eq!(stats(&env).0, "kept");
     let mut ben = record(G2, "Ben Baker", "ben@contoso.com", days_ago_ms(10));
     ben["InPlaceHolds"] = json!(["UniH0123"]);
