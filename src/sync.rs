@@ -75,7 +75,7 @@ pub fn load_export(
     now: DateTime<Utc>,
 ) -> Result<Loaded, LoadError> {
     let read = stage_export(store, cfg, file, now);
-    store_export(store, file, read, merge, guard, now)
+    store_export(store, cfg, file, read, merge, guard, now)
 }
 
 /// Reads the export at `file`, building each batch's rows as of `now` and handing them
@@ -145,6 +145,7 @@ fn stage_export(
 /// the import ([`Store::import_end`]) either way.
 pub fn store_export(
     store: &mut Store,
+    cfg: &InventoryConfig,
     file: &Path,
     read: Result<Summary, LoadError>,
     merge: bool,
@@ -152,7 +153,8 @@ pub fn store_export(
     now: DateTime<Utc>,
 ) -> Result<Loaded, LoadError> {
     let file_label = file.display().to_string();
-    let result = read.and_then(|summary| write(store, summary, &file_label, merge, guard, now));
+    let result =
+        read.and_then(|summary| write(store, cfg, summary, &file_label, merge, guard, now));
     if let Err(e) = store.import_end() {
         tracing::warn!(
             "cannot restore the database connection's settings after the import: {}",
@@ -176,6 +178,7 @@ pub fn store_export(
 
 fn write(
     store: &mut Store,
+    cfg: &InventoryConfig,
     summary: Summary,
     file_label: &str,
     merge: bool,
@@ -196,7 +199,7 @@ fn write(
         };
         let n = tx.import_apply(summary.records)?;
         // A bulk load set the kept `stats` tallies aside: counted now, in the same write.
-        tx.keep_tallies_counted_now(now)?;
+        tx.keep_tallies_counted_now(now, cfg)?;
         tx.audit(
             &AuditEvent::new(Operation::ImportMailboxes).details(json!({
                 "file": file_label,

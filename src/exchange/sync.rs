@@ -476,7 +476,7 @@ async fn listing(
             .check(absent, cached)?;
         let snapshot = tx.apply_snapshot(id, now)?;
         // A first sync set the kept `stats` tallies aside: counted now, in the same write.
-        tx.keep_tallies_counted_now(now)?;
+        tx.keep_tallies_counted_now(now, &r.config.inventory)?;
         let figures = json!({
             "pages": listing.pages,
             "restarts": listing.restarts,

@@ -1022,16 +1022,21 @@ impl Tx<'_> {
     }
 
     /// After a bulk load (an import, a sync), counts the tallies in this transaction and
-    /// keeps them as of `now` when none are kept for the table (a bulk load set them
-    /// aside, or none were ever counted), so that the next `stats` sums kept tallies
-    /// instead of counting: one pass over the table, in the write that had to read or
-    /// write all of it anyway. Nothing is kept while a deletion date is not in the
-    /// program's form (see [`Store::cached_mailbox_summary`]). Returns whether it counted.
-    pub fn keep_tallies_counted_now(&mut self, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let current: bool = self.tx.query_row(
-            "SELECT cached_generation IS generation FROM mailbox_tally_state",
+    /// keeps them as of `now`, with their summary priced by `cfg`, when none are kept for
+    /// the table (a bulk load set them aside, or none were ever counted), so that the next
+    /// `stats` reads a kept summary instead of counting: one pass over the table, in the
+    /// write that had to read or write all of it anyway. Nothing is kept while a deletion
+    /// date is not in the program's form (see [`Store::cached_mailbox_summary`]). Returns
+    /// whether it counted.
+    pub fn keep_tallies_counted_now(
+        &mut self,
+        now: DateTime<Utc>,
+        cfg: &InventoryConfig,
+    ) -> Result<bool, StoreError> {
+        let (generation, current): (i64, bool) = self.tx.query_row(
+            "SELECT generation, cached_generation IS generation FROM mailbox_tally_state",
             [],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         if current {
             return Ok(false);
@@ -1048,12 +1053,17 @@ impl Tx<'_> {
         for (k, c) in &groups.0 {
             insert.execute(group_params(k, c))?;
         }
-        // No summary: the next `stats` sums the groups with its own price table and keeps
-        // that. The end of the write carries the groups to the generation it starts.
+        // The end of the write carries the groups and the summary to the generation it
+        // starts; a `stats` with another price table sums the groups and keeps its own.
+        let as_of = stamp_millis(now);
+        let summary = keepable(&summarize(groups.into_tallies(), cfg));
+        let key = summary
+            .as_ref()
+            .map(|_| summary_key(generation, &as_of, cfg));
         self.tx.execute(
             "UPDATE mailbox_tally_state SET cached_generation = generation, as_of = ?1,
-                 summary = NULL, summary_prices = NULL",
-            params![stamp_millis(now)],
+                 summary = ?2, summary_prices = ?3",
+            params![as_of, summary, key],
         )?;
         Ok(true)
     }
@@ -2407,7 +2417,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
                     })?;
                     tx.apply_snapshot(id, now)?;
                     if count {
-                        tx.keep_tallies_counted_now(now)?;
+                        tx.keep_tallies_counted_now(now, &cfg)?;
                     }
                     Ok::<_, StoreError>(())
                 })
@@ -2442,6 +2452,13 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         ms.extend((9200..9600).map(mailbox));
         sync(&mut store, &ms, true);
         assert_kept_groups_are_a_count(&store);
+        // With its summary, priced as `stats` prices it.
+        let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
+        assert!(got.from_kept_summary, "summed by the sync");
+        assert_same_summary(
+            &got.summary,
+            &crate::inventory::summarize(store.mailbox_tallies(now).unwrap(), &cfg),
+        );
         assert!(stats(&mut store), "counted by the sync");
         // Kept tallies that stand are not counted again.
         ms.truncate(ms.len() - 1);
@@ -2463,7 +2480,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         let counted = store
             .write(|tx| {
                 tx.import_apply(listed.len())?;
-                tx.keep_tallies_counted_now(now)
+                tx.keep_tallies_counted_now(now, &cfg)
             })
             .unwrap();
         store.import_end().unwrap();

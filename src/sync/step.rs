@@ -286,6 +286,7 @@ impl CycleStep for MailboxSync {
             }
             let result = store_export(
                 &mut ctx.store.borrow_mut(),
+                &ctx.config.inventory,
                 export.as_path(),
                 read,
                 false,
