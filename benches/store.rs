@@ -211,15 +211,9 @@ fn read(c: &mut Criterion) {
     // Tallies kept by a `stats` an hour earlier, moved forward to now and summed (the
     // hour moves a few mailboxes to another band, so the kept summary cannot answer).
     let cfg = imm_daemon::config::InventoryConfig::default();
-    // Runs a `stats` at `at` and keeps what it offers.
     let keep_at = |store: &mut Store, at| {
-        let got = store.cached_mailbox_summary(at, true, &cfg).expect("stats");
-        let keep = got.keep.expect("something to keep");
-        assert!(
-            store
-                .write(|tx| tx.keep_mailbox_tallies(&keep))
-                .expect("kept")
-        );
+        let got = stats_keeping(store, at, &cfg);
+        assert!(got.keep.is_some(), "something kept");
     };
     // Runs `stats` at now, from the kept tallies, and checks whether the kept summary
     // answered.
@@ -246,6 +240,23 @@ fn read(c: &mut Criterion) {
     bench_stats(&mut g, "stats_kept_summary_10k", &store10k, true);
     g.finish();
     written(c, &mut store100k, now, &cfg);
+}
+
+/// Runs a `stats` at `at` and keeps what it offers; returns its answer.
+fn stats_keeping(
+    store: &mut Store,
+    at: DateTime<Utc>,
+    cfg: &imm_daemon::config::InventoryConfig,
+) -> imm_daemon::store::CachedSummary {
+    let got = store.cached_mailbox_summary(at, true, cfg).expect("stats");
+    if let Some(keep) = &got.keep {
+        assert!(
+            store
+                .write(|tx| tx.keep_mailbox_tallies(keep))
+                .expect("kept")
+        );
+    }
+    got
 }
 
 /// New sizes for the first 100 cached mailboxes, as the statistics phase writes a batch:
@@ -281,24 +292,15 @@ fn written(
             .write(|tx| tx.store_statistics(&batches[round % 2], now))
             .expect("sizes written");
     };
-    // Runs a `stats` and keeps what it offers; says whether it summed kept tallies.
-    let stats = |store: &mut Store| {
-        let got = store.cached_mailbox_summary(now, true, cfg).expect("stats");
-        if let Some(keep) = &got.keep {
-            assert!(
-                store
-                    .write(|tx| tx.keep_mailbox_tallies(keep))
-                    .expect("kept")
-            );
-        }
-        got.from_cache
-    };
-    stats(store);
+    stats_keeping(store, now, cfg);
     let mut g = c.benchmark_group("write");
     g.sample_size(30);
     g.bench_function("sizes_100_kept_100k", |b| b.iter(|| write(store)));
     g.finish();
-    assert!(stats(store), "the writes carried the tallies");
+    assert!(
+        stats_keeping(store, now, cfg).from_cache,
+        "the writes carried the tallies"
+    );
     let mut g = c.benchmark_group("read");
     g.sample_size(30);
     g.bench_function("stats_written_100k", |b| {

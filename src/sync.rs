@@ -198,7 +198,7 @@ fn write(
             )?
         };
         let n = tx.import_apply(summary.records)?;
-        // A bulk load set the kept `stats` tallies aside: counted now, in the same write.
+        // When no `stats` tallies are kept (a bulk load sets them aside), counted now.
         tx.keep_tallies_counted_now(now, cfg)?;
         tx.audit(
             &AuditEvent::new(Operation::ImportMailboxes).details(json!({

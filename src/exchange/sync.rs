@@ -475,7 +475,7 @@ async fn listing(
         crate::inventory::RemovalGuard::from_config(r.config, r.allow_removals)
             .check(absent, cached)?;
         let snapshot = tx.apply_snapshot(id, now)?;
-        // A first sync set the kept `stats` tallies aside: counted now, in the same write.
+        // When no `stats` tallies are kept (a first sync sets them aside), counted now.
         tx.keep_tallies_counted_now(now, &r.config.inventory)?;
         let figures = json!({
             "pages": listing.pages,

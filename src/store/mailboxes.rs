@@ -636,6 +636,33 @@ fn group_params<'a>(k: &'a GroupKey, c: &'a Counts) -> [&'a dyn rusqlite::ToSql;
     ]
 }
 
+/// Replaces the kept groups with `groups`, counted from the table as of `as_of` (so
+/// they include every change queued so far, and the queue is emptied), and records them
+/// as kept for `generation`, with `summary` under `key`.
+fn replace_kept_groups(
+    conn: &rusqlite::Connection,
+    groups: &Groups,
+    generation: i64,
+    as_of: &str,
+    summary: Option<&str>,
+    key: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "DELETE FROM mailbox_tally_cache;
+         DELETE FROM mailbox_tally_pending;",
+    )?;
+    let mut insert = conn.prepare_cached(INSERT_GROUP)?;
+    for (k, c) in &groups.0 {
+        insert.execute(group_params(k, c))?;
+    }
+    conn.execute(
+        "UPDATE mailbox_tally_state SET cached_generation = ?1, as_of = ?2, summary = ?3,
+             summary_prices = ?4",
+        params![generation, as_of, summary, key],
+    )?;
+    Ok(())
+}
+
 /// What [`carry_kept_tallies`] made of a write's changes.
 enum Carry {
     /// The kept groups do not follow: none are kept for the generation written, or a
@@ -1045,25 +1072,20 @@ impl Tx<'_> {
         if odd_dates > 0 {
             return Ok(false);
         }
-        self.tx.execute_batch(
-            "DELETE FROM mailbox_tally_cache;
-             DELETE FROM mailbox_tally_pending;",
-        )?;
-        let mut insert = self.tx.prepare_cached(INSERT_GROUP)?;
-        for (k, c) in &groups.0 {
-            insert.execute(group_params(k, c))?;
-        }
         // The end of the write carries the groups and the summary to the generation it
         // starts; a `stats` with another price table sums the groups and keeps its own.
         let as_of = stamp_millis(now);
-        let summary = keepable(&summarize(groups.into_tallies(), cfg));
+        let summary = keepable(&summarize(groups.to_tallies(), cfg));
         let key = summary
             .as_ref()
             .map(|_| summary_key(generation, &as_of, cfg));
-        self.tx.execute(
-            "UPDATE mailbox_tally_state SET cached_generation = generation, as_of = ?1,
-                 summary = ?2, summary_prices = ?3",
-            params![as_of, summary, key],
+        replace_kept_groups(
+            &self.tx,
+            &groups,
+            generation,
+            &as_of,
+            summary.as_deref(),
+            key.as_deref(),
         )?;
         Ok(true)
     }
@@ -1101,18 +1123,13 @@ impl Tx<'_> {
             )?;
             return Ok(n == 1);
         };
-        self.tx.execute_batch(
-            "DELETE FROM mailbox_tally_cache;
-             DELETE FROM mailbox_tally_pending;",
-        )?;
-        let mut insert = self.tx.prepare_cached(INSERT_GROUP)?;
-        for (k, c) in &groups.0 {
-            insert.execute(group_params(k, c))?;
-        }
-        self.tx.execute(
-            "UPDATE mailbox_tally_state SET cached_generation = ?1, as_of = ?2, summary = ?3,
-                 summary_prices = ?4",
-            params![generation, cache.as_of, cache.summary, cache.key],
+        replace_kept_groups(
+            &self.tx,
+            groups,
+            generation,
+            &cache.as_of,
+            cache.summary.as_deref(),
+            Some(&cache.key),
         )?;
         Ok(true)
     }
@@ -2043,6 +2060,15 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         assert_eq!(stats(&mut store, now), (false, false));
     }
 
+    /// Runs `stats` at `now` and keeps what it offers; returns its answer.
+    fn stats_kept(store: &mut Store, now: DateTime<Utc>, cfg: &InventoryConfig) -> CachedSummary {
+        let got = store.cached_mailbox_summary(now, true, cfg).unwrap();
+        if let Some(keep) = &got.keep {
+            assert!(store.write(|tx| tx.keep_mailbox_tallies(keep)).unwrap());
+        }
+        got
+    }
+
     /// The kept groups as a count of the table gives them at the kept instant (sizes to
     /// within rounding: added in another order).
     fn assert_kept_groups_are_a_count(store: &Store) {
@@ -2108,12 +2134,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         let varied = varied_mailboxes(now);
         let mut ms: Vec<_> = varied[..600].to_vec();
         store.write(|tx| tx.upsert_mailboxes(&ms)).unwrap();
-        let keep = store
-            .cached_mailbox_summary(now, true, &cfg)
-            .unwrap()
-            .keep
-            .unwrap();
-        assert!(store.write(|tx| tx.keep_mailbox_tallies(&keep)).unwrap());
+        assert!(!stats_kept(&mut store, now, &cfg).from_cache);
         let mut rng = 0x7a11_u64;
         let mut pick = |n: usize| {
             rng = rng
@@ -2192,7 +2213,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
                         .query_row("SELECT as_of FROM mailbox_tally_state", [], |r| r.get(0))
                         .unwrap();
                     let kept_at = crate::time::parse(&as_of).unwrap();
-                    let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
+                    let got = stats_kept(&mut store, now, &cfg);
                     // Tallies older than the catch-up limit are counted again.
                     assert_eq!(
                         got.from_cache,
@@ -2203,9 +2224,6 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
                         &got.summary,
                         &summarize(store.mailbox_tallies(now).unwrap(), &cfg),
                     );
-                    if let Some(keep) = &got.keep {
-                        assert!(store.write(|tx| tx.keep_mailbox_tallies(keep)).unwrap());
-                    }
                 }
             }
             assert_kept_groups_are_a_count(&store);
@@ -2236,13 +2254,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         let now = test_now();
         let mut ms = varied_mailboxes(now);
         store.write(|tx| tx.upsert_mailboxes(&ms)).unwrap();
-        let stats = |store: &mut Store| {
-            let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
-            if let Some(keep) = &got.keep {
-                assert!(store.write(|tx| tx.keep_mailbox_tallies(keep)).unwrap());
-            }
-            got.from_cache
-        };
+        let stats = |store: &mut Store| stats_kept(store, now, &cfg).from_cache;
         assert!(!stats(&mut store));
         assert!(stats(&mut store));
         // An older build's write, from another connection.
@@ -2363,12 +2375,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
             })
             .collect();
         store.write(|tx| tx.upsert_mailboxes(&ms)).unwrap();
-        let keep = store
-            .cached_mailbox_summary(now, true, &cfg)
-            .unwrap()
-            .keep
-            .unwrap();
-        assert!(store.write(|tx| tx.keep_mailbox_tallies(&keep)).unwrap());
+        assert!(!stats_kept(&mut store, now, &cfg).from_cache);
         for m in &ms[..2] {
             assert!(store.write(|tx| tx.delete_mailbox(&m.identity)).unwrap());
         }
@@ -2394,8 +2401,8 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         ms.truncate(400);
         let figures = serde_json::json!({});
         // A sync; with `count`, as the live sync does, counting the tallies afterwards
-        // when none are kept.
-        let sync = |store: &mut Store, ms: &[InactiveMailbox], count: bool| {
+        // when none are kept. Returns whether it counted them.
+        let sync = |store: &mut Store, ms: &[InactiveMailbox], count: bool| -> bool {
             store.stage_reset().unwrap();
             let staged: Vec<_> = ms
                 .iter()
@@ -2405,7 +2412,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
                 })
                 .collect();
             store.stage_page(&staged).unwrap();
-            store
+            let counted = store
                 .write(|tx| {
                     let id = tx.record_sync(&crate::store::SyncRun {
                         source: "exchange",
@@ -2417,20 +2424,16 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
                     })?;
                     tx.apply_snapshot(id, now)?;
                     if count {
-                        tx.keep_tallies_counted_now(now, &cfg)?;
+                        tx.keep_tallies_counted_now(now, &cfg)
+                    } else {
+                        Ok(false)
                     }
-                    Ok::<_, StoreError>(())
                 })
                 .unwrap();
             store.stage_drop().unwrap();
+            counted
         };
-        let stats = |store: &mut Store| {
-            let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
-            if let Some(keep) = &got.keep {
-                assert!(store.write(|tx| tx.keep_mailbox_tallies(keep)).unwrap());
-            }
-            got.from_cache
-        };
+        let stats = |store: &mut Store| stats_kept(store, now, &cfg).from_cache;
         assert!(!stats(&mut store), "nothing kept yet");
         sync(&mut store, &ms, false);
         assert!(!stats(&mut store), "the first sync set them aside");
@@ -2444,13 +2447,12 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         assert_kept_groups_are_a_count(&store);
         assert!(stats(&mut store), "a few changes carried");
         // 200 new ones.
-        let more: Vec<_> = (9000..9200).map(mailbox).collect();
-        ms.extend(more.clone());
+        ms.extend((9000..9200).map(mailbox));
         sync(&mut store, &ms, false);
         assert!(!stats(&mut store), "half the table new: counted");
         // As the live sync does it: counted in the sync's own write.
         ms.extend((9200..9600).map(mailbox));
-        sync(&mut store, &ms, true);
+        assert!(sync(&mut store, &ms, true), "none kept: counted");
         assert_kept_groups_are_a_count(&store);
         // With its summary, priced as `stats` prices it.
         let got = store.cached_mailbox_summary(now, true, &cfg).unwrap();
@@ -2462,7 +2464,7 @@ prices = { e3 = 36.0, E5 = 57.0, F3 = 8.25 }
         assert!(stats(&mut store), "counted by the sync");
         // Kept tallies that stand are not counted again.
         ms.truncate(ms.len() - 1);
-        sync(&mut store, &ms, true);
+        assert!(!sync(&mut store, &ms, true), "kept: not counted again");
         assert_kept_groups_are_a_count(&store);
         assert!(stats(&mut store), "carried");
         // Nor are they kept while a deletion date is not in the program's form: a merge

@@ -4,8 +4,6 @@ use serde_json::{Value, json};
 
 use crate::support::{Env, G1, G2, G3, ORIGINAL_COLUMNS, days_ago_ms, mode, record};
 
-/// Three mailboxes: Ann (litigation, E5, Contoso, 400 days), Ben (eDiscovery, E3, 10 days,
-/// auto-expanding archive), Cat (no hold, unpriced license, Fabrikam by domain, 800 days).
 /// Ann, as `seeded` imports her.
 fn ann() -> Value {
     let mut ann = record(G1, "Ann Archer", "ann@contoso.com", days_ago_ms(400));
@@ -17,6 +15,8 @@ fn ann() -> Value {
     ann
 }
 
+/// Three mailboxes: Ann (litigation, E5, Contoso, 400 days), Ben (eDiscovery, E3, 10 days,
+/// auto-expanding archive), Cat (no hold, unpriced license, Fabrikam by domain, 800 days).
 fn seeded() -> Env {
     let env = Env::new();
     std::fs::create_dir_all(env.config_file().parent().unwrap()).unwrap();
